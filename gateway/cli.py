@@ -1,0 +1,182 @@
+"""`smsgate`: the operator's command line. Reads the same settings as the web process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from gateway import keys, programs
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.consent import ledger, service
+from gateway.db import Database
+from gateway.numbers import InvalidNumber, mask, parse
+
+
+class Context:
+    def __init__(self):
+        self._settings: Settings | None = None
+        self._db: Database | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except ConfigError as error:
+                raise click.ClickException(f"configuration: {error}") from None
+        return self._settings
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.settings.database_url)
+        return self._db
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group()
+def main() -> None:
+    """SMS consent gateway: operate the consent store."""
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@pass_context
+def db_upgrade(ctx: Context) -> None:
+    """Apply every migration."""
+    ctx.db.upgrade()
+    click.echo("database is up to date")
+
+
+@main.group("programs")
+def programs_group() -> None:
+    """Messaging programs."""
+
+
+@programs_group.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_context
+def programs_load(ctx: Context, file: Path) -> None:
+    """Validate FILE and store its programs (insert or update by slug)."""
+    try:
+        specs = programs.load_file(file)
+    except programs.ProgramError as error:
+        raise click.ClickException(str(error)) from None
+    with ctx.db.transaction() as session:
+        programs.store(session, specs)
+    for spec in specs:
+        click.echo(f"{spec.slug}: {spec.name} ({spec.category}, {'double' if spec.double_opt_in else 'single'} opt-in) from {spec.sender or spec.messaging_service}")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys."""
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(keys.SCOPES),
+              help="Repeat for several scopes.")
+@pass_context
+def keys_create(ctx: Context, name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    try:
+        with ctx.db.transaction() as session:
+            row, key = keys.create(session, name, list(scopes))
+    except keys.KeyProblem as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"created key {row.name!r} with scopes {', '.join(row.scopes)}; it is shown only now:")
+    click.echo(key)
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@pass_context
+def keys_revoke(ctx: Context, name: str) -> None:
+    """Revoke a key by name."""
+    with ctx.db.transaction() as session:
+        if not keys.revoke(session, name):
+            raise click.ClickException(f"no key named {name!r}")
+    click.echo(f"revoked {name!r}")
+
+
+@main.group("consent")
+def consent_group() -> None:
+    """Consent records."""
+
+
+def _number(ctx: Context, raw: str):
+    try:
+        return parse(raw, ctx.settings.default_region)
+    except InvalidNumber as error:
+        raise click.ClickException(f"{raw!r}: {error}") from None
+
+
+@consent_group.command("show")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def consent_show(ctx: Context, number: str, as_json: bool) -> None:
+    """Current consents and the ledger of NUMBER."""
+    parsed = _number(ctx, number)
+    with ctx.db.transaction() as session:
+        row = service.find_number(session, parsed.e164)
+        rows = service.consents(session, row) if row else []
+        events = service.events(session, row) if row else []
+        data = {
+            "phone": parsed.e164,
+            "consents": [{"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat()} for c in rows],
+            "events": [{"seq": e.seq, "type": e.type, "program": e.program.slug if e.program else None,
+                        "source": e.source, "occurred_at": e.occurred_at.isoformat(), "evidence": e.evidence} for e in events],
+        }
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    # Operators asked for this number, so they see it; logs elsewhere only ever see it masked.
+    click.echo(f"{parsed.e164} ({mask(parsed.e164)})")
+    if not rows:
+        click.echo("  no consent recorded")
+    for consent in data["consents"]:
+        click.echo(f"  {consent['program']:<20} {consent['status']:<10} since {consent['updated_at']}")
+    for event in data["events"]:
+        click.echo(f"  #{event['seq']:<4} {event['occurred_at']} {event['type']:<16} {event['program'] or '-':<12} via {event['source']}")
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """The consent ledger."""
+
+
+@ledger_group.command("verify")
+@pass_context
+def ledger_verify(ctx: Context) -> None:
+    """Check every hash chain; exit 1 naming the first broken event of each broken chain."""
+    with ctx.db.sessions() as session:
+        breaks = list(ledger.verify(session))
+    if breaks:
+        for problem in breaks:
+            click.echo(f"BROKEN {problem}", err=True)
+        sys.exit(1)
+    click.echo("ledger intact")
+
+
+@ledger_group.command("rebuild")
+@pass_context
+def ledger_rebuild(ctx: Context) -> None:
+    """Recompute every consent from the ledger alone."""
+    with ctx.db.transaction() as session:
+        count = service.rebuild(session)
+    click.echo(f"rebuilt {count} consents from the ledger")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,178 @@
+"""Settings: defaults from config/settings.toml, overridden by the environment, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import phonenumbers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "config"
+SANDBOX_AUTH_TOKEN = "sandbox-auth-token-not-a-secret"
+ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str
+    celery_broker_url: str
+    redis_url: str | None
+    twilio_account_sid: str
+    twilio_auth_token: str
+    # Older tokens still accepted on webhooks while a rotation is under way (TWILIO_AUTH_TOKENS_PREVIOUS).
+    twilio_previous_auth_tokens: tuple[str, ...]
+    twilio_api_base_url: str | None
+    public_base_url: str
+    programs_file: Path
+    suppression_key: bytes
+    sandbox: bool
+    default_region: str
+    log_level: str
+    var_dir: Path
+    pending_ttl_hours: int
+    trusted_proxies: int
+    max_content_length: int
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def webhook_tokens(self) -> tuple[str, ...]:
+        """Every auth token a webhook signature may be made with, current first."""
+        return (self.twilio_auth_token, *self.twilio_previous_auth_tokens)
+
+    def public_url(self, path: str) -> str:
+        return self.public_base_url.rstrip("/") + path
+
+
+def _as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name.upper()}: expected on/off, got {value!r}")
+
+
+def _as_int(name: str, value: object, minimum: int = 0) -> int:
+    try:
+        number = int(str(value).replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name.upper()}: expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name.upper()}: must be at least {minimum}, got {number}")
+    return number
+
+
+def _path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+def _suppression_key(raw: str, var_dir: Path) -> bytes:
+    """The HMAC key for suppression hashes: from the environment, else generated once into var/."""
+    if raw:
+        if len(raw) < 32:
+            raise ConfigError("SUPPRESSION_KEY: use at least 32 characters of secret")
+        return raw.encode()
+    key_file = var_dir / "suppression.key"
+    if not key_file.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        # O_EXCL so two processes starting together cannot write two different keys.
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    return key_file.read_text().strip().encode()
+
+
+def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None) -> Settings:
+    """Read defaults, apply environment overrides, validate; raise ConfigError naming the setting."""
+    env = os.environ if env is None else env
+    with open(file or CONFIG_DIR / "settings.toml", "rb") as handle:
+        raw: dict[str, object] = tomllib.load(handle)
+    for key in list(raw):
+        if key.upper() in env:
+            raw[key] = env[key.upper()]
+
+    var_dir = _path(str(raw["var_dir"]))
+    sandbox = _as_bool("sandbox", raw["sandbox"])
+    public_base_url = str(raw["public_base_url"]).rstrip("/")
+    parts = urlsplit(public_base_url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"PUBLIC_BASE_URL: expected an absolute http(s) URL, got {public_base_url!r}")
+
+    database_url = str(raw["database_url"]) or f"sqlite:///{var_dir / 'gateway.db'}"
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql://" + database_url.removeprefix("postgres://")
+    if database_url.startswith("postgresql://"):
+        # psycopg 3 is the driver we install; say so explicitly rather than relying on the default.
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    if not database_url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(f"DATABASE_URL: only PostgreSQL and SQLite are supported, got {database_url.split(':')[0]!r}")
+
+    account_sid = str(raw["twilio_account_sid"])
+    if not ACCOUNT_SID_RE.match(account_sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
+    auth_token = str(raw["twilio_auth_token"])
+    if not auth_token:
+        if not sandbox:
+            raise ConfigError("TWILIO_AUTH_TOKEN: required when SANDBOX is off")
+        auth_token = SANDBOX_AUTH_TOKEN
+    previous = tuple(t for t in env.get("TWILIO_AUTH_TOKENS_PREVIOUS", "").split(",") if t.strip())
+
+    api_base = str(raw["twilio_api_base_url"]).rstrip("/") or None
+    if api_base is None and sandbox:
+        api_base = public_base_url + "/sandbox"
+    if api_base is not None and not urlsplit(api_base).scheme.startswith("http"):
+        raise ConfigError(f"TWILIO_API_BASE_URL: expected an http(s) URL, got {api_base!r}")
+
+    region = str(raw["default_region"]).upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"DEFAULT_REGION: {region!r} is not a region phonenumbers knows")
+
+    log_level = str(raw["log_level"]).upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+
+    programs_file = _path(str(raw["programs_file"]))
+    if not programs_file.is_file():
+        raise ConfigError(f"PROGRAMS_FILE: no such file {programs_file}")
+
+    broker = str(raw["celery_broker_url"]) or f"filesystem://{var_dir / 'broker'}"
+    return Settings(
+        database_url=database_url,
+        celery_broker_url=broker,
+        redis_url=str(raw["redis_url"]) or None,
+        twilio_account_sid=account_sid,
+        twilio_auth_token=auth_token,
+        twilio_previous_auth_tokens=previous,
+        twilio_api_base_url=api_base,
+        public_base_url=public_base_url,
+        programs_file=programs_file,
+        suppression_key=_suppression_key(str(raw["suppression_key"]), var_dir),
+        sandbox=sandbox,
+        default_region=region,
+        log_level=log_level,
+        var_dir=var_dir,
+        pending_ttl_hours=_as_int("pending_ttl_hours", raw["pending_ttl_hours"], minimum=1),
+        trusted_proxies=_as_int("trusted_proxies", raw["trusted_proxies"]),
+        max_content_length=_as_int("max_content_length", raw["max_content_length"], minimum=1024),
+    )

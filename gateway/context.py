@@ -1,0 +1,37 @@
+"""What every adapter shares in one process: settings, the store, the queue, the provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from gateway.config import Settings
+from gateway.db import Database
+from gateway.queue import Dispatcher
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    db: Database
+    dispatcher: Dispatcher
+    extras: dict = field(default_factory=dict)
+
+    @cached_property
+    def keywords(self):
+        from gateway.keywords import default_engine
+
+        return default_engine()
+
+    @cached_property
+    def provider(self):
+        from gateway.provider import Provider
+
+        return Provider.from_settings(self.settings)
+
+
+def current() -> Gateway:
+    """The Gateway of the running Flask app (web requests and Celery tasks both have one)."""
+    from flask import current_app
+
+    return current_app.extensions["gateway"]

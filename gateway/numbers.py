@@ -1,0 +1,102 @@
+"""Phone numbers: parse any input to E.164, tell its type, mask it for logs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType, shortnumberinfo
+
+_TYPES = {
+    PhoneNumberType.MOBILE: "mobile",
+    PhoneNumberType.FIXED_LINE: "fixed_line",
+    # North American numbers often cannot be told apart; carriers text both.
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
+    PhoneNumberType.VOIP: "voip",
+    PhoneNumberType.TOLL_FREE: "toll_free",
+    PhoneNumberType.PREMIUM_RATE: "premium_rate",
+    PhoneNumberType.SHARED_COST: "shared_cost",
+    PhoneNumberType.PERSONAL_NUMBER: "personal",
+    PhoneNumberType.PAGER: "pager",
+    PhoneNumberType.UAN: "uan",
+    PhoneNumberType.VOICEMAIL: "voicemail",
+}
+# Types that can receive an SMS. Fixed lines, pagers and premium numbers cannot.
+TEXTABLE = frozenset({"mobile", "fixed_line_or_mobile", "voip", "personal", "toll_free"})
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: "invalid_country_code",
+    NumberParseException.NOT_A_NUMBER: "not_a_number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "too_short",
+    NumberParseException.TOO_SHORT_NSN: "too_short",
+    NumberParseException.TOO_LONG: "too_long",
+}
+_MAX_INPUT = 64
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class InvalidNumber(ValueError):
+    """Input that is not a usable phone number; `reason` is a stable code, the message says why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Number:
+    e164: str
+    kind: str
+    region: str | None
+
+    @property
+    def textable(self) -> bool:
+        return self.kind in TEXTABLE
+
+    @property
+    def masked(self) -> str:
+        return mask(self.e164)
+
+
+def parse(raw: object, default_region: str = "US") -> Number:
+    """Parse input in any form phonenumbers understands; raise InvalidNumber with the reason."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidNumber("missing", "a phone number is required")
+    text = raw.strip()
+    if len(text) > _MAX_INPUT or "\x00" in text:
+        raise InvalidNumber("not_a_number", "that is not a phone number")
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except NumberParseException as error:
+        reason = _PARSE_REASONS.get(error.error_type, "not_a_number")
+        raise InvalidNumber(reason, f"not a phone number ({reason.replace('_', ' ')})") from None
+    if shortnumberinfo.is_valid_short_number(parsed):
+        raise InvalidNumber("short_code", "short codes cannot be subscribed")
+    if not phonenumbers.is_valid_number(parsed):
+        possible = phonenumbers.is_possible_number_with_reason(parsed)
+        reason = {
+            phonenumbers.ValidationResult.TOO_SHORT: "too_short",
+            phonenumbers.ValidationResult.TOO_LONG: "too_long",
+            phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "invalid_country_code",
+        }.get(possible, "invalid")
+        raise InvalidNumber(reason, f"not a valid phone number ({reason.replace('_', ' ')})")
+    kind = _TYPES.get(phonenumbers.number_type(parsed), "unknown")
+    return Number(
+        e164=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+        kind=kind,
+        region=phonenumbers.region_code_for_number(parsed),
+    )
+
+
+def is_e164(text: str) -> bool:
+    return bool(_E164.match(text))
+
+
+def mask(e164: str | None) -> str:
+    """'+14155552671' → '+1415***2671': enough to correlate log lines, not enough to dial."""
+    if not e164:
+        return "<none>"
+    if len(e164) <= 8:
+        return e164[:2] + "***"
+    return e164[:5] + "***" + e164[-4:]

@@ -1,0 +1,41 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from gateway import metrics
+from gateway.context import current
+from gateway.web.auth import public
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+@public
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+@public
+def readyz():
+    gateway, failed = current(), []
+    try:
+        gateway.db.ping()
+    except Exception:  # any failure means not ready; the reason is in the log
+        failed.append("database")
+    try:
+        gateway.dispatcher.ping()
+    except Exception:
+        failed.append("broker")
+    if failed:
+        return jsonify(status="unavailable", failed=failed), 503
+    return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+@public
+def prometheus():
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,244 @@
+"""Shared fixtures: a migrated store (PostgreSQL when TEST_DATABASE_URL/DATABASE_URL point to one,
+else SQLite), a live HTTP server, a real Celery worker process, API keys and signed Twilio requests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from sqlalchemy import text
+from twilio.request_validator import RequestValidator
+from werkzeug.serving import make_server
+
+from gateway import create_app, keys, programs
+from gateway.config import ROOT, load_settings
+from gateway.models import Base
+
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "test-auth-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _database_url(tmp: Path) -> str:
+    for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return f"sqlite:///{tmp / 'gateway.db'}"
+
+
+def _broker_url(tmp: Path) -> str:
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        # A separate Redis database for the test broker, flushed at start: no stale tasks.
+        return redis_url.rsplit("/", 1)[0] + "/14" if redis_url.count("/") > 2 else redis_url + "/14"
+    return f"filesystem://{tmp / 'broker'}"
+
+
+@pytest.fixture(scope="session")
+def test_env(tmp_path_factory) -> dict[str, str]:
+    """The environment every process of the test session runs with."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    port = _free_port()
+    env = {
+        "DATABASE_URL": _database_url(tmp),
+        "CELERY_BROKER_URL": _broker_url(tmp),
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "PROGRAMS_FILE": str(ROOT / "config" / "programs.example.toml"),
+        "SUPPRESSION_KEY": "test-suppression-key-0123456789abcdef",
+        "SANDBOX": "on",
+        "VAR_DIR": str(tmp / "var"),
+        "LOG_LEVEL": "INFO",
+    }
+    if os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = os.environ["REDIS_URL"]
+    else:
+        env["REDIS_URL"] = ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(test_env):
+    return load_settings(env=test_env)
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    app = create_app(settings)
+    gateway = app.extensions["gateway"]
+    if gateway.db.dialect == "postgresql":
+        with gateway.db.engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    gateway.db.upgrade()
+    if settings.celery_broker_url.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(settings.celery_broker_url).flushdb()
+    yield app
+    gateway.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def example_programs(settings):
+    return programs.load_file(settings.programs_file)
+
+
+@pytest.fixture
+def gateway(app):
+    return app.extensions["gateway"]
+
+
+@pytest.fixture
+def db(gateway):
+    return gateway.db
+
+
+@pytest.fixture(autouse=True)
+def _clean_store(request):
+    """Every test that uses the store starts with it empty but for the example programs."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    app, example_programs = request.getfixturevalue("app"), request.getfixturevalue("example_programs")
+    database = app.extensions["gateway"].db
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with database.engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+    with database.transaction() as session:
+        programs.store(session, example_programs)
+    yield
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_key(db):
+    """make_key("send", "read") → a fresh API key with those scopes."""
+    counter = iter(range(1, 10_000))
+
+    def make(*scopes: str) -> str:
+        with db.transaction() as session:
+            _, key = keys.create(session, f"test-key-{next(counter)}", list(scopes or ("admin",)))
+        return key
+
+    return make
+
+
+@pytest.fixture
+def sign(settings):
+    """sign(path, params) → the X-Twilio-Signature Twilio would send for a POST to our public URL."""
+
+    def compute(path: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
+        return RequestValidator(token).compute_signature(settings.public_url(path), params)
+
+    return compute
+
+
+@pytest.fixture
+def twilio_post(client, sign):
+    """POST a form to `path` signed as Twilio would; returns the test client's response."""
+
+    def post(path: str, params: dict[str, str], **headers):
+        headers.setdefault("X-Twilio-Signature", sign(path, params))
+        return client.post(path, data=urlencode(params), headers=headers,
+                           content_type="application/x-www-form-urlencoded")
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def live_server(app, settings) -> Iterator[str]:
+    """The app served over real HTTP at PUBLIC_BASE_URL, in a thread of this process."""
+    port = int(settings.public_base_url.rsplit(":", 1)[1])
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield settings.public_base_url
+    server.shutdown()
+
+
+class WorkerProcess:
+    """A real `celery -A worker worker` subprocess sharing the test environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path, self.process = env, log_path, None
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool=threads", "--concurrency=4",
+             "-Q", "sends,status,periodic", "--without-gossip", "--without-mingle", "-l", "INFO"],
+            cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log_path.read_bytes():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_process(app, live_server, test_env, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """One real Celery worker for the session (started on first use)."""
+    worker = WorkerProcess(test_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With FORBID_SKIPS set (CI's PostgreSQL run), a skipped test fails the run: skips hide gaps."""
+    if os.environ.get("FORBID_SKIPS") and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter and reporter.stats.get("skipped"):
+            session.exitstatus = 1

@@ -1,0 +1,88 @@
+"""The smsgate command, run as a user runs it: a real process with the test environment."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import update
+
+from gateway.config import ROOT
+from gateway.consent import Input, Source, service
+from gateway.models import LedgerEvent
+from gateway.numbers import parse
+from gateway.programs import by_slug
+
+
+@pytest.fixture
+def smsgate(app, test_env):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env={**os.environ, **test_env},
+            capture_output=True, text=True, timeout=60,
+        )
+
+    return run
+
+
+def test_db_upgrade_is_idempotent(smsgate):
+    result = smsgate("db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_programs_load_stores_and_reports(smsgate, tmp_path, db):
+    file = tmp_path / "p.toml"
+    file.write_text(
+        '[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "informational"\n'
+        'frequency = "Weekly"\nhelp = "News: help at example.org. Reply STOP to cancel."\n'
+    )
+    result = smsgate("programs", "load", str(file))
+    assert result.returncode == 0, result.stderr
+    assert "news: News (informational, double opt-in) from +15005550006" in result.stdout
+    with db.sessions() as session:
+        assert by_slug(session, "news").frequency == "Weekly"
+
+
+def test_programs_load_refuses_a_bad_file_naming_the_key(smsgate, tmp_path):
+    file = tmp_path / "p.toml"
+    file.write_text('[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "spam"\nfrequency = "x"\nhelp = "y"\n')
+    result = smsgate("programs", "load", str(file))
+    assert result.returncode == 1
+    assert "program 'news': category" in result.stderr
+
+
+def test_keys_create_prints_the_key_alone_on_the_last_line(smsgate, client):
+    result = smsgate("keys", "create", "crm", "--scope", "send", "--scope", "read")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("sgk_") and " " not in key
+    again = smsgate("keys", "create", "crm", "--scope", "send")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    bad = smsgate("keys", "create", "other", "--scope", "everything")
+    assert bad.returncode == 2
+
+
+def test_consent_show_lists_consents_and_events(smsgate, db):
+    with db.transaction() as session:
+        row = service.number_row(session, parse("+14155552671"))
+        service.apply(session, row, by_slug(session, "orders"), Input.KEYWORD_JOIN_DIRECT,
+                      service.Evidence(Source.SMS, reference="SM1", details={"body": "ORDERS"}))
+    result = smsgate("consent", "show", "(415) 555-2671")
+    assert result.returncode == 0, result.stderr
+    assert "orders" in result.stdout and "opted_in" in result.stdout and "via sms" in result.stdout
+    assert smsgate("consent", "show", "not a number").returncode == 1
+
+
+def test_ledger_verify_exit_status(smsgate, db):
+    with db.transaction() as session:
+        row = service.number_row(session, parse("+14155552671"))
+        service.apply(session, row, by_slug(session, "deals"), Input.API_REQUEST, service.Evidence(Source.API))
+        service.apply(session, row, by_slug(session, "deals"), Input.CONFIRM_YES, service.Evidence(Source.SMS))
+    ok = smsgate("ledger", "verify")
+    assert ok.returncode == 0 and "intact" in ok.stdout
+    with db.transaction() as session:
+        session.execute(update(LedgerEvent).where(LedgerEvent.seq == 1).values(source="web"))
+    broken = smsgate("ledger", "verify")
+    assert broken.returncode == 1
+    assert "BROKEN event" in broken.stderr and "seq 1" in broken.stderr
