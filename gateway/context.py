@@ -24,6 +24,18 @@ class Gateway:
         return default_engine()
 
     @cached_property
+    def limiter(self):
+        from gateway.ratelimit import Limiter
+
+        return Limiter(self.settings.redis_url)
+
+    @cached_property
+    def quiet_hours(self):
+        from gateway.quiet_hours import default_rules
+
+        return default_rules()
+
+    @cached_property
     def provider(self):
         from gateway.provider import Provider
 

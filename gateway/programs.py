@@ -57,6 +57,7 @@ class ProgramSpec:
     join_keywords: tuple[str, ...] = ()
     double_opt_in: bool = True
     allowed_countries: tuple[str, ...] = ()
+    daily_cap: int | None = None  # marketing messages per number per 24 h, on top of state rules
     templates: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -74,7 +75,7 @@ class ProgramSpec:
 
 
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
-          "join_keywords", "double_opt_in", "allowed_countries", "templates"}
+          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "templates"}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -107,6 +108,9 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         countries = [region or "US"]
     if not isinstance(countries, list) or not all(c in phonenumbers.SUPPORTED_REGIONS for c in countries):
         raise fail("allowed_countries", "a list of ISO region codes, e.g. [\"US\", \"CA\"]")
+    daily_cap = raw.get("daily_cap")
+    if daily_cap is not None and (isinstance(daily_cap, bool) or not isinstance(daily_cap, int) or daily_cap < 1):
+        raise fail("daily_cap", "a whole number of messages, at least 1")
     templates = dict(DEFAULT_TEMPLATES)
     overrides = raw.get("templates", {})
     if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
@@ -119,7 +123,7 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
-        double_opt_in=double_opt_in, allowed_countries=tuple(countries), templates=templates,
+        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
     for template in templates:

@@ -17,7 +17,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from gateway.consent import ledger
-from gateway.consent.machine import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, apply as transition
+from gateway.consent.machine import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
+from gateway.consent.machine import apply as transition
 from gateway.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
 from gateway.numbers import Number
 
@@ -211,6 +212,6 @@ def rebuild(session: Session) -> int:
 
 
 __all__ = [
-    "Change", "Evidence", "IllegalTransition", "apply", "consents", "events", "find_number",
+    "Change", "Evidence", "IllegalTransition", "allowed", "apply", "consents", "events", "find_number",
     "is_suppressed", "number_row", "opt_out", "rebuild", "record", "suppress", "suppression_digest",
 ]

@@ -1,0 +1,167 @@
+"""The one place that knows Twilio: the official client, its error codes, its statuses.
+
+The client is pointed at TWILIO_API_BASE_URL (the sandbox, in development and tests) through its
+documented `http_client` extension point, so the same code path runs everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from gateway import metrics
+from gateway.config import Settings
+
+
+class ErrorKind(StrEnum):
+    RETRYABLE = "retryable"  # try again later: timeouts, refused connections, 5xx, rate limits
+    OPTED_OUT = "opted_out"  # 21610: the person texted STOP to this sender at Twilio
+    INVALID_NUMBER = "invalid_number"  # the number cannot exist or be reached at all
+    NOT_MOBILE = "not_mobile"  # a landline or other number that cannot take SMS
+    PERMANENT = "permanent"  # anything else: retrying will not help
+
+
+# Twilio error code -> what it means for us. Codes not listed are permanent.
+ERROR_KINDS: dict[int, ErrorKind] = {
+    20429: ErrorKind.RETRYABLE,  # too many requests
+    30001: ErrorKind.RETRYABLE,  # queue overflow
+    30450: ErrorKind.RETRYABLE,  # temporary SMS-pumping block
+    63018: ErrorKind.RETRYABLE,  # rate limit exceeded for the channel
+    21610: ErrorKind.OPTED_OUT,
+    21211: ErrorKind.INVALID_NUMBER,  # invalid To
+    21217: ErrorKind.INVALID_NUMBER,  # phone number does not appear to be valid
+    21421: ErrorKind.INVALID_NUMBER,  # invalid phone number
+    30005: ErrorKind.INVALID_NUMBER,  # unknown destination handset
+    21614: ErrorKind.NOT_MOBILE,  # not a mobile number
+    21635: ErrorKind.NOT_MOBILE,  # landline
+    30006: ErrorKind.NOT_MOBILE,  # landline or unreachable carrier
+}
+
+# Twilio message status -> ours. Twilio's queued/accepted/scheduled mean it has the message: sent.
+STATUSES: dict[str, str] = {
+    "accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent", "sent": "sent",
+    "delivered": "delivered", "read": "delivered", "partially_delivered": "delivered",
+    "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
+}
+
+
+def our_status(twilio_status: str) -> str | None:
+    """Our status for a Twilio status, or None for statuses we do not track (receiving…)."""
+    return STATUSES.get((twilio_status or "").lower())
+
+
+class ProviderError(Exception):
+    """A send that did not happen, with what it means for us and Twilio's code and text."""
+
+    def __init__(self, kind: ErrorKind, code: int | None, message: str):
+        super().__init__(f"{kind.value}: {code or '-'} {message}")
+        self.kind, self.code, self.message = kind, code, message
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    sid: str
+    status: str  # ours, e.g. "sent"
+    twilio_status: str
+    error_code: int | None = None
+    date_created: datetime | None = None
+    to: str | None = None
+    sender: str | None = None
+    body: str | None = None
+
+
+class RedirectingHttpClient(TwilioHttpClient):
+    """Sends every *.twilio.com request to `base_url` instead (the sandbox, a local stub)."""
+
+    def __init__(self, base_url: str, timeout: float):
+        super().__init__(timeout=timeout)
+        self.base = urlsplit(base_url)
+
+    def request(self, method, url, *args, **kwargs):
+        parts = urlsplit(url)
+        if parts.hostname and parts.hostname.endswith(".twilio.com"):
+            url = urlunsplit((self.base.scheme, self.base.netloc, self.base.path.rstrip("/") + parts.path,
+                              parts.query, parts.fragment))
+        return super().request(method, url, *args, **kwargs)
+
+
+class Provider:
+    """Sends SMS through Twilio (or the sandbox) and translates every outcome into ours."""
+
+    def __init__(self, account_sid: str, auth_token: str, *, api_base_url: str | None, status_callback: str,
+                 timeout: float = 10.0):
+        http_client = RedirectingHttpClient(api_base_url, timeout) if api_base_url else TwilioHttpClient(timeout=timeout)
+        # A non-empty environment keeps the client from reading TWILIO_* variables on its own.
+        self.client = Client(account_sid, auth_token, http_client=http_client, environment={"_": "_"})
+        self.status_callback = status_callback
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Provider:
+        return cls(settings.twilio_account_sid, settings.twilio_auth_token,
+                   api_base_url=settings.twilio_api_base_url,
+                   status_callback=settings.public_url("/webhooks/twilio/status"))
+
+    def send(self, *, to: str, sender: str, body: str) -> SentMessage:
+        """Hand one message to Twilio; raise ProviderError with its meaning if Twilio refuses."""
+        sender_args = {"messaging_service_sid": sender} if sender.startswith("MG") else {"from_": sender}
+        started = time.perf_counter()
+        try:
+            message = self.client.messages.create(to=to, body=body, status_callback=self.status_callback,
+                                                  **sender_args)
+        except TwilioRestException as error:
+            raise classify_rest_error(error) from None
+        except TwilioException as error:
+            raise ProviderError(ErrorKind.PERMANENT, getattr(error, "code", None), str(error)) from None
+        except (requests.Timeout, requests.ConnectionError) as error:
+            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
+        except ValueError as error:  # a 2xx whose body is not JSON: the provider is not itself
+            raise ProviderError(ErrorKind.RETRYABLE, None, f"unreadable provider answer: {error}") from None
+        finally:
+            metrics.PROVIDER_LATENCY.observe(time.perf_counter() - started)
+        return _sent(message)
+
+    def fetch(self, sid: str) -> SentMessage:
+        """The provider's current view of one message."""
+        try:
+            return _sent(self.client.messages(sid).fetch())
+        except TwilioRestException as error:
+            raise classify_rest_error(error) from None
+        except (requests.Timeout, requests.ConnectionError) as error:
+            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
+
+    def sent_since(self, *, to: str, sender: str, since: datetime) -> list[SentMessage]:
+        """Messages the provider holds to `to` from `sender` created since `since` (for reconciling)."""
+        filters = {"to": to, "date_sent_after": since}
+        if not sender.startswith("MG"):
+            filters["from_"] = sender
+        try:
+            return [_sent(m) for m in self.client.messages.list(**filters, limit=50)]
+        except TwilioRestException as error:
+            raise classify_rest_error(error) from None
+        except (requests.Timeout, requests.ConnectionError) as error:
+            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
+
+
+def classify_rest_error(error: TwilioRestException) -> ProviderError:
+    """Twilio's error (HTTP status and code) as ours."""
+    code = error.code if isinstance(error.code, int) else None
+    kind = ERROR_KINDS.get(code or 0)
+    if kind is None:
+        kind = ErrorKind.RETRYABLE if error.status >= 500 or error.status == 429 else ErrorKind.PERMANENT
+    return ProviderError(kind, code, error.msg)
+
+
+def _sent(message) -> SentMessage:
+    return SentMessage(
+        sid=message.sid, status=our_status(message.status) or "sent", twilio_status=message.status,
+        error_code=message.error_code, date_created=message.date_created, to=message.to,
+        sender=getattr(message, "from_", None) or message.messaging_service_sid, body=message.body,
+    )
