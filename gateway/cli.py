@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from gateway import keys, programs
+from gateway import keys, privacy, programs
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.consent import ledger, service
+from gateway.consent import Source, ledger, service
 from gateway.db import Database
 from gateway.numbers import InvalidNumber, mask, parse
 
@@ -149,6 +149,55 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
         click.echo(f"  {consent['program']:<20} {consent['status']:<10} since {consent['updated_at']}")
     for event in data["events"]:
         click.echo(f"  #{event['seq']:<4} {event['occurred_at']} {event['type']:<16} {event['program'] or '-':<12} via {event['source']}")
+
+
+@consent_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@pass_context
+def consent_import(ctx: Context, file) -> None:
+    """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns."""
+    try:
+        with ctx.db.transaction() as session:
+            report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import")
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for status, count in sorted(report.applied.items()):
+        click.echo(f"{status}: {count}")
+    for line, why in report.refused:
+        click.echo(f"line {line}: refused: {why}", err=True)
+    click.echo(f"imported {sum(report.applied.values())}, refused {len(report.refused)}")
+
+
+@main.command("export")
+@click.argument("number")
+@pass_context
+def export(ctx: Context, number: str) -> None:
+    """Everything held about NUMBER, as JSON."""
+    parsed = _number(ctx, number)
+    with ctx.db.transaction() as session:
+        row = service.find_number(session, parsed.e164)
+        if row is None:
+            raise click.ClickException("nothing is held about that number")
+        click.echo(json.dumps(privacy.export(session, row), indent=2, ensure_ascii=False))
+
+
+@main.command("erase")
+@click.argument("number")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+def erase(ctx: Context, number: str, yes: bool) -> None:
+    """Erase personal data about NUMBER, keeping a suppression hash if it opted out."""
+    parsed = _number(ctx, number)
+    if not yes:
+        click.confirm(f"Erase everything about {mask(parsed.e164)}?", abort=True)
+    with ctx.db.transaction() as session:
+        row = service.find_number(session, parsed.e164)
+        if row is None:
+            raise click.ClickException("nothing is held about that number")
+        result = privacy.erase(session, row, ctx.settings.suppression_key,
+                               service.Evidence(Source.SYSTEM, actor="cli", details={"request": "erasure"}))
+    click.echo(f"erased {mask(parsed.e164)}: {result.consents_erased} consents"
+               + ("; kept a suppression hash (it had opted out)" if result.suppressed else ""))
 
 
 @main.group("ledger")

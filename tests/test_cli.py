@@ -86,3 +86,18 @@ def test_ledger_verify_exit_status(smsgate, db):
     broken = smsgate("ledger", "verify")
     assert broken.returncode == 1
     assert "BROKEN event" in broken.stderr and "seq 1" in broken.stderr
+
+
+def test_consent_import_export_and_erase(smsgate, tmp_path):
+    file = tmp_path / "consents.csv"
+    file.write_text("phone,program,status,collected_at\n+14155552671,deals,opted_out,2025-01-02\nbad,deals,opted_in,\n")
+    imported = smsgate("consent", "import", str(file))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1, refused 1" in imported.stdout and "line 3: refused" in imported.stderr
+    exported = smsgate("export", "+14155552671")
+    assert exported.returncode == 0 and '"collected_at": "2025-01-02"' in exported.stdout
+    erased = smsgate("erase", "+14155552671", "--yes")
+    assert erased.returncode == 0 and "suppression hash" in erased.stdout
+    assert "+14155552671" not in erased.stdout  # masked: it is output an operator might paste anywhere
+    assert smsgate("export", "+14155552671").returncode == 1
+    assert smsgate("ledger", "verify").returncode == 0

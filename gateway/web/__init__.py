@@ -15,7 +15,8 @@ def register(app: Flask, *, sandbox: bool) -> None:
     app.register_blueprint(ops.bp)
     # Blueprints still being written are skipped until their module exists.
     for module_name in ("gateway.web.webhooks", "gateway.web.api_consents", "gateway.web.api_messages",
-                        "gateway.web.api_subscriptions", "gateway.web.forms", "gateway.web.openapi"):
+                        "gateway.web.api_subscriptions", "gateway.web.api_privacy", "gateway.web.forms",
+                        "gateway.web.openapi"):
         _register_optional(app, module_name)
     if sandbox:
         _register_optional(app, "gateway.sandbox", url_prefix="/sandbox")
