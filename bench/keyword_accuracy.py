@@ -1,0 +1,96 @@
+"""Measure opt-out detection on the labelled corpus: precision, recall, misses and a rough timing.
+
+Run from the repository root: ``.venv/bin/python bench/keyword_accuracy.py [corpus.tsv]``.
+Exits non-zero if recall is below 100% or precision below 97%.
+"""
+
+from __future__ import annotations
+
+import sys
+import timeit
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.keywords import KeywordEngine, default_engine  # noqa: E402
+
+CORPUS = ROOT / "tests" / "data" / "keyword_corpus.tsv"
+OPT_OUT_LABELS = frozenset({"opt_out", "opt_out_all"})
+MIN_PRECISION = 0.97
+
+
+class Example(NamedTuple):
+    line: int
+    language: str
+    expected: bool  # True when the reply is an opt-out
+    text: str
+
+
+def load_corpus(path: Path = CORPUS) -> list[Example]:
+    """Parse ``label<TAB>text`` lines; ``# lang: xx`` comments set the language of what follows."""
+    examples, language = [], "?"
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# lang:"):
+            language = line.partition(":")[2].strip()
+        if not line.strip() or line.startswith("#"):
+            continue
+        label, separator, text = line.partition("\t")
+        if not separator:
+            raise ValueError(f"{path}:{number}: expected label<TAB>text")
+        examples.append(Example(number, language, label in OPT_OUT_LABELS, text.replace("\\n", "\n")))
+    return examples
+
+
+def scores(counts: Counter[str]) -> tuple[float, float]:
+    """Precision and recall from tp/fp/fn counts (1.0 when undefined)."""
+    predicted, actual = counts["tp"] + counts["fp"], counts["tp"] + counts["fn"]
+    return (counts["tp"] / predicted if predicted else 1.0, counts["tp"] / actual if actual else 1.0)
+
+
+def main(argv: list[str]) -> int:
+    """Print the scores and every misclassified line; return the exit status."""
+    path = Path(argv[1]) if len(argv) > 1 else CORPUS
+    engine: KeywordEngine = default_engine()
+    examples = load_corpus(path)
+    totals: Counter[str] = Counter()
+    by_language: dict[str, Counter[str]] = {}
+    misses: list[tuple[str, Example, str]] = []
+    for example in examples:
+        result = engine.classify(example.text)
+        outcome = ("t" if result.is_opt_out == example.expected else "f") + ("p" if result.is_opt_out else "n")
+        totals[outcome] += 1
+        by_language.setdefault(example.language, Counter())[outcome] += 1
+        if outcome in ("fp", "fn"):
+            misses.append((outcome, example, result.intent))
+
+    print(f"corpus: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({len(examples)} messages)")
+    print("          size  opt_out  not_opt_out  precision  recall")
+    for language, counts in sorted(by_language.items()):
+        positives, negatives = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
+        language_precision, language_recall = scores(counts)
+        print(
+            f"  {language:6s} {positives + negatives:5d}  {positives:7d}  {negatives:11d}"
+            f"  {language_precision:9.4f}  {language_recall:6.4f}"
+        )
+    precision, recall = scores(totals)
+    print(f"tp={totals['tp']} fp={totals['fp']} fn={totals['fn']} tn={totals['tn']}")
+    print(f"precision: {precision:.4f}")
+    print(f"recall:    {recall:.4f}")
+    if misses:
+        print("\nmisclassified:")
+        for outcome, example, intent in misses:
+            kind = "false opt-out" if outcome == "fp" else "MISSED opt-out"
+            print(f"  line {example.line:4d} [{example.language}] {kind:14s} -> {intent:11s} {example.text!r}")
+
+    texts = [example.text for example in examples]
+    runs = 20
+    seconds = timeit.timeit(lambda: [engine.classify(text) for text in texts], number=runs)
+    print(f"\nclassify(): {seconds / (runs * len(texts)) * 1e6:.1f} µs per message (mean over the corpus)")
+    return 0 if recall == 1.0 and precision >= MIN_PRECISION else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
