@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,9 @@ from sqlalchemy.orm import Session
 
 from gateway.models import Program
 from gateway.numbers import is_e164
+from gateway.segments import count as count_segments
+
+log = logging.getLogger(__name__)
 
 CATEGORIES = ("marketing", "informational", "transactional")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -58,6 +62,9 @@ class ProgramSpec:
     double_opt_in: bool = True
     allowed_countries: tuple[str, ...] = ()
     daily_cap: int | None = None  # marketing messages per number per 24 h, on top of state rules
+    # Messages per second the provider takes from this program's sender; a sender shared by several
+    # programs goes at the slowest of their rates (gateway/throughput.py). None: the sender's default.
+    mps: int | None = None
     templates: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -75,7 +82,7 @@ class ProgramSpec:
 
 
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
-          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "templates"}
+          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "templates"}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -111,6 +118,9 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
     daily_cap = raw.get("daily_cap")
     if daily_cap is not None and (isinstance(daily_cap, bool) or not isinstance(daily_cap, int) or daily_cap < 1):
         raise fail("daily_cap", "a whole number of messages, at least 1")
+    mps = raw.get("mps")
+    if mps is not None and (isinstance(mps, bool) or not isinstance(mps, int) or not 1 <= mps <= 10_000):
+        raise fail("mps", "a whole number of messages per second, 1 to 10000")
     templates = dict(DEFAULT_TEMPLATES)
     overrides = raw.get("templates", {})
     if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
