@@ -133,7 +133,7 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
-        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, templates=templates,
+        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps, templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
     for template in templates:
@@ -145,6 +145,12 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
     for what, check in CONFIRMATION_MUST_SAY.items():
         if not check(confirmation, spec):
             raise fail("templates.confirmation", f"must include {what}")
+    # A text longer than one SMS still goes out, in parts that each cost a message: warn, don't refuse.
+    for template, text in [*((t, spec.text(t)) for t in templates), ("help", spec.help)]:
+        parts = count_segments(text).segments
+        if parts > 1:
+            log.warning("program %r: the %s text takes %d SMS segments; one fits 160 GSM-7 or 70 UCS-2 characters",
+                        slug, template, parts)
     return spec
 
 
@@ -159,9 +165,15 @@ def load_file(path: Path) -> list[ProgramSpec]:
     if not isinstance(programs, dict) or not programs:
         raise ProgramError(f"{path}: no [programs.<slug>] tables")
     specs = [_spec(slug, raw) for slug, raw in programs.items()]
+    from gateway.keywords import Intent, default_engine
+
     seen: dict[tuple[str, str], str] = {}
     for spec in specs:
         for keyword in spec.join_keywords:
+            meaning = default_engine().classify(keyword).intent
+            if meaning is not Intent.OTHER:
+                # Built-in keywords win over join keywords, so this one could never join anyone.
+                raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} already means {meaning.value}")
             key = (spec.sender or spec.messaging_service or "", keyword)
             if key in seen:
                 raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} is already used by {seen[key]!r} on the same sender")
