@@ -8,7 +8,8 @@ import sys
 
 from gateway.numbers import mask
 
-_NUMBER = re.compile(r"\+[1-9]\d{6,14}")
+# "+" as is, or URL-encoded as it appears in logged request URLs (the twilio client logs them).
+_NUMBER = re.compile(r"(\+|%2[Bb])([1-9]\d{6,14})")
 
 
 class MaskNumbers(logging.Filter):
@@ -16,7 +17,7 @@ class MaskNumbers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = _NUMBER.sub(lambda match: mask(match.group(0)), message)
+        masked = _NUMBER.sub(lambda match: match.group(1) + mask("+" + match.group(2))[1:], message)
         if masked != message:
             record.msg, record.args = masked, None
         return True

@@ -6,14 +6,17 @@ documented `http_client` extension point, so the same code path runs everywhere.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -29,17 +32,22 @@ class ErrorKind(StrEnum):
     PERMANENT = "permanent"  # anything else: retrying will not help
 
 
-# Twilio error code -> what it means for us. Codes not listed are permanent.
+# Twilio error code -> what it means for us. Codes not listed are permanent, unless the HTTP status
+# says the fault was Twilio's (5xx) or a rate limit (429).
 ERROR_KINDS: dict[int, ErrorKind] = {
     20429: ErrorKind.RETRYABLE,  # too many requests
+    20500: ErrorKind.RETRYABLE,  # internal server error
+    20503: ErrorKind.RETRYABLE,  # service unavailable
     30001: ErrorKind.RETRYABLE,  # queue overflow
     30450: ErrorKind.RETRYABLE,  # temporary SMS-pumping block
     63018: ErrorKind.RETRYABLE,  # rate limit exceeded for the channel
-    21610: ErrorKind.OPTED_OUT,
+    21610: ErrorKind.OPTED_OUT,  # the recipient replied STOP to this sender
     21211: ErrorKind.INVALID_NUMBER,  # invalid To
     21217: ErrorKind.INVALID_NUMBER,  # phone number does not appear to be valid
+    21401: ErrorKind.INVALID_NUMBER,  # invalid phone number
     21421: ErrorKind.INVALID_NUMBER,  # invalid phone number
     30005: ErrorKind.INVALID_NUMBER,  # unknown destination handset
+    21407: ErrorKind.NOT_MOBILE,  # this number type does not support SMS
     21614: ErrorKind.NOT_MOBILE,  # not a mobile number
     21635: ErrorKind.NOT_MOBILE,  # landline
     30006: ErrorKind.NOT_MOBILE,  # landline or unreachable carrier
@@ -114,49 +122,71 @@ class Provider:
         sender_args = {"messaging_service_sid": sender} if sender.startswith("MG") else {"from_": sender}
         started = time.perf_counter()
         try:
-            message = self.client.messages.create(to=to, body=body, status_callback=self.status_callback,
-                                                  **sender_args)
-        except TwilioRestException as error:
-            raise classify_rest_error(error) from None
-        except TwilioException as error:
-            raise ProviderError(ErrorKind.PERMANENT, getattr(error, "code", None), str(error)) from None
-        except (requests.Timeout, requests.ConnectionError) as error:
-            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
-        except ValueError as error:  # a 2xx whose body is not JSON: the provider is not itself
-            raise ProviderError(ErrorKind.RETRYABLE, None, f"unreadable provider answer: {error}") from None
+            with _translated():
+                message = self.client.messages.create(to=to, body=body, status_callback=self.status_callback,
+                                                      **sender_args)
         finally:
             metrics.PROVIDER_LATENCY.observe(time.perf_counter() - started)
         return _sent(message)
 
     def fetch(self, sid: str) -> SentMessage:
         """The provider's current view of one message."""
-        try:
+        with _translated():
             return _sent(self.client.messages(sid).fetch())
-        except TwilioRestException as error:
-            raise classify_rest_error(error) from None
-        except (requests.Timeout, requests.ConnectionError) as error:
-            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
 
     def sent_since(self, *, to: str, sender: str, since: datetime) -> list[SentMessage]:
-        """Messages the provider holds to `to` from `sender` created since `since` (for reconciling)."""
-        filters = {"to": to, "date_sent_after": since}
+        """Messages the provider sent to `to` from `sender` since `since` (Twilio filters on date_sent:
+        messages it has not sent yet are not listed)."""
+        # The client writes the datetime as given with a "Z": it must be UTC already.
+        filters = {"to": to, "date_sent_after": since.astimezone(UTC)}
         if not sender.startswith("MG"):
             filters["from_"] = sender
-        try:
+        with _translated():
             return [_sent(m) for m in self.client.messages.list(**filters, limit=50)]
-        except TwilioRestException as error:
-            raise classify_rest_error(error) from None
-        except (requests.Timeout, requests.ConnectionError) as error:
-            raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
+
+
+def _twilio_code(code: object) -> int | None:
+    # The client puts the HTTP status in `code` when the body had none; Twilio's own codes are longer.
+    return code if isinstance(code, int) and code >= 10000 else None
+
+
+def _classify(status: int | None, code: int | None, message: str) -> ProviderError:
+    kind = ERROR_KINDS.get(code or 0)
+    if kind is None:
+        kind = ErrorKind.RETRYABLE if status is not None and (status >= 500 or status == 429) else ErrorKind.PERMANENT
+    return ProviderError(kind, code, message)
 
 
 def classify_rest_error(error: TwilioRestException) -> ProviderError:
     """Twilio's error (HTTP status and code) as ours."""
-    code = error.code if isinstance(error.code, int) else None
-    kind = ERROR_KINDS.get(code or 0)
-    if kind is None:
-        kind = ErrorKind.RETRYABLE if error.status >= 500 or error.status == 429 else ErrorKind.PERMANENT
-    return ProviderError(kind, code, error.msg)
+    return _classify(error.status, _twilio_code(error.code), error.msg)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Every way a Twilio call can fail, as a ProviderError."""
+    try:
+        yield
+    except TwilioRestException as error:
+        raise classify_rest_error(error) from None
+    except TwilioServiceException as error:  # an RFC 9457 problem document: not a TwilioRestException
+        raise _classify(error.status, _twilio_code(error.code), error.detail or error.title) from None
+    except TwilioException as error:
+        # e.g. a list page answered with an error: the client keeps only the response.
+        response = error.args[1] if len(error.args) > 1 else None
+        status, code = getattr(response, "status_code", None), None
+        message = str(error.args[0] if error.args else error)
+        try:
+            payload = json.loads(response.text)
+            code, message = _twilio_code(payload.get("code")), f"{message}: {payload.get('message', '')}"
+        except (AttributeError, TypeError, ValueError):
+            pass
+        raise _classify(status, code, message) from None
+    except requests.RequestException as error:
+        # Timeouts, refused connections, dropped connections: nothing says the message was refused.
+        raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
+    except ValueError as error:  # a 2xx whose body is not JSON: whatever answered is not Twilio
+        raise ProviderError(ErrorKind.RETRYABLE, None, f"unreadable provider answer: {error}") from None
 
 
 def _sent(message) -> SentMessage:

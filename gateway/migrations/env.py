@@ -4,6 +4,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from gateway.models import Base
+import gateway.sandbox.models  # noqa: E402,F401  (its tables exist whether or not SANDBOX is on)
 
 config = context.config
 
