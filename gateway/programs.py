@@ -189,8 +189,15 @@ def spec_of(program: Program) -> ProgramSpec:
     return ProgramSpec(**data)
 
 
+# Counts store() calls in this process. Per-process caches of program rows (gateway.inbound) drop
+# what they hold when it changes; other processes' caches expire on their own within seconds.
+generation = 0
+
+
 def store(session: Session, specs: list[ProgramSpec]) -> list[Program]:
     """Insert or update programs by slug. Programs missing from the file are kept (the ledger cites them)."""
+    global generation
+    generation += 1
     rows = []
     for spec in specs:
         program = session.scalars(select(Program).where(Program.slug == spec.slug)).one_or_none()

@@ -46,7 +46,7 @@ def number_row(session: Session, number: Number, *, lock: bool = True) -> PhoneN
     insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
     session.execute(
         insert(PhoneNumber)
-        .values(e164=number.e164, kind=number.kind, reachability="ok", ledger_seq=0,
+        .values(e164=number.e164, kind=number.kind, region=number.region, reachability="ok", ledger_seq=0,
                 ledger_head=ledger.GENESIS_HASH, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["e164"])
     )
@@ -72,6 +72,10 @@ def state_of(consent: Consent | None) -> State:
     return State(Status(consent.status), consent.restorable)
 
 
+# The default of apply(consent=…): read the row here.
+LOOK_UP = object()
+
+
 def apply(
     session: Session,
     number: PhoneNumber,
@@ -81,10 +85,16 @@ def apply(
     *,
     now: datetime | None = None,
     expires_at: datetime | None = None,
+    consent: Consent | None | object = LOOK_UP,
 ) -> Change:
-    """Move (number, program) by `input`, append the ledger event; raise IllegalTransition."""
+    """Move (number, program) by `input`, append the ledger event; raise IllegalTransition.
+
+    A caller that already read the consent row in this transaction, after locking the number, may
+    pass it as `consent` (None: there is none) to save the query.
+    """
     now = now or utcnow()
-    consent = consent_row(session, number, program)
+    if consent is LOOK_UP:
+        consent = consent_row(session, number, program)
     before = state_of(consent)
     after = transition(before, input)
     if after.status is None:
@@ -152,9 +162,16 @@ def opt_out(
     evidence: Evidence,
     *,
     now: datetime | None = None,
+    consents: dict[int, Consent | None] | None = None,
 ) -> list[Change]:
-    """Opt the number out of every program given (an opt-out always applies)."""
-    return [apply(session, number, program, input, evidence, now=now) for program in programs]
+    """Opt the number out of every program given (an opt-out always applies).
+
+    `consents` maps program ids to rows already read after the number's lock (None: no row); the
+    programs it does not name are looked up.
+    """
+    consents = consents or {}
+    return [apply(session, number, program, input, evidence, now=now, consent=consents.get(program.id, LOOK_UP))
+            for program in programs]
 
 
 def consents(session: Session, number: PhoneNumber) -> list[Consent]:
@@ -172,6 +189,22 @@ def events(session: Session, number: PhoneNumber) -> list[LedgerEvent]:
 def suppression_digest(key: bytes, e164: str) -> str:
     """Keyed, so a leaked list cannot be reversed by hashing every possible number."""
     return hmac.new(key, e164.encode(), hashlib.sha256).hexdigest()
+
+
+def suppression_digests(key: bytes, e164s: list[str]) -> list[str]:
+    """`suppression_digest` of many numbers: the keyed pads are hashed once, not once per number
+    (half the cost for the 100,000 numbers of a batch)."""
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+    digests = []
+    for e164 in e164s:
+        first, second = inner.copy(), outer.copy()
+        first.update(e164.encode())
+        second.update(first.digest())
+        digests.append(second.hexdigest())
+    return digests
 
 
 def suppress(session: Session, key: bytes, e164: str, reason: str) -> None:
@@ -214,4 +247,5 @@ def rebuild(session: Session) -> int:
 __all__ = [
     "Change", "Evidence", "IllegalTransition", "allowed", "apply", "consents", "events", "find_number",
     "is_suppressed", "number_row", "opt_out", "rebuild", "record", "suppress", "suppression_digest",
+    "suppression_digests",
 ]

@@ -1,0 +1,252 @@
+"""Inbound-webhook throughput: the gateway's POST /webhooks/twilio/sms against a bare baseline.
+
+Both run under gunicorn with config/gunicorn.conf.py (sync workers x4) on PostgreSQL, side by side in
+one run, driven by wrk over loopback with the same pre-signed bodies (bench/rotate.lua): STOP, START,
+HELP and other texts over 1,000 numbers opted in to two programs, every MessageSid new. The baseline
+(bench/baseline_app.py) only validates the signature and does one INSERT and one UPDATE in one
+transaction. The gateway must reach at least 80% of the baseline's requests per second.
+
+    .venv/bin/python bench/inbound_webhook.py [--duration 15] [--rounds 2] [--connections 8]
+
+Needs `wrk` (apt-get install -y wrk) and a PostgreSQL server; it recreates the database named by
+--database-url (default postgresql://postgres@127.0.0.1/bench_inbound). Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import requests  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
+from twilio.request_validator import RequestValidator  # noqa: E402
+
+from gateway import programs  # noqa: E402
+from gateway.config import load_settings  # noqa: E402
+from gateway.consent import Input, Source, service  # noqa: E402
+from gateway.db import Database  # noqa: E402
+from gateway.models import InboundMessage, utcnow  # noqa: E402
+from gateway.numbers import parse  # noqa: E402
+
+PATH = "/webhooks/twilio/sms"
+PUBLIC_BASE_URL = "https://sms.bench.example"  # what Twilio would call; both servers check against it
+TOKEN = "bench-auth-token"
+SENDER = "+15005550006"  # deals and alerts, both double opt-in
+REQUIRED_RATIO = 0.80
+# Each number walks through these in turn, starting at a different one, so every stretch of the run
+# has the same mix: an opt-out of two programs, a restore of both (or nothing to restore), a HELP, a chat.
+BODIES = ("STOP", "START", "HELP", "what time do you open tomorrow?")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1/bench_inbound")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs per server, alternating")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--numbers", type=int, default=1000)
+    parser.add_argument("--per-run", type=int, default=40_000, help="distinct requests prepared per run")
+    parser.add_argument("--only", choices=BODIES, help="send only this body (to profile one path)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="bench-inbound-"))
+    env = _environment(args.database_url, work)
+    settings = load_settings(env=env)
+    print(f"preparing {settings.database_url.split('@')[-1]}: schema, programs, {args.numbers} numbers")
+    _prepare_database(args.database_url, settings, args.numbers)
+    requests_file = work / "requests.tsv"
+    runs = args.rounds * 2 + 2  # a warm-up per server, then the measured rounds
+    _write_requests(requests_file, args.numbers, runs * args.per_run, (args.only,) if args.only else BODIES)
+
+    servers = {}
+    try:
+        for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway:create_app()")):
+            servers[name] = _start_gunicorn(name, app, env, work)
+        slices = itertools.count(0, args.per_run)
+        warm_up = {name: _wrk(servers[name], requests_file, next(slices), args.per_run, 3, args)  # imports, pools
+                   for name in servers}
+        results: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name in servers:
+                result = _wrk(servers[name], requests_file, next(slices), args.per_run, args.duration, args)
+                results[name].append(result)
+                print(f"  {name:8s} {result['rps']:8.1f} req/s  p50 {result['p50']}  p99 {result['p99']}"
+                      f"  ({result['requests']} requests)")
+    finally:
+        for server in servers.values():
+            server["process"].send_signal(signal.SIGTERM)
+        for server in servers.values():
+            try:
+                server["process"].wait(15)
+            except subprocess.TimeoutExpired:
+                server["process"].kill()
+
+    baseline = statistics.median(r["rps"] for r in results["baseline"])
+    gateway = statistics.median(r["rps"] for r in results["gateway"])
+    # Each round runs the two back to back, so a round's ratio is the fairest figure on a machine
+    # whose load changes; the result is the median of the rounds' ratios.
+    ratios = [g["rps"] / b["rps"] for b, g in zip(results["baseline"], results["gateway"])]
+    ratio = statistics.median(ratios)
+    stored = _stored_inbound(settings)
+    sent = warm_up["gateway"]["requests"] + sum(r["requests"] for r in results["gateway"])
+    print()
+    print(f"baseline (signature + INSERT + UPDATE): {baseline:8.1f} req/s (median of {args.rounds})")
+    print(f"gateway  (POST /webhooks/twilio/sms):   {gateway:8.1f} req/s (median of {args.rounds})")
+    print(f"ratio per round: {', '.join(f'{r:.0%}' for r in ratios)}; median {ratio:.0%} "
+          f"(required: at least {REQUIRED_RATIO:.0%})")
+    # wrk counts the answers it received within its window; a few more were in flight at its end.
+    print(f"inbound messages stored by the gateway: {stored}; answers counted by wrk: {sent} (warm-up included)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if ratio >= REQUIRED_RATIO else 1
+
+
+def _environment(database_url: str, work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "BENCH_DATABASE_URL": load_settings(env={"DATABASE_URL": database_url, "VAR_DIR": str(work),
+                                                 "SUPPRESSION_KEY": "b" * 40}).database_url,
+        "CELERY_BROKER_URL": f"filesystem://{work / 'broker'}",
+        "REDIS_URL": "",
+        "TWILIO_ACCOUNT_SID": "AC" + "2" * 32,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "SANDBOX": "off",
+        "SUPPRESSION_KEY": "bench-suppression-key-0123456789abcdef",
+        "VAR_DIR": str(work / "var"),
+        "PROGRAMS_FILE": str(ROOT / "config" / "programs.example.toml"),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def _prepare_database(url: str, settings, numbers: int) -> None:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    database = Database(settings.database_url)
+    with database.engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    database.upgrade()
+    from bench.baseline_app import SCHEMA
+
+    now = utcnow()
+    with database.transaction() as session:
+        session.execute(text(SCHEMA))
+        stored = programs.store(session, programs.load_file(settings.programs_file))
+        on_sender = [p for p in stored if p.sender_key == SENDER]
+        for index in range(numbers):
+            e164 = _number(index)
+            session.execute(text("INSERT INTO baseline_numbers (e164) VALUES (:e164)"), {"e164": e164})
+            row = service.number_row(session, parse(e164))
+            for program in on_sender:
+                service.apply(session, row, program, Input.IMPORT_OPT_IN,
+                              service.Evidence(Source.IMPORT, actor="bench"), now=now)
+    database.dispose()
+
+
+def _number(index: int) -> str:
+    return f"+1415555{index:04d}"
+
+
+def _write_requests(path: Path, numbers: int, total: int, bodies: tuple[str, ...] = BODIES) -> None:
+    """`total` signed requests: number i's round r sends bodies[(i + r) % 4]; every MessageSid new."""
+    validator = RequestValidator(TOKEN)
+    url = PUBLIC_BASE_URL + PATH
+    with open(path, "w") as out:
+        for index in range(total):
+            number, round_ = index % numbers, index // numbers
+            params = {
+                "ToCountry": "US", "ToState": "", "SmsMessageSid": f"SM{index:032x}", "NumMedia": "0",
+                "ToCity": "", "FromZip": "94105", "SmsSid": f"SM{index:032x}", "FromState": "CA",
+                "SmsStatus": "received", "FromCity": "SAN FRANCISCO", "Body": bodies[(number + round_) % len(bodies)],
+                "FromCountry": "US", "To": SENDER, "ToZip": "", "NumSegments": "1", "MessageSid": f"SM{index:032x}",
+                "AccountSid": "AC" + "2" * 32, "From": _number(number), "ApiVersion": "2010-04-01",
+            }
+            out.write(f"{validator.compute_signature(url, params)}\t{urlencode(params)}\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_gunicorn(name: str, app: str, env: dict[str, str], work: Path) -> dict:
+    port = _free_port()
+    metrics_dir = work / f"prometheus-{name}"
+    log = open(work / f"{name}.log", "wb")
+    process = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "config" / "gunicorn.conf.py"), app],
+        cwd=ROOT, env={**env, "PORT": str(port), "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} did not start:\n{(work / f'{name}.log').read_text()[-3000:]}")
+            try:
+                if requests.get(base + "/healthz", timeout=5).status_code == 200:
+                    return {"name": name, "url": base + PATH, "process": process}
+            except requests.RequestException:
+                pass  # still booting
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not answer /healthz within 60 s")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
+def _wrk(server: dict, requests_file: Path, first: int, count: int, duration: int, args) -> dict:
+    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
+               "-s", str(ROOT / "bench" / "rotate.lua"), server["url"], "--",
+               str(requests_file), str(first), str(count), str(args.threads)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True).stdout
+    done = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    if errors or socket_errors:
+        raise RuntimeError(f"{server['name']}: requests failed:\n{output}")
+    if done > count:
+        print(f"  warning: {server['name']} sent {done} requests from a slice of {count}: some were repeats")
+    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.MULTILINE))
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), "requests": done,
+            "p50": percentile.get("50"), "p99": percentile.get("99")}
+
+
+def _stored_inbound(settings) -> int:
+    database = Database(settings.database_url)
+    try:
+        with database.sessions() as session:
+            return session.scalar(select(func.count()).select_from(InboundMessage))
+    finally:
+        database.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
