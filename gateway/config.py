@@ -43,6 +43,10 @@ class Settings:
     pending_ttl_hours: int
     trusted_proxies: int
     max_content_length: int
+    # Confirmation texts allowed, in `limits` notation: against SMS pumping (gateway/abuse.py).
+    confirmation_limit_per_number: str = "3 per 24 hours"
+    confirmation_limit_per_client: str = "10 per hour"
+    confirmation_limit_per_program: str = "1000 per hour"
 
     @property
     def is_sqlite(self) -> bool:
@@ -76,6 +80,17 @@ def _as_int(name: str, value: object, minimum: int = 0) -> int:
     if number < minimum:
         raise ConfigError(f"{name.upper()}: must be at least {minimum}, got {number}")
     return number
+
+
+def _as_rate(name: str, value: object) -> str:
+    from limits import parse
+
+    text = str(value).strip()
+    try:
+        parse(text)
+    except ValueError:
+        raise ConfigError(f"{name.upper()}: expected a rate such as '3 per 24 hours', got {value!r}") from None
+    return text
 
 
 def _path(value: str) -> Path:
@@ -175,4 +190,6 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         pending_ttl_hours=_as_int("pending_ttl_hours", raw["pending_ttl_hours"], minimum=1),
         trusted_proxies=_as_int("trusted_proxies", raw["trusted_proxies"]),
         max_content_length=_as_int("max_content_length", raw["max_content_length"], minimum=1024),
+        **{key: _as_rate(key, raw[key]) for key in (
+            "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program")},
     )

@@ -14,6 +14,7 @@ MESSAGES_ACCEPTED = Counter("smsgate_messages_accepted_total", "Outbound message
 MESSAGES_REFUSED = Counter("smsgate_messages_refused_total", "Outbound messages refused or blocked, by reason", ["reason", "stage"])
 MESSAGES_SENT = Counter("smsgate_messages_sent_total", "Messages handed to the provider", ["kind"])
 DELIVERY_STATUS = Counter("smsgate_delivery_status_total", "Status callbacks by status", ["status"])
+SUBSCRIPTION_REQUESTS = Counter("smsgate_subscription_requests_total", "Double opt-in requests from the form and the API, by outcome", ["source", "outcome"])
 CARRIER_OPT_OUTS = Counter("smsgate_carrier_opt_outs_total", "21610 opt-outs learnt from Twilio")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
 
