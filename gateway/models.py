@@ -74,6 +74,8 @@ class PhoneNumber(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     e164: Mapped[str | None] = mapped_column(String(20), unique=True)
     kind: Mapped[str] = mapped_column(String(20), default="unknown")
+    # ISO region phonenumbers places the number in ("US", "CA"), kept so the send gate need not re-parse it.
+    region: Mapped[str | None] = mapped_column(String(3))
     # ok | unreachable | landline: learnt from delivery failures; refused by the send gate.
     reachability: Mapped[str] = mapped_column(String(20), default="ok")
     reachability_code: Mapped[int | None]
@@ -191,6 +193,9 @@ class OutboundMessage(Base):
     __table_args__ = (
         UniqueConstraint("api_key_id", "idempotency_key"),
         Index("ix_messages_status_not_before", "status", "not_before"),
+        Index("ix_messages_status_recheck_at", "status", "recheck_at"),
+        # The send gate counts a number's texts of the last day on every send.
+        Index("ix_messages_number_id_created_at", "number_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_message_id)
@@ -216,6 +221,9 @@ class OutboundMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
+    # When the sweeper should look again if nothing moved the message: a lost task, a deferral now
+    # due, a status callback that never came (see gateway/outbox.py).
+    recheck_at: Mapped[datetime | None]
 
     number: Mapped[PhoneNumber] = relationship()
     program: Mapped[Program] = relationship()

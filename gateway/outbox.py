@@ -2,17 +2,23 @@
 
 A message is a row before it is a task: `accept` stores it, the caller enqueues its id after commit,
 `claim` lets exactly one worker take it, and `advance` is the only writer of its status.
+
+`recheck_at` says when the sweeper should look at a message again if nothing has moved it by then:
+a queued message whose task was lost, a deferred one now due, a sent one whose final status never
+came. Every step sets it, so the sweeper's queries are one index range each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, or_, select, text, update
+from sqlalchemy.orm import Session, joinedload
 
-from gateway.models import MessageEvent, OutboundMessage, PhoneNumber, Program, utcnow
+from gateway import bulk
+from gateway.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
 from gateway.policy import Decision, Kind
 from gateway.segments import count as count_segments
 
@@ -28,6 +34,23 @@ FINAL = frozenset(s for s, r in RANK.items() if r == 3)
 # A claim older than this is presumed to belong to a dead worker (see `claim` and the sweeper).
 CLAIM_TIMEOUT = timedelta(minutes=5)
 MAX_ATTEMPTS = 6
+# A queued message nobody has touched for this long has lost its task; the sweeper enqueues it again.
+LOST_TASK_AFTER = timedelta(minutes=10)
+# A sent message without a final status after this long: ask the provider (then less and less often).
+RECONCILE_AFTER = timedelta(minutes=30)
+# ... until it is this old: Twilio settles a status within 72 hours, after that we stop asking.
+RECONCILE_FOR = timedelta(days=3)
+
+
+def recheck_time(status: str, now: datetime, not_before: datetime | None) -> datetime | None:
+    """When the sweeper should look at a message that has just moved to `status`."""
+    if status == "queued":
+        return max(now, not_before or now) + LOST_TASK_AFTER
+    if status == "deferred":
+        return not_before or now
+    if status == "sent":
+        return now + RECONCILE_AFTER
+    return None  # sending: the claim times out instead; final: nothing left to do
 
 
 def advance(
@@ -60,6 +83,7 @@ def advance(
     if error_message is not None:
         message.error_message = error_message[:500]
     message.not_before = not_before
+    message.recheck_at = recheck_time(status, now, not_before)
     if status != "sending":
         message.claimed_at = None
     session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code, occurred_at=now))
@@ -90,11 +114,91 @@ def accept(
         segments=segments.segments, encoding=segments.encoding, status=status,
         reason=decision.reason.value if decision.reason else None, not_before=decision.not_before,
         api_key_id=api_key_id, idempotency_key=idempotency_key, batch_id=batch_id, created_at=now, updated_at=now,
+        recheck_at=recheck_time(status, now, decision.not_before),
     )
     session.add(message)
     session.flush()
     session.add(MessageEvent(message_id=message.id, status=status, reason=message.reason, occurred_at=now))
     return message
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    status: str  # queued | deferred
+    segments: int
+    encoding: str
+    not_before: datetime | None
+
+
+def accept_many(
+    session: Session,
+    *,
+    program: Program,
+    kind: Kind,
+    body: str,
+    decisions: Sequence[tuple[int, Decision]],
+    now: datetime,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
+    batch_id: str | None = None,
+) -> list[Accepted]:
+    """`accept` for many numbers (number id, the gate's decision) in two bulk inserts, without the ORM.
+
+    The send API takes this path for its one message too: it is the request's main cost otherwise.
+    """
+    if idempotency_key is not None and len(decisions) != 1:
+        raise ValueError("an idempotency key names one message")
+    segments = count_segments(body)
+    messages, events, accepted = [], [], []
+    for number_id, decision in decisions:
+        if not (decision.allowed or decision.deferred):
+            raise ValueError(f"the gate refused this message: {decision.reason}")
+        message_id = new_message_id()
+        status = "deferred" if decision.deferred else "queued"
+        reason = decision.reason.value if decision.reason else None
+        messages.append((message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments,
+                         segments.encoding, status, reason, decision.not_before, 0, api_key_id, idempotency_key,
+                         batch_id, now, now, recheck_time(status, now, decision.not_before)))
+        events.append((message_id, status, reason, now))
+        accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
+    message_columns = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
+                       "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
+                       "updated_at", "recheck_at")
+    event_columns = ("message_id", "status", "reason", "occurred_at")
+    if len(messages) == 1 and session.get_bind().dialect.name == "postgresql":
+        # One message (the send API): both rows in one statement, one round trip fewer per send.
+        session.execute(_ACCEPT_ONE, {**dict(zip(message_columns, messages[0])),
+                                      **{f"event_{k}": v for k, v in zip(event_columns, events[0])}})
+        return accepted
+    bulk.insert_rows(session, OutboundMessage.__table__, message_columns, messages)
+    bulk.insert_rows(session, MessageEvent.__table__, event_columns, events)
+    return accepted
+
+
+_ACCEPT_ONE = text("""
+    WITH stored AS (
+        INSERT INTO messages (id, number_id, program_id, kind, sender, body, segments, encoding, status, reason,
+                              not_before, attempts, api_key_id, idempotency_key, batch_id, created_at, updated_at,
+                              recheck_at)
+        VALUES (:id, :number_id, :program_id, :kind, :sender, :body, :segments, :encoding, :status, :reason,
+                :not_before, :attempts, :api_key_id, :idempotency_key, :batch_id, :created_at, :updated_at,
+                :recheck_at)
+    )
+    INSERT INTO message_events (message_id, status, reason, occurred_at)
+    VALUES (:event_message_id, :event_status, :event_reason, :event_occurred_at)
+""").bindparams(*(bindparam(name, type_=UTCDateTime()) for name in (
+    "not_before", "created_at", "updated_at", "recheck_at", "event_occurred_at")))
+
+
+def queued_in_batch(session: Session, batch_id: str, now: datetime) -> list[str]:
+    """Ids of a batch's messages that are ready to go (the deferred ones wait for the sweeper)."""
+    return list(session.scalars(
+        select(OutboundMessage.id).where(
+            OutboundMessage.batch_id == batch_id, OutboundMessage.status == "queued",
+            or_(OutboundMessage.not_before.is_(None), OutboundMessage.not_before <= now),
+        ).order_by(OutboundMessage.created_at, OutboundMessage.id)
+    ))
 
 
 def claim(session: Session, message_id: str, now: datetime | None = None) -> OutboundMessage | None:
@@ -103,7 +207,11 @@ def claim(session: Session, message_id: str, now: datetime | None = None) -> Out
     The row lock plus the status check make two workers racing for one id send it once.
     """
     now = now or utcnow()
-    query = select(OutboundMessage).where(OutboundMessage.id == message_id).with_for_update(skip_locked=True)
+    # The number and program come in the same query: the gate needs both at once.
+    query = (select(OutboundMessage).where(OutboundMessage.id == message_id)
+             .options(joinedload(OutboundMessage.number, innerjoin=True),
+                      joinedload(OutboundMessage.program, innerjoin=True))
+             .with_for_update(of=OutboundMessage, skip_locked=True))
     message = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
     if message is None:
         return None
@@ -125,18 +233,51 @@ def stale_claims(session: Session, now: datetime, limit: int = 500) -> list[Outb
     ))
 
 
-def due_ids(session: Session, now: datetime, older_than: timedelta, limit: int = 1000) -> list[str]:
-    """Ids to (re-)enqueue: deferred ones now due, and queued ones whose task seems lost."""
+def due_ids(session: Session, now: datetime, limit: int = 5000) -> list[str]:
+    """Ids to (re-)enqueue: deferred messages now due, and queued ones whose task seems lost."""
     return list(session.scalars(
         select(OutboundMessage.id)
-        .where(or_(
-            (OutboundMessage.status == "deferred") & (OutboundMessage.not_before <= now),
-            (OutboundMessage.status == "queued")
-            & (OutboundMessage.updated_at < now - older_than)
-            & or_(OutboundMessage.not_before.is_(None), OutboundMessage.not_before <= now),
-        ))
-        .order_by(OutboundMessage.created_at).limit(limit)
+        .where(OutboundMessage.status.in_(("queued", "deferred")), OutboundMessage.recheck_at <= now)
+        .order_by(OutboundMessage.recheck_at).limit(limit)
     ))
+
+
+def mark_enqueued(session: Session, ids: Sequence[str], now: datetime) -> None:
+    """A task for each of `ids` is on its way: look at them again only if it gets lost too."""
+    for chunk in chunks(ids, 5000):
+        session.execute(
+            update(OutboundMessage).where(OutboundMessage.id.in_(chunk))
+            .values(recheck_at=now + LOST_TASK_AFTER).execution_options(synchronize_session=False)
+        )
+
+
+def postpone(session: Session, message_id: str, not_before: datetime) -> None:
+    """Hold a waiting message until `not_before` without a step in its history (its sender was busy).
+
+    Its task retries then; the sweeper steps in only if that task is lost too.
+    """
+    session.execute(
+        update(OutboundMessage)
+        .where(OutboundMessage.id == message_id, OutboundMessage.status.in_(("queued", "deferred")))
+        .values(not_before=not_before, recheck_at=not_before + LOST_TASK_AFTER)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def unsettled(session: Session, now: datetime, limit: int = 200) -> list[OutboundMessage]:
+    """Sent messages whose final status is overdue: the reconciler asks the provider about them."""
+    return list(session.scalars(
+        select(OutboundMessage)
+        .where(OutboundMessage.status == "sent", OutboundMessage.recheck_at <= now,
+               OutboundMessage.provider_sid.is_not(None))
+        .order_by(OutboundMessage.recheck_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+
+
+def ask_again(message: OutboundMessage, now: datetime) -> None:
+    """Still no final status: ask again after as long again as it has waited, or stop at RECONCILE_FOR."""
+    waited = now - message.updated_at
+    message.recheck_at = None if waited >= RECONCILE_FOR else now + max(RECONCILE_AFTER, waited)
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -154,3 +295,8 @@ class History:
 
 def history(message: OutboundMessage) -> list[History]:
     return [History(e.status, e.reason, e.error_code, e.occurred_at) for e in message.events]
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

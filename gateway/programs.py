@@ -222,6 +222,8 @@ def store(session: Session, specs: list[ProgramSpec]) -> list[Program]:
 
 
 def by_slug(session: Session, slug: str) -> Program | None:
+    if "\x00" in slug:  # no slug has one, and PostgreSQL would refuse the query rather than find nothing
+        return None
     return session.scalars(select(Program).where(Program.slug == slug)).one_or_none()
 
 

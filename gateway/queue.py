@@ -16,6 +16,7 @@ from gateway.config import Settings
 
 class TaskNames:
     SEND_MESSAGE = "messages.send"
+    SEND_BATCH = "messages.send_batch"  # fans a batch out into SEND_MESSAGE tasks, off the request
     SWEEP_OUTBOX = "messages.sweep"
     RECONCILE_STATUSES = "messages.reconcile"
     EXPIRE_PENDING = "consent.expire_pending"
@@ -32,6 +33,7 @@ class QueueNames:
 
 ROUTES = {
     TaskNames.SEND_MESSAGE: {"queue": QueueNames.SENDS},
+    TaskNames.SEND_BATCH: {"queue": QueueNames.SENDS},
     TaskNames.SWEEP_OUTBOX: {"queue": QueueNames.PERIODIC},
     TaskNames.RECONCILE_STATUSES: {"queue": QueueNames.PERIODIC},
     TaskNames.EXPIRE_PENDING: {"queue": QueueNames.PERIODIC},
@@ -100,8 +102,12 @@ class Dispatcher:
         self.celery = celery
 
     def send_messages(self, message_ids: list[str]) -> None:
-        for message_id in message_ids:
-            self.celery.send_task(TaskNames.SEND_MESSAGE, args=[message_id])
+        if not message_ids:
+            return
+        # One producer (one broker connection) for the lot: a batch can enqueue 100,000 ids.
+        with self.celery.producer_or_acquire() as producer:
+            for message_id in message_ids:
+                self.celery.send_task(TaskNames.SEND_MESSAGE, args=[message_id], producer=producer)
 
     def send(self, task_name: str, *args) -> None:
         self.celery.send_task(task_name, args=list(args))

@@ -2,25 +2,29 @@
 
 This is the worker's whole job for a message; the Celery task only calls `send` and schedules a
 retry when told to. The gate runs in the same transaction that claims the row, so an opt-out
-committed before the claim always wins, and the provider is called only after that commit.
+committed before the claim always wins, and the provider is called only after that commit. The
+sender's throughput slot is taken in that transaction too: a busy sender leaves the row untouched.
+
+`sweep` and `reconcile` are the beat's side: they find what a lost task or a missing status
+callback left behind.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from gateway import metrics, outbox, policy
+from gateway import metrics, outbox, policy, throughput
 from gateway.consent import carrier
 from gateway.consent.machine import Source
 from gateway.consent.service import Evidence
 from gateway.context import Gateway
 from gateway.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.numbers import mask
-from gateway.provider import ErrorKind, ProviderError
+from gateway.provider import ErrorKind, ProviderError, SentMessage
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,30 @@ class _Request:
     body: str
     kind: str
     attempts: int
+    # The claimed row as committed. Nothing else moves a message in "sending" (callbacks need the sid
+    # we have yet to write; the sweeper waits CLAIM_TIMEOUT), so the result is written on it as it is.
+    message: OutboundMessage
 
 
-def _prepare(gateway: Gateway, message_id: str, now: datetime) -> _Request | Outcome:
+class _SenderBusy(Exception):
+    def __init__(self, retry_after: float, mps: int):
+        super().__init__(f"sender busy for {retry_after:.3f}s")
+        self.retry_after, self.mps = retry_after, mps
+
+
+def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> _Request | Outcome:
+    try:
+        return _claim_and_check(gateway, message_id, now)
+    except _SenderBusy as busy:
+        # The claim was rolled back with the transaction: the row is queued as it was. Hold it until
+        # the sender has a slot, so a duplicate task cannot take it sooner.
+        delay = throughput.wait_time(busy.retry_after, busy.mps, waited)
+        with gateway.db.transaction() as session:
+            outbox.postpone(session, message_id, now + delay)
+        return Outcome("queued", "sender_busy", retry_in=delay)
+
+
+def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> _Request | Outcome:
     with gateway.db.transaction() as session:
         message = outbox.claim(session, message_id, now)
         if message is None:
@@ -65,13 +90,21 @@ def _prepare(gateway: Gateway, message_id: str, now: datetime) -> _Request | Out
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
             log.info("blocked %s to %s: %s", message.id, mask(message.number.e164), decision.reason.value)
             return Outcome("blocked", decision.reason.value)
-        return _Request(message.id, message.number.e164, message.sender, message.body, message.kind, message.attempts)
+        mps = throughput.sender_mps(session, message.sender)
+        verdict = throughput.take(gateway.limiter, message.sender, mps)
+        if not verdict.allowed:
+            raise _SenderBusy(verdict.retry_after, mps)
+        return _Request(message.id, message.number.e164, message.sender, message.body, message.kind, message.attempts,
+                        message)
 
 
-def send(gateway: Gateway, message_id: str, now: datetime | None = None) -> Outcome:
-    """Send one message if it is still ours to send and still allowed."""
+def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, waited: int = 0) -> Outcome:
+    """Send one message if it is still ours to send and still allowed.
+
+    `waited`: how many times this message has already been retried (its wait for a busy sender grows).
+    """
     now = now or utcnow()
-    prepared = _prepare(gateway, message_id, now)
+    prepared = _prepare(gateway, message_id, now, waited)
     if isinstance(prepared, Outcome):
         return prepared
     try:
@@ -79,9 +112,9 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None) -> Outc
     except ProviderError as error:
         return _record_failure(gateway, prepared, error)
     with gateway.db.transaction() as session:
-        message = session.get(OutboundMessage, prepared.id)
+        message = prepared.message
+        session.add(message)  # back into a session without reading it again
         message.provider_sid = sent.sid
-        # A callback may have beaten us here with "delivered"; advance() keeps the furthest status.
         outbox.advance(session, message, "sent", now=utcnow())
     metrics.MESSAGES_SENT.labels(kind=prepared.kind).inc()
     return Outcome("sent")
@@ -121,3 +154,133 @@ def _record_failure(gateway: Gateway, request: _Request, error: ProviderError) -
                        error_message=error.message)
         log.info("failed %s to %s: %s", message.id, mask(request.to), error)
         return Outcome("failed", reason)
+
+
+# --- the sweeper ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    enqueued: int  # ids handed to the queue again: lost tasks, deferrals now due, recovered claims
+    found_sent: int  # dead workers' claims the provider had sent after all: recorded, not resent
+    requeued: int  # dead workers' claims the provider never saw: queued again
+    unresolved: int  # dead workers' claims we could not ask the provider about: next sweep
+
+
+def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_000) -> Sweep:
+    """Re-enqueue what no task will pick up, and settle claims whose worker died mid-send."""
+    now = now or utcnow()
+    found_sent = unresolved = 0
+    with gateway.db.sessions() as session:
+        stale = [m.id for m in outbox.stale_claims(session, now)]
+    back_in_queue = []
+    for message_id in stale:
+        result = _settle_claim(gateway, message_id, now)
+        found_sent += result == "sent"
+        unresolved += result == "unknown"
+        if result == "queued":
+            back_in_queue.append(message_id)
+    requeued = len(back_in_queue)
+    gateway.dispatcher.send_messages(back_in_queue)
+    enqueued = requeued
+    while enqueued < max_ids:
+        with gateway.db.transaction() as session:
+            ids = outbox.due_ids(session, now, limit=min(5000, max_ids - enqueued))
+            outbox.mark_enqueued(session, ids, now)
+        # After the commit: a task never runs ahead of the row it is about.
+        gateway.dispatcher.send_messages(ids)
+        enqueued += len(ids)
+        if len(ids) < 5000:
+            break
+    if enqueued or stale:
+        log.info("sweep: %d enqueued, %d stale claims (%d sent, %d requeued, %d unresolved)",
+                 enqueued, len(stale), found_sent, requeued, unresolved)
+    return Sweep(enqueued, found_sent, requeued, unresolved)
+
+
+def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
+    """Ask the provider whether a dead worker's claimed message went out; record what it says.
+
+    No transaction is held during the provider call (on SQLite it would stop every writer); the
+    row is checked again afterwards, so two sweepers settling one claim record it once.
+    """
+
+    def still_stale(session) -> OutboundMessage | None:
+        message = session.scalars(
+            select(OutboundMessage).where(OutboundMessage.id == message_id).with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if message is None or message.status != "sending" or message.claimed_at > now - outbox.CLAIM_TIMEOUT:
+            return None  # another sweeper has it, or it moved on since we looked
+        return message
+
+    with gateway.db.transaction() as session:
+        message = still_stale(session)
+        if message is None:
+            return "moved"
+        to, sender, body, claimed_at = message.number.e164, message.sender, message.body, message.claimed_at
+    candidates: list[SentMessage] = []
+    if to:
+        try:
+            # The worker called the provider after its claim, so anything it sent is newer.
+            candidates = gateway.provider.sent_since(to=to, sender=sender, since=claimed_at - timedelta(minutes=1))
+        except ProviderError as error:
+            log.warning("sweep: cannot ask the provider about %s: %s", message_id, error)
+            return "unknown"
+    with gateway.db.transaction() as session:
+        message = still_stale(session)
+        if message is None or message.claimed_at != claimed_at:
+            return "moved"
+        sent = _matching(session, body, candidates)
+        if sent is not None:
+            message.provider_sid = sent.sid
+            outbox.advance(session, message, "sent", now=now, reason="recovered")
+            return "sent"
+        outbox.advance(session, message, "queued", now=now, reason="claim_expired")
+        return "queued"
+
+
+def _matching(session, body: str, candidates: list[SentMessage]) -> SentMessage | None:
+    """The provider's message that is this one: same body, and not already another message of ours."""
+    same_body = [c for c in candidates if c.body == body]
+    if not same_body:
+        return None
+    ours = set(session.scalars(select(OutboundMessage.provider_sid).where(
+        OutboundMessage.provider_sid.in_([c.sid for c in same_body]))))
+    unclaimed = [c for c in same_body if c.sid not in ours]
+    unclaimed.sort(key=lambda c: c.date_created or datetime.max.replace(tzinfo=UTC))
+    return unclaimed[0] if unclaimed else None
+
+
+# --- the reconciler -------------------------------------------------------------------------------
+
+
+def reconcile(gateway: Gateway, now: datetime | None = None, *, limit: int = 200) -> int:
+    """Ask the provider about sent messages whose final status never came; return how many settled."""
+    from gateway import delivery  # the status-callback path: one way to apply a provider status
+
+    now = now or utcnow()
+    with gateway.db.transaction() as session:
+        due = []
+        for message in outbox.unsettled(session, now, limit):
+            due.append((message.id, message.provider_sid))
+            # Look again later whatever happens below; a final status clears it.
+            outbox.ask_again(message, now)
+    settled = 0
+    for message_id, sid in due:
+        try:
+            fetched = gateway.provider.fetch(sid)
+        except ProviderError as error:
+            log.info("reconcile: cannot fetch %s: %s", message_id, error)
+            continue
+        if fetched.status == "sent":
+            continue
+        recorded = delivery.record(gateway, delivery.StatusCallback(
+            message_sid=sid, status=fetched.twilio_status, error_code=fetched.error_code,
+            fields={"MessageSid": sid, "MessageStatus": fetched.twilio_status,
+                    "ErrorCode": str(fetched.error_code or ""), "Source": "reconcile"},
+        ), now=now)
+        settled += recorded.moved
+    if due:
+        log.info("reconcile: %d asked, %d settled", len(due), settled)
+    return settled

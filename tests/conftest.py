@@ -3,6 +3,7 @@ else SQLite), a live HTTP server, a real Celery worker process, API keys and sig
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
@@ -42,8 +44,12 @@ def _database_url(tmp: Path) -> str:
 def _broker_url(tmp: Path) -> str:
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
-        # A separate Redis database for the test broker, flushed at start: no stale tasks.
-        return redis_url.rsplit("/", 1)[0] + "/14" if redis_url.count("/") > 2 else redis_url + "/14"
+        # The broker gets the next Redis database, flushed at start: no stale tasks, and two suites
+        # pointed at different databases (REDIS_URL …/0 and …/2) never consume each other's tasks.
+        base, _, db_number = redis_url.rpartition("/")
+        if redis_url.count("/") < 3 or not db_number.isdigit():
+            base, db_number = redis_url.rstrip("/"), "0"
+        return f"{base}/{int(db_number) + 1}"
     return f"filesystem://{tmp / 'broker'}"
 
 
@@ -116,12 +122,25 @@ def _clean_store(request):
     app, example_programs = request.getfixturevalue("app"), request.getfixturevalue("example_programs")
     database = app.extensions["gateway"].db
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    with database.engine.begin() as connection:
-        if database.dialect == "postgresql":
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
+    # Work from the last test may still be in flight: the sandbox's courier posting a callback into
+    # our webhooks (paused here), the worker finishing a task. On PostgreSQL a TRUNCATE that waits on
+    # such a straggler can deadlock with it, so it gives way quickly and tries again.
+    sandbox = app.extensions.get("sandbox")
+    for attempt in range(20):
+        try:
+            with (sandbox.courier.paused() if sandbox else contextlib.nullcontext()), \
+                    database.engine.begin() as connection:
+                if database.dialect == "postgresql":
+                    connection.execute(text("SET LOCAL lock_timeout = '500ms'"))
+                    connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                else:
+                    for table in tables:
+                        connection.execute(text(f"DELETE FROM {table}"))
+            break
+        except OperationalError:
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
     with database.transaction() as session:
         programs.store(session, example_programs)
     yield

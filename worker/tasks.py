@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
-from gateway import sending
+from gateway import batches, sending
 from gateway.consent import expiry
 from gateway.context import current
 from gateway.queue import TaskNames
@@ -31,7 +31,27 @@ def expire_pending() -> int:
              retry_backoff=2, retry_backoff_max=300, max_retries=8)
 def send_message(self, message_id: str) -> str:
     """Send one outbox message; the row, not this task, remembers what happened."""
-    outcome = sending.send(current(), message_id)
+    outcome = sending.send(current(), message_id, waited=self.request.retries)
     if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in.total_seconds())
+        # Waiting for a busy sender or a provider backoff is not failing: it never uses up the
+        # retries kept for an unreadable store (and the row remembers the provider's attempts).
+        raise self.retry(countdown=outcome.retry_in.total_seconds(), max_retries=self.request.retries + 1)
     return outcome.status
+
+
+@shared_task(name=TaskNames.SEND_BATCH, acks_late=True)
+def send_batch(batch_id: str) -> int:
+    """Enqueue one send task per ready message of a batch (deferred ones wait for the sweeper)."""
+    return batches.dispatch(current(), batch_id)
+
+
+@shared_task(name=TaskNames.SWEEP_OUTBOX)
+def sweep_outbox() -> int:
+    """Re-enqueue lost and due messages; settle claims whose worker died."""
+    return sending.sweep(current()).enqueued
+
+
+@shared_task(name=TaskNames.RECONCILE_STATUSES)
+def reconcile_statuses() -> int:
+    """Fetch final statuses Twilio never called back with."""
+    return sending.reconcile(current())

@@ -34,7 +34,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
+        # Keep what the exception says beyond its body: a 405's Allow header (RFC 9110), a Retry-After.
+        headers = [(name, value) for name, value in error.get_headers() if name.lower() != "content-type"]
         # Twilio and browsers get plain text; API clients get the JSON shape they parse.
         if request.path.startswith("/v1") or request.accept_mimetypes.best == "application/json":
-            return error_response(error.code or 500, _CODES.get(error.code, "error"), error.description or error.name)
-        return error.description or error.name, error.code, {"Content-Type": "text/plain; charset=utf-8"}
+            response = error_response(error.code or 500, _CODES.get(error.code, "error"), error.description or error.name)
+            response.headers.extend(headers)
+            return response
+        return error.description or error.name, error.code, [*headers, ("Content-Type", "text/plain; charset=utf-8")]

@@ -1,0 +1,265 @@
+"""The send API: POST /v1/messages, POST /v1/messages/batch, GET /v1/messages/{id}.
+
+A message is accepted only if the send gate allows it now (or defers it to the end of quiet
+hours); the worker asks the gate again right before the provider call.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flask import Blueprint, g, jsonify, request, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+from werkzeug.routing import BaseConverter
+
+from gateway import batches, idempotency, metrics, outbox, policy, programs
+from gateway.context import current
+from gateway.models import OutboundMessage, Program, utcnow
+from gateway.numbers import InvalidNumber, parse
+from gateway.queue import TaskNames
+from gateway.segments import MAX_BODY_CHARS
+from gateway.web.auth import api_key
+from gateway.web.errors import ApiError
+
+bp = Blueprint("api_messages", __name__)
+
+MESSAGE_ID = re.compile(r"^msg_[0-9a-f]{32}$")
+
+
+class MessageIdConverter(BaseConverter):
+    """Only message ids match /v1/messages/<id>, so /v1/messages/batch is not also a message to GET."""
+
+    regex = MESSAGE_ID.pattern.strip("^$")
+
+
+@bp.record_once
+def _register_converter(state) -> None:
+    state.app.url_map.converters["message_id"] = MessageIdConverter
+
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what fits in a header
+_SEND_FIELDS = frozenset({"to", "program", "body", "idempotency_key"})
+_BATCH_FIELDS = frozenset({"recipients", "program", "body", "idempotency_key"})
+
+# What each refusal means, for the people reading the error.
+REFUSALS = {
+    policy.Reason.NO_CONSENT: "this number has not consented to the program",
+    policy.Reason.PENDING_CONFIRMATION: "this number has not yet confirmed its subscription (double opt-in)",
+    policy.Reason.OPTED_OUT: "this number opted out of the program",
+    policy.Reason.SUPPRESSED: "this number must never be messaged (suppression list)",
+    policy.Reason.UNREACHABLE: "messages to this number fail as unreachable",
+    policy.Reason.LANDLINE: "this number is a landline",
+    policy.Reason.COUNTRY_NOT_ALLOWED: "the program does not send to this number's country",
+    policy.Reason.FREQUENCY_CAP: "this number has had as many messages as it may in 24 hours",
+    policy.Reason.NO_PENDING_REQUEST: "there is no pending request to confirm",
+}
+
+
+def iso(moment) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _payload(fields: frozenset[str], example: str) -> dict:
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict):
+        raise ApiError(400, "bad_request", f"send a JSON object: {example}")
+    unknown = sorted(set(payload) - fields)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown field {unknown[0]!r}", field=unknown[0])
+    return payload
+
+
+def _text(payload: dict, name: str, maximum: int) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(422, "invalid_request", f"{name} is required: a string", field=name)
+    if len(value) > maximum:
+        raise ApiError(422, "invalid_request", f"{name} is longer than {maximum} characters", field=name)
+    if "\x00" in value:  # no SMS carries one, and PostgreSQL text cannot hold it
+        raise ApiError(422, "invalid_request", f"{name} contains a NUL character", field=name)
+    return value
+
+
+def _idempotency_key(payload: dict) -> str | None:
+    header, field = request.headers.get("Idempotency-Key"), payload.get("idempotency_key")
+    if field is not None and not isinstance(field, str):
+        raise ApiError(422, "invalid_request", "idempotency_key must be a string", field="idempotency_key")
+    if header is not None and field is not None and header != field:
+        raise ApiError(422, "invalid_request", "the Idempotency-Key header and idempotency_key differ",
+                       field="idempotency_key")
+    key = header if header is not None else field
+    if key is not None and not (0 < len(key) <= idempotency.MAX_KEY_LENGTH and _KEY_CHARS.match(key)):
+        raise ApiError(422, "invalid_request",
+                       f"an idempotency key is 1-{idempotency.MAX_KEY_LENGTH} printable ASCII characters",
+                       field="idempotency_key")
+    return key
+
+
+# Programs change on `smsgate programs load`, not between two sends: each process keeps a copy per
+# slug for a few seconds (and drops them all when it stores programs itself), sparing every send a
+# query and the JSON of the program's definition.
+PROGRAM_CACHE_SECONDS = 5.0
+_programs: dict[str, tuple[float, int, Program]] = {}
+
+
+def _program(session, slug: str) -> Program:
+    """The program, as a copy in no session (the send path reads it, never attaches it)."""
+    clock = time.monotonic()
+    cached = _programs.get(slug)
+    if cached is not None and cached[0] > clock and cached[1] == programs.generation:
+        return cached[2]
+    generation = programs.generation
+    program = programs.by_slug(session, slug)
+    if program is None:
+        raise ApiError(422, "unknown_program", f"no program {slug!r}", field="program")
+    copy = Program(**{column.key: getattr(program, column.key) for column in Program.__table__.columns})
+    if len(_programs) > 1000:  # slugs come from requests: bound it
+        _programs.clear()
+    _programs[slug] = (clock + PROGRAM_CACHE_SECONDS, generation, copy)
+    return copy
+
+
+def _replay(answer: idempotency.Answer):
+    return jsonify(answer.body), answer.status_code, {"Idempotent-Replayed": "true"}
+
+
+def _begin(session, key: str | None, digest: str) -> idempotency.Answer | None:
+    if key is None:
+        return None
+    try:
+        return idempotency.begin(session, g.api_key_id, key, digest)
+    except idempotency.KeyReused:
+        raise ApiError(422, "idempotency_key_reused",
+                       "this idempotency key was used for a different request", field="idempotency_key") from None
+
+
+@bp.post("/v1/messages")
+@api_key("send")
+def create_message():
+    """Accept one message, or refuse it with the gate's reason."""
+    payload = _payload(_SEND_FIELDS, '{"to": ..., "program": ..., "body": ...}')
+    to = _text(payload, "to", 64)
+    slug = _text(payload, "program", 64)
+    body = _text(payload, "body", MAX_BODY_CHARS)
+    key = _idempotency_key(payload)
+    gateway = current()
+    try:
+        number = parse(to, gateway.settings.default_region)
+    except InvalidNumber as error:
+        raise ApiError(422, "invalid_number", str(error), reason=error.reason, field="to") from None
+    if not number.textable:
+        raise ApiError(422, "not_mobile", f"a {number.kind.replace('_', ' ')} number cannot receive texts",
+                       kind=number.kind, field="to")
+    now = utcnow()
+    queued = None
+    with gateway.db.transaction() as session:
+        replay = _begin(session, key, idempotency.digest("/v1/messages", {"to": number.e164, "program": slug,
+                                                                          "body": body}))
+        if replay is not None:
+            return _replay(replay)
+        program = _program(session, slug)
+        kind = policy.Kind(program.category)
+        # A number we do not hold cannot have consented: it is refused, and not stored either.
+        known, decision = policy.may_send_to(session, number, program, kind, now,
+                                             suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours)
+        if decision.allowed or decision.deferred:
+            [message] = outbox.accept_many(session, program=program, kind=kind, body=body,
+                                           decisions=[(known.id, decision)], now=now, api_key_id=g.api_key_id,
+                                           idempotency_key=key)
+            answer = idempotency.Answer(202, {
+                "id": message.id, "status": message.status, "to": number.e164, "program": program.slug,
+                "segments": message.segments, "encoding": message.encoding,
+                **({"not_before": iso(message.not_before)} if message.not_before else {}),
+            })
+            queued = message.id if message.status == "queued" else None
+            metrics.MESSAGES_ACCEPTED.labels(kind=kind.value).inc()
+        else:
+            refusal = ApiError(409, decision.reason.value, REFUSALS[decision.reason], to=number.e164,
+                               program=program.slug)
+            answer = idempotency.Answer(409, refusal.body())
+            metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="api").inc()
+        if key is not None:
+            idempotency.finish(session, g.api_key_id, key, answer)
+    # After the commit: the task must find its row.
+    if queued:
+        gateway.dispatcher.send_messages([queued])
+    headers = {"Location": url_for(".show_message", message_id=answer.body["id"])} if answer.status_code == 202 else {}
+    return jsonify(answer.body), answer.status_code, headers
+
+
+@bp.post("/v1/messages/batch")
+@api_key("send")
+def create_batch():
+    """One body to up to 100,000 recipients: counts accepted and refused, and who was refused why."""
+    payload = _payload(_BATCH_FIELDS, '{"recipients": [...], "program": ..., "body": ...}')
+    slug = _text(payload, "program", 64)
+    body = _text(payload, "body", MAX_BODY_CHARS)
+    recipients = payload.get("recipients")
+    if not isinstance(recipients, list) or not recipients or not all(isinstance(r, str) for r in recipients):
+        raise ApiError(422, "invalid_request", "recipients is required: a list of phone numbers (strings)",
+                       field="recipients")
+    if len(recipients) > batches.MAX_RECIPIENTS:
+        raise ApiError(422, "too_many_recipients", f"at most {batches.MAX_RECIPIENTS:,} recipients per batch",
+                       field="recipients", limit=batches.MAX_RECIPIENTS)
+    key = _idempotency_key(payload)
+    gateway = current()
+    settings = gateway.settings
+    with gateway.db.transaction() as session:
+        replay = _begin(session, key, idempotency.digest("/v1/messages/batch", {
+            "recipients": recipients, "program": slug, "body": body}))
+        if replay is not None:
+            return _replay(replay)
+        program = _program(session, slug)
+        result = batches.accept(session, program=program, body=body, recipients=recipients, now=utcnow(),
+                                suppression_key=settings.suppression_key, rules=gateway.quiet_hours,
+                                default_region=settings.default_region, api_key_id=g.api_key_id)
+        by_status = result.by_status
+        answer = idempotency.Answer(202 if result.accepted else 200, {
+            "batch_id": result.batch_id, "program": program.slug,
+            "accepted": len(result.accepted), "by_status": by_status,
+            "refused": result.refused_by_reason,
+            "refused_recipients": [{"to": to, "reason": reason} for to, reason in result.refused],
+        })
+        if key is not None:
+            idempotency.finish(session, g.api_key_id, key, answer)
+    for status, count in by_status.items():
+        metrics.MESSAGES_ACCEPTED.labels(kind=program.category).inc(count)
+    for reason, count in result.refused_by_reason.items():
+        metrics.MESSAGES_REFUSED.labels(reason=reason, stage="api").inc(count)
+    if by_status.get("queued"):
+        # One task fans the batch out, so this request does not spend its time on 100,000 enqueues.
+        gateway.dispatcher.send(TaskNames.SEND_BATCH, result.batch_id)
+    return jsonify(answer.body), answer.status_code
+
+
+@bp.get("/v1/messages/<message_id:message_id>")
+@api_key("read", "send")
+def show_message(message_id: str):
+    """A message's status, why it is there, and every step it took."""
+    with current().db.sessions() as session:
+        message = session.scalars(
+            select(OutboundMessage).where(OutboundMessage.id == message_id)
+            .options(selectinload(OutboundMessage.number), selectinload(OutboundMessage.program),
+                     selectinload(OutboundMessage.events))
+        ).one_or_none()
+        if message is None:
+            raise ApiError(404, "not_found", "no such message")
+        return jsonify({
+            "id": message.id,
+            # The caller gave us this number; it is theirs to see. None once the number was erased.
+            "to": message.number.e164,
+            "program": message.program.slug,
+            "kind": message.kind,
+            "status": message.status,
+            "reason": message.reason,
+            "error_code": message.error_code,
+            "segments": message.segments,
+            "encoding": message.encoding,
+            "not_before": iso(message.not_before),
+            "batch_id": message.batch_id,
+            "created_at": iso(message.created_at),
+            "updated_at": iso(message.updated_at),
+            "history": [{"status": h.status, "reason": h.reason, "error_code": h.error_code, "at": iso(h.at)}
+                        for h in outbox.history(message)],
+        })

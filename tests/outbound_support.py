@@ -1,0 +1,54 @@
+"""A queue the tests can read: what the web side or the sweeper enqueued, kept away from the real worker.
+
+The session's worker process (started by the first end-to-end test) consumes the real broker; core
+tests that assert on a queued row would race it. These tests swap in a Dispatcher over kombu's
+in-memory transport for their duration and read back which tasks were sent with which ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from gateway.queue import ROUTES, Dispatcher, QueueNames
+
+
+class CapturedQueue:
+    def __init__(self, celery: Celery):
+        self.celery = celery
+
+    def take(self) -> list[tuple[str, list]]:
+        """(task name, args) of everything enqueued since the last take, oldest first."""
+        taken = []
+        with self.celery.connection_for_read() as connection:
+            for name in QueueNames.ALL:
+                queue = connection.SimpleQueue(name)
+                while True:
+                    try:
+                        message = queue.get(block=False)
+                    except queue.Empty:
+                        break
+                    args, _kwargs, _embed = message.decode()
+                    taken.append((message.headers["task"], list(args)))
+                    message.ack()
+                queue.close()
+        return taken
+
+    def ids(self, task: str = "messages.send") -> list[str]:
+        return [args[0] for name, args in self.take() if name == task]
+
+
+@pytest.fixture
+def captured_queue(gateway) -> Iterator[CapturedQueue]:
+    celery = Celery("captured", broker="memory://", set_as_current=False)
+    celery.conf.update(task_routes=ROUTES, task_default_queue=QueueNames.SENDS, task_serializer="json")
+    real = gateway.dispatcher
+    gateway.dispatcher = Dispatcher(celery)
+    captured = CapturedQueue(celery)
+    captured.take()  # start empty
+    try:
+        yield captured
+    finally:
+        gateway.dispatcher = real
