@@ -45,9 +45,10 @@ class StatusCallback:
     error_code: int | None = None
     error_message: str | None = None
     fields: Mapping[str, str] | None = None  # everything Twilio sent: the evidence of a 21610
+    message_id: str | None = None  # ours, from the callback URL we gave Twilio
 
     @classmethod
-    def from_form(cls, form: Mapping[str, str]) -> StatusCallback:
+    def from_form(cls, form: Mapping[str, str], message_id: str | None = None) -> StatusCallback:
         """Read Twilio's callback fields; raise BadCallback when MessageSid or the status is missing."""
         sid = form.get("MessageSid", "").strip() or form.get("SmsSid", "").strip()
         status = (form.get("MessageStatus", "") or form.get("SmsStatus", "")).strip().lower()
@@ -59,7 +60,7 @@ class StatusCallback:
         code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 10 else None
         message = form.get("ErrorMessage", "").replace("\x00", "").strip() or None
         fields = {name: form.get(name, "").replace("\x00", "") for name in form}
-        return cls(sid, status, code, message, fields)
+        return cls(sid, status, code, message, fields, (message_id or "")[:36] or None)
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,20 @@ def record(gateway: Gateway, callback: StatusCallback, *, now: datetime | None =
     now = now or utcnow()
     metrics.DELIVERY_STATUS.labels(status=callback.status if callback.status in STATUSES else "other").inc()
     with gateway.db.transaction() as session:
+        # Our id first: Twilio can call back before the worker has stored its sid.
+        match = OutboundMessage.provider_sid == callback.message_sid
+        if callback.message_id:
+            match = (OutboundMessage.id == callback.message_id) & (
+                (OutboundMessage.provider_sid == callback.message_sid) | OutboundMessage.provider_sid.is_(None))
         message = session.scalars(
-            select(OutboundMessage).where(OutboundMessage.provider_sid == callback.message_sid)
-            .with_for_update().execution_options(populate_existing=True)
+            select(OutboundMessage).where(match).with_for_update().execution_options(populate_existing=True)
         ).one_or_none()
         if message is None:
             # Twilio must not retry: answer 200. The reconciler fetches statuses we never matched.
             log.info("status callback for unknown message %s (%s)", callback.message_sid, callback.status)
             return Recorded(found=False)
+        if message.provider_sid is None:
+            message.provider_sid = callback.message_sid
         code = callback.error_code
         first_report = code is not None and message.error_code != code
         status = our_status(callback.status)

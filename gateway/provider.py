@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -117,13 +117,18 @@ class Provider:
                    api_base_url=settings.twilio_api_base_url,
                    status_callback=settings.public_url("/webhooks/twilio/status"))
 
-    def send(self, *, to: str, sender: str, body: str) -> SentMessage:
-        """Hand one message to Twilio; raise ProviderError with its meaning if Twilio refuses."""
+    def send(self, *, to: str, sender: str, body: str, reference: str | None = None) -> SentMessage:
+        """Hand one message to Twilio; raise ProviderError with its meaning if Twilio refuses.
+
+        `reference` (our message id) rides on the status-callback URL, so a callback that arrives
+        before we have stored Twilio's sid still finds its message.
+        """
+        callback = self.status_callback + (f"?{urlencode({'message_id': reference})}" if reference else "")
         sender_args = {"messaging_service_sid": sender} if sender.startswith("MG") else {"from_": sender}
         started = time.perf_counter()
         try:
             with _translated():
-                message = self.client.messages.create(to=to, body=body, status_callback=self.status_callback,
+                message = self.client.messages.create(to=to, body=body, status_callback=callback,
                                                       **sender_args)
         finally:
             metrics.PROVIDER_LATENCY.observe(time.perf_counter() - started)

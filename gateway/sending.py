@@ -108,7 +108,8 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
     if isinstance(prepared, Outcome):
         return prepared
     try:
-        sent = gateway.provider.send(to=prepared.to, sender=prepared.sender, body=prepared.body)
+        sent = gateway.provider.send(to=prepared.to, sender=prepared.sender, body=prepared.body,
+                                     reference=prepared.id)
     except ProviderError as error:
         return _record_failure(gateway, prepared, error)
     with gateway.db.transaction() as session:

@@ -171,3 +171,35 @@ def test_a_landline_stays_a_landline(gateway, db):
     delivery.record(gateway, delivery.StatusCallback(second, "undelivered", 30003))
     with db.sessions() as session:
         assert session.scalars(select(PhoneNumber.reachability)).one() == "landline"
+
+
+def sending_message(db, number=PERSON):
+    """A message a worker has claimed but whose Twilio sid it has not stored yet."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = service.number_row(session, parse(number))
+        program = programs.by_slug(session, "deals")
+        service.apply(session, row, program, Input.IMPORT_OPT_IN, service.Evidence(Source.IMPORT), now=now)
+        message = outbox.accept(session, number=row, program=program, kind=policy.Kind.INFORMATIONAL, body="Hi",
+                                decision=policy.ALLOW, now=now)
+        outbox.advance(session, message, "sending", now=now)
+        return message.id
+
+
+def test_a_callback_that_beats_the_worker_finds_its_message_by_our_id(twilio_post, db):
+    message_id = sending_message(db)
+    sid = f"SM{next(_sids):032x}"
+    response = twilio_post(f"{STATUS}?message_id={message_id}", callback(sid, "delivered"))
+    assert response.status_code in (200, 204)
+    row, history = message(db, sid)
+    assert row.id == message_id and row.status == "delivered"
+    assert history[-1] == "delivered"
+
+
+def test_our_id_does_not_let_a_callback_claim_a_message_with_another_sid(twilio_post, db):
+    sid = sent_message(db)
+    with db.sessions() as session:
+        message_id = session.scalars(select(OutboundMessage.id).where(OutboundMessage.provider_sid == sid)).one()
+    twilio_post(f"{STATUS}?message_id={message_id}", callback(f"SM{next(_sids):032x}", "failed", ErrorCode="30003"))
+    row, _ = message(db, sid)
+    assert row.status == "sent" and row.error_code is None

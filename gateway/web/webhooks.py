@@ -49,7 +49,7 @@ def inbound_sms():
 @twilio_signed
 def status_callback():
     try:
-        callback = delivery.StatusCallback.from_form(request.form)
+        callback = delivery.StatusCallback.from_form(request.form, message_id=request.args.get("message_id"))
     except delivery.BadCallback as problem:
         raise ApiError(400, "missing_field", str(problem)) from None
     delivery.record(current(), callback)
