@@ -151,7 +151,7 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         if not sandbox:
             raise ConfigError("TWILIO_AUTH_TOKEN: required when SANDBOX is off")
         auth_token = SANDBOX_AUTH_TOKEN
-    previous = tuple(t for t in env.get("TWILIO_AUTH_TOKENS_PREVIOUS", "").split(",") if t.strip())
+    previous = tuple(t.strip() for t in env.get("TWILIO_AUTH_TOKENS_PREVIOUS", "").split(",") if t.strip())
 
     api_base = str(raw["twilio_api_base_url"]).rstrip("/") or None
     if api_base is None and sandbox:

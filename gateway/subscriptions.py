@@ -176,7 +176,9 @@ def _refusal(code: str, program: Program) -> Refused:
                        allowed_countries=countries)
     if code == "not_mobile":
         return Refused(code, "this number cannot receive text messages (it was reported as a landline)")
-    return Refused(code, "this number could not be reached by text before (reported as unknown or out of service)")
+    if code == "invalid_number":
+        return Refused(code, "this number could not be reached by text before (reported as unknown or out of service)")
+    return Refused(code, f"no confirmation text can be sent to this number now ({code.replace('_', ' ')})")
 
 
 def confirm(

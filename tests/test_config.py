@@ -31,7 +31,7 @@ def test_suppression_key_is_generated_once_and_kept(tmp_path):
 def test_environment_overrides_defaults(tmp_path):
     settings = load_settings(env=env(
         tmp_path, DATABASE_URL="postgres://u@db/x", PUBLIC_BASE_URL="https://sms.example.com/",
-        SANDBOX="off", TWILIO_AUTH_TOKEN="tok", PENDING_TTL_HOURS="24", TWILIO_AUTH_TOKENS_PREVIOUS="old1,old2",
+        SANDBOX="off", TWILIO_AUTH_TOKEN="tok", PENDING_TTL_HOURS="24", TWILIO_AUTH_TOKENS_PREVIOUS="old1, old2 ,",
     ))
     assert settings.database_url == "postgresql+psycopg://u@db/x"
     assert settings.public_base_url == "https://sms.example.com"
