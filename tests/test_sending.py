@@ -75,6 +75,18 @@ def provider_texts(db, phone=PHONE) -> list[SandboxMessage]:
                                     .order_by(SandboxMessage.date_created)))
 
 
+def deliver(gateway, message_id, now=None, attempts=20) -> sending.Outcome:
+    """send(), waiting out a busy sender as the task would (the session's worker may be using the
+    same sender for another test's retries: the limiter is shared through Redis)."""
+    outcome = sending.send(gateway, message_id, now=now)
+    for _ in range(attempts):
+        if outcome.reason != "sender_busy":
+            return outcome
+        time.sleep(outcome.retry_in.total_seconds())
+        outcome = sending.send(gateway, message_id, now=now and message(gateway.db, message_id).not_before)
+    return outcome
+
+
 def assert_paced(moments, per_second):
     """No `per_second + 1` provider receipts within one second (less a little for HTTP jitter)."""
     moments = sorted(moments)
@@ -158,7 +170,7 @@ def test_a_deferred_message_is_released_when_due(gateway, db, live_server, insta
     assert queue.ids() == [deferred]
     # The worker asks the gate again at that moment: whatever the real clock, it is morning then.
     local_noon = gateway.quiet_hours.next_allowed(PHONE, utcnow()) or utcnow()
-    assert sending.send(gateway, deferred, now=max(morning, local_noon)).status == "sent"
+    assert deliver(gateway, deferred, now=max(morning, local_noon)).status == "sent"
     assert [t.body for t in provider_texts(db)] == ["Sale"]
 
 
@@ -186,15 +198,14 @@ def test_a_dead_workers_claim_that_never_went_is_queued_again(gateway, db, live_
         outbox.claim(session, first, claimed_at)
         claimed = outbox.claim(session, second, claimed_at)
     # Another message with the same text went out before: it is not this one.
-    sending.send(gateway, accept(db, body=claimed.body)[0])
+    assert deliver(gateway, accept(db, body=claimed.body)[0]).status == "sent"
     result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
     assert (result.found_sent, result.requeued, result.enqueued) == (0, 2, 2)
     assert sorted(queue.ids()) == sorted([first, second])
     found = message(db, second)
     assert (found.status, found.reason, [e.status for e in found.events]) == (
         "queued", "claim_expired", ["queued", "sending", "queued"])
-    gateway.limiter.reset()  # the sender's one slot this second went to the other message
-    assert sending.send(gateway, second).status == "sent"
+    assert deliver(gateway, second).status == "sent"
     assert sorted(t.body for t in provider_texts(db)) == sorted([claimed.body, claimed.body])
 
 
@@ -221,7 +232,7 @@ def _sent_without_callbacks(gateway, db, settings, phone=PHONE):
     silent.__dict__["provider"] = Provider(settings.twilio_account_sid, settings.twilio_auth_token,
                                            api_base_url=settings.twilio_api_base_url,
                                            status_callback="http://127.0.0.1:9/status")
-    assert sending.send(silent, message_id).status == "sent"
+    assert deliver(silent, message_id).status == "sent"
     return message_id
 
 
