@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 from gateway import create_app, keys, programs
 from gateway.config import ROOT, load_settings
 from gateway.models import Base
+from tests.outbound_support import captured_queue  # noqa: F401  (a fixture, used by the autouse below)
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "test-auth-token"
@@ -143,6 +144,18 @@ def _clean_store(request):
             time.sleep(0.1)
     with database.transaction() as session:
         programs.store(session, example_programs)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _queue_kept_from_the_worker(request):
+    """Tests that run no worker enqueue into an in-memory queue they can read.
+
+    The session's worker process, once started by an end-to-end test, consumes the real broker; a
+    test asserting that a row is still `queued` would otherwise race it.
+    """
+    if "app" in request.fixturenames and "worker_process" not in request.fixturenames:
+        request.getfixturevalue("captured_queue")
     yield
 
 
