@@ -9,17 +9,17 @@ from gateway.web.auth import declared_auth
 
 
 def register(app: Flask, *, sandbox: bool) -> None:
-    from gateway.web import ops
+    from gateway.web import (api_consents, api_messages, api_privacy, api_subscriptions, forms, ops, openapi,
+                             webhooks)
 
     errors.register(app)
-    app.register_blueprint(ops.bp)
-    # Blueprints still being written are skipped until their module exists.
-    for module_name in ("gateway.web.webhooks", "gateway.web.api_consents", "gateway.web.api_messages",
-                        "gateway.web.api_subscriptions", "gateway.web.api_privacy", "gateway.web.forms",
-                        "gateway.web.openapi"):
-        _register_optional(app, module_name)
+    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi):
+        app.register_blueprint(module.bp)
     if sandbox:
-        _register_optional(app, "gateway.sandbox", url_prefix="/sandbox")
+        # Imported only when mounted: production never loads the sandbox's code.
+        from gateway import sandbox as sandbox_module
+
+        app.register_blueprint(sandbox_module.bp, url_prefix="/sandbox")
 
     @app.before_request
     def _refuse_undeclared():
@@ -27,15 +27,3 @@ def register(app: Flask, *, sandbox: bool) -> None:
         view = app.view_functions.get(request.endpoint or "")
         if view is not None and declared_auth(view) is None and request.endpoint != "static":
             abort(403)
-
-
-def _register_optional(app: Flask, module_name: str, **options) -> None:
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return
-        raise
-    app.register_blueprint(module.bp, **options)
