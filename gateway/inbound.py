@@ -1,10 +1,13 @@
 """Inbound texts: one Twilio delivery is deduplicated, classified, applied and stored, once.
 
-`handle` is the whole path behind the SMS webhook, without Flask. In ONE transaction it classifies
-the text, locks the sender's number when consent may change, applies the change through
-`consent.service` / `subscriptions` (the only writers) and stores the InboundMessage with the reply
-it chose. The MessageSid is a unique key: a repeat is rolled back whole and gets the stored first
-reply. Confirmation texts for keyword joins go through the outbox and are enqueued after the commit.
+`handle` is the whole path behind the SMS webhook, without Flask. STOP, START, HELP and plain text
+read the number's ledger head and consents in one statement, then write the consent change, its
+ledger events and the InboundMessage (with the reply chosen) together, as one statement on
+PostgreSQL: the write happens only if the head is still where it was read, otherwise the text is read
+again (consent.service.plan, gateway.db.Writes). YES and join keywords go through `subscriptions`
+in one transaction with the number's row locked, since they may queue a confirmation text (enqueued
+after the commit). Either way the opt-out is committed before we answer. The MessageSid is a unique
+key: a repeat writes nothing and gets the stored first reply.
 
 Decisions (see also bench/README.md for what the speed work changed):
 * START/UNSTOP with nothing to restore is stored as an opt-in that did nothing, with no reply
@@ -26,7 +29,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import phonenumbers
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -34,8 +38,9 @@ from gateway import metrics, programs, subscriptions
 from gateway.consent import service
 from gateway.consent.machine import IllegalTransition, Input, Source, Status
 from gateway.context import Gateway
+from gateway.db import Writes
 from gateway.keywords import Intent
-from gateway.models import Consent, InboundMessage, PhoneNumber, Program, utcnow
+from gateway.models import InboundMessage, PhoneNumber, Program, utcnow
 from gateway.numbers import InvalidNumber, Number, is_e164, mask
 from gateway.numbers import parse as parse_number
 
@@ -104,6 +109,7 @@ class _Effect:
     reply: str | None = None
     queued: tuple[str, ...] = ()
     events: tuple[tuple[str, str], ...] = ()  # (type, source) of each ledger event, for metrics
+    writes: Writes | None = None  # the consent change, guarded by the ledger head as read
 
 
 def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) -> Handled:
@@ -114,13 +120,12 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     if not is_e164(text.from_):
         raise BadInbound("invalid_number", "From is not an E.164 phone number")
     try:
-        with gateway.db.transaction() as session:
-            handled, effect = _process(session, gateway, text, now)
+        handled, effect = _handle_once(gateway, text, now)
     except IntegrityError:
         # The MessageSid was processed before (or just now, by a concurrent delivery): its unique key
-        # refused our insert, everything this attempt did was rolled back, and the first answer stands.
-        with gateway.db.sessions() as session:
-            first = _first_answer(session, text.message_sid)
+        # refused our insert, nothing this attempt wrote was kept, and the first answer stands.
+        with gateway.db.statements() as connection:
+            first = _first_answer(connection, text.message_sid)
         if first is None:
             raise
         return first
@@ -135,96 +140,115 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     return handled
 
 
-def _first_answer(session: Session, message_sid: str) -> Handled | None:
-    row = session.execute(
-        select(InboundMessage.intent, InboundMessage.reply).where(InboundMessage.message_sid == message_sid)
-    ).first()
+def _first_answer(connection: Connection, message_sid: str) -> Handled | None:
+    row = connection.execute(_FIRST_ANSWER, {"message_sid": message_sid}).first()
     return None if row is None else Handled(row.intent, row.reply, duplicate=True)
 
 
-def _process(session: Session, gateway: Gateway, text: InboundText, now: datetime) -> tuple[Handled, _Effect]:
-    # No look-up of the MessageSid first: a repeat is rare (Twilio's retry), and the unique key on
-    # inbound_messages rolls the whole repeat back (see `handle`). One query less on every text.
+# No look-up of the MessageSid first: a repeat is rare (Twilio's retry), and the unique key on
+# inbound_messages refuses it (see `handle`). One query less on every text.
+def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Handled, _Effect]:
     senders = [text.to] + ([text.messaging_service_sid] if text.messaging_service_sid else [])
-    cached = _programs_on(session, senders)
-    if not cached.programs:
-        raise BadInbound("unknown_sender", "To is not one of our senders")
-    classification = gateway.keywords.classify(text.body, cached.join_keywords)
-    intent = classification.intent
-    # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
-    if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
-        intent = _OPT_OUT_TYPES[text.opt_out_type]
-    region = gateway.settings.default_region
-    act = _EFFECTS.get(intent)
-    if act is None:
-        # Plain text changes no consent: no lock, no ledger, just who sent it.
-        number_id, effect = _sender_id(session, text.from_, region), _Effect()
-    else:
-        # merge(load=False) attaches the cached rows to this session without a query.
-        on_sender = [session.merge(program, load=False) for program in cached.programs]
-        number, consents = _locked_sender(session, text.from_, region, on_sender)
-        evidence = service.Evidence(Source.SMS, reference=text.message_sid, details={
-            key: value for key, value in {
-                "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
-                "keyword": classification.keyword, "language": classification.language,
-                "opt_out_type": text.opt_out_type,
-            }.items() if value is not None
-        })
-        effect = act(_Context(session, gateway, number, consents, on_sender, senders, evidence, now), classification)
-        number_id = number.id
-    if text.opt_out_type is not None:
-        effect.reply = None
-    # Core, not the unit of work: the row is never read back in this transaction.
-    session.connection().execute(_INSERT_INBOUND, {
+    with gateway.db.statements() as connection:
+        on_sender = _programs(connection, tuple(senders))
+        if not on_sender.programs:
+            raise BadInbound("unknown_sender", "To is not one of our senders")
+        classification = gateway.keywords.classify(text.body, on_sender.join_keywords)
+        intent = classification.intent
+        # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
+        if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
+            intent = _OPT_OUT_TYPES[text.opt_out_type]
+        if intent not in _SUBSCRIBING:
+            return _record(connection, gateway, text, on_sender.programs, classification, intent, now)
+    # YES and join keywords go through subscriptions, which may queue a confirmation text: one
+    # transaction with the number's row locked.
+    with gateway.db.transaction() as session:
+        return _subscribe(session, gateway, text, senders, on_sender.programs, classification, intent, now)
+
+
+def _evidence(text: InboundText, classification) -> service.Evidence:
+    return service.Evidence(Source.SMS, reference=text.message_sid, details={
+        key: value for key, value in {
+            "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
+            "keyword": classification.keyword, "language": classification.language,
+            "opt_out_type": text.opt_out_type,
+        }.items() if value is not None
+    })
+
+
+def _inbound_row(text: InboundText, number_id: int, intent: Intent, reply: str | None, now: datetime) -> dict:
+    return {
         "message_sid": text.message_sid, "account_sid": text.account_sid, "number_id": number_id,
         "to_number": text.to, "messaging_service_sid": text.messaging_service_sid, "body": text.body,
-        "intent": intent.value, "opt_out_type": text.opt_out_type, "reply": effect.reply, "received_at": now,
-    })
+        "intent": intent.value, "opt_out_type": text.opt_out_type, "reply": reply, "received_at": now,
+    }
+
+
+# How often a text is re-read when the number's ledger moved between our read and our write (another
+# text or an API call for the same number at the same moment); then Twilio's retry takes over.
+_ATTEMPTS = 5
+
+
+def _record(connection: Connection, gateway: Gateway, text: InboundText, on_sender: list[Program],
+            classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
+    """STOP, START, HELP and plain text: read the number and its consents in one statement, then write
+    the change, its ledger events and the text in one statement (one transaction on SQLite).
+
+    No lock is held in between: the write happens only if the number's ledger head is still where we
+    read it, and otherwise we read again. So two round trips on PostgreSQL, whatever the text.
+    """
+    ended = _programs(connection, _EVERY_PROGRAM).programs if intent is Intent.OPT_OUT_ALL else on_sender
+    act = _PLANS.get(intent)
+    evidence = _evidence(text, classification)
+    for _ in range(_ATTEMPTS):
+        state = service.held(connection, text.from_, [p.id for p in ended] if act else [])
+        if state is None:
+            service.create_number(connection, _number(text.from_, gateway.settings.default_region))
+            continue
+        effect = act(_Read(state, on_sender, ended, evidence, now)) if act else _Effect()
+        if text.opt_out_type is not None:
+            effect.reply = None
+        writes = effect.writes or Writes()
+        if state.reachability == "unreachable":
+            # A text from the handset proves it is reachable again (30003 is often transient).
+            writes.update(_NUMBERS, state.number_id, {"reachability": "ok", "reachability_code": None})
+        writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
+        if writes.execute(connection):
+            return Handled(intent.value, effect.reply), effect
+    raise RuntimeError(f"inbound {text.message_sid}: the number's ledger kept moving; Twilio will retry")
+
+
+def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: list[str], on_sender: list[Program],
+               classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
+    number = session.scalars(_LOCK_NUMBER, {"e164": text.from_}).one_or_none()
+    if number is None:
+        number = service.number_row(session, _number(text.from_, gateway.settings.default_region))
+    if number.reachability == "unreachable":
+        number.reachability, number.reachability_code = "ok", None  # as in _record
+    evidence = _evidence(text, classification)
+    if intent is Intent.CONFIRM:
+        effect = _confirm(session, number, senders, evidence, now)
+    else:
+        effect = _join(session, gateway, number, on_sender, classification, evidence, now)
+    if text.opt_out_type is not None:
+        effect.reply = None
+    session.flush()
+    session.connection().execute(_INBOUND.insert(), _inbound_row(text, number.id, intent, effect.reply, now))
     return Handled(intent.value, effect.reply, queued=effect.queued), effect
 
 
 # The statements of every request, built once: SQLAlchemy then only binds parameters (measurably
 # cheaper than building and cache-keying a new statement per request; see bench/README.md).
-_NUMBERS = PhoneNumber.__table__
-_INSERT_INBOUND = InboundMessage.__table__.insert()
-_SENDER_BY_E164 = select(_NUMBERS.c.id, _NUMBERS.c.reachability).where(_NUMBERS.c.e164 == bindparam("e164"))
-_MARK_REACHABLE = (update(_NUMBERS).where(_NUMBERS.c.id == bindparam("number_id"))
-                   .values(reachability="ok", reachability_code=None))
+_NUMBERS, _INBOUND, _PROGRAMS = PhoneNumber.__table__, InboundMessage.__table__, Program.__table__
+_FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
 _LOCK_NUMBER = (select(PhoneNumber).where(PhoneNumber.e164 == bindparam("e164")).with_for_update()
                 .execution_options(populate_existing=True))
-_CONSENTS_TO = select(Consent).where(Consent.number_id == bindparam("number_id"),
-                                     Consent.program_id.in_(bindparam("program_ids", expanding=True)))
 
 
-def _sender_id(session: Session, e164: str, region: str) -> int:
-    """The sender's number id, without a lock (nothing in its ledger changes); created if new."""
-    row = session.connection().execute(_SENDER_BY_E164, {"e164": e164}).first()
-    if row is None:
-        return _new_number(session, e164, region).id
-    if row.reachability == "unreachable":
-        # A text from the handset proves it is reachable again (30003 is often transient).
-        session.connection().execute(_MARK_REACHABLE, {"number_id": row.id})
-    return row.id
-
-
-def _locked_sender(session: Session, e164: str, region: str, on_sender: list[Program]) -> tuple[PhoneNumber, dict]:
-    """The sender's row, locked for this transaction, and its consents to `on_sender`.
-
-    The consents are read after the lock is held (a second statement, so it sees what the previous
-    holder committed). A known number was validated when its row was made: only a new one is parsed.
-    """
-    number = session.scalars(_LOCK_NUMBER, {"e164": e164}).one_or_none()
-    if number is None:
-        return _new_number(session, e164, region), {}
-    if number.reachability == "unreachable":
-        number.reachability, number.reachability_code = "ok", None  # as in _sender_id
-    rows = session.scalars(_CONSENTS_TO, {"number_id": number.id, "program_ids": [p.id for p in on_sender]})
-    return number, {consent.program_id: consent for consent in rows}
-
-
-def _new_number(session: Session, e164: str, region: str) -> PhoneNumber:
+def _number(e164: str, region: str) -> Number:
+    """A new sender's number. A known number was validated when its row was made: only a new one is parsed."""
     try:
-        number = parse_number(e164, region)
+        return parse_number(e164, region)
     except InvalidNumber as error:
         # phonenumbers' metadata can lag behind new number ranges, and Twilio (whose request is signed)
         # saw a handset text from this number: an opt-out must not be lost to our metadata. A number
@@ -233,62 +257,60 @@ def _new_number(session: Session, e164: str, region: str) -> PhoneNumber:
             phonenumbers.parse(e164)
         except phonenumbers.NumberParseException:
             raise BadInbound("invalid_number", f"From is not a phone number ({error.reason})") from None
-        number = Number(e164=e164, kind="unknown", region=None)
-    return service.number_row(session, number)
+        return Number(e164=e164, kind="unknown", region=None)
 
 
 # Programs change when someone runs `smsgate programs load`, not between two texts: each process keeps
 # the rows per sender for a few seconds instead of loading them (and their JSON) on every request.
 PROGRAM_CACHE_SECONDS = 5.0
+_EVERY_PROGRAM = ("*",)  # the cache's key for all programs (STOPALL)
 
 
 @dataclass(frozen=True)
-class _SenderPrograms:
-    programs: list[Program]  # detached copies: merge them into a session before use
+class _CachedPrograms:
+    programs: list[Program]  # detached copies: merge them into a session before use there
     join_keywords: dict[str, str]  # keyword -> program slug
     expires: float
     generation: int
 
 
-_program_cache: dict[tuple[str, ...], _SenderPrograms] = {}
+_program_cache: dict[tuple[str, ...], _CachedPrograms] = {}
 
 
-def _programs_on(session: Session, senders: list[str]) -> _SenderPrograms:
-    """Programs on our number or Messaging Service (programs.on_sender for several), briefly cached."""
-    key, clock = tuple(senders), time.monotonic()
-    cached = _program_cache.get(key)
+def _programs(connection: Connection, senders: tuple[str, ...]) -> _CachedPrograms:
+    """Programs on our number or Messaging Service (programs.on_sender for several), or every program
+    for _EVERY_PROGRAM; briefly cached."""
+    clock = time.monotonic()
+    cached = _program_cache.get(senders)
     if cached is not None and cached.expires > clock and cached.generation == programs.generation:
         return cached
     generation = programs.generation
-    rows = session.scalars(
-        select(Program)
-        .where(or_(Program.sender.in_(senders), Program.messaging_service_sid.in_(senders)))
-        .order_by(Program.id)
-    )
-    copies = [_detached_copy(row) for row in rows]
-    cached = _SenderPrograms(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords},
+    query = select(_PROGRAMS).order_by(_PROGRAMS.c.id)
+    if senders != _EVERY_PROGRAM:
+        query = query.where(or_(_PROGRAMS.c.sender.in_(senders), _PROGRAMS.c.messaging_service_sid.in_(senders)))
+    copies = [_detached(row) for row in connection.execute(query)]
+    cached = _CachedPrograms(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords},
                              clock + PROGRAM_CACHE_SECONDS, generation)
     if len(_program_cache) > 1000:  # senders come from signed requests, but bound it all the same
         _program_cache.clear()
-    _program_cache[key] = cached
+    _program_cache[senders] = cached
     return cached
 
 
-def _detached_copy(program: Program) -> Program:
-    """A clean copy of a loaded row, not in any session: what merge(load=False) accepts."""
-    copy = Program(**{column.key: getattr(program, column.key) for column in Program.__table__.columns})
-    make_transient_to_detached(copy)
-    return copy
+def _detached(row) -> Program:
+    """A Program from a plain row, in no session: what merge(load=False) accepts."""
+    program = Program(**row._mapping)
+    make_transient_to_detached(program)
+    return program
 
 
 @dataclass(frozen=True)
-class _Context:
-    session: Session
-    gateway: Gateway
-    number: PhoneNumber
-    consents: dict[int, Consent]  # by program id, for the programs on this sender, as locked
+class _Read:
+    """What a text's effect is worked out from."""
+
+    state: service.Held  # the number's ledger head and its consents, read in one statement
     on_sender: list[Program]
-    senders: list[str]
+    ended: list[Program]  # what an opt-out ends: the sender's programs, or all of them (STOPALL)
     evidence: service.Evidence
     now: datetime
 
@@ -297,53 +319,67 @@ def _events(changes) -> tuple[tuple[str, str], ...]:
     return tuple((change.event.type, change.event.source) for change in changes)
 
 
-def _opt_out(ctx: _Context, classification) -> _Effect:
+def _opt_out(read: _Read) -> _Effect:
     """STOP family: every program on this sender (STOPALL: every program we run) ends."""
-    everything = classification.intent is Intent.OPT_OUT_ALL
-    ended = programs.all_programs(ctx.session) if everything else ctx.on_sender
-    # Each apply reads only its own program's consent, so nothing pending needs flushing before it:
-    # the whole change goes to the database in one flush at commit.
-    known = {p.id: ctx.consents.get(p.id) for p in ctx.on_sender}
-    with ctx.session.no_autoflush:
-        changes = service.opt_out(ctx.session, ctx.number, ended, Input.KEYWORD_STOP, ctx.evidence, now=ctx.now,
-                                  consents=known)
+    planned = service.plan(read.state, read.ended, Input.KEYWORD_STOP, read.evidence, now=read.now)
     # One confirmation, naming what ended, and nothing else in it.
-    return _Effect(reply_text(ended, "opt_out"), events=_events(changes))
+    return _Effect(reply_text(read.ended, "opt_out"), events=_events(planned.changes), writes=planned.writes)
 
 
-def _opt_in(ctx: _Context, classification) -> _Effect:
+def _opt_in(read: _Read) -> _Effect:
     """START / UNSTOP: restore exactly the programs this number had confirmed before opting out here."""
     restorable = [
-        p for p in ctx.on_sender
-        if service.allowed(service.state_of(ctx.consents.get(p.id)), Input.KEYWORD_START)
+        p for p in read.on_sender
+        if service.allowed(service.state_of(read.state.consents.get(p.id)), Input.KEYWORD_START)
     ]
-    with ctx.session.no_autoflush:  # as in _opt_out: one flush at commit
-        changes = [service.apply(ctx.session, ctx.number, p, Input.KEYWORD_START, ctx.evidence, now=ctx.now,
-                                 consent=ctx.consents.get(p.id)) for p in restorable]
-    # Nothing to restore: Twilio lifts its own block anyway; we record nothing and say nothing.
-    return _Effect(reply_text(restorable, "opt_in") if restorable else None, events=_events(changes))
+    if not restorable:
+        # Nothing to restore: Twilio lifts its own block anyway; we record nothing and say nothing.
+        return _Effect()
+    planned = service.plan(read.state, restorable, Input.KEYWORD_START, read.evidence, now=read.now)
+    return _Effect(reply_text(restorable, "opt_in"), events=_events(planned.changes), writes=planned.writes)
 
 
-def _confirm(ctx: _Context, classification) -> _Effect:
+def _help(read: _Read) -> _Effect:
+    """HELP / INFO: the program's HELP text, subscribed or not, recorded in the ledger."""
+    rank = {Status.OPTED_IN.value: 0, Status.PENDING.value: 1}
+    consents = read.state.consents
+    # The program this number is most involved with on this sender; else the sender's first.
+    program = min(read.on_sender, key=lambda p: (rank.get(getattr(consents.get(p.id), "status", None), 2), p.id))
+    planned = service.plan_record(read.state, "help", read.evidence, now=read.now, program=program)
+    return _Effect(programs.spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
+
+
+_PLANS = {
+    Intent.OPT_OUT: _opt_out,
+    Intent.OPT_OUT_ALL: _opt_out,
+    Intent.OPT_IN: _opt_in,
+    Intent.HELP: _help,
+}
+_SUBSCRIBING = frozenset({Intent.CONFIRM, Intent.JOIN})
+
+
+def _confirm(session: Session, number: PhoneNumber, senders: list[str], evidence: service.Evidence,
+             now: datetime) -> _Effect:
     """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
     changes = []
-    for sender in ctx.senders:
-        changes += subscriptions.confirm(ctx.session, number=ctx.number, sender=sender, evidence=ctx.evidence,
-                                         now=ctx.now)
+    for sender in senders:
+        changes += subscriptions.confirm(session, number=number, sender=sender, evidence=evidence, now=now)
     confirmed = [change.program for change in changes]
     return _Effect(reply_text(confirmed, "welcome") if confirmed else None, events=_events(changes))
 
 
-def _join(ctx: _Context, classification) -> _Effect:
+def _join(session: Session, gateway: Gateway, number: PhoneNumber, on_sender: list[Program], classification,
+          evidence: service.Evidence, now: datetime) -> _Effect:
     """A program's join keyword: double opt-in asks for YES (through the outbox); single opts in now."""
-    program = next(p for p in ctx.on_sender if p.slug == classification.program)
-    settings = ctx.gateway.settings
-    before = service.state_of(ctx.consents.get(program.id)).status
+    cached = next(p for p in on_sender if p.slug == classification.program)
+    program = session.merge(cached, load=False)  # into this session (a confirmation may be queued) without a query
+    settings = gateway.settings
+    before = service.state_of(service.consent_row(session, number, program)).status
     try:
         started = subscriptions.start(
-            ctx.session, number=ctx.number, program=program, input=Input.KEYWORD_JOIN, evidence=ctx.evidence,
-            now=ctx.now, ttl=timedelta(hours=settings.pending_ttl_hours),
-            suppression_key=settings.suppression_key, rules=ctx.gateway.quiet_hours,
+            session, number=number, program=program, input=Input.KEYWORD_JOIN, evidence=evidence,
+            now=now, ttl=timedelta(hours=settings.pending_ttl_hours),
+            suppression_key=settings.suppression_key, rules=gateway.quiet_hours,
         )
     except IllegalTransition:
         return _Effect()
@@ -357,25 +393,6 @@ def _join(ctx: _Context, classification) -> _Effect:
     # Pending: the confirmation text goes out through the outbox, enqueued after the commit.
     queued = (started.confirmation.id,) if started.confirmation is not None else ()
     return _Effect(queued=queued, events=(("request", Source.SMS.value),))
-
-
-def _help(ctx: _Context, classification) -> _Effect:
-    """HELP / INFO: the program's HELP text, subscribed or not, recorded in the ledger."""
-    rank = {Status.OPTED_IN.value: 0, Status.PENDING.value: 1}
-    # The program this number is most involved with on this sender; else the sender's first.
-    program = min(ctx.on_sender, key=lambda p: (rank.get(getattr(ctx.consents.get(p.id), "status", None), 2), p.id))
-    service.record(ctx.session, ctx.number, "help", ctx.evidence, program=program, now=ctx.now)
-    return _Effect(programs.spec_of(program).help, events=(("help", Source.SMS.value),))
-
-
-_EFFECTS = {
-    Intent.OPT_OUT: _opt_out,
-    Intent.OPT_OUT_ALL: _opt_out,
-    Intent.OPT_IN: _opt_in,
-    Intent.CONFIRM: _confirm,
-    Intent.JOIN: _join,
-    Intent.HELP: _help,
-}
 
 
 def reply_text(for_programs: list[Program], template: str) -> str:

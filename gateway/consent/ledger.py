@@ -31,38 +31,58 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="microseconds") if moment else None
 
 
-def event_hash(event: LedgerEvent) -> str:
+# What an event's hash covers: all of its content (evidence through its digest) and the hash before it.
+_HASHED = ("number_id", "seq", "type", "input", "program_id", "status_before", "status_after", "expires_at",
+           "source", "actor", "reference", "evidence_digest", "occurred_at", "prev_hash")
+
+
+def event_hash(event: LedgerEvent | Event) -> str:
     """The hash of an event's content and of the event before it."""
-    content = {
-        "number_id": event.number_id,
-        "seq": event.seq,
-        "type": event.type,
-        "input": event.input,
-        "program_id": event.program_id,
-        "status_before": event.status_before,
-        "status_after": event.status_after,
-        "expires_at": _iso(event.expires_at),
-        "source": event.source,
-        "actor": event.actor,
-        "reference": event.reference,
-        "evidence_digest": event.evidence_digest,
-        "occurred_at": _iso(event.occurred_at),
-        "prev_hash": event.prev_hash,
-    }
+    return _content_hash({name: getattr(event, name) for name in _HASHED})
+
+
+def _content_hash(fields: dict) -> str:
+    content = {name: fields[name] for name in _HASHED}
+    content["expires_at"] = _iso(content["expires_at"])
+    content["occurred_at"] = _iso(content["occurred_at"])
     return hashlib.sha256(_canonical(content)).hexdigest()
 
 
-def append(session: Session, number: PhoneNumber, event: LedgerEvent) -> LedgerEvent:
-    """Chain `event` after the number's head and add it. The caller holds the number's row lock."""
-    event.number_id = number.id
-    event.seq = number.ledger_seq + 1
-    event.prev_hash = number.ledger_head
-    event.evidence_digest = evidence_digest(event.evidence)
-    event.hash = event_hash(event)
-    number.ledger_seq = event.seq
-    number.ledger_head = event.hash
-    session.add(event)
-    return event
+@dataclass(frozen=True)
+class Event:
+    """One event as appended: the content of a ledger row, with its place in the chain."""
+
+    number_id: int
+    seq: int
+    type: str
+    input: str
+    program_id: int | None
+    status_before: str | None
+    status_after: str | None
+    expires_at: datetime | None
+    source: str
+    actor: str | None
+    reference: str | None
+    evidence: dict
+    evidence_digest: str
+    occurred_at: datetime
+    prev_hash: str
+    hash: str
+
+
+def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event]:
+    """Chain `drafts` (an event's content without its place) after the head at `seq`.
+
+    Pure: the caller holds the number's row lock and writes the events and the new head together.
+    """
+    events = []
+    for draft in drafts:
+        seq += 1
+        placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head,
+                      evidence_digest=evidence_digest(draft["evidence"]))
+        head = _content_hash(placed)
+        events.append(Event(**placed, hash=head))
+    return events
 
 
 @dataclass(frozen=True)

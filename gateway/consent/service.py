@@ -6,17 +6,22 @@ evidence and updates the projection in the caller's transaction.
 
 from __future__ import annotations
 
-import hmac
 import hashlib
+import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from gateway.consent import ledger
+from gateway.db import Writes
 from gateway.consent.machine import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
 from gateway.consent.machine import apply as transition
 from gateway.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
@@ -38,18 +43,24 @@ class Change:
     program: Program | None
     before: Status | None
     after: Status | None
-    event: LedgerEvent
+    event: ledger.Event
 
 
-def number_row(session: Session, number: Number, *, lock: bool = True) -> PhoneNumber:
-    """The row for `number`, created if new, locked for this transaction (serialises its chain)."""
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-    session.execute(
+def create_number(connection: Connection, number: Number) -> None:
+    """Make the row for `number` unless it exists (a concurrent creator wins quietly)."""
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(
         insert(PhoneNumber)
         .values(e164=number.e164, kind=number.kind, region=number.region, reachability="ok", ledger_seq=0,
                 ledger_head=ledger.GENESIS_HASH, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["e164"])
     )
+
+
+def number_row(session: Session, number: Number, *, lock: bool = True) -> PhoneNumber:
+    """The row for `number`, created if new, locked for this transaction (serialises its chain)."""
+    session.flush()
+    create_number(session.connection(), number)
     query = select(PhoneNumber).where(PhoneNumber.e164 == number.e164)
     if lock:
         query = query.with_for_update()
@@ -66,10 +77,77 @@ def consent_row(session: Session, number: PhoneNumber, program: Program) -> Cons
     ).one_or_none()
 
 
-def state_of(consent: Consent | None) -> State:
+def state_of(consent) -> State:
+    """The machine's state of a consent: a Consent row, any row with status and restorable, or None."""
     if consent is None:
         return State()
     return State(Status(consent.status), consent.restorable)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A number's ledger head and its consents to some programs, read together: what a change follows.
+
+    `consents` maps program ids to rows with id, status and restorable (absent: no row).
+    """
+
+    number_id: int
+    seq: int
+    head: str
+    consents: Mapping[int, object]
+    reachability: str = "ok"
+
+
+def held(connection: Connection, e164: str, program_ids: list[int]) -> Held | None:
+    """What `e164` holds now, in one statement (one snapshot), without a lock: a change planned from
+    it is written only if the head has not moved since (see `plan`). None: no such number."""
+    rows = connection.execute(_HELD, {"b_e164": e164, "b_program_ids": program_ids}).all()
+    if not rows:
+        return None
+    first = rows[0]
+    return Held(first.number_id, first.ledger_seq, first.ledger_head,
+                {row.program_id: row for row in rows if row.program_id is not None}, first.reachability)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A change worked out from what was read: the changes to report and the writes that make them.
+
+    The writes are guarded by the head as read: on a number whose chain moved in between they write
+    nothing (Writes.execute is False) and the caller reads again.
+    """
+
+    changes: list[Change]
+    events: list[ledger.Event]
+    moves: list[_Move]
+    writes: Writes
+
+
+def plan(state: Held, programs: list[Program], input: Input, evidence: Evidence, *, now: datetime,
+         expires_at: datetime | None = None) -> Plan:
+    """Move (number, program) by `input` for each program; raise IllegalTransition for any (nothing planned)."""
+    befores, moves, drafts = [], [], []
+    for program in programs:
+        row = state.consents.get(program.id)
+        before = state_of(row)
+        after = transition(before, input)
+        until = expires_at if after.status is Status.PENDING else None
+        befores.append(before.status)
+        moves.append(_Move(program.id, None if row is None else row.id, after, until))
+        drafts.append(_draft(EVENT_TYPES[input], input.value, program.id, before.status, after.status, until,
+                             evidence, now))
+    events, writes = _chained(state, drafts, moves, now)
+    changes = [Change(program, before, move.after.status, event)
+               for program, before, move, event in zip(programs, befores, moves, events)]
+    return Plan(changes, events, moves, writes)
+
+
+def plan_record(state: Held, event_type: str, evidence: Evidence, *, now: datetime,
+                program: Program | None = None) -> Plan:
+    """An event that changes no state (a HELP request, an erasure marker)."""
+    draft = _draft(event_type, event_type, program.id if program else None, None, None, None, evidence, now)
+    events, writes = _chained(state, [draft], [], now)
+    return Plan([], events, [], writes)
 
 
 # The default of apply(consent=…): read the row here.
@@ -89,43 +167,34 @@ def apply(
 ) -> Change:
     """Move (number, program) by `input`, append the ledger event; raise IllegalTransition.
 
-    A caller that already read the consent row in this transaction, after locking the number, may
-    pass it as `consent` (None: there is none) to save the query.
+    `number` is a PhoneNumber row the caller has locked in this transaction. A caller that already
+    read the consent after taking that lock may pass it as `consent` (None: there is none).
     """
-    now = now or utcnow()
-    if consent is LOOK_UP:
-        consent = consent_row(session, number, program)
-    before = state_of(consent)
-    after = transition(before, input)
-    if after.status is None:
-        if consent is not None:
-            session.delete(consent)
-    else:
-        if consent is None:
-            consent = Consent(number_id=number.id, program_id=program.id)
-            session.add(consent)
-        consent.status = after.status.value
-        consent.restorable = after.restorable
-        consent.expires_at = expires_at if after.status is Status.PENDING else None
-        consent.updated_at = now
-    event = ledger.append(
-        session,
-        number,
-        LedgerEvent(
-            type=EVENT_TYPES[input],
-            input=input.value,
-            program_id=program.id,
-            status_before=before.status.value if before.status else None,
-            status_after=after.status.value if after.status else None,
-            expires_at=expires_at if after.status is Status.PENDING else None,
-            source=evidence.source.value,
-            actor=evidence.actor,
-            reference=evidence.reference,
-            evidence=evidence.details,
-            occurred_at=now,
-        ),
-    )
-    return Change(program, before.status, after.status, event)
+    known = None if consent is LOOK_UP else {program.id: consent}
+    return apply_many(session, number, [program], input, evidence, now=now, expires_at=expires_at,
+                      consents=known)[0]
+
+
+def apply_many(
+    session: Session,
+    number: PhoneNumber,
+    programs: list[Program],
+    input: Input,
+    evidence: Evidence,
+    *,
+    now: datetime | None = None,
+    expires_at: datetime | None = None,
+    consents: Mapping[int, object | None] | None = None,
+) -> list[Change]:
+    """`apply` for several programs, written together; IllegalTransition for any one writes nothing.
+
+    `consents` maps program ids to consents read after the number's lock (None: no row); the
+    programs it does not name are looked up, all in one query.
+    """
+    state = _held_in(session, number, [program.id for program in programs], consents)
+    planned = plan(state, programs, input, evidence, now=now or utcnow(), expires_at=expires_at)
+    _write(session, number, planned)
+    return planned.changes
 
 
 def record(
@@ -136,22 +205,12 @@ def record(
     *,
     program: Program | None = None,
     now: datetime | None = None,
-) -> LedgerEvent:
+) -> ledger.Event:
     """Append an event that changes no state (a HELP request, an erasure marker)."""
-    return ledger.append(
-        session,
-        number,
-        LedgerEvent(
-            type=event_type,
-            input=event_type,
-            program_id=program.id if program else None,
-            source=evidence.source.value,
-            actor=evidence.actor,
-            reference=evidence.reference,
-            evidence=evidence.details,
-            occurred_at=now or utcnow(),
-        ),
-    )
+    state = Held(number.id, number.ledger_seq, number.ledger_head, {})
+    planned = plan_record(state, event_type, evidence, now=now or utcnow(), program=program)
+    _write(session, number, planned)
+    return planned.events[0]
 
 
 def opt_out(
@@ -162,16 +221,103 @@ def opt_out(
     evidence: Evidence,
     *,
     now: datetime | None = None,
-    consents: dict[int, Consent | None] | None = None,
+    consents: Mapping[int, object | None] | None = None,
 ) -> list[Change]:
-    """Opt the number out of every program given (an opt-out always applies).
+    """Opt the number out of every program given (an opt-out always applies), in one write."""
+    return apply_many(session, number, programs, input, evidence, now=now, consents=consents)
 
-    `consents` maps program ids to rows already read after the number's lock (None: no row); the
-    programs it does not name are looked up.
-    """
-    consents = consents or {}
-    return [apply(session, number, program, input, evidence, now=now, consent=consents.get(program.id, LOOK_UP))
-            for program in programs]
+
+@dataclass(frozen=True)
+class _Move:
+    """What one (number, program) consent becomes."""
+
+    program_id: int
+    consent_id: int | None  # None: there is no row yet
+    after: State
+    expires_at: datetime | None
+
+
+def _draft(event_type: str, input: str, program_id: int | None, before: Status | None, after: Status | None,
+           expires_at: datetime | None, evidence: Evidence, now: datetime) -> dict:
+    return {
+        "type": event_type, "input": input, "program_id": program_id,
+        "status_before": before.value if before else None, "status_after": after.value if after else None,
+        "expires_at": expires_at, "source": evidence.source.value, "actor": evidence.actor,
+        "reference": evidence.reference, "evidence": evidence.details, "occurred_at": now,
+    }
+
+
+def _chained(state: Held, drafts: list[dict], moves: list[_Move], now: datetime) -> tuple[list[ledger.Event], Writes]:
+    """The events chained after the head as read, and the writes: the head moved (only from where it
+    was read), the events, the consents' new states."""
+    events = ledger.chain(state.number_id, state.seq, state.head, drafts)
+    last = events[-1]
+    writes = Writes().guarded_by(_NUMBERS, state.number_id, {"ledger_seq": state.seq},
+                                 {"ledger_seq": last.seq, "ledger_head": last.hash})
+    for event in events:
+        writes.insert(_EVENTS, vars(event))
+    for move in moves:
+        if move.after.status is None:
+            if move.consent_id is not None:
+                writes.delete(_CONSENTS, move.consent_id)
+            continue
+        values = {"status": move.after.status.value, "restorable": move.after.restorable,
+                  "expires_at": move.expires_at, "updated_at": now}
+        if move.consent_id is None:
+            writes.insert(_CONSENTS, {"number_id": state.number_id, "program_id": move.program_id, **values})
+        else:
+            writes.update(_CONSENTS, move.consent_id, values)
+    return events, writes
+
+
+def _held_in(session: Session, number: PhoneNumber, program_ids: list[int],
+             consents: Mapping[int, object | None] | None) -> Held:
+    """What a locked number holds, from its row and the consents given or looked up (one query)."""
+    known = dict(consents or {})
+    missing = [program_id for program_id in program_ids if program_id not in known]
+    if missing:
+        session.flush()  # consents the caller added through the session count
+        known.update({row.program_id: row for row in session.connection().execute(
+            _CONSENTS_OF, {"b_number_id": number.id, "b_program_ids": missing})})
+    return Held(number.id, number.ledger_seq, number.ledger_head,
+                {program_id: row for program_id, row in known.items() if row is not None})
+
+
+def _write(session: Session, number: PhoneNumber, planned: Plan) -> None:
+    """Write a plan in the session's transaction. The caller holds the number's row lock, so the
+    head cannot have moved. ORM objects the session holds for these rows are brought up to date
+    without a query (the rows were written in Core: building them through the unit of work cost
+    more than the rest of an opt-out, bench/README.md)."""
+    session.flush()  # whatever the caller added (a program, a number) exists before we refer to it
+    if not planned.writes.execute(session.connection()):
+        raise RuntimeError(f"number {number.id}: its ledger head moved while its row was locked")
+    last = planned.events[-1]
+    set_committed_value(number, "ledger_seq", last.seq)
+    set_committed_value(number, "ledger_head", last.hash)
+    for move in planned.moves:
+        held_row = session.identity_map.get(identity_key(Consent, move.consent_id)) if move.consent_id else None
+        if held_row is None:
+            continue
+        if move.after.status is None:
+            session.expunge(held_row)
+            continue
+        for key, value in (("status", move.after.status.value), ("restorable", move.after.restorable),
+                           ("expires_at", move.expires_at), ("updated_at", last.occurred_at)):
+            set_committed_value(held_row, key, value)
+
+
+_NUMBERS, _CONSENTS, _EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerEvent.__table__
+# Built once: SQLAlchemy then only binds parameters.
+_CONSENTS_OF = select(_CONSENTS.c.id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable).where(
+    _CONSENTS.c.number_id == bindparam("b_number_id"),
+    _CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True)))
+_HELD = (
+    select(_NUMBERS.c.id.label("number_id"), _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head, _NUMBERS.c.reachability,
+           _CONSENTS.c.id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable)
+    .select_from(_NUMBERS.outerjoin(_CONSENTS, (_CONSENTS.c.number_id == _NUMBERS.c.id)
+                                    & _CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True))))
+    .where(_NUMBERS.c.e164 == bindparam("b_e164"))
+)
 
 
 def consents(session: Session, number: PhoneNumber) -> list[Consent]:
@@ -245,7 +391,8 @@ def rebuild(session: Session) -> int:
 
 
 __all__ = [
-    "Change", "Evidence", "IllegalTransition", "allowed", "apply", "consents", "events", "find_number",
-    "is_suppressed", "number_row", "opt_out", "rebuild", "record", "suppress", "suppression_digest",
+    "Change", "Evidence", "Held", "IllegalTransition", "Plan", "allowed", "apply", "apply_many", "consents",
+    "create_number", "events", "find_number", "held",
+    "is_suppressed", "number_row", "opt_out", "plan", "plan_record", "rebuild", "record", "suppress", "suppression_digest",
     "suppression_digests",
 ]

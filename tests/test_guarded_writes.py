@@ -1,0 +1,127 @@
+"""Consent changes planned from a read and written later: all or nothing, and only from the head read.
+
+The webhook reads a number's ledger head and consents without a lock, then writes the change, its
+events and the text together (gateway.db.Writes, one statement on PostgreSQL). These tests pin down
+what makes that safe: a write planned from a head that has since moved writes nothing, a failing part
+takes the rest with it, and the webhook then reads again instead of losing or doubling the change.
+"""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway import inbound, programs
+from gateway.consent import Input, Source, ledger, service
+from gateway.db import Writes
+from gateway.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
+from gateway.numbers import parse
+
+PERSON = "+14155552671"
+SENDER = "+15005550006"  # deals and alerts
+SMS = service.Evidence(Source.SMS, reference="SM" + "1" * 32, details={"body": "STOP"})
+
+
+def opted_in(db, *slugs):
+    now = utcnow()
+    with db.transaction() as session:
+        row = service.number_row(session, parse(PERSON))
+        for slug in slugs:
+            program = programs.by_slug(session, slug)
+            service.apply(session, row, program, Input.API_REQUEST, service.Evidence(Source.API), now=now,
+                          expires_at=now + timedelta(hours=48))
+            service.apply(session, row, program, Input.CONFIRM_YES, service.Evidence(Source.SMS), now=now)
+
+
+def on_sender(db):
+    with db.sessions() as session:
+        found = programs.on_sender(session, SENDER)
+        session.expunge_all()
+        return found
+
+
+def store(db):
+    with db.sessions() as session:
+        number = session.scalars(select(PhoneNumber).where(PhoneNumber.e164 == PERSON)).one()
+        consents = dict(session.execute(select(Consent.program_id, Consent.status)
+                                        .where(Consent.number_id == number.id)).all())
+        events = session.scalars(select(LedgerEvent.type).order_by(LedgerEvent.seq)).all()
+        texts = session.scalar(select(func.count()).select_from(InboundMessage))
+        breaks = [str(b) for b in ledger.verify(session)]
+        return number.ledger_seq, consents, events, texts, breaks
+
+
+def test_a_change_planned_from_a_head_that_moved_writes_nothing(db):
+    opted_in(db, "deals", "alerts")
+    deals, alerts = on_sender(db)
+    with db.statements() as connection:
+        stale = service.held(connection, PERSON, [deals.id, alerts.id])
+    # Meanwhile support staff opt the number out of alerts (the head moves on).
+    with db.transaction() as session:
+        row = service.number_row(session, parse(PERSON))
+        service.opt_out(session, row, [alerts], Input.API_OPT_OUT, service.Evidence(Source.API))
+    before = store(db)
+    planned = service.plan(stale, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
+    with db.statements() as connection:
+        assert planned.writes.execute(connection) is False
+    assert store(db) == before
+    assert before[1] == {deals.id: "opted_in", alerts.id: "opted_out"}
+    assert before[4] == []
+
+
+def test_a_change_planned_from_the_current_head_is_written_whole(db):
+    opted_in(db, "deals", "alerts")
+    deals, alerts = on_sender(db)
+    with db.statements() as connection:
+        state = service.held(connection, PERSON, [deals.id, alerts.id])
+        planned = service.plan(state, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
+        assert planned.writes.execute(connection) is True
+    seq, consents, events, _, breaks = store(db)
+    assert seq == state.seq + 2
+    assert consents == {deals.id: "opted_out", alerts.id: "opted_out"}
+    assert events[-2:] == ["opt_out", "opt_out"]
+    assert breaks == []
+
+
+def test_when_one_part_fails_no_part_is_kept(db):
+    opted_in(db, "deals")
+    (deals, _) = on_sender(db)
+    with db.statements() as connection:
+        state = service.held(connection, PERSON, [deals.id])
+        number_id = state.number_id
+    first = {"message_sid": "SM" + "7" * 32, "number_id": number_id, "to_number": SENDER, "body": "hi",
+             "intent": "other", "received_at": utcnow()}
+    with db.statements() as connection:
+        assert Writes().insert(InboundMessage.__table__, first).execute(connection) is True
+    before = store(db)
+    planned = service.plan(state, [deals], Input.KEYWORD_STOP, SMS, now=utcnow())
+    planned.writes.insert(InboundMessage.__table__, first)  # the same MessageSid again: refused
+    with pytest.raises(IntegrityError), db.statements() as connection:
+        planned.writes.execute(connection)
+    assert store(db) == before  # the opt-out and its event went with the refused text
+
+
+def test_a_text_whose_number_changed_under_it_is_read_again_and_applied_once(gateway, db, monkeypatch):
+    opted_in(db, "deals", "alerts")
+    read = service.held
+    reads = []
+
+    def another_change_lands_after_the_first_read(connection, e164, program_ids):
+        state = read(connection, e164, program_ids)
+        if not reads:
+            # Someone else's HELP is written between our read and our write: our plan is stale.
+            service.plan_record(state, "help", service.Evidence(Source.SMS, reference="SM" + "9" * 32),
+                                now=utcnow()).writes.execute(connection)
+        reads.append(state.seq)
+        return state
+
+    monkeypatch.setattr(service, "held", another_change_lands_after_the_first_read)
+    handled = inbound.handle(gateway, inbound.InboundText("SM" + "2" * 32, PERSON, SENDER, "STOP"))
+    assert handled.intent == "opt_out"
+    assert reads[1] == reads[0] + 1  # read again, after the other change
+    seq, consents, events, texts, breaks = store(db)
+    assert sorted(consents.values()) == ["opted_out", "opted_out"]
+    assert events[-3:] == ["help", "opt_out", "opt_out"]
+    assert texts == 1
+    assert breaks == []
