@@ -16,7 +16,7 @@ Decisions (see also bench/README.md for what the speed work changed):
 * HELP answers with the program the number is most involved with on that sender (opted in, then
   pending), else the sender's first program.
 * A text from a number marked unreachable (30003/30005) marks it reachable again.
-* An E.164 sender that phonenumbers calls invalid (but whose country it knows) is kept: see _new_number.
+* An E.164 sender that phonenumbers calls invalid (but whose country it knows) is kept: see _number.
 """
 
 from __future__ import annotations
