@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from gateway.models import IdempotencyRecord, utcnow
+from gateway.policy import Store, dialect_name
 
 MAX_KEY_LENGTH = 200
 
@@ -40,9 +40,9 @@ def digest(path: str, request: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def begin(session: Session, api_key_id: int, key: str, request_digest: str) -> Answer | None:
+def begin(session: Store, api_key_id: int, key: str, request_digest: str) -> Answer | None:
     """Take `key` for this request, or return the first answer given to it; raise KeyReused."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     taken = session.execute(
         insert(IdempotencyRecord)
         .values(api_key_id=api_key_id, key=key, request_digest=request_digest, status_code=0, response={},
@@ -52,16 +52,16 @@ def begin(session: Session, api_key_id: int, key: str, request_digest: str) -> A
     ).first()
     if taken is not None:
         return None
-    record = session.scalars(
-        select(IdempotencyRecord).where(IdempotencyRecord.api_key_id == api_key_id, IdempotencyRecord.key == key)
-        .execution_options(populate_existing=True)
+    record = session.execute(
+        select(IdempotencyRecord.request_digest, IdempotencyRecord.status_code, IdempotencyRecord.response)
+        .where(IdempotencyRecord.api_key_id == api_key_id, IdempotencyRecord.key == key)
     ).one()
     if record.request_digest != request_digest:
         raise KeyReused(key)
     return Answer(record.status_code, record.response)
 
 
-def finish(session: Session, api_key_id: int, key: str, answer: Answer) -> None:
+def finish(session: Store, api_key_id: int, key: str, answer: Answer) -> None:
     """Keep the answer to replay for repeats of this key."""
     session.execute(
         update(IdempotencyRecord)

@@ -10,16 +10,17 @@ came. Every step sets it, so the sweeper's queries are one index range each.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, or_, select, text, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import bindparam, insert, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from gateway import bulk
 from gateway.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
-from gateway.policy import Decision, Kind
+from gateway.policy import Decision, Kind, Store, dialect_name, driver_sql, on_driver
 from gateway.segments import count as count_segments
 
 # Rank of each status: a message only ever moves to a higher rank (a late "sent" callback must
@@ -53,6 +54,21 @@ def recheck_time(status: str, now: datetime, not_before: datetime | None) -> dat
     return None  # sending: the claim times out instead; final: nothing left to do
 
 
+def may_move(current: str, status: str) -> bool:
+    """The one rule for status moves: forward only (see RANK)."""
+    forward = RANK[status] > RANK[current] or (RANK[status] == RANK[current] == 0 and status != current)
+    # The permitted steps backwards, both from a claim that has not reached the provider (or was
+    # refused by it): a retry puts the message back in the queue, and the worker's gate, asked again
+    # at the last moment, may defer it (quiet hours) until its next allowed time.
+    back = current == "sending" and status in ("queued", "deferred")
+    return forward or back
+
+
+def _moving_to(status: str) -> str:
+    """`may_move` as SQL: the statuses a message may be in to move to `status`, as an IN list."""
+    return ", ".join(f"'{current}'" for current in RANK if may_move(current, status))
+
+
 def advance(
     session: Session,
     message: OutboundMessage,
@@ -64,14 +80,11 @@ def advance(
     error_message: str | None = None,
     not_before: datetime | None = None,
 ) -> bool:
-    """Move `message` to `status` if that is forward; record the step. Return whether it moved."""
-    current = message.status
-    forward = RANK[status] > RANK[current] or (
-        RANK[status] == RANK[current] == 0 and status != current
-    )
-    # A retry puts a claimed message back in the queue: the one permitted step backwards.
-    retry = current == "sending" and status == "queued"
-    if not (forward or retry):
+    """Move `message` to `status` if that is forward; record the step. Return whether it moved.
+
+    `advance_by_id` is the same move for a row that is not loaded, written in SQL.
+    """
+    if not may_move(message.status, status):
         return False
     now = now or utcnow()
     message.status = status
@@ -132,7 +145,7 @@ class Accepted:
 
 
 def accept_many(
-    session: Session,
+    session: Store,
     *,
     program: Program,
     kind: Kind,
@@ -145,10 +158,12 @@ def accept_many(
 ) -> list[Accepted]:
     """`accept` for many numbers (number id, the gate's decision) in two bulk inserts, without the ORM.
 
-    The send API takes this path for its one message too: it is the request's main cost otherwise.
+    The send API takes this path for its one message too, on a Core connection (many need a Session).
     """
     if idempotency_key is not None and len(decisions) != 1:
         raise ValueError("an idempotency key names one message")
+    if now.tzinfo is None:  # COPY and the driver would take it as the server's local time
+        raise ValueError("naive datetime given to the store; use aware UTC")
     segments = count_segments(body)
     messages, events, accepted = [], [], []
     for number_id, decision in decisions:
@@ -166,10 +181,16 @@ def accept_many(
                        "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
                        "updated_at", "recheck_at")
     event_columns = ("message_id", "status", "reason", "occurred_at")
-    if len(messages) == 1 and session.get_bind().dialect.name == "postgresql":
-        # One message (the send API): both rows in one statement, one round trip fewer per send.
-        session.execute(_ACCEPT_ONE, {**dict(zip(message_columns, messages[0])),
-                                      **{f"event_{k}": v for k, v in zip(event_columns, events[0])}})
+    if len(messages) == 1:
+        if dialect_name(session) == "postgresql":
+            # One message (the send API): both rows in one statement, one round trip fewer per send,
+            # and atomic without a transaction around it.
+            on_driver(session, _ACCEPT_ONE_SQL, {**dict(zip(message_columns, messages[0])),
+                                                 **{f"event_{k}": v for k, v in zip(event_columns, events[0])}},
+                      returns_rows=False)
+        else:
+            session.execute(insert(OutboundMessage.__table__), dict(zip(message_columns, messages[0])))
+            session.execute(insert(MessageEvent.__table__), dict(zip(event_columns, events[0])))
         return accepted
     bulk.insert_rows(session, OutboundMessage.__table__, message_columns, messages)
     bulk.insert_rows(session, MessageEvent.__table__, event_columns, events)
@@ -189,6 +210,7 @@ _ACCEPT_ONE = text("""
     VALUES (:event_message_id, :event_status, :event_reason, :event_occurred_at)
 """).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in (
     "not_before", "created_at", "updated_at", "recheck_at", "event_occurred_at")))
+_ACCEPT_ONE_SQL = driver_sql(_ACCEPT_ONE)  # run on the driver: aware datetimes, as `now` is
 
 
 def queued_in_batch(session: Session, batch_id: str, now: datetime) -> list[str]:
@@ -201,27 +223,131 @@ def queued_in_batch(session: Session, batch_id: str, now: datetime) -> list[str]
     ))
 
 
-def claim(session: Session, message_id: str, now: datetime | None = None) -> OutboundMessage | None:
+@dataclass(frozen=True)
+class Claimed:
+    """A message this worker now holds in "sending", with what the gate and the provider need.
+
+    `number` and `program` are detached, partial copies of the rows: what the gate reads of them
+    (their ids, the e164, the program's settings; it reads the rest of the number's facts itself).
+    Nothing writes them.
+    """
+
+    id: str
+    kind: str
+    sender: str
+    body: str
+    attempts: int  # this one included
+    claimed_at: datetime
+    number: PhoneNumber
+    program: Program
+
+
+def claim(session: Store, message_id: str, now: datetime | None = None) -> Claimed | None:
     """Take the message for sending, or None if it is not ours to send (done, held, or not yet due).
 
-    The row lock plus the status check make two workers racing for one id send it once.
+    The row lock plus the status check make two workers racing for one id send it once: on
+    PostgreSQL the row is locked with SKIP LOCKED (a row another transaction holds is not ours to
+    take), moved to "sending" with its history step, and read back with its number and program,
+    all in one statement; SQLite's write lock is the whole database, taken at BEGIN.
     """
     now = now or utcnow()
-    # The number and program come in the same query: the gate needs both at once.
-    query = (select(OutboundMessage).where(OutboundMessage.id == message_id)
-             .options(joinedload(OutboundMessage.number, innerjoin=True),
-                      joinedload(OutboundMessage.program, innerjoin=True))
-             .with_for_update(of=OutboundMessage, skip_locked=True))
-    message = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
-    if message is None:
+    params = {"id": message_id, "now": now}
+    if dialect_name(session) == "postgresql":
+        row = session.execute(_CLAIM, params).one_or_none()
+    else:
+        moved = session.execute(_CLAIM_SQLITE, params).rowcount
+        if moved:
+            session.execute(_STEP_SQLITE, {"message_id": message_id, "status": "sending", "reason": None,
+                                           "error_code": None, "occurred_at": now})
+        row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
+    if row is None:
         return None
-    due = message.not_before is None or message.not_before <= now
-    if message.status in ("queued", "deferred") and due:
-        advance(session, message, "sending", now=now)
-        message.claimed_at = now
-        message.attempts += 1
-        return message
-    return None
+    id_, kind, sender, body, attempts, number_id, e164, program_id, settings = row
+    return Claimed(id_, kind, sender, body, attempts, now, PhoneNumber(id=number_id, e164=e164),
+                   Program(id=program_id, settings=settings))
+
+
+# What `claim` sets: `advance(…, "sending")` plus the claim's own columns.
+_CLAIM_SET = """status = 'sending', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
+                not_before = NULL, recheck_at = NULL"""
+_CLAIMABLE = f"""status IN ({_moving_to("sending")}) AND (not_before IS NULL OR not_before <= :now)"""
+_CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.settings"
+_CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
+
+
+def _claimed_statement(sql: str):
+    return text(sql).columns(settings=Program.__table__.c.settings.type)  # JSON: SQLite gives it as text
+
+
+_CLAIM = _claimed_statement(f"""
+    WITH c AS (
+        UPDATE messages SET {_CLAIM_SET}
+        WHERE id = (SELECT id FROM messages WHERE id = :id AND {_CLAIMABLE} FOR UPDATE SKIP LOCKED)
+        RETURNING id, kind, sender, body, attempts, number_id, program_id
+    ), step AS (
+        INSERT INTO message_events (message_id, status, occurred_at) SELECT id, 'sending', :now FROM c
+    )
+    SELECT {_CLAIMED_COLUMNS} FROM c {_CLAIMED_JOINS}
+""").bindparams(bindparam("now", type_=UTCDateTime()))
+_CLAIM_SQLITE = text(f"UPDATE messages SET {_CLAIM_SET} WHERE id = :id AND {_CLAIMABLE}").bindparams(
+    bindparam("now", type_=UTCDateTime()))
+_CLAIMED_SQLITE = _claimed_statement(f"SELECT {_CLAIMED_COLUMNS} FROM messages c {_CLAIMED_JOINS} WHERE c.id = :id")
+_STEP_SQLITE = text("""
+    INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
+    VALUES (:message_id, :status, :reason, :error_code, :occurred_at)
+""").bindparams(bindparam("occurred_at", type_=UTCDateTime()))
+
+
+def advance_by_id(
+    session: Store,
+    message_id: str,
+    status: str,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    error_code: int | None = None,
+    error_message: str | None = None,
+    not_before: datetime | None = None,
+    provider_sid: str | None = None,
+) -> bool:
+    """`advance` for a row that is not loaded: the same move and history step, with `may_move`
+    checked in the UPDATE itself (so a status callback that got there first, e.g. "delivered"
+    before the worker writes "sent", is never undone). One statement on PostgreSQL.
+
+    `provider_sid` is stored with the move (the provider's id for the message, once sent).
+    """
+    if status == "sending":
+        raise ValueError("a message moves to sending only by `claim`")
+    params = {"id": message_id, "status": status, "now": now, "reason": reason, "error_code": error_code,
+              "error_message": error_message[:500] if error_message is not None else None,
+              "not_before": not_before, "recheck_at": recheck_time(status, now, not_before),
+              "provider_sid": provider_sid}
+    if dialect_name(session) == "postgresql":
+        return session.execute(_advance_statement(status, "postgresql"), params).rowcount > 0
+    if not session.execute(_advance_statement(status, "sqlite"), params).rowcount:
+        return False
+    session.execute(_STEP_SQLITE, {"message_id": message_id, "status": status, "reason": reason,
+                                   "error_code": error_code, "occurred_at": now})
+    return True
+
+
+@functools.cache
+def _advance_statement(status: str, dialect: str):
+    """The UPDATE (and, on PostgreSQL, the history INSERT with it) that moves a row to `status`."""
+    update_sql = f"""
+        UPDATE messages SET status = :status, updated_at = :now, reason = COALESCE(:reason, reason),
+            error_code = COALESCE(:error_code, error_code), error_message = COALESCE(:error_message, error_message),
+            not_before = :not_before, recheck_at = :recheck_at, claimed_at = NULL,
+            provider_sid = COALESCE(:provider_sid, provider_sid)
+        WHERE id = :id AND status IN ({_moving_to(status)})"""
+    if dialect == "postgresql":
+        # Typed: a NULL parameter in a SELECT list would otherwise be text.
+        update_sql = f"""
+            WITH moved AS ({update_sql} RETURNING id)
+            INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
+            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), :now FROM moved"""
+    return text(update_sql).bindparams(*(bindparam(name, type_=UTCDateTime())
+                                         for name in ("now", "not_before", "recheck_at")))
 
 
 def stale_claims(session: Session, now: datetime, limit: int = 500) -> list[OutboundMessage]:

@@ -8,15 +8,19 @@ so every path applies the same rules in the same order.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, TextualSelect, bindparam, text
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session
 
 from gateway import bulk
@@ -24,7 +28,16 @@ from gateway.consent.machine import Status
 from gateway.consent.service import suppression_digests
 from gateway.models import PhoneNumber, Program, UTCDateTime
 from gateway.numbers import Number
-from gateway.quiet_hours import QuietHours
+from gateway.quiet_hours import QuietHours, Window
+
+
+# Where the gate reads: an ORM session, or a Core connection (one message, in the send API and the
+# worker's claim: the session's unit of work would cost more than the query).
+Store = Session | Connection
+
+
+def dialect_name(store: Store) -> str:
+    return store.dialect.name if isinstance(store, Connection) else store.get_bind().dialect.name
 
 
 class Kind(StrEnum):
@@ -128,6 +141,31 @@ class Places:
         return self._answer(facts)
 
 
+# One number at a time (the send API, the worker) still meets the same few places again and again:
+# each process keeps the window and time zones per Places key (per rule set), sparing each decision
+# the parse and the zone look-up. Bounded: the keys are types x area codes x time-zone prefixes.
+_PLACED: weakref.WeakKeyDictionary[QuietHours, dict[tuple, tuple[Window, tuple[ZoneInfo, ...]]]] = (
+    weakref.WeakKeyDictionary())
+_PLACED_LIMIT = 10_000
+
+
+def _placed(facts: Facts, rules: QuietHours) -> tuple[Window, tuple[ZoneInfo, ...]]:
+    """The number's send window (with its state cap) and its time zones."""
+    key = Places._full_key(facts) if facts.kind and facts.kind != "unknown" else None
+    known = _PLACED.get(rules)
+    if known is None:
+        known = _PLACED[rules] = {}
+    placed = known.get(key) if key is not None else None
+    if placed is None:
+        where = phonenumbers.parse(facts.e164)  # once for both rules (each would parse the string again)
+        placed = (rules.window_for(where), rules.zones_for(where))
+        if key is not None:
+            if len(known) >= _PLACED_LIMIT:
+                known.clear()
+            known[key] = placed
+    return placed
+
+
 def region_of(e164: str) -> str | None:
     return phonenumbers.region_code_for_number(phonenumbers.parse(e164))
 
@@ -159,9 +197,8 @@ def decide(facts: Facts, program: Program, kind: Kind, now: datetime, rules: Qui
     if kind is Kind.MARKETING:
         program_cap = spec.get("daily_cap")
         if places is None:
-            # Parsed once for both rules (each would parse the string again).
-            where = phonenumbers.parse(facts.e164)
-            state_cap, not_before = rules.daily_cap(where), None
+            window, zones = _placed(facts, rules)
+            state_cap, not_before = window.daily_cap, None
         else:
             state_cap, not_before = places.cap_and_opening(facts)
         if (program_cap and facts.sent_last_day_program >= program_cap) or (
@@ -169,7 +206,7 @@ def decide(facts: Facts, program: Program, kind: Kind, now: datetime, rules: Qui
         ):
             return Decision(False, Reason.FREQUENCY_CAP)
         if places is None:
-            not_before = rules.next_allowed(where, now)
+            not_before = rules.next_opening(window, zones, now)
         if not_before is not None:
             return Decision(False, Reason.QUIET_HOURS, not_before)
     return ALLOW
@@ -235,7 +272,7 @@ def _recent(count_recent: bool, exclude_message: str | None, numbers: str) -> tu
 
 
 def facts_by_e164(
-    session: Session,
+    session: Store,
     e164s: Sequence[str],
     program: Program,
     suppression_key: bytes,
@@ -248,7 +285,8 @@ def facts_by_e164(
 
     One number is looked up directly (the send API, the worker); many go into a temporary table
     (COPY on PostgreSQL) that one query joins to numbers, consents, suppressions and the last day's
-    messages, so a batch of 100,000 costs a handful of statements, not one per number.
+    messages, so a batch of 100,000 costs a handful of statements, not one per number. Many numbers
+    need a Session; one can be read through a Core connection too.
     """
     if not e164s:
         return {}
@@ -260,28 +298,17 @@ def facts_by_e164(
             params["exclude"] = exclude_message
     if len(e164s) == 1:
         params.update(e164=e164s[0], digest=digests[0])
-        recent, counts = _recent(count_recent, exclude_message,
-                                 "(SELECT id AS number_id FROM numbers WHERE e164 = :e164) wanted")
-        query = f"""
-            SELECT :e164 AS e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
-                   CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.digest = :digest) THEN 1 ELSE 0 END,
-                   {counts}
-            FROM (SELECT 1 AS probe) probe
-            LEFT JOIN numbers n ON n.e164 = :e164
-            LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
-            {recent}
-        """
-        return _facts(session, query, params, count_recent, many=False)
+        return _facts(session, *_one_number_query(count_recent, bool(exclude_message)), params)
     with bulk.temp_table(session, "gate_candidates", {"e164": "VARCHAR(20)", "digest": "VARCHAR(64)"},
                          zip(e164s, digests)) as candidates:
         recent, counts = _recent(count_recent, exclude_message,
                                  f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 "
                                  f"ON n2.e164 = c2.e164) wanted")
-        if session.get_bind().dialect.name == "postgresql":
+        if dialect_name(session) == "postgresql":
             # Hash joins over a million numbers in memory rather than in batches on disk; this
             # transaction only.
             session.execute(text("SET LOCAL work_mem = '64MB'"))
-        query = f"""
+        query = _facts_query(f"""
             SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
                    CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}
             FROM {candidates} c
@@ -289,24 +316,66 @@ def facts_by_e164(
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
             LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
-        """
-        return _facts(session, query, params, count_recent, many=True)
+        """, count_recent)
+        return _facts(session, query, None, params)
 
 
-def _facts(session: Session, sql: str, params: dict, count_recent: bool, *,
-           many: bool) -> dict[str, tuple[Known | None, Facts]]:
+def _facts_query(sql: str, count_recent: bool) -> TextualSelect:
     query = text(sql).columns(expires_at=UTCDateTime())
     if count_recent:
         query = query.bindparams(bindparam("since", type_=UTCDateTime()))
-    bind = session.get_bind()
-    if many and bind.dialect.name == "postgresql":
-        # Straight from the driver: for 100,000 rows SQLAlchemy's result rows cost more than the
-        # query. psycopg returns aware datetimes itself; no other column needs converting.
-        compiled = query.compile(dialect=bind.dialect)
-        session.flush()  # the driver's cursor must see what the session holds, as session.execute would
-        driver = session.connection().connection.driver_connection
-        with driver.cursor() as cursor:
-            rows = cursor.execute(str(compiled), compiled.construct_params(params)).fetchall()
+    return query
+
+
+@functools.cache
+def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[TextualSelect, str]:
+    """The query for one number (built once per variant) and its SQL as psycopg takes it."""
+    recent, counts = _recent(count_recent, exclude_message,
+                             "(SELECT id AS number_id FROM numbers WHERE e164 = :e164) wanted")
+    query = _facts_query(f"""
+        SELECT :e164 AS e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
+               CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.digest = :digest) THEN 1 ELSE 0 END,
+               {counts}
+        FROM (SELECT 1 AS probe) probe
+        LEFT JOIN numbers n ON n.e164 = :e164
+        LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
+        {recent}
+    """, count_recent)
+    return query, driver_sql(query)
+
+
+def driver_sql(statement) -> str:
+    """`statement` as SQLAlchemy compiles it for psycopg (named %(name)s parameters)."""
+    return str(statement.compile(dialect=_POSTGRESQL))
+
+
+_POSTGRESQL = postgresql_psycopg.dialect()
+
+
+def on_driver(store: Store, sql: str, params: dict, *, returns_rows: bool = True) -> list[tuple]:
+    """Run `sql` (from `driver_sql`) on the psycopg connection under `store`, in its transaction;
+    its rows if `returns_rows` (asking psycopg whether there are any builds their descriptions).
+
+    SQLAlchemy's execution and result rows cost more than a one-row query's round trip, and for
+    100,000 rows more than the query. Values go in and come out as psycopg has them: datetimes must
+    be aware going in, and come back aware (in the server's zone).
+    """
+    if isinstance(store, Session):
+        store.flush()  # the driver's cursor must see what the session holds, as session.execute would
+        driver = store.connection().connection.driver_connection
+    else:
+        driver = store.connection.driver_connection
+    with driver.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if returns_rows else []
+
+
+def _facts(session: Store, query: TextualSelect, sql: str | None,
+           params: dict) -> dict[str, tuple[Known | None, Facts]]:
+    """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
+    if dialect_name(session) == "postgresql":
+        rows = on_driver(session, sql or driver_sql(query), params)
+        rows = [(*row[:6], row[6] and row[6].astimezone(UTC), *row[7:]) for row in rows]
     else:
         rows = session.execute(query, params).all()
     found: dict[str, tuple[Known | None, Facts]] = {}
@@ -340,7 +409,7 @@ def may_send(
 
 
 def may_send_to(
-    session: Session,
+    session: Store,
     number: Number,
     program: Program,
     kind: Kind,

@@ -149,11 +149,17 @@ class QuietHours:
 
     def next_allowed(self, number: phonenumbers.PhoneNumber | str, now: datetime) -> datetime | None:
         """None if a marketing text may go at `now`, else the earliest aware-UTC moment it may."""
+        return self.next_opening(self.window_for(number), self.zones_for(number), now)
+
+    @staticmethod
+    def next_opening(window: Window, zones: tuple[ZoneInfo, ...], now: datetime) -> datetime | None:
+        """`next_allowed` for a number placed already: its window and time zones."""
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be timezone-aware")
-        window = self.window_for(number)
-        zones = self.zones_for(number)
         now = now.astimezone(timezone.utc)
+        # Open now in every zone: the common case, answered without listing a week of openings.
+        if _open_count(window, zones, now) == len(zones):
+            return None
 
         # The set of moments that are open in every zone is an intersection of intervals, so its
         # first point at or after `now` is either `now` or the moment some zone's window opens.

@@ -41,26 +41,13 @@ class Outcome:
 SKIPPED = Outcome("skipped")
 
 
-@dataclass(frozen=True)
-class _Request:
-    id: str
-    to: str
-    sender: str
-    body: str
-    kind: str
-    attempts: int
-    # The claimed row as committed. Nothing else moves a message in "sending" (callbacks need the sid
-    # we have yet to write; the sweeper waits CLAIM_TIMEOUT), so the result is written on it as it is.
-    message: OutboundMessage
-
-
 class _SenderBusy(Exception):
     def __init__(self, retry_after: float, mps: int):
         super().__init__(f"sender busy for {retry_after:.3f}s")
         self.retry_after, self.mps = retry_after, mps
 
 
-def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> _Request | Outcome:
+def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> outbox.Claimed | Outcome:
     try:
         return _claim_and_check(gateway, message_id, now)
     except _SenderBusy as busy:
@@ -72,30 +59,31 @@ def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> _
         return Outcome("queued", "sender_busy", retry_in=delay)
 
 
-def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> _Request | Outcome:
-    with gateway.db.transaction() as session:
-        message = outbox.claim(session, message_id, now)
-        if message is None:
+def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox.Claimed | Outcome:
+    # A Core transaction: the statements here are prebuilt SQL, and a Session's unit of work would
+    # cost more than they do.
+    with gateway.db.engine.begin() as connection:
+        claimed = outbox.claim(connection, message_id, now)
+        if claimed is None:
             return SKIPPED
         decision = policy.may_send(
-            session, message.number, message.program, policy.Kind(message.kind), now,
-            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, message_id=message.id,
+            connection, claimed.number, claimed.program, policy.Kind(claimed.kind), now,
+            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, message_id=claimed.id,
         )
         if decision.deferred:
-            outbox.advance(session, message, "deferred", now=now, reason=decision.reason.value,
-                           not_before=decision.not_before)
+            outbox.advance_by_id(connection, claimed.id, "deferred", now=now, reason=decision.reason.value,
+                                 not_before=decision.not_before)
             return Outcome("deferred", decision.reason.value)
         if not decision.allowed:
-            outbox.advance(session, message, "blocked", now=now, reason=decision.reason.value)
+            outbox.advance_by_id(connection, claimed.id, "blocked", now=now, reason=decision.reason.value)
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
-            log.info("blocked %s to %s: %s", message.id, mask(message.number.e164), decision.reason.value)
+            log.info("blocked %s to %s: %s", claimed.id, mask(claimed.number.e164), decision.reason.value)
             return Outcome("blocked", decision.reason.value)
-        mps = throughput.sender_mps(session, message.sender)
-        verdict = throughput.take(gateway.limiter, message.sender, mps)
+        mps = throughput.sender_mps(connection, claimed.sender)
+        verdict = throughput.take(gateway.limiter, claimed.sender, mps)
         if not verdict.allowed:
             raise _SenderBusy(verdict.retry_after, mps)
-        return _Request(message.id, message.number.e164, message.sender, message.body, message.kind, message.attempts,
-                        message)
+        return claimed
 
 
 def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, waited: int = 0) -> Outcome:
@@ -108,20 +96,20 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
     if isinstance(prepared, Outcome):
         return prepared
     try:
-        sent = gateway.provider.send(to=prepared.to, sender=prepared.sender, body=prepared.body,
+        sent = gateway.provider.send(to=prepared.number.e164, sender=prepared.sender, body=prepared.body,
                                      reference=prepared.id)
     except ProviderError as error:
         return _record_failure(gateway, prepared, error)
-    with gateway.db.transaction() as session:
-        message = prepared.message
-        session.add(message)  # back into a session without reading it again
-        message.provider_sid = sent.sid
-        outbox.advance(session, message, "sent", now=utcnow())
+    # One statement on PostgreSQL, atomic by itself: no BEGIN and COMMIT around it.
+    with gateway.db.statements() as connection:
+        # By id, not on the claimed row: a status callback may have moved it on already (it finds
+        # the message by the id on its URL), and "sent" must not undo that.
+        outbox.advance_by_id(connection, prepared.id, "sent", now=utcnow(), provider_sid=sent.sid)
     metrics.MESSAGES_SENT.labels(kind=prepared.kind).inc()
     return Outcome("sent")
 
 
-def _record_failure(gateway: Gateway, request: _Request, error: ProviderError) -> Outcome:
+def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderError) -> Outcome:
     now = utcnow()
     with gateway.db.transaction() as session:
         message = session.get(OutboundMessage, request.id)
@@ -153,7 +141,7 @@ def _record_failure(gateway: Gateway, request: _Request, error: ProviderError) -
             number.reachability, number.reachability_code = "landline", error.code
         outbox.advance(session, message, "failed", now=now, reason=reason, error_code=error.code,
                        error_message=error.message)
-        log.info("failed %s to %s: %s", message.id, mask(request.to), error)
+        log.info("failed %s to %s: %s", message.id, mask(request.number.e164), error)
         return Outcome("failed", reason)
 
 

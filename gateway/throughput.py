@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import timedelta
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway import programs
@@ -30,13 +31,17 @@ _cache: dict[str, tuple[int, float]] = {}
 _cache_lock = threading.Lock()
 
 
-def sender_mps(session: Session, sender: str) -> int:
+def sender_mps(session: Session | Connection, sender: str) -> int:
     """Messages per second `sender` may send: the lowest `mps` of its programs, else DEFAULT_MPS."""
     now = time.monotonic()
     cached = _cache.get(sender)
     if cached and cached[1] > now:
         return cached[0]
-    rates = [programs.spec_of(p).mps for p in programs.on_sender(session, sender)]
+    if isinstance(session, Connection):  # the worker's claim transaction: read the rows in it
+        with Session(bind=session) as in_transaction:
+            rates = [programs.spec_of(p).mps for p in programs.on_sender(in_transaction, sender)]
+    else:
+        rates = [programs.spec_of(p).mps for p in programs.on_sender(session, sender)]
     mps = min((r for r in rates if r), default=DEFAULT_MPS)
     with _cache_lock:
         _cache[sender] = (mps, now + _CACHE_SECONDS)

@@ -235,3 +235,15 @@ def test_request_urls_the_client_logs_show_no_full_number():
         "http://127.0.0.1/sandbox/2010-04-01/Accounts/AC1/Messages.json?To=%2B14155552671&From=%2B15005550006",), None)
     MaskNumbers().filter(record)
     assert record.getMessage().endswith("?To=%2B1415***2671&From=%2B1500***0006")
+
+
+def test_proxy_settings_from_the_environment_still_apply(monkeypatch):
+    # Read once per host (not on every call), but read: a proxy set for the process is used.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "sandbox.example")
+    session = Provider("AC" + "0" * 32, "token", api_base_url=None, status_callback="https://x.example/s").client \
+        .http_client.session
+    url = "https://api.twilio.com/2010-04-01/Accounts/AC/Messages.json"
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://proxy.example:3128"
+    assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://proxy.example:3128"
+    assert "https" not in session.merge_environment_settings("https://sandbox.example/x", {}, None, None, None)["proxies"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from gateway import outbox, policy, programs, sending, throughput
+from gateway import delivery, outbox, policy, programs, sending, throughput
 from gateway.consent import Input, Source, service
 from gateway.context import Gateway
 from gateway.models import OutboundMessage, PhoneNumber, utcnow
@@ -168,10 +168,28 @@ def test_a_deferred_message_is_released_when_due(gateway, db, live_server, insta
     assert sending.send(gateway, deferred, now=night + timedelta(hours=1)) == sending.SKIPPED  # not yet due
     assert sending.sweep(gateway, morning).enqueued == 1
     assert queue.ids() == [deferred]
-    # The worker asks the gate again at that moment: whatever the real clock, it is morning then.
-    local_noon = gateway.quiet_hours.next_allowed(PHONE, utcnow()) or utcnow()
-    assert deliver(gateway, deferred, now=max(morning, local_noon)).status == "sent"
+    # The worker asks the gate again at that moment: whatever the real clock, it is out of quiet
+    # hours then (nine hours after the real "now" may still be night at the number).
+    opening = gateway.quiet_hours.next_allowed(PHONE, morning) or morning
+    assert deliver(gateway, deferred, now=opening).status == "sent"
     assert [t.body for t in provider_texts(db)] == ["Sale"]
+
+
+def test_a_message_the_workers_gate_defers_waits_as_deferred_not_as_a_claim(gateway, db, queue):
+    # Accepted by day; by the time the worker takes it, it is 02:00 in San Francisco.
+    [message_id] = accept(db, slug="deals", body="Sale")
+    night = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    opening = gateway.quiet_hours.next_allowed(PHONE, night)
+    assert opening is not None and opening > night
+    outcome = sending.send(gateway, message_id, now=night)
+    assert (outcome.status, outcome.reason) == ("deferred", "quiet_hours")
+    found = message(db, message_id)
+    # Not left "sending" for the dead-claim sweep to find five minutes later: deferred, until opening.
+    assert (found.status, found.not_before, found.claimed_at) == ("deferred", opening, None)
+    assert [step.status for step in outbox.history(found)][-2:] == ["sending", "deferred"]
+    assert sending.sweep(gateway, night + outbox.CLAIM_TIMEOUT + timedelta(seconds=1)).enqueued == 0
+    assert sending.sweep(gateway, opening).enqueued == 1
+    assert queue.ids() == [message_id]
 
 
 def test_a_dead_workers_claim_that_was_sent_is_recorded_not_resent(gateway, db, live_server, instant_sandbox):
@@ -271,3 +289,48 @@ def test_a_message_still_in_flight_is_asked_about_less_and_less(gateway, db, set
     much_later = sent_at + outbox.RECONCILE_FOR
     sending.reconcile(gateway, much_later)
     assert message(db, message_id).recheck_at is None  # given up: three days without a final status
+
+
+# --- claim and result --------------------------------------------------------------------------------
+
+
+def test_a_message_is_claimed_once(gateway, db):
+    [message_id] = accept(db)
+    now = utcnow()
+    with db.transaction() as session:
+        claimed = outbox.claim(session, message_id, now)
+        if db.dialect == "postgresql":
+            # Another worker meanwhile: the row is locked, so it is not its to take (and it does not wait).
+            with db.transaction() as other:
+                assert outbox.claim(other, message_id, now) is None
+    assert (claimed.id, claimed.number.e164, claimed.attempts) == (message_id, PHONE, 1)
+    with db.transaction() as session:
+        assert outbox.claim(session, message_id, now) is None  # committed: "sending" is nobody's to claim
+    found = message(db, message_id)
+    assert (found.status, found.claimed_at, found.attempts, [e.status for e in found.events]) == (
+        "sending", now, 1, ["queued", "sending"])
+
+
+def test_sent_never_undoes_a_status_callback_that_came_first(gateway, db):
+    [message_id] = accept(db)
+    with db.transaction() as session:
+        outbox.claim(session, message_id)
+    # Twilio calls back (with our id on the URL) before the worker has written down its answer.
+    sid = "SM" + "7" * 32
+    assert delivery.record(gateway, delivery.StatusCallback(sid, "delivered", message_id=message_id)).moved
+    with db.statements() as connection:
+        assert not outbox.advance_by_id(connection, message_id, "sent", now=utcnow(), provider_sid=sid)
+    found = message(db, message_id)
+    assert (found.status, found.provider_sid, [e.status for e in found.events]) == (
+        "delivered", sid, ["queued", "sending", "delivered"])
+
+
+def test_a_final_status_stays_final_when_moved_by_id(gateway, db):
+    [message_id] = accept(db)
+    now = utcnow()
+    with db.statements() as connection:
+        assert outbox.advance_by_id(connection, message_id, "blocked", now=now, reason="opted_out")
+        assert not outbox.advance_by_id(connection, message_id, "queued", now=now)  # final stays final
+    found = message(db, message_id)
+    assert (found.status, found.reason, found.recheck_at, [e.status for e in found.events]) == (
+        "blocked", "opted_out", None, ["queued", "blocked"])
