@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import (
+    JSON,
     Table,
+    Text,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -16,9 +21,9 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     text,
-    union_all,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -145,15 +150,6 @@ class Writes:
             return connection.execute(statement, params).scalar_one() > 0
         return _in_order(self, connection)
 
-    def _shape(self) -> tuple:
-        guard = self.guard
-        return (
-            None if guard is None else (guard[0].name, tuple(guard[2]), tuple(guard[3])),
-            tuple((table.name, tuple(row)) for table, row in self.inserts),
-            tuple((table.name, tuple(values)) for table, _, values in self.updates),
-            tuple(table.name for table, _ in self.deletes),
-        )
-
 
 def _in_order(writes: Writes, connection: Connection) -> bool:
     if writes.guard is not None:
@@ -174,65 +170,98 @@ def _in_order(writes: Writes, connection: Connection) -> bool:
 _STATEMENTS: dict[tuple, Executable] = {}
 
 
+def _groups(writes: Writes) -> tuple[dict, dict]:
+    """Inserts and updates by (table, columns), rows in the order given."""
+    inserts: dict[tuple, list[dict]] = {}
+    for table, row in writes.inserts:
+        inserts.setdefault((table, tuple(row)), []).append(row)
+    updates: dict[tuple, list[dict]] = {}
+    for table, row_id, values in writes.updates:
+        updates.setdefault((table, tuple(values)), []).append({"id": row_id, **values})
+    return inserts, updates
+
+
 def _one_statement(writes: Writes) -> tuple[Executable, dict]:
-    """The PostgreSQL statement for this shape of writes (built once per shape) and its parameters."""
-    shape = writes._shape()
+    """The PostgreSQL statement for this shape of writes (built once per shape) and its parameters.
+
+    Each table's rows travel as ONE JSON parameter (json_populate_recordset turns it back into rows
+    of that table's type), so the statement's text and its parameter count stay small whatever the
+    number of rows: psycopg re-parses, on every execution, a statement with more than 50 parameters,
+    which cost more than the rest of a STOP.
+    """
+    inserts, updates = _groups(writes)
+    guard = writes.guard
+    shape = (
+        None if guard is None else (guard[0].name, tuple(guard[2]), tuple(guard[3])),
+        tuple((table.name, columns) for table, columns in inserts),
+        tuple((table.name, columns) for table, columns in updates),
+        tuple(table.name for table, _ in writes.deletes),
+    )
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        statement = _STATEMENTS[shape] = _build(writes)
+        statement = _STATEMENTS[shape] = _build(guard, list(inserts), list(updates), writes.deletes)
     params: dict = {}
-    if writes.guard is not None:
-        _, row_id, expected, values = writes.guard
+    if guard is not None:
+        _, row_id, expected, values = guard
         params["g_id"] = row_id
         params.update({f"g_old_{key}": value for key, value in expected.items()})
         params.update({f"g_new_{key}": value for key, value in values.items()})
-    for index, (_, row) in enumerate(writes.inserts):
-        params.update({f"i{index}_{key}": value for key, value in row.items()})
-    for index, (_, row_id, values) in enumerate(writes.updates):
-        params[f"u{index}_id"] = row_id
-        params.update({f"u{index}_{key}": value for key, value in values.items()})
+    for index, rows in enumerate(inserts.values()):
+        params[f"i{index}"] = _json_rows(rows)
+    for index, rows in enumerate(updates.values()):
+        params[f"u{index}"] = _json_rows(rows)
     for index, (_, row_id) in enumerate(writes.deletes):
         params[f"d{index}_id"] = row_id
     return statement, params
 
 
-def _build(writes: Writes) -> Executable:
+def _json_rows(rows: list[dict]) -> str:
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), default=_json_value)
+
+
+def _json_value(value):
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+def _recordset(table: Table, name: str, columns: tuple[str, ...]):
+    """FROM json_populate_recordset(NULL::table, :name) AS name: the rows of one JSON parameter."""
+    rows = cast(bindparam(name, type_=Text), JSON)
+    return (func.json_populate_recordset(literal_column(f"NULL::{table.name}"), rows)
+            .table_valued(*columns).alias(f"{name}_rows"))
+
+
+def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list) -> Executable:
     ctes = []
-    if writes.guard is None:
+    if guard is None:
         gate = None
         outcome = select(literal(1))
     else:
-        table, _, expected, values = writes.guard
-        guard = (update(table)
+        table, _, expected, values = guard
+        moved = (update(table)
                  .where(table.c.id == bindparam("g_id"),
                         *(table.c[key] == bindparam(f"g_old_{key}") for key in expected))
                  .values({key: bindparam(f"g_new_{key}") for key in values})
                  .returning(table.c.id).cte("guard"))
-        gate = exists(select(guard.c.id))
-        outcome = select(func.count()).select_from(guard)
+        gate = exists(select(moved.c.id))
+        outcome = select(func.count()).select_from(moved)
     # One INSERT per table, its rows in the order given: they take their ids in that order (the
-    # ledger's order of insertion is part of what `ledger.verify` checks). Separate WITH clauses
-    # would run in no defined order.
-    by_table: dict[tuple, list[tuple[int, Table, dict]]] = {}
-    for index, (table, row) in enumerate(writes.inserts):
-        by_table.setdefault((table.name, tuple(row)), []).append((index, table, row))
-    for number, rows in enumerate(by_table.values()):
-        table, columns = rows[0][1], list(rows[0][2])
-        # Typed parameters: the psycopg dialect casts each (::JSON, ::TIMESTAMP…), which INSERT … SELECT
-        # needs (PostgreSQL would take an unadorned parameter there for text).
-        selects = [select(*(bindparam(f"i{index}_{key}", type_=table.c[key].type) for key in columns))
-                   for index, _, _ in rows]
-        if gate is not None:
-            selects = [each.where(gate) for each in selects]
-        source = selects[0] if len(selects) == 1 else union_all(*selects)
-        ctes.append(insert(table).from_select(columns, source).cte(f"i{number}"))
-    for index, (table, _, values) in enumerate(writes.updates):
-        changed = update(table).where(table.c.id == bindparam(f"u{index}_id"))
-        changed = changed if gate is None else changed.where(gate)
-        ctes.append(changed.values({key: bindparam(f"u{index}_{key}") for key in values}).cte(f"u{index}"))
-    for index, (table, _) in enumerate(writes.deletes):
+    # ledger's order of insertion is part of what `ledger.verify` checks).
+    for index, (table, columns) in enumerate(inserts):
+        rows = _recordset(table, f"i{index}", columns)
+        chosen = select(*(rows.c[column] for column in columns))
+        ctes.append(insert(table).from_select(list(columns), chosen if gate is None else chosen.where(gate))
+                    .cte(f"insert_{index}"))
+    for index, (table, columns) in enumerate(updates):
+        rows = _recordset(table, f"u{index}", ("id", *columns))
+        changed = update(table).where(table.c.id == rows.c.id).values({column: rows.c[column] for column in columns})
+        ctes.append((changed if gate is None else changed.where(gate)).cte(f"update_{index}"))
+    for index, (table, _) in enumerate(deletes):
         gone = delete(table).where(table.c.id == bindparam(f"d{index}_id"))
-        ctes.append((gone if gate is None else gone.where(gate)).cte(f"d{index}"))
+        ctes.append((gone if gate is None else gone.where(gate)).cte(f"delete_{index}"))
     return outcome.add_cte(*ctes) if ctes else outcome
 
 
