@@ -23,6 +23,13 @@ class MaskNumbers(logging.Filter):
         return True
 
 
+def mask_handlers(logger: logging.Logger) -> None:
+    """Put the mask on every handler of `logger` that lacks it (Celery's worker installs its own)."""
+    for handler in logger.handlers:
+        if not any(isinstance(existing, MaskNumbers) for existing in handler.filters):
+            handler.addFilter(MaskNumbers())
+
+
 def configure(level: str) -> None:
     root = logging.getLogger()
     if any(getattr(handler, "_smsgate", False) for handler in root.handlers):

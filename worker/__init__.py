@@ -1,8 +1,20 @@
 """The worker process: `celery -A worker worker`. Built from the same settings as the web app."""
 
-from gateway import create_app
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from gateway import create_app, logs
 
 flask_app = create_app()
 celery = flask_app.extensions["celery"]
 
 import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _mask_numbers(logger, **_):
+    # `celery worker` replaces the root logger's handlers with its own (and gives task loggers theirs):
+    # without this, numbers would reach the worker's log in full (the twilio client logs the query
+    # strings of its requests, To=%2B1415… included).
+    logs.mask_handlers(logger)
+
