@@ -162,15 +162,17 @@ class Provider:
         with _translated():
             return _sent(self.client.messages(sid).fetch())
 
-    def sent_since(self, *, to: str, sender: str, since: datetime) -> list[SentMessage]:
-        """Messages the provider sent to `to` from `sender` since `since` (Twilio filters on date_sent:
-        messages it has not sent yet are not listed)."""
-        # The client writes the datetime as given with a "Z": it must be UTC already.
-        filters = {"to": to, "date_sent_after": since.astimezone(UTC)}
+    def messages_since(self, *, to: str, sender: str, since: datetime, limit: int = 100) -> list[SentMessage]:
+        """Messages to `to` from `sender` created since `since`, newest first, whether Twilio has sent
+        them yet or not. Twilio's only date filter is on DateSent, which leaves out what it accepted
+        and has not sent (or failed): those are filtered here, on DateCreated."""
+        filters = {"to": to}
         if not sender.startswith("MG"):
             filters["from_"] = sender
+        since = since.astimezone(UTC)
         with _translated():
-            return [_sent(m) for m in self.client.messages.list(**filters, limit=50)]
+            listed = [_sent(m) for m in self.client.messages.list(**filters, limit=limit)]
+        return [m for m in listed if m.date_created is not None and m.date_created >= since]
 
 
 def _twilio_code(code: object) -> int | None:

@@ -212,7 +212,8 @@ def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
     if to:
         try:
             # The worker called the provider after its claim, so anything it sent is newer.
-            candidates = gateway.provider.sent_since(to=to, sender=sender, since=claimed_at - timedelta(minutes=1))
+            candidates = gateway.provider.messages_since(to=to, sender=sender,
+                                                         since=claimed_at - timedelta(minutes=1))
         except ProviderError as error:
             log.warning("sweep: cannot ask the provider about %s: %s", message_id, error)
             return "unknown"

@@ -78,20 +78,20 @@ def test_fetch_of_an_unknown_sid_is_permanent_20404(provider):
     assert (error.kind, error.code) == (ErrorKind.PERMANENT, 20404)
 
 
-def test_sent_since_lists_what_was_sent_to_a_number_from_a_sender(provider, db):
+def test_messages_since_lists_what_went_to_a_number_from_a_sender(provider, db):
     before = datetime.now(UTC) - timedelta(seconds=5)
     mine = [provider.send(to=HANDSET, sender=SENDER, body=f"m{i}").sid for i in range(2)]
     other_sender = provider.send(to=HANDSET, sender="+18885550199", body="x").sid
     for sid in [*mine, other_sender]:
         wait_for_sandbox_status(db, sid, "delivered")
 
-    listed = provider.sent_since(to=HANDSET, sender=SENDER, since=before)
+    listed = provider.messages_since(to=HANDSET, sender=SENDER, since=before)
     assert {m.sid for m in listed} == set(mine)
     assert all(m.status == "delivered" for m in listed)
     # A non-UTC `since` means the same moment.
     local = before.astimezone(ZoneInfo("America/Los_Angeles"))
-    assert {m.sid for m in provider.sent_since(to=HANDSET, sender=SENDER, since=local)} == set(mine)
-    assert provider.sent_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC) + timedelta(minutes=5)) == []
+    assert {m.sid for m in provider.messages_since(to=HANDSET, sender=SENDER, since=local)} == set(mine)
+    assert provider.messages_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC) + timedelta(minutes=5)) == []
 
 
 def test_the_redirect_holds_with_a_region_and_edge_set(live_server, instant_sandbox):
@@ -132,14 +132,14 @@ def test_a_wrong_auth_token_is_permanent_20003(settings, live_server, instant_sa
     error = refused(lambda: wrong.send(to=HANDSET, sender=SENDER, body="hi"))
     assert (error.kind, error.code) == (ErrorKind.PERMANENT, 20003)
     # Listing fails through a different path of the client (a page, not a record): same answer.
-    error = refused(lambda: wrong.sent_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC)))
+    error = refused(lambda: wrong.messages_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC)))
     assert (error.kind, error.code) == (ErrorKind.PERMANENT, 20003)
 
 
 def test_a_refused_connection_is_retryable():
     closed = provider_at(f"http://127.0.0.1:{_free_port()}")
     for call in (lambda: closed.send(to=HANDSET, sender=SENDER, body="hi"), lambda: closed.fetch("SM" + "1" * 32),
-                 lambda: closed.sent_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC))):
+                 lambda: closed.messages_since(to=HANDSET, sender=SENDER, since=datetime.now(UTC))):
         error = refused(call)
         assert (error.kind, error.code) == (ErrorKind.RETRYABLE, None)
         assert "unreachable" in error.message

@@ -19,7 +19,7 @@ from gateway.provider import Provider
 from gateway.sandbox.models import SandboxMessage
 from tests.conftest import wait_for
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
-from tests.sandbox_support import instant_sandbox  # noqa: F401  (a fixture)
+from tests.sandbox_support import instant_sandbox, sandbox_config  # noqa: F401  (a fixture)
 
 PHONE = "+14155550161"
 BURST_SENDER = "+18885550150"
@@ -203,6 +203,24 @@ def test_a_dead_workers_claim_that_was_sent_is_recorded_not_resent(gateway, db, 
     wait_for(lambda: provider_texts(db)[0].date_sent is not None)
     assert sending.sweep(gateway, claimed_at + timedelta(minutes=1)) == sending.Sweep(0, 0, 0, 0)  # not stale yet
     result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
+    assert (result.found_sent, result.requeued) == (1, 0)
+    found = message(db, message_id)
+    assert (found.status, found.provider_sid, found.reason) == ("sent", sid, "recovered")
+    assert len(provider_texts(db)) == 1
+
+
+def test_a_dead_workers_claim_that_twilio_accepted_but_has_not_sent_is_not_sent_again(gateway, db, app,
+                                                                                     live_server):
+    [message_id] = accept(db)
+    claimed_at = utcnow()
+    with db.transaction() as session:
+        claimed = outbox.claim(session, message_id, claimed_at)
+        to, sender, body = claimed.number.e164, claimed.sender, claimed.body
+    # Twilio accepted it and queued it behind the sender's rate: no DateSent yet when the sweep asks.
+    with sandbox_config(app, sent_delay=600.0, final_delay=600.0):
+        sid = gateway.provider.send(to=to, sender=sender, body=body).sid
+        assert provider_texts(db)[0].date_sent is None
+        result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
     assert (result.found_sent, result.requeued) == (1, 0)
     found = message(db, message_id)
     assert (found.status, found.provider_sid, found.reason) == ("sent", sid, "recovered")
