@@ -27,7 +27,7 @@ from gateway import bulk
 from gateway.consent.machine import Status
 from gateway.consent.service import suppression_digests
 from gateway.models import PhoneNumber, Program, UTCDateTime
-from gateway.numbers import Number
+from gateway.numbers import Number, parse
 from gateway.quiet_hours import QuietHours, Window
 
 
@@ -410,17 +410,29 @@ def may_send(
 
 def may_send_to(
     session: Store,
-    number: Number,
+    to: Number | str,
     program: Program,
     kind: Kind,
     now: datetime,
     *,
     suppression_key: bytes,
     rules: QuietHours,
-) -> tuple[Known | None, Decision]:
-    """`may_send` for a number as a caller gave it, which we may not hold yet (then: no consent)."""
-    known, facts = facts_by_e164(session, [number.e164], program, suppression_key, now,
-                                 count_recent=kind is Kind.MARKETING)[number.e164]
-    if known is None:
-        facts = replace(facts, region=number.region, kind=number.kind)
-    return known, decide(facts, program, kind, now, rules)
+    default_region: str = "US",
+) -> tuple[Known | None, Number, Decision]:
+    """`may_send` for a number as a caller gave it, which we may not hold yet (then: no consent).
+
+    `to` is a parsed Number, or E.164 text: a number we hold was validated when its row was made, so
+    its stored type and region stand and phonenumbers (~80 µs, more than the rest of the gate) is
+    asked only about a number new to us. Raises InvalidNumber as numbers.parse does.
+    """
+    e164 = to.e164 if isinstance(to, Number) else to
+    known, facts = facts_by_e164(session, [e164], program, suppression_key, now,
+                                 count_recent=kind is Kind.MARKETING)[e164]
+    if known is not None and facts.region is not None:
+        number = to if isinstance(to, Number) else Number(e164, known.kind, facts.region)
+    else:
+        # New to us, or kept from an inbound text without a known region: as the caller gave it.
+        number = to if isinstance(to, Number) else parse(to, default_region)
+        if known is None:
+            facts = replace(facts, region=number.region, kind=number.kind)
+    return known, number, decide(facts, program, kind, now, rules)

@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from gateway import programs
+from gateway import inbound, policy, programs
 from gateway.consent import Input, Source, service
 from gateway.models import IdempotencyRecord, MessageEvent, OutboundMessage, utcnow
 from gateway.numbers import parse
@@ -139,6 +139,33 @@ def test_refusals_name_the_reason_and_store_nothing(client, headers, db, inputs,
     assert (response.status_code, response.json["error"]["code"]) == (409, code)
     assert response.json["error"]["to"] == PHONE and response.json["error"]["message"]
     assert messages(db) == 0 and queue.take() == []
+
+
+def test_a_number_we_hold_is_taken_from_the_store_and_only_new_ones_are_parsed(client, headers, db, monkeypatch):
+    consent(db)
+    parsed = []
+    real_parse = policy.parse
+
+    def counting_parse(raw, region="US"):
+        parsed.append(raw)
+        return real_parse(raw, region)
+
+    monkeypatch.setattr(policy, "parse", counting_parse)
+    assert post(client, headers).status_code == 202  # PHONE, held and validated when its row was made
+    assert parsed == []
+    stranger = "+14155550177"
+    refused = post(client, headers, to=stranger)
+    assert (refused.status_code, refused.json["error"]["code"]) == (409, "no_consent")
+    assert parsed == [stranger]
+    # Other forms are parsed before the gate, as ever; the answer is the same number's.
+    national = post(client, headers, to="(415) 555-0131")
+    assert (national.status_code, national.json["to"]) == (202, PHONE)
+
+
+def test_a_held_number_our_metadata_calls_invalid_is_still_refused_as_invalid(client, headers, gateway):
+    inbound.handle(gateway, inbound.InboundText("SM" + "3" * 32, "+12005550100", "+15005550006", "STOP"))
+    response = post(client, headers, to="+12005550100")
+    assert (response.status_code, response.json["error"]["code"]) == (422, "invalid_number")
 
 
 def test_suppressed_landline_and_foreign_numbers_are_refused(client, headers, db, gateway):

@@ -18,7 +18,7 @@ from werkzeug.routing import BaseConverter
 from gateway import batches, idempotency, metrics, outbox, policy, programs
 from gateway.context import current
 from gateway.models import OutboundMessage, Program, utcnow
-from gateway.numbers import InvalidNumber, parse
+from gateway.numbers import InvalidNumber, Number, is_e164, parse
 from gateway.queue import TaskNames
 from gateway.segments import MAX_BODY_CHARS
 from gateway.web.auth import api_key
@@ -69,6 +69,17 @@ def _payload(fields: frozenset[str], example: str) -> dict:
     if unknown:
         raise ApiError(422, "invalid_request", f"unknown field {unknown[0]!r}", field=unknown[0])
     return payload
+
+
+def _invalid_number(error: InvalidNumber) -> ApiError:
+    return ApiError(422, "invalid_number", str(error), reason=error.reason, field="to")
+
+
+def _parsed(to: str, region: str) -> Number:
+    try:
+        return parse(to, region)
+    except InvalidNumber as error:
+        raise _invalid_number(error) from None
 
 
 def _text(payload: dict, name: str, maximum: int) -> str:
@@ -161,13 +172,10 @@ def create_message():
     body = _text(payload, "body", MAX_BODY_CHARS)
     key = _idempotency_key(payload)
     gateway = current()
-    try:
-        number = parse(to, gateway.settings.default_region)
-    except InvalidNumber as error:
-        raise ApiError(422, "invalid_number", str(error), reason=error.reason, field="to") from None
-    if not number.textable:
-        raise ApiError(422, "not_mobile", f"a {number.kind.replace('_', ' ')} number cannot receive texts",
-                       kind=number.kind, field="to")
+    region = gateway.settings.default_region
+    # E.164 goes to the gate as given: a number we hold is not parsed again (policy.may_send_to).
+    # Any other form is parsed here, so it is refused before anything is looked up.
+    given = to if is_e164(to) else _parsed(to, region)
     # Before the send's own connection: on SQLite a second one could not begin while it writes.
     program = _program(gateway.db, slug)
     kind = policy.Kind(program.category)
@@ -175,13 +183,21 @@ def create_message():
     queued = None
     with _send_connection(gateway.db, keyed=key is not None) as connection:
         if key is not None:
+            e164 = given if isinstance(given, str) else given.e164
             replay = _begin(connection, key, idempotency.digest(
-                "/v1/messages", {"to": number.e164, "program": slug, "body": body}))
+                "/v1/messages", {"to": e164, "program": slug, "body": body}))
             if replay is not None:
                 return _replay(replay)
         # A number we do not hold cannot have consented: it is refused, and not stored either.
-        known, decision = policy.may_send_to(connection, number, program, kind, now,
-                                             suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours)
+        try:
+            known, number, decision = policy.may_send_to(
+                connection, given, program, kind, now, suppression_key=gateway.settings.suppression_key,
+                rules=gateway.quiet_hours, default_region=region)
+        except InvalidNumber as error:
+            raise _invalid_number(error) from None
+        if not number.textable:
+            raise ApiError(422, "not_mobile", f"a {number.kind.replace('_', ' ')} number cannot receive texts",
+                           kind=number.kind, field="to")
         if decision.allowed or decision.deferred:
             [message] = outbox.accept_many(connection, program=program, kind=kind, body=body,
                                            decisions=[(known.id, decision)], now=now, api_key_id=g.api_key_id,
