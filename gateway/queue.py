@@ -85,6 +85,11 @@ def make_celery(app: Flask, settings: Settings) -> Celery:
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.conf.update(
         broker_url=broker,
+        # Celery lets the environment variable CELERY_BROKER_URL (our setting's name too) win over
+        # broker_url, which would hand a filesystem:// URL to kombu's own transport instead of ours.
+        # The read and write URLs come before it: set them, so what `broker_options` chose is used.
+        broker_read_url=broker,
+        broker_write_url=broker,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
@@ -144,7 +149,7 @@ class Dispatcher:
         """This thread's producer; a forked child opens its own connection, never its parent's."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            transport = _KeptClientRedis if self.celery.conf.broker_url.startswith("redis://") else None
+            transport = _KeptClientRedis if self.celery.conf.broker_write_url.startswith("redis://") else None
             connection = self.celery.connection_for_write(transport=transport)
             local.producer, local.pid = Producer(connection, auto_declare=False), os.getpid()
             local.declared = set()

@@ -2,11 +2,12 @@
 
 import queue as stdlib_queue
 import uuid
+from dataclasses import replace
 
 import pytest
 from kombu import Connection
 
-from gateway import filesystem_broker
+from gateway import create_app, filesystem_broker
 from gateway.queue import broker_options
 
 
@@ -47,3 +48,14 @@ def test_a_message_still_being_written_is_not_picked_up(broker):
         messages.get(timeout=0.3)
     messages.put({"id": "msg_2"})
     assert messages.get(timeout=1).payload == {"id": "msg_2"}
+
+
+def test_the_app_uses_it_even_when_the_environment_names_the_broker(monkeypatch, tmp_path, settings):
+    # Celery reads CELERY_BROKER_URL from the environment ahead of its configuration; the web app
+    # and the worker must still publish and consume through the atomic transport.
+    url = f"filesystem://{tmp_path}"
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    celery = create_app(replace(settings, celery_broker_url=url)).extensions["celery"]
+    for connection in (celery.connection_for_write(), celery.connection_for_read()):
+        with connection:
+            assert isinstance(connection.transport, filesystem_broker.Transport)
