@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from celery import Celery
+from kombu import Message
 
 from gateway.queue import ROUTES, Dispatcher, QueueNames
 
@@ -19,8 +20,8 @@ class CapturedQueue:
     def __init__(self, celery: Celery):
         self.celery = celery
 
-    def take(self) -> list[tuple[str, list]]:
-        """(task name, args) of everything enqueued since the last take, oldest first."""
+    def messages(self) -> list[tuple[str, Message]]:
+        """(queue name, message) of everything enqueued since the last read, oldest first per queue."""
         taken = []
         with self.celery.connection_for_read() as connection:
             for name in QueueNames.ALL:
@@ -30,11 +31,14 @@ class CapturedQueue:
                         message = queue.get(block=False)
                     except queue.Empty:
                         break
-                    args, _kwargs, _embed = message.decode()
-                    taken.append((message.headers["task"], list(args)))
+                    taken.append((name, message))
                     message.ack()
                 queue.close()
         return taken
+
+    def take(self) -> list[tuple[str, list]]:
+        """(task name, args) of everything enqueued since the last read, oldest first."""
+        return [(message.headers["task"], list(message.decode()[0])) for _, message in self.messages()]
 
     def ids(self, task: str = "messages.send") -> list[str]:
         return [args[0] for name, args in self.take() if name == task]

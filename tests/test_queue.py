@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from gateway.queue import ROUTES, Dispatcher, QueueNames, TaskNames
+from tests.outbound_support import CapturedQueue
 
 # Per message (or per thread) in both; everything else must match send_task's message.
 _PER_MESSAGE = {"id", "root_id", "ignore_result"}
@@ -18,19 +19,8 @@ def _celery() -> Celery:
 
 
 def _drain(celery: Celery) -> list:
-    taken = []
-    with celery.connection_for_read() as connection:
-        for name in QueueNames.ALL:
-            queue = connection.SimpleQueue(name)
-            while True:
-                try:
-                    message = queue.get(block=False)
-                except queue.Empty:
-                    break
-                taken.append((name, message.headers, message.properties, message.decode()))
-                message.ack()
-            queue.close()
-    return taken
+    return [(name, message.headers, message.properties, message.decode())
+            for name, message in CapturedQueue(celery).messages()]
 
 
 def test_messages_match_send_task():
