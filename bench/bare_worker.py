@@ -19,7 +19,7 @@ from gateway.provider import RedirectingHttpClient
 celery = Celery("bare", broker=os.environ["CELERY_BROKER_URL"])
 celery.conf.update(task_ignore_result=True, task_acks_late=True, worker_prefetch_multiplier=1,
                    task_default_queue="bare", task_serializer="json", accept_content=["json"])
-engine = create_engine(os.environ["BENCH_DATABASE_URL"], pool_pre_ping=True, pool_size=10, max_overflow=10)
+engine = create_engine(os.environ["BENCH_DATABASE_URL"], pool_size=10, max_overflow=10)
 client = Client(os.environ["TWILIO_ACCOUNT_SID"], os.environ["TWILIO_AUTH_TOKEN"],
                 http_client=RedirectingHttpClient(os.environ["TWILIO_API_BASE_URL"], 10.0), environment={"_": "_"})
 

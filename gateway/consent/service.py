@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.engine import Connection
@@ -21,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from gateway.consent import ledger
-from gateway.db import Writes
+from gateway.db import Writes, rows
 from gateway.consent.machine import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
 from gateway.consent.machine import apply as transition
 from gateway.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
@@ -98,15 +99,27 @@ class Held:
     reachability: str = "ok"
 
 
+class HeldConsent(NamedTuple):
+    """One consent of a number as `held` reads it."""
+
+    id: int
+    program_id: int
+    status: str
+    restorable: bool
+
+
 def held(connection: Connection, e164: str, program_ids: list[int]) -> Held | None:
     """What `e164` holds now, in one statement (one snapshot), without a lock: a change planned from
     it is written only if the head has not moved since (see `plan`). None: no such number."""
-    rows = connection.execute(_HELD, {"b_e164": e164, "b_program_ids": program_ids}).all()
-    if not rows:
+    # With programs asked about, all the number's consents come back (a handful at most) and are
+    # picked here, so each statement stays one text whatever the programs.
+    found = rows(connection, _HELD if program_ids else _HEAD, {"b_e164": e164})
+    if not found:
         return None
-    first = rows[0]
-    return Held(first.number_id, first.ledger_seq, first.ledger_head,
-                {row.program_id: row for row in rows if row.program_id is not None}, first.reachability)
+    number_id, seq, head, reachability = found[0][:4]
+    wanted = set(program_ids)
+    consents = {row[5]: HeldConsent(*row[4:]) for row in found if program_ids and row[5] in wanted}
+    return Held(number_id, seq, head, consents, reachability)
 
 
 @dataclass(frozen=True)
@@ -311,11 +324,12 @@ _NUMBERS, _CONSENTS, _EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerE
 _CONSENTS_OF = select(_CONSENTS.c.id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable).where(
     _CONSENTS.c.number_id == bindparam("b_number_id"),
     _CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True)))
+_HEAD = select(_NUMBERS.c.id, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head, _NUMBERS.c.reachability).where(
+    _NUMBERS.c.e164 == bindparam("b_e164"))
 _HELD = (
-    select(_NUMBERS.c.id.label("number_id"), _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head, _NUMBERS.c.reachability,
+    select(_NUMBERS.c.id, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head, _NUMBERS.c.reachability,
            _CONSENTS.c.id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable)
-    .select_from(_NUMBERS.outerjoin(_CONSENTS, (_CONSENTS.c.number_id == _NUMBERS.c.id)
-                                    & _CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True))))
+    .select_from(_NUMBERS.outerjoin(_CONSENTS, _CONSENTS.c.number_id == _NUMBERS.c.id))
     .where(_NUMBERS.c.e164 == bindparam("b_e164"))
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, abort, request
+from flask.sessions import SecureCookieSessionInterface
 
 from gateway.web import errors
 from gateway.web.auth import declared_auth
@@ -13,6 +14,7 @@ def register(app: Flask, *, sandbox: bool) -> None:
                              webhooks)
 
     errors.register(app)
+    app.session_interface = SessionOnlyWithCookie()
     for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi):
         app.register_blueprint(module.bp)
     if sandbox:
@@ -27,3 +29,20 @@ def register(app: Flask, *, sandbox: bool) -> None:
         view = app.view_functions.get(request.endpoint or "")
         if view is not None and declared_auth(view) is None and request.endpoint != "static":
             abort(403)
+
+
+class SessionOnlyWithCookie(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, built only for a request that carries the cookie.
+
+    Only the hosted sign-up form has a session (its CSRF token). Webhooks and the JSON API never send
+    the cookie, and building the signing serializer for each of their requests was measurable.
+    """
+
+    def open_session(self, app, request):
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response):
+        if session or session.modified or session.accessed:
+            super().save_session(app, session, response)
