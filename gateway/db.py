@@ -24,7 +24,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
     literal_column,
     select,
     text,
@@ -33,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.sql import Executable
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -181,53 +181,64 @@ class Writes:
 
     def execute(self, connection: Connection) -> bool:
         if connection.dialect.name == "postgresql":
-            statement, params = _one_statement(self)
-            return rows(connection, statement, params)[0][0] > 0
+            sql, params = _one_statement(self)
+            return on_driver(connection, sql, params)[0][0] > 0
         return _in_order(self, connection)
 
 
-def rows(connection: Connection, statement: Executable, params: dict) -> list[tuple]:
-    """The rows of `statement` as plain tuples: for the statements every request runs.
+# The driver path. SQLAlchemy's work on each execution (binding, result metadata, rows as objects)
+# costs more than a one-row statement's round trip: the statements every request runs are compiled
+# once (`driver_sql`) and run on psycopg's own cursor (`on_driver`) on PostgreSQL. Values go in and
+# come out as psycopg has them: datetimes must be aware going in, and come back aware.
 
-    On PostgreSQL the statement is compiled once and run on psycopg's own cursor. SQLAlchemy's work
-    on each execution (binding, result metadata, rows as objects) was a fifth of a webhook's CPU, and
-    these statements need none of it: their parameters are values psycopg adapts itself (checked when
-    compiled). Errors come out as SQLAlchemy's, and a connection found dead is invalidated, as
-    `Connection.execute` does. Elsewhere (SQLite) it is `Connection.execute`.
-    """
-    if connection.dialect.name != "postgresql":
-        return [tuple(row) for row in connection.execute(statement, params)]
-    sql, defaults = _driver_sql(statement, connection.dialect)
-    dbapi_connection = connection.connection.dbapi_connection
-    cursor = dbapi_connection.cursor()
+Store = Session | Connection
+
+
+def dialect_name(store: Store) -> str:
+    return store.dialect.name if isinstance(store, Connection) else store.get_bind().dialect.name
+
+
+def driver_sql(statement: Executable) -> str:
+    """`statement` as SQLAlchemy compiles it for psycopg (named %(name)s parameters, none preset)."""
+    compiled = statement.compile(dialect=_POSTGRESQL)
+    preset = [name for name, value in compiled.params.items() if value is not None]
+    if preset:
+        raise ValueError(f"driver SQL takes every value from its caller; render these in the SQL: {preset}")
+    return str(compiled)
+
+
+_POSTGRESQL = postgresql_psycopg.dialect()
+
+
+def on_driver(store: Store, sql: str, params: dict, *, returns_rows: bool = True) -> list[tuple]:
+    """Run `sql` (from `driver_sql`) on the psycopg connection under `store`, in its transaction if
+    it has one; its rows if `returns_rows` (asking psycopg whether there are any builds their
+    descriptions). Errors come out as SQLAlchemy's, and a connection found dead is invalidated, as
+    `Connection.execute` would."""
+    if isinstance(store, Session):
+        store.flush()  # the driver's cursor must see what the session holds, as session.execute would
+        store = store.connection()
+    driver = store.connection.driver_connection
+    cursor = driver.cursor()
     try:
-        cursor.execute(sql, {**defaults, **params} if defaults else params)
-        return cursor.fetchall()  # every statement run here returns rows (a write: a count)
-    except connection.dialect.loaded_dbapi.Error as error:
-        dead = connection.dialect.is_disconnect(error, dbapi_connection, cursor)
+        cursor.execute(sql, params)
+        return cursor.fetchall() if returns_rows else []
+    except store.dialect.loaded_dbapi.Error as error:
+        dead = store.dialect.is_disconnect(error, driver, cursor)
         if dead:
-            connection.invalidate(error)
-        raise DBAPIError.instance(sql, params, error, connection.dialect.loaded_dbapi.Error,
-                                  connection_invalidated=dead, dialect=connection.dialect) from error
+            store.invalidate(error)
+        raise DBAPIError.instance(sql, params, error, store.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=dead, dialect=store.dialect) from error
     finally:
         cursor.close()
 
 
-_DRIVER_SQL: dict[int, tuple[Executable, str, dict]] = {}
-
-
-def _driver_sql(statement: Executable, dialect) -> tuple[str, dict]:
-    """The SQL psycopg runs for `statement` and the values it fixes itself (a literal's), once per statement."""
-    known = _DRIVER_SQL.get(id(statement))
-    if known is not None and known[0] is statement:
-        return known[1], known[2]
-    compiled = statement.compile(dialect=dialect)
-    for name, bind in compiled.binds.items():
-        if bind.expanding or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
-            raise TypeError(f"parameter {name} needs SQLAlchemy's processing: run this statement with execute()")
-    defaults = {name: value for name, value in compiled.params.items() if value is not None}
-    _DRIVER_SQL[id(statement)] = (statement, str(compiled), defaults)  # holds the statement: its id stays its own
-    return str(compiled), defaults
+def rows(store: Store, statement: Executable, params: dict, sql: str | None = None) -> list[tuple]:
+    """The rows of `statement` as tuples: on the driver on PostgreSQL (`sql`: its `driver_sql`, kept
+    by the caller), through SQLAlchemy elsewhere."""
+    if dialect_name(store) == "postgresql":
+        return on_driver(store, sql or driver_sql(statement), params)
+    return [tuple(row) for row in store.execute(statement, params)]
 
 
 def _in_order(writes: Writes, connection: Connection) -> bool:
@@ -246,7 +257,7 @@ def _in_order(writes: Writes, connection: Connection) -> bool:
     return True
 
 
-_STATEMENTS: dict[tuple, Executable] = {}
+_STATEMENTS: dict[tuple, str] = {}  # shape -> driver SQL
 
 
 def _groups(writes: Writes) -> tuple[dict, dict]:
@@ -260,7 +271,7 @@ def _groups(writes: Writes) -> tuple[dict, dict]:
     return inserts, updates
 
 
-def _one_statement(writes: Writes) -> tuple[Executable, dict]:
+def _one_statement(writes: Writes) -> tuple[str, dict]:
     """The PostgreSQL statement for this shape of writes (built once per shape) and its parameters.
 
     Each table's rows travel as ONE JSON parameter (json_populate_recordset turns it back into rows
@@ -278,7 +289,7 @@ def _one_statement(writes: Writes) -> tuple[Executable, dict]:
     )
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        statement = _STATEMENTS[shape] = _build(guard, list(inserts), list(updates), writes.deletes)
+        statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), list(updates), writes.deletes))
     params: dict = {}
     if guard is not None:
         _, row_id, expected, values = guard
@@ -318,7 +329,7 @@ def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list) -> 
     ctes = []
     if guard is None:
         gate = None
-        outcome = select(literal(1))
+        outcome = select(literal_column("1"))
     else:
         table, _, expected, values = guard
         moved = (update(table)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.models import IdempotencyRecord, utcnow
-from gateway.policy import Store, dialect_name
+from gateway.db import Store, dialect_name
 
 MAX_KEY_LENGTH = 200
 

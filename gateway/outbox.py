@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from gateway import bulk
 from gateway.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
-from gateway.policy import Decision, Kind, Store, dialect_name, driver_sql, on_driver
+from gateway.db import Store, dialect_name, driver_sql, on_driver
+from gateway.policy import Decision, Kind
 from gateway.segments import count as count_segments
 
 # Rank of each status: a message only ever moves to a higher rank (a late "sent" callback must

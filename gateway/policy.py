@@ -19,13 +19,13 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
-from sqlalchemy import Connection, TextualSelect, bindparam, text
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+from sqlalchemy import TextualSelect, bindparam, text
 from sqlalchemy.orm import Session
 
 from gateway import bulk
 from gateway.consent.machine import Status
 from gateway.consent.service import suppression_digests
+from gateway.db import Store, dialect_name, driver_sql, on_driver
 from gateway.models import PhoneNumber, Program, UTCDateTime
 from gateway.numbers import Number, parse
 from gateway.quiet_hours import QuietHours, Window
@@ -33,13 +33,6 @@ from gateway.quiet_hours import QuietHours, Window
 
 # Where the gate reads: an ORM session, or a Core connection (one message, in the send API and the
 # worker's claim: the session's unit of work would cost more than the query).
-Store = Session | Connection
-
-
-def dialect_name(store: Store) -> str:
-    return store.dialect.name if isinstance(store, Connection) else store.get_bind().dialect.name
-
-
 class Kind(StrEnum):
     MARKETING = "marketing"
     INFORMATIONAL = "informational"
@@ -342,32 +335,6 @@ def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[Textua
         {recent}
     """, count_recent)
     return query, driver_sql(query)
-
-
-def driver_sql(statement) -> str:
-    """`statement` as SQLAlchemy compiles it for psycopg (named %(name)s parameters)."""
-    return str(statement.compile(dialect=_POSTGRESQL))
-
-
-_POSTGRESQL = postgresql_psycopg.dialect()
-
-
-def on_driver(store: Store, sql: str, params: dict, *, returns_rows: bool = True) -> list[tuple]:
-    """Run `sql` (from `driver_sql`) on the psycopg connection under `store`, in its transaction;
-    its rows if `returns_rows` (asking psycopg whether there are any builds their descriptions).
-
-    SQLAlchemy's execution and result rows cost more than a one-row query's round trip, and for
-    100,000 rows more than the query. Values go in and come out as psycopg has them: datetimes must
-    be aware going in, and come back aware (in the server's zone).
-    """
-    if isinstance(store, Session):
-        store.flush()  # the driver's cursor must see what the session holds, as session.execute would
-        driver = store.connection().connection.driver_connection
-    else:
-        driver = store.connection.driver_connection
-    with driver.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if returns_rows else []
 
 
 def _facts(session: Store, query: TextualSelect, sql: str | None,

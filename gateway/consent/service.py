@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from gateway.consent import ledger
-from gateway.db import Writes, rows
+from gateway.db import Writes, driver_sql, rows
 from gateway.consent.machine import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
 from gateway.consent.machine import apply as transition
 from gateway.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
@@ -113,7 +113,8 @@ def held(connection: Connection, e164: str, program_ids: list[int]) -> Held | No
     it is written only if the head has not moved since (see `plan`). None: no such number."""
     # With programs asked about, all the number's consents come back (a handful at most) and are
     # picked here, so each statement stays one text whatever the programs.
-    found = rows(connection, _HELD if program_ids else _HEAD, {"b_e164": e164})
+    statement, sql = (_HELD, _HELD_SQL) if program_ids else (_HEAD, _HEAD_SQL)
+    found = rows(connection, statement, {"b_e164": e164}, sql)
     if not found:
         return None
     number_id, seq, head, reachability = found[0][:4]
@@ -332,6 +333,7 @@ _HELD = (
     .select_from(_NUMBERS.outerjoin(_CONSENTS, _CONSENTS.c.number_id == _NUMBERS.c.id))
     .where(_NUMBERS.c.e164 == bindparam("b_e164"))
 )
+_HEAD_SQL, _HELD_SQL = driver_sql(_HEAD), driver_sql(_HELD)
 
 
 def consents(session: Session, number: PhoneNumber) -> list[Consent]:
