@@ -85,13 +85,8 @@ def main() -> int:
         slices = itertools.count(0, args.per_run)
         warm_up = {name: _wrk(servers[name], requests_file, next(slices), args.per_run, 3, args)  # imports, pools
                    for name in servers}
-        results: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(args.rounds):
-            for name in servers:
-                result = _wrk(servers[name], requests_file, next(slices), args.per_run, args.duration, args)
-                results[name].append(result)
-                print(f"  {name:8s} {result['rps']:8.1f} req/s  p50 {result['p50']}  p99 {result['p99']}"
-                      f"  ({result['requests']} requests)")
+        results = measure_rounds(list(servers), args.rounds, lambda name: _wrk(
+            servers[name], requests_file, next(slices), args.per_run, args.duration, args))
     finally:
         for server in servers.values():
             server["process"].send_signal(signal.SIGTERM)
@@ -104,7 +99,7 @@ def main() -> int:
     baseline = statistics.median(r["rps"] for r in results["baseline"])
     gateway = statistics.median(r["rps"] for r in results["gateway"])
     # Each round runs the two back to back, so a round's ratio is the fairest figure on a machine
-    # whose load changes; the result is the median of the rounds' ratios.
+    # whose load changes; the result is the median of the rounds' ratios (measure_rounds).
     ratios = [g["rps"] / b["rps"] for b, g in zip(results["baseline"], results["gateway"])]
     ratio = statistics.median(ratios)
     stored = _stored_inbound(settings)
@@ -118,6 +113,19 @@ def main() -> int:
     print(f"inbound messages stored by the gateway: {stored}; answers counted by wrk: {sent} (warm-up included)")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if ratio >= REQUIRED_RATIO else 1
+
+
+def measure_rounds(names: list[str], rounds: int, run) -> dict[str, list[dict]]:
+    """`run(name)` for each server per round, the order flipping every round (A B, B A, ...): on a
+    machine whose speed drifts, whichever runs second in a round is not always the same one."""
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            result = run(name)
+            results[name].append(result)
+            print(f"  {name:8s} {result['rps']:8.1f} req/s  p50 {result['p50']}  p99 {result['p99']}"
+                  f"  ({result['requests']} requests)")
+    return results
 
 
 def _environment(database_url: str, work: Path) -> dict[str, str]:

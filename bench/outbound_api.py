@@ -39,6 +39,7 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for both 
     _start_gunicorn,
     _wrk,
     _write_requests,
+    measure_rounds,
 )
 from gateway import bulk, keys, programs  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
@@ -97,13 +98,7 @@ def main() -> int:
 
         slices = itertools.count(0, args.per_run)
         warm_up = {name: run(name, next(slices), 3) for name in servers}
-        results: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(args.rounds):
-            for name in servers:
-                result = run(name, next(slices), args.duration)
-                results[name].append(result)
-                print(f"  {name:8s} {result['rps']:8.1f} req/s  p50 {result['p50']}  p99 {result['p99']}"
-                      f"  ({result['requests']} requests)")
+        results = measure_rounds(list(servers), args.rounds, lambda name: run(name, next(slices), args.duration))
     finally:
         for server in servers.values():
             server["process"].send_signal(signal.SIGTERM)
