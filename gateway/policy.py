@@ -65,6 +65,8 @@ class Decision:
 
 
 ALLOW = Decision(True)
+# A refusal says no more than its reason (but quiet hours, which say until when): one of each, shared.
+REFUSED = {reason: Decision(False, reason) for reason in Reason}
 
 # Messages that count against frequency caps: everything not refused.
 _COUNTED = ("queued", "deferred", "sending", "sent", "delivered", "undelivered")
@@ -167,25 +169,25 @@ def decide(facts: Facts, program: Program, kind: Kind, now: datetime, rules: Qui
            places: Places | None = None) -> Decision:
     """The rules, in order: hard blocks first, consent next, then caps, then the clock."""
     if facts.suppressed:
-        return Decision(False, Reason.SUPPRESSED)
-    if facts.status == Status.OPTED_OUT:
-        return Decision(False, Reason.OPTED_OUT)
-    if facts.reachability == "landline":
-        return Decision(False, Reason.LANDLINE)
-    if facts.reachability == "unreachable":
-        return Decision(False, Reason.UNREACHABLE)
+        return REFUSED[Reason.SUPPRESSED]
+    status = facts.status
+    if status == Status.OPTED_OUT:
+        return REFUSED[Reason.OPTED_OUT]
+    if facts.reachability != "ok":
+        if facts.reachability == "landline":
+            return REFUSED[Reason.LANDLINE]
+        if facts.reachability == "unreachable":
+            return REFUSED[Reason.UNREACHABLE]
     spec = program.settings.get("spec", {})
-    allowed_countries = spec.get("allowed_countries") or []
+    allowed_countries = spec.get("allowed_countries")
     if allowed_countries and (facts.region or region_of(facts.e164)) not in allowed_countries:
-        return Decision(False, Reason.COUNTRY_NOT_ALLOWED)
+        return REFUSED[Reason.COUNTRY_NOT_ALLOWED]
 
     if kind is Kind.CONFIRMATION:
-        live = facts.status == Status.PENDING and facts.expires_at is not None and facts.expires_at > now
-        return ALLOW if live else Decision(False, Reason.NO_PENDING_REQUEST)
-    if facts.status == Status.PENDING:
-        return Decision(False, Reason.PENDING_CONFIRMATION)
-    if facts.status != Status.OPTED_IN:
-        return Decision(False, Reason.NO_CONSENT)
+        live = status == Status.PENDING and facts.expires_at is not None and facts.expires_at > now
+        return ALLOW if live else REFUSED[Reason.NO_PENDING_REQUEST]
+    if status != Status.OPTED_IN:
+        return REFUSED[Reason.PENDING_CONFIRMATION if status == Status.PENDING else Reason.NO_CONSENT]
 
     if kind is Kind.MARKETING:
         program_cap = spec.get("daily_cap")
@@ -197,7 +199,7 @@ def decide(facts: Facts, program: Program, kind: Kind, now: datetime, rules: Qui
         if (program_cap and facts.sent_last_day_program >= program_cap) or (
             state_cap and facts.sent_last_day >= state_cap
         ):
-            return Decision(False, Reason.FREQUENCY_CAP)
+            return REFUSED[Reason.FREQUENCY_CAP]
         if places is None:
             not_before = rules.next_opening(window, zones, now)
         if not_before is not None:
@@ -340,14 +342,16 @@ def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[Textua
 def _facts(session: Store, query: TextualSelect, sql: str | None,
            params: dict) -> dict[str, tuple[Known | None, Facts]]:
     """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
-    if dialect_name(session) == "postgresql":
+    on_postgresql = dialect_name(session) == "postgresql"
+    if on_postgresql:
         rows = on_driver(session, sql or driver_sql(query), params)
-        rows = [(*row[:6], row[6] and row[6].astimezone(UTC), *row[7:]) for row in rows]
     else:
         rows = session.execute(query, params).all()
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
         for e164, number_id, kind, region, reachability, status, expires_at, suppressed, total, this_program in rows:
+            if on_postgresql and expires_at is not None:
+                expires_at = expires_at.astimezone(UTC)  # psycopg gives the server's zone
             found[e164] = (
                 None if number_id is None else Known(number_id, kind),
                 Facts(e164, reachability or "ok", status, expires_at, bool(suppressed), total or 0,
