@@ -9,12 +9,12 @@ takes the rest with it, and the webhook then reads again instead of losing or do
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from gateway import inbound, programs
 from gateway.consent import Input, Source, ledger, service
-from gateway.db import Writes
+from gateway.db import Writes, _one_statement, on_driver
 from gateway.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
 from gateway.numbers import parse
 
@@ -125,3 +125,33 @@ def test_a_text_whose_number_changed_under_it_is_read_again_and_applied_once(gat
     assert events[-3:] == ["help", "opt_out", "opt_out"]
     assert texts == 1
     assert breaks == []
+
+
+def test_a_change_to_two_consents_finds_them_by_index_not_by_scanning_the_table(db):
+    """The consents' new values travel as a JSON recordset, which PostgreSQL guesses at 100 rows: joined
+    on that guess alone, a STOP scanned every consent in the store to update two of them."""
+    if db.dialect != "postgresql":
+        pytest.skip("a query plan of PostgreSQL's; SQLite runs the writes one by one, by id")
+    opted_in(db, "deals", "alerts")
+    deals, alerts = on_sender(db)
+    with db.statements() as connection:  # a store with other people in it
+        connection.execute(text("""
+            INSERT INTO numbers (e164, kind, reachability, ledger_seq, ledger_head, created_at)
+            SELECT '+1415600' || lpad(i::text, 4, '0'), 'mobile', 'ok', 0, repeat('0', 64), now()
+            FROM generate_series(1, 5000) i"""))
+        connection.execute(text("""
+            INSERT INTO consents (number_id, program_id, status, restorable, updated_at)
+            SELECT id, :deals, 'opted_in', false, now() FROM numbers WHERE e164 LIKE '+1415600%'"""),
+                           {"deals": deals.id})
+        state = service.held(connection, PERSON, [deals.id, alerts.id])
+        planned = service.plan(state, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
+        sql, params = _one_statement(planned.writes)
+        plan = on_driver(connection, "EXPLAIN (FORMAT JSON) " + sql, params)[0][0]
+
+    def scans(node):
+        yield node.get("Node Type"), node.get("Relation Name")
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    read_from_consents = {kind for kind, relation in scans(plan[0]["Plan"]) if relation == "consents"} - {"ModifyTable"}
+    assert read_from_consents and "Seq Scan" not in read_from_consents  # an index scan of some kind
