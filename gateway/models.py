@@ -120,10 +120,11 @@ class Consent(Base):
     """The current state of one (number, program): a projection of the ledger."""
 
     __tablename__ = "consents"
+    # Its index also serves every look-up by number (number_id comes first): no index of its own.
     __table_args__ = (UniqueConstraint("number_id", "program_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"), index=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
     program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
     status: Mapped[str] = mapped_column(String(20))
     # True when an opt-out ended a confirmed consent: START restores exactly those.
