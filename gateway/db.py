@@ -191,6 +191,8 @@ class Writes:
 # once (`driver_sql`) and run on psycopg's own cursor (`on_driver`) on PostgreSQL. Values go in and
 # come out as psycopg has them: datetimes must be aware going in, and come back aware.
 
+# Where the driver path reads: an ORM session, or a Core connection (one message in the send API, the
+# worker's claim, a webhook: a session's unit of work would cost more than the query).
 Store = Session | Connection
 
 

@@ -25,14 +25,12 @@ from sqlalchemy.orm import Session
 from gateway import bulk
 from gateway.consent.machine import Status
 from gateway.consent.service import suppression_digests
-from gateway.db import Store, dialect_name, driver_sql, on_driver
+from gateway.db import Store, dialect_name, driver_sql, rows
 from gateway.models import PhoneNumber, Program, UTCDateTime
 from gateway.numbers import Number, parse
 from gateway.quiet_hours import QuietHours, Window
 
 
-# Where the gate reads: an ORM session, or a Core connection (one message, in the send API and the
-# worker's claim: the session's unit of work would cost more than the query).
 class Kind(StrEnum):
     MARKETING = "marketing"
     INFORMATIONAL = "informational"
@@ -229,13 +227,13 @@ def load_facts(
     exclude_message: str | None = None,
 ) -> dict[int, Facts]:
     """Facts for numbers of ours (rows with id and e164), by id: one query, whatever their number."""
-    rows = {n.id: n for n in numbers}
-    by_e164 = {n.e164: n.id for n in rows.values() if n.e164}
+    by_id = {n.id: n for n in numbers}
+    by_e164 = {n.e164: n.id for n in by_id.values() if n.e164}
     found = facts_by_e164(session, list(by_e164), program, suppression_key, now, count_recent=count_recent,
                           exclude_message=exclude_message)
     facts = {by_e164[e164]: one for e164, (_, one) in found.items()}
     # An erased number is nothing but its suppression hash now.
-    facts.update({n.id: Facts(e164="", suppressed=True) for n in rows.values() if not n.e164})
+    facts.update({n.id: Facts(e164="", suppressed=True) for n in by_id.values() if not n.e164})
     return facts
 
 
@@ -343,13 +341,10 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
            params: dict) -> dict[str, tuple[Known | None, Facts]]:
     """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
     on_postgresql = dialect_name(session) == "postgresql"
-    if on_postgresql:
-        rows = on_driver(session, sql or driver_sql(query), params)
-    else:
-        rows = session.execute(query, params).all()
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
-        for e164, number_id, kind, region, reachability, status, expires_at, suppressed, total, this_program in rows:
+        for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,
+             this_program) in rows(session, query, params, sql):
             if on_postgresql and expires_at is not None:
                 expires_at = expires_at.astimezone(UTC)  # psycopg gives the server's zone
             found[e164] = (
