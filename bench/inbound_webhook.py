@@ -133,7 +133,7 @@ def _environment(database_url: str, work: Path) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": database_url,
         "BENCH_DATABASE_URL": load_settings(env={"DATABASE_URL": database_url, "VAR_DIR": str(work),
-                                                 "SUPPRESSION_KEY": "b" * 40}).database_url,
+                                                 "SUPPRESSION_KEY": "b" * 40, "SANDBOX": "on"}).database_url,
         "CELERY_BROKER_URL": f"filesystem://{work / 'broker'}",
         "REDIS_URL": "",
         "TWILIO_ACCOUNT_SID": "AC" + "2" * 32,

@@ -15,6 +15,9 @@ import phonenumbers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"
+# The built-in sandbox's account and token (docs/sandbox.md). Published, so worth nothing as secrets:
+# they are accepted only while SANDBOX is on, and a real account is refused while it is.
+SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token-not-a-secret"
 ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
 
@@ -54,8 +57,13 @@ class Settings:
 
     @property
     def webhook_tokens(self) -> tuple[str, ...]:
-        """Every auth token a webhook signature may be made with, current first."""
-        return (self.twilio_auth_token, *self.twilio_previous_auth_tokens)
+        """Every auth token a webhook signature may be made with, current first.
+
+        The sandbox's published token only while the sandbox is on: load_settings refuses it otherwise,
+        and this keeps it out even of settings built some other way (dataclasses.replace in tests).
+        """
+        tokens = (self.twilio_auth_token, *self.twilio_previous_auth_tokens)
+        return tokens if self.sandbox else tuple(t for t in tokens if t != SANDBOX_AUTH_TOKEN)
 
     def public_url(self, path: str) -> str:
         return self.public_base_url.rstrip("/") + path
@@ -118,6 +126,40 @@ def _suppression_key(raw: str, var_dir: Path) -> bytes:
     return key_file.read_text().strip().encode()
 
 
+def _refuse_real_twilio(account_sid: str, auth_token: str, previous: tuple[str, ...], api_base: str | None,
+                        sandbox_api: str) -> None:
+    """With SANDBOX on, only the sandbox's account: the sandbox would otherwise post texts to our
+    webhooks signed with a real token, and sends would go nowhere yet be reported delivered."""
+    fix = "turn SANDBOX off for real Twilio, or unset"
+    if account_sid != SANDBOX_ACCOUNT_SID:
+        raise ConfigError(f"SANDBOX is on but TWILIO_ACCOUNT_SID is a real account ({account_sid[:6]}…): "
+                          f"{fix} TWILIO_ACCOUNT_SID")
+    if auth_token and auth_token != SANDBOX_AUTH_TOKEN:
+        raise ConfigError(f"SANDBOX is on but TWILIO_AUTH_TOKEN is a real token: {fix} TWILIO_AUTH_TOKEN "
+                          "(the sandbox has its own)")
+    if previous:
+        raise ConfigError(f"SANDBOX is on but TWILIO_AUTH_TOKENS_PREVIOUS is set: {fix} TWILIO_AUTH_TOKENS_PREVIOUS")
+    if api_base is not None and api_base != sandbox_api:
+        raise ConfigError(f"SANDBOX is on but TWILIO_API_BASE_URL is not the sandbox ({api_base}, not {sandbox_api}): "
+                          f"{fix} TWILIO_API_BASE_URL")
+
+
+def _refuse_sandbox_credentials(account_sid: str, auth_token: str, previous: tuple[str, ...]) -> None:
+    """With SANDBOX off, the sandbox's published token must never validate a webhook, and its made-up
+    account would only fail at Twilio: say so now rather than at the first send."""
+    if not auth_token:
+        raise ConfigError("TWILIO_AUTH_TOKEN: required when SANDBOX is off (turn SANDBOX on for the built-in sandbox)")
+    if auth_token == SANDBOX_AUTH_TOKEN:
+        raise ConfigError("SANDBOX is off but TWILIO_AUTH_TOKEN is the sandbox's published token: "
+                          "set your Twilio auth token, or turn SANDBOX on")
+    if SANDBOX_AUTH_TOKEN in previous:
+        raise ConfigError("SANDBOX is off but TWILIO_AUTH_TOKENS_PREVIOUS holds the sandbox's published token: "
+                          "remove it, or turn SANDBOX on")
+    if account_sid == SANDBOX_ACCOUNT_SID:
+        raise ConfigError("SANDBOX is off but TWILIO_ACCOUNT_SID is the sandbox's account: "
+                          "set your Twilio account SID, or turn SANDBOX on")
+
+
 def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None) -> Settings:
     """Read defaults, apply environment overrides, validate; raise ConfigError naming the setting."""
     env = os.environ if env is None else env
@@ -147,17 +189,16 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
     if not ACCOUNT_SID_RE.match(account_sid):
         raise ConfigError("TWILIO_ACCOUNT_SID: expected AC followed by 32 hex digits")
     auth_token = str(raw["twilio_auth_token"])
-    if not auth_token:
-        if not sandbox:
-            raise ConfigError("TWILIO_AUTH_TOKEN: required when SANDBOX is off")
-        auth_token = SANDBOX_AUTH_TOKEN
     previous = tuple(t.strip() for t in env.get("TWILIO_AUTH_TOKENS_PREVIOUS", "").split(",") if t.strip())
-
     api_base = str(raw["twilio_api_base_url"]).rstrip("/") or None
-    if api_base is None and sandbox:
-        api_base = public_base_url + "/sandbox"
     if api_base is not None and not urlsplit(api_base).scheme.startswith("http"):
         raise ConfigError(f"TWILIO_API_BASE_URL: expected an http(s) URL, got {api_base!r}")
+    sandbox_api = public_base_url + "/sandbox"
+    if sandbox:
+        _refuse_real_twilio(account_sid, auth_token, previous, api_base, sandbox_api)
+        auth_token, api_base = SANDBOX_AUTH_TOKEN, sandbox_api
+    else:
+        _refuse_sandbox_credentials(account_sid, auth_token, previous)
 
     region = str(raw["default_region"]).upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:

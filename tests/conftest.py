@@ -21,12 +21,18 @@ from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
 from gateway import create_app, keys, programs
-from gateway.config import ROOT, load_settings
+from gateway.config import ROOT, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, load_settings
 from gateway.models import Base
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture, used by the autouse below)
 
-ACCOUNT_SID = "AC" + "1" * 32
-AUTH_TOKEN = "test-auth-token"
+# The session runs on the built-in sandbox, so with its published account and token (the only ones
+# allowed while SANDBOX is on).
+ACCOUNT_SID = SANDBOX_ACCOUNT_SID
+AUTH_TOKEN = SANDBOX_AUTH_TOKEN
+# What a test that needs a real Twilio account adds to test_env: SANDBOX off, a real-looking account.
+REAL_ACCOUNT_SID = "AC" + "1" * 32
+REAL_AUTH_TOKEN = "test-auth-token"
+REAL_TWILIO_ENV = {"SANDBOX": "off", "TWILIO_ACCOUNT_SID": REAL_ACCOUNT_SID, "TWILIO_AUTH_TOKEN": REAL_AUTH_TOKEN}
 
 
 def _free_port() -> int:

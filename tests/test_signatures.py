@@ -1,6 +1,7 @@
 """X-Twilio-Signature: the official twilio-python vectors, through our code and through the app;
 token rotation; HMAC-SHA256 on request; and a bad signature leaves nothing but a counter."""
 
+import dataclasses
 import hashlib
 import json
 from urllib.parse import urlencode
@@ -15,10 +16,10 @@ from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
 from gateway import create_app
-from gateway.config import load_settings
+from gateway.config import SANDBOX_AUTH_TOKEN, load_settings
 from gateway.models import Consent, InboundMessage, LedgerEvent, PhoneNumber
 from gateway.web.auth import compute_signature, signature_matches, twilio_signed, url_variants
-from tests.conftest import AUTH_TOKEN
+from tests.conftest import REAL_AUTH_TOKEN, REAL_TWILIO_ENV
 
 # twilio-python tests/unit/test_request_validator.py
 TOKEN = "12345"
@@ -105,8 +106,8 @@ def test_property_we_sign_exactly_as_twilio_python_does(params, path, algorithm)
 
 def _app_at(test_env, base_url, **env):
     """An app whose PUBLIC_BASE_URL and token are the vectors', with a signed echo route at /myapp.php."""
-    app = create_app(load_settings(env={**test_env, "PUBLIC_BASE_URL": base_url, "TWILIO_AUTH_TOKEN": TOKEN,
-                                        "SANDBOX": "off", **env}))
+    app = create_app(load_settings(env={**test_env, **REAL_TWILIO_ENV, "PUBLIC_BASE_URL": base_url,
+                                        "TWILIO_AUTH_TOKEN": TOKEN, **env}))
     bp = Blueprint("vector_echo", __name__)
 
     @bp.post("/myapp.php")
@@ -226,17 +227,32 @@ def test_the_status_callback_is_signed_too(client):
     assert _rejected("/webhooks/twilio/status") == before + 1
 
 
+def test_the_sandbox_token_validates_nothing_with_the_sandbox_off(settings, db):
+    """The sandbox's token is published: with the sandbox off, a webhook signed with it is refused,
+    even by an app whose settings did not go through load_settings (which refuses that token)."""
+    assert settings.twilio_auth_token == SANDBOX_AUTH_TOKEN
+    sandbox_off = create_app(dataclasses.replace(settings, sandbox=False, twilio_api_base_url=None))
+    signature = RequestValidator(SANDBOX_AUTH_TOKEN).compute_signature(settings.public_url(SMS), STOP)
+    try:
+        response = sandbox_off.test_client().post(SMS, data=urlencode(STOP), headers={"X-Twilio-Signature": signature},
+                                                  content_type="application/x-www-form-urlencoded")
+    finally:
+        sandbox_off.extensions["gateway"].db.dispose()
+    assert response.status_code == 403
+    assert _stored(db) == (0, 0, 0, 0)
+
+
 @pytest.fixture(scope="module")
 def rotated(test_env, app):
     """The app during a token rotation: a new token, the old ones still accepted."""
     rotated_app = create_app(load_settings(env={
-        **test_env, "TWILIO_AUTH_TOKEN": "new-token", "TWILIO_AUTH_TOKENS_PREVIOUS": f"{AUTH_TOKEN},older-token",
-        "SANDBOX": "off"}))
+        **test_env, **REAL_TWILIO_ENV, "TWILIO_AUTH_TOKEN": "new-token",
+        "TWILIO_AUTH_TOKENS_PREVIOUS": f"{REAL_AUTH_TOKEN},older-token"}))
     yield rotated_app.test_client()
     rotated_app.extensions["gateway"].db.dispose()
 
 
-@pytest.mark.parametrize("token", ["new-token", AUTH_TOKEN, "older-token"])
+@pytest.mark.parametrize("token", ["new-token", REAL_AUTH_TOKEN, "older-token"])
 def test_every_token_of_a_rotation_is_accepted(rotated, settings, db, token):
     params = {**STOP, "MessageSid": "SM" + hashlib.md5(token.encode()).hexdigest()}
     signature = RequestValidator(token).compute_signature(settings.public_url(SMS), params)

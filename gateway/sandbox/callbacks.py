@@ -25,7 +25,7 @@ from sqlalchemy import and_, exists, or_, select, text, update
 from sqlalchemy.orm import aliased, sessionmaker
 from twilio.request_validator import RequestValidator
 
-from gateway.config import Settings
+from gateway.config import SANDBOX_AUTH_TOKEN, Settings
 from gateway.db import Database
 from gateway.models import utcnow
 from gateway.numbers import mask
@@ -248,7 +248,9 @@ class Courier:
 
     def _post(self, delivery: Delivery) -> tuple[requests.Response | None, str]:
         config = self.config()
-        signature = RequestValidator(self.settings.twilio_auth_token).compute_signature(delivery.url, delivery.params)
+        # Always the sandbox's own token, never the gateway's: the gateway accepts it only while the
+        # sandbox is on, so nothing the sandbox posts can pass for a real Twilio request.
+        signature = RequestValidator(SANDBOX_AUTH_TOKEN).compute_signature(delivery.url, delivery.params)
         headers = {
             "X-Twilio-Signature": signature,
             "User-Agent": "TwilioProxy/1.1",
