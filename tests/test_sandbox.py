@@ -19,7 +19,7 @@ from twilio.base.exceptions import TwilioRestException
 from gateway.config import ROOT
 from gateway.db import Database
 from gateway.models import utcnow
-from gateway.sandbox import messages
+from gateway.sandbox import is_loopback, messages, socket_address
 from gateway.sandbox.callbacks import Courier, read_answer
 from gateway.sandbox.config import load_sandbox_config
 from gateway.sandbox.models import SandboxEvent, SandboxMessage, SandboxOptOut, SandboxRefusal
@@ -584,3 +584,84 @@ def test_sandbox_config_file_is_valid():
     assert config.test_numbers["+15005550009"].create_error == 21614
     overridden = load_sandbox_config(env={"SANDBOX_SENT_DELAY": "0", "SANDBOX_FINAL_DELAY": "0.1"})
     assert (overridden.sent_delay, overridden.final_delay) == (0.0, 0.1)
+
+
+# --- loopback clients only ---------------------------------------------------------------------------
+
+STRANGER = "203.0.113.9"
+FORGED_LOCAL = {"Host": "127.0.0.1:5000", "Origin": "http://127.0.0.1:5000", "X-Forwarded-For": "127.0.0.1",
+                "X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
+ROUTE_ARGUMENTS = {"account_sid": ACCOUNT_SID, "sid": "SM" + "0" * 32, "name": "phone.js", "rest": "Calls.json"}
+
+
+def sandbox_requests(app):
+    """(method, path) for every route of the sandbox, with its URL arguments filled in."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith("sandbox."):
+            path = rule.rule
+            for argument in rule.arguments:
+                path = re.sub(rf"<(?:\w+:)?{argument}>", ROUTE_ARGUMENTS[argument], path)
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                yield method, path
+
+
+def test_every_sandbox_route_is_tried(app):
+    endpoints = {path for _, path in sandbox_requests(app)}
+    assert {"/sandbox/phone", "/sandbox/phone/state", "/sandbox/phone/messages",
+            f"/sandbox/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"} <= endpoints
+
+
+@pytest.mark.parametrize("headers", [{}, FORGED_LOCAL], ids=["plain", "forged-local-headers"])
+def test_the_sandbox_does_not_exist_for_a_remote_client(app, client, db, headers):
+    """A stranger cannot text the gateway as a handset, read the handsets and conversations, or use
+    the REST API, whatever Host, Origin or X-Forwarded-For they claim: only the socket counts."""
+    remote = {"REMOTE_ADDR": STRANGER}
+    for method, path in sandbox_requests(app):
+        response = client.open(path, method=method, environ_base=remote, headers=headers, auth=(ACCOUNT_SID, AUTH_TOKEN),
+                               json={"from": HANDSET, "to": SENDER, "body": "START"} if method == "POST" else None)
+        assert response.status_code == 404, (method, path, response.status_code)
+        assert HANDSET not in response.get_data(as_text=True)
+    assert count(db, SandboxMessage) == 0 and count(db, SandboxEvent) == 0 and count(db, SandboxRefusal) == 0
+
+
+def test_the_phone_still_answers_this_machine(client, db):
+    # The test client's socket address is 127.0.0.1, as a browser's on this machine is.
+    assert client.get("/sandbox/phone").status_code == 200
+    assert client.get("/sandbox/phone", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    response = client.post("/sandbox/phone/messages", json={"from": HANDSET, "to": SENDER, "body": "hi"},
+                           headers={"Origin": "http://localhost"}, environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"})
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(("socket_address", "forwarded_for"), [
+    (STRANGER, "127.0.0.1"),  # a stranger claiming to be local, through a trusted proxy setting
+    ("127.0.0.1", STRANGER),  # a proxy on this machine forwarding a stranger
+])
+def test_behind_a_proxy_the_sandbox_answers_nobody(app, db, socket_address, forwarded_for):
+    """With TRUSTED_PROXIES, ProxyFix rewrites REMOTE_ADDR from X-Forwarded-For: the sandbox looks at
+    the socket's address it keeps aside, and refuses anything that came through a proxy at all."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+    from werkzeug.test import Client
+
+    behind_proxy = Client(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1))
+    for method, path in [("GET", "/sandbox/phone/state"), ("GET", "/sandbox/phone"), ("POST", "/sandbox/phone/messages")]:
+        response = behind_proxy.open(path, method=method, environ_base={"REMOTE_ADDR": socket_address},
+                                     headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Host": "127.0.0.1:5000",
+                                              "Origin": "http://127.0.0.1:5000"},
+                                     json={"from": HANDSET, "to": SENDER, "body": "START"} if method == "POST" else None)
+        assert response.status_code == 404, (method, path)
+    assert count(db, SandboxMessage) == 0
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("203.0.113.9", False), ("10.0.0.1", False), ("::ffff:203.0.113.9", False), ("", False), ("localhost", False),
+])
+def test_is_loopback(address, loopback):
+    assert is_loopback(address) is loopback
+
+
+def test_the_socket_address_is_the_one_proxyfix_kept_aside():
+    forwarded = {"REMOTE_ADDR": "127.0.0.1", "werkzeug.proxy_fix.orig": {"REMOTE_ADDR": STRANGER}}
+    assert socket_address(forwarded) == STRANGER
+    assert socket_address({"REMOTE_ADDR": "::1"}) == "::1"

@@ -1,11 +1,14 @@
 """The Twilio sandbox: a local Twilio REST API, its status callbacks and opt-out rules, and a phone
-page to text the gateway from. Mounted at /sandbox only when SANDBOX is on (see docs/sandbox.md)."""
+page to text the gateway from. Mounted at /sandbox only when SANDBOX is on, answering loopback
+clients only (see docs/sandbox.md)."""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app
+from flask import Blueprint, abort, current_app, request
 from sqlalchemy.orm import sessionmaker
 
 from gateway.sandbox.callbacks import Courier
@@ -42,6 +45,37 @@ def _set_up(state) -> None:
     csrf = app.extensions.get("csrf")
     if csrf is not None:
         csrf.exempt(bp)
+
+
+def socket_address(environ: Mapping) -> str:
+    """The address of the peer that opened the connection, as the WSGI server saw it.
+
+    ProxyFix (TRUSTED_PROXIES) replaces REMOTE_ADDR with what X-Forwarded-For claims and keeps the
+    original aside; that original is the socket's, so it is the one that counts here.
+    """
+    original = environ.get("werkzeug.proxy_fix.orig") or {}
+    return str(original.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR") or "")
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ::ffff:127.x; False for anything else, a Unix socket's "" included."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+@bp.before_request
+def _loopback_only() -> None:
+    """The sandbox answers only a client on this machine, judged by the socket, never by what a
+    request says about itself (Host, Origin, X-Forwarded-For). A request that came through a proxy
+    (it carries forwarding headers) is refused too: the socket is then the proxy's, and the client
+    could be anyone. Everyone else gets 404, as if the sandbox were not mounted."""
+    forwarded = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    if forwarded or not is_loopback(socket_address(request.environ)):
+        abort(404)
 
 
 @bp.before_app_request
