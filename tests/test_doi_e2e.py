@@ -217,8 +217,11 @@ def test_a_person_fills_the_form_and_confirms_from_the_phone_page(worker_process
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        # Nothing either page needs may be blocked by our Content-Security-Policy (gateway/web/headers.py).
+        blocked = []
         try:
             page = browser.new_page()
+            page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
             page.goto(f"{live_server}/subscribe/alerts")
             page.get_by_label("Mobile phone number").fill("(415) 555-0142")
             submit = page.get_by_role("button", name="Send me the confirmation text")
@@ -232,6 +235,7 @@ def test_a_person_fills_the_form_and_confirms_from_the_phone_page(worker_process
             assert consent(db, "alerts") == "pending"
 
             phone = browser.new_page()
+            phone.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
             phone.goto(f"{live_server}/sandbox/phone?number=%2B14155550142")
             conversation = phone.locator("#messages")
             expect(conversation).to_contain_text(template(db, "alerts", "confirmation"), timeout=20_000)
@@ -241,6 +245,7 @@ def test_a_person_fills_the_form_and_confirms_from_the_phone_page(worker_process
             expect(conversation).to_contain_text(template(db, "alerts", "welcome"), timeout=20_000)
         finally:
             browser.close()
+    assert blocked == []
     assert consent(db, "alerts") == "opted_in"
     with db.sessions() as session:
         request, confirmation = session.scalars(select(LedgerEvent).order_by(LedgerEvent.seq)).all()

@@ -34,9 +34,13 @@ def page(browser, live_server):
     # Everything the page loads must come from the app itself: no CDN, no external assets.
     foreign = []
     page.on("request", lambda request: request.url.startswith(live_server) or foreign.append(request.url))
+    # Nothing the page needs may be blocked by our Content-Security-Policy (gateway/web/headers.py).
+    blocked = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
     yield page
     context.close()
     assert foreign == []
+    assert blocked == []
 
 
 def test_the_phone_texts_the_gateway_and_shows_what_the_worker_sends(page, live_server, worker_process, gateway,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, abort, request
 from flask.sessions import SecureCookieSessionInterface
 
-from gateway.web import errors
+from gateway.web import errors, headers
 from gateway.web.auth import declared_auth
 
 
@@ -14,6 +14,7 @@ def register(app: Flask, *, sandbox: bool) -> None:
                              webhooks)
 
     errors.register(app)
+    headers.register(app)
     app.session_interface = SessionOnlyWithCookie()
     for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi):
         app.register_blueprint(module.bp)
