@@ -4,6 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# `make run` is the local playground: the built-in Twilio sandbox on (it is off by default, and refused
+# with a real Twilio account), the web process on PORT, and every process told the same public URL
+# (honcho hands each process its own PORT: 5000 web, 5100 worker). The Procfile names its commands
+# plainly, as Procfile hosts expect; the venv goes first on PATH instead. Set for `run` and `migrate`
+# only (and what they run): the tests build their own settings.
+run migrate: export SANDBOX ?= on
+run migrate: export PORT ?= 5000
+run migrate: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
+
 .PHONY: run test install migrate clean
 
 $(BIN)/python:
@@ -23,7 +32,7 @@ migrate: install
 # Web + worker (+ beat) with the embedded SQLite store, embedded broker and the Twilio sandbox.
 run: migrate
 	@$(BIN)/python -m gateway.banner
-	$(BIN)/honcho start -f Procfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
 # The whole suite. PostgreSQL and Redis when TEST_DATABASE_URL/DATABASE_URL and REDIS_URL say so.
 test: install

@@ -4,7 +4,13 @@ import os
 import shutil
 from pathlib import Path
 
-bind = f"127.0.0.1:{os.environ.get('PORT', '5000')}"
+from gateway.config import load_settings
+
+# WEB_HOST and PORT from the same settings every process reads (a bad value stops start-up here,
+# naming it): loopback unless WEB_HOST says otherwise; PORT is what Procfile hosts hand the web process.
+_settings = load_settings()
+_host = f"[{_settings.web_host}]" if ":" in _settings.web_host else _settings.web_host  # an IPv6 address
+bind = f"{_host}:{_settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "sync"
 # Twilio waits 15 s for a webhook answer; answer well inside it or not at all.
@@ -13,7 +19,7 @@ graceful_timeout = 10
 accesslog = None  # the access log would print full numbers from query strings; we log masked ourselves
 
 # Metrics from every worker process add up in one directory (prometheus-client multiprocess mode).
-_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path("var/prometheus").resolve())))
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.var_dir / "prometheus")))
 
 
 def on_starting(server):

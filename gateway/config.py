@@ -20,6 +20,8 @@ CONFIG_DIR = ROOT / "config"
 SANDBOX_ACCOUNT_SID = "AC" + "0" * 32
 SANDBOX_AUTH_TOKEN = "sandbox-auth-token-not-a-secret"
 ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
+# An IPv4/IPv6 address or a host name: what gunicorn's bind takes before the port.
+WEB_HOST_RE = re.compile(r"^[0-9A-Za-z.:-]+$")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,9 @@ class Settings:
     confirmation_limit_per_number: str = "3 per 24 hours"
     confirmation_limit_per_client: str = "10 per hour"
     confirmation_limit_per_program: str = "1000 per hour"
+    # Where gunicorn listens (config/gunicorn.conf.py): WEB_HOST and PORT, which Procfile hosts set.
+    web_host: str = "127.0.0.1"
+    port: int = 5000
 
     @property
     def is_sqlite(self) -> bool:
@@ -212,6 +217,13 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
     if not programs_file.is_file():
         raise ConfigError(f"PROGRAMS_FILE: no such file {programs_file}")
 
+    web_host = str(raw["web_host"]).strip()
+    if not WEB_HOST_RE.match(web_host):
+        raise ConfigError(f"WEB_HOST: expected an IP address or host name such as 0.0.0.0, got {web_host!r}")
+    port = _as_int("port", raw["port"], minimum=1)
+    if port > 65535:
+        raise ConfigError(f"PORT: expected a TCP port up to 65535, got {port}")
+
     broker = str(raw["celery_broker_url"]) or f"filesystem://{var_dir / 'broker'}"
     return Settings(
         database_url=database_url,
@@ -233,4 +245,6 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         max_content_length=_as_int("max_content_length", raw["max_content_length"], minimum=1024),
         **{key: _as_rate(key, raw[key]) for key in (
             "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program")},
+        web_host=web_host,
+        port=port,
     )

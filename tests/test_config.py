@@ -27,6 +27,7 @@ def test_defaults_need_no_services(tmp_path):
     assert settings.twilio_account_sid == SANDBOX_ACCOUNT_SID
     assert settings.twilio_auth_token == SANDBOX_AUTH_TOKEN
     assert settings.twilio_api_base_url == "http://127.0.0.1:5000/sandbox"
+    assert (settings.web_host, settings.port) == ("127.0.0.1", 5000)
 
 
 def test_the_sandbox_is_off_unless_asked(tmp_path):
@@ -78,6 +79,11 @@ def test_real_twilio_refuses_the_sandbox_account(tmp_path, overrides, named):
         load_settings(env=env(tmp_path, **{**real, **overrides}))
 
 
+def test_the_web_binds_where_told(tmp_path):
+    settings = load_settings(env=env(tmp_path, SANDBOX="on", WEB_HOST="0.0.0.0", PORT="8080"))
+    assert (settings.web_host, settings.port) == ("0.0.0.0", 8080)
+
+
 def test_suppression_key_is_generated_once_and_kept(tmp_path):
     first = load_settings(env={"VAR_DIR": str(tmp_path), "SANDBOX": "on"}).suppression_key
     second = load_settings(env={"VAR_DIR": str(tmp_path), "SANDBOX": "on"}).suppression_key
@@ -113,6 +119,11 @@ def test_environment_overrides_defaults(tmp_path):
         ({"SUPPRESSION_KEY": "short"}, "SUPPRESSION_KEY"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TWILIO_API_BASE_URL": "ftp://x"}, "TWILIO_API_BASE_URL"),
+        ({"WEB_HOST": "0.0.0.0/0"}, "WEB_HOST"),
+        ({"WEB_HOST": ""}, "WEB_HOST"),
+        ({"PORT": "http"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"PORT": "0"}, "PORT"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_setting(tmp_path, overrides, named):

@@ -6,6 +6,11 @@ from gateway import create_app, logs
 
 flask_app = create_app()
 celery = flask_app.extensions["celery"]
+# Beat keeps its schedule under VAR_DIR, not under the working directory: a fresh deployment (its
+# store and broker elsewhere, SUPPRESSION_KEY set) may not have a var/ yet, and beat dies without it.
+_var_dir = flask_app.extensions["gateway"].settings.var_dir
+_var_dir.mkdir(parents=True, exist_ok=True)
+celery.conf.beat_schedule_filename = str(_var_dir / "celerybeat-schedule")
 
 import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
 
