@@ -68,7 +68,8 @@ def test_the_sandbox_refuses_a_real_account(tmp_path, overrides, named):
     ("overrides", "named"),
     [
         ({"TWILIO_AUTH_TOKEN": SANDBOX_AUTH_TOKEN}, "TWILIO_AUTH_TOKEN is the sandbox's"),
-        ({"TWILIO_AUTH_TOKENS_PREVIOUS": f"old, {SANDBOX_AUTH_TOKEN}"}, "TWILIO_AUTH_TOKENS_PREVIOUS holds the sandbox's"),
+        ({"TWILIO_AUTH_TOKENS_PREVIOUS": f"old, {SANDBOX_AUTH_TOKEN}"},
+         "TWILIO_AUTH_TOKENS_PREVIOUS holds the sandbox's"),
         ({"TWILIO_ACCOUNT_SID": SANDBOX_ACCOUNT_SID}, "TWILIO_ACCOUNT_SID is the sandbox's"),
     ],
 )
@@ -94,7 +95,8 @@ def test_suppression_key_is_generated_once_and_kept(tmp_path):
 def test_environment_overrides_defaults(tmp_path):
     settings = load_settings(env=env(
         tmp_path, DATABASE_URL="postgres://u@db/x", PUBLIC_BASE_URL="https://sms.example.com/",
-        SANDBOX="off", TWILIO_ACCOUNT_SID=REAL_SID, TWILIO_AUTH_TOKEN="tok", PENDING_TTL_HOURS="24", TWILIO_AUTH_TOKENS_PREVIOUS="old1, old2 ,",
+        SANDBOX="off", TWILIO_ACCOUNT_SID=REAL_SID, TWILIO_AUTH_TOKEN="tok", PENDING_TTL_HOURS="24",
+        TWILIO_AUTH_TOKENS_PREVIOUS="old1, old2 ,",
     ))
     assert settings.database_url == "postgresql+psycopg://u@db/x"
     assert settings.public_base_url == "https://sms.example.com"

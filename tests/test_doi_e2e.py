@@ -219,9 +219,14 @@ def test_a_person_fills_the_form_and_confirms_from_the_phone_page(worker_process
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         # Nothing either page needs may be blocked by our Content-Security-Policy (gateway/web/headers.py).
         blocked = []
+
+        def note_blocked(message):
+            if "Content Security Policy" in message.text:
+                blocked.append(message.text)
+
         try:
             page = browser.new_page()
-            page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
+            page.on("console", note_blocked)
             page.goto(f"{live_server}/subscribe/alerts")
             page.get_by_label("Mobile phone number").fill("(415) 555-0142")
             submit = page.get_by_role("button", name="Send me the confirmation text")
@@ -235,7 +240,7 @@ def test_a_person_fills_the_form_and_confirms_from_the_phone_page(worker_process
             assert consent(db, "alerts") == "pending"
 
             phone = browser.new_page()
-            phone.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
+            phone.on("console", note_blocked)
             phone.goto(f"{live_server}/sandbox/phone?number=%2B14155550142")
             conversation = phone.locator("#messages")
             expect(conversation).to_contain_text(template(db, "alerts", "confirmation"), timeout=20_000)

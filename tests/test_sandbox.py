@@ -617,7 +617,8 @@ def test_the_sandbox_does_not_exist_for_a_remote_client(app, client, db, headers
     the REST API, whatever Host, Origin or X-Forwarded-For they claim: only the socket counts."""
     remote = {"REMOTE_ADDR": STRANGER}
     for method, path in sandbox_requests(app):
-        response = client.open(path, method=method, environ_base=remote, headers=headers, auth=(ACCOUNT_SID, AUTH_TOKEN),
+        response = client.open(path, method=method, environ_base=remote, headers=headers,
+                               auth=(ACCOUNT_SID, AUTH_TOKEN),
                                json={"from": HANDSET, "to": SENDER, "body": "START"} if method == "POST" else None)
         assert response.status_code == 404, (method, path, response.status_code)
         assert HANDSET not in response.get_data(as_text=True)
@@ -644,11 +645,13 @@ def test_behind_a_proxy_the_sandbox_answers_nobody(app, db, socket_address, forw
     from werkzeug.test import Client
 
     behind_proxy = Client(ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1))
-    for method, path in [("GET", "/sandbox/phone/state"), ("GET", "/sandbox/phone"), ("POST", "/sandbox/phone/messages")]:
+    text = {"from": HANDSET, "to": SENDER, "body": "START"}
+    for method, path in [("GET", "/sandbox/phone/state"), ("GET", "/sandbox/phone"),
+                         ("POST", "/sandbox/phone/messages")]:
         response = behind_proxy.open(path, method=method, environ_base={"REMOTE_ADDR": socket_address},
                                      headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Host": "127.0.0.1:5000",
                                               "Origin": "http://127.0.0.1:5000"},
-                                     json={"from": HANDSET, "to": SENDER, "body": "START"} if method == "POST" else None)
+                                     json=text if method == "POST" else None)
         assert response.status_code == 404, (method, path)
     assert count(db, SandboxMessage) == 0
 
