@@ -260,13 +260,13 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
         ids = [number.id for number in numbers]
         events: dict[int, list] = {number_id: [] for number_id in ids}
         # Ordered by id (insertion order), not seq: a swapped seq must show, not be sorted away.
-        for event in session.execute(select(_EVENTS).where(_EVENTS.c.number_id.in_(ids)).order_by(_EVENTS.c.id)):
+        for event in session.execute(select(_EVENTS).where(_EVENTS.c.number_id.in_(ids)).order_by(_EVENTS.c.id)).all():
             events[event.number_id].append(event)
         consents: dict[int, dict] = {number_id: {} for number_id in ids}
         for row in session.execute(
             select(_CONSENTS.c.number_id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable,
                    _CONSENTS.c.expires_at).where(_CONSENTS.c.number_id.in_(ids))
-        ):
+        ).all():
             consents[row.number_id][row.program_id] = row
         for number in numbers:
             while pending is not None and pending.number_id < number.id:
