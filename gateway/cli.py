@@ -10,7 +10,7 @@ import click
 
 from gateway import keys, privacy, programs
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.consent import Source, ledger, service
+from gateway.consent import Source, checkpoints, ledger, service
 from gateway.db import Database
 from gateway.numbers import InvalidNumber, mask, parse
 
@@ -208,14 +208,53 @@ def ledger_group() -> None:
 @ledger_group.command("verify")
 @pass_context
 def ledger_verify(ctx: Context) -> None:
-    """Check every hash chain; exit 1 naming the first broken event of each broken chain."""
-    with ctx.db.sessions() as session:
-        breaks = list(ledger.verify(session))
-    if breaks:
-        for problem in breaks:
+    """Check every chain, the consents and the newest checkpoint; exit 1 naming each disagreement."""
+    log, _ = checkpoints.from_settings(ctx.settings)
+    # The checkpoint is chosen before the store is read: every head it signed is then older than
+    # the snapshot verified, so a checkpoint written meanwhile cannot look ahead of the chains.
+    checkpoint, log_problems = log.newest()
+    found = 0
+    for problem in log_problems:
+        click.echo(f"BROKEN {problem}", err=True)
+        found += 1
+    tally = ledger.Tally()
+    with ctx.db.snapshot() as session:
+        for problem in ledger.verify(session, checkpoint=checkpoint, tally=tally):
             click.echo(f"BROKEN {problem}", err=True)
+            found += 1
+    walked = f"{tally.chains} chains, {tally.events} events"
+    if found:
+        click.echo(f"{found} problem(s) in {walked}", err=True)
         sys.exit(1)
-    click.echo("ledger intact")
+    if checkpoint is None:
+        click.echo(f"ledger intact: {walked}; the consents agree with them; no checkpoint yet "
+                   "(`smsgate ledger checkpoint` writes one)")
+    else:
+        click.echo(f"ledger intact: {walked}; the consents agree with them; every chain holds what the "
+                   f"checkpoint of {checkpoint.created_at} signed ({checkpoint.size} chains)")
+
+
+@ledger_group.command("checkpoint")
+@pass_context
+def ledger_checkpoint(ctx: Context) -> None:
+    """Sign every chain's head and add the checkpoint to the checkpoint log."""
+    log, signer = checkpoints.from_settings(ctx.settings)
+    try:
+        with ctx.db.snapshot() as session:
+            written = checkpoints.take(session, log, signer)
+    except checkpoints.Refused as refused:
+        for problem in refused.problems:
+            click.echo(f"BROKEN {problem}", err=True)
+        raise click.ClickException("no checkpoint written: the ledger no longer holds what the newest "
+                                   "checkpoint signed (docs/ledger.md)") from None
+    click.echo(f"checkpoint of {written.created_at}: {written.size} chains, root {written.root}, in {written.path}")
+
+
+@ledger_group.command("public-key")
+@pass_context
+def ledger_public_key(ctx: Context) -> None:
+    """The public key that verifies our checkpoints (hex), for whoever checks them."""
+    click.echo(checkpoints.Signer(ctx.settings.ledger_signing_key).public_key)
 
 
 @ledger_group.command("rebuild")

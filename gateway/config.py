@@ -55,6 +55,11 @@ class Settings:
     # Where gunicorn listens (config/gunicorn.conf.py): WEB_HOST and PORT, which Procfile hosts set.
     web_host: str = "127.0.0.1"
     port: int = 5000
+    # Ledger checkpoints (docs/ledger.md): the Ed25519 private key (32 bytes) that signs them, kept
+    # outside the database; the directory of the checkpoint log; how often beat writes one.
+    ledger_signing_key: bytes = dataclasses.field(default=b"", repr=False)
+    ledger_checkpoint_dir: Path = Path("var/checkpoints")
+    ledger_checkpoint_seconds: int = 3600
 
     @property
     def is_sqlite(self) -> bool:
@@ -117,9 +122,13 @@ def _suppression_key(raw: str, var_dir: Path) -> bytes:
         if len(raw) < 32:
             raise ConfigError("SUPPRESSION_KEY: use at least 32 characters of secret")
         return raw.encode()
-    key_file = var_dir / "suppression.key"
+    return _generated_once(var_dir / "suppression.key").encode()
+
+
+def _generated_once(key_file: Path) -> str:
+    """The secret in `key_file`, 32 random bytes in hex written there (mode 0600) if there is none yet."""
     if not key_file.exists():
-        var_dir.mkdir(parents=True, exist_ok=True)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL so two processes starting together cannot write two different keys.
         try:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -128,7 +137,24 @@ def _suppression_key(raw: str, var_dir: Path) -> bytes:
         else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(32))
-    return key_file.read_text().strip().encode()
+    return key_file.read_text().strip()
+
+
+_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _ledger_signing_key(raw: str, var_dir: Path) -> bytes:
+    """The Ed25519 private key (its 32-byte seed, written as 64 hex digits) that signs ledger checkpoints:
+    from the environment, else generated once into var/. Any 32 random bytes are a valid key."""
+    where = "LEDGER_SIGNING_KEY"
+    if not raw:
+        key_file = var_dir / "ledger-signing.key"
+        raw, where = _generated_once(key_file), f"LEDGER_SIGNING_KEY (generated into {key_file})"
+    raw = raw.strip()
+    if not _HEX_KEY.match(raw):
+        raise ConfigError(f"{where}: expected 64 hex digits (a 32-byte Ed25519 private key, "
+                          "e.g. from `openssl rand -hex 32`)")
+    return bytes.fromhex(raw)
 
 
 def _refuse_real_twilio(account_sid: str, auth_token: str, previous: tuple[str, ...], api_base: str | None,
@@ -225,6 +251,9 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         raise ConfigError(f"PORT: expected a TCP port up to 65535, got {port}")
 
     broker = str(raw["celery_broker_url"]) or f"filesystem://{var_dir / 'broker'}"
+    checkpoint_dir = _path(str(raw["ledger_checkpoint_dir"])) if raw["ledger_checkpoint_dir"] else var_dir / "checkpoints"
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise ConfigError(f"LEDGER_CHECKPOINT_DIR: {checkpoint_dir} exists and is not a directory")
     return Settings(
         database_url=database_url,
         celery_broker_url=broker,
@@ -247,4 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
             "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program")},
         web_host=web_host,
         port=port,
+        ledger_signing_key=_ledger_signing_key(str(raw["ledger_signing_key"]), var_dir),
+        ledger_checkpoint_dir=checkpoint_dir,
+        ledger_checkpoint_seconds=_as_int("ledger_checkpoint_seconds", raw["ledger_checkpoint_seconds"], minimum=1),
     )

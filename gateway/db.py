@@ -127,6 +127,16 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A session that reads the store as of one moment across all its statements (work that reads
+        in many batches, such as `ledger verify`). PostgreSQL: REPEATABLE READ; SQLite's transaction
+        is one snapshot already."""
+        with self.sessions() as session:
+            if self.dialect == "postgresql":
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))

@@ -31,13 +31,13 @@ class TaskNames:
     SWEEP_OUTBOX = "messages.sweep"
     RECONCILE_STATUSES = "messages.reconcile"
     EXPIRE_PENDING = "consent.expire_pending"
-    ANCHOR_LEDGER = "consent.anchor_ledger"
+    CHECKPOINT_LEDGER = "consent.checkpoint_ledger"
 
 
 class QueueNames:
     SENDS = "sends"  # outbound messages, confirmations included
     STATUS = "status"  # delivery-status follow-ups
-    PERIODIC = "periodic"  # beat: expiry, sweeping, reconciling
+    PERIODIC = "periodic"  # beat: expiry, sweeping, reconciling, ledger checkpoints
 
     ALL = (SENDS, STATUS, PERIODIC)
 
@@ -48,6 +48,7 @@ ROUTES = {
     TaskNames.SWEEP_OUTBOX: {"queue": QueueNames.PERIODIC},
     TaskNames.RECONCILE_STATUSES: {"queue": QueueNames.PERIODIC},
     TaskNames.EXPIRE_PENDING: {"queue": QueueNames.PERIODIC},
+    TaskNames.CHECKPOINT_LEDGER: {"queue": QueueNames.PERIODIC},
 }
 
 
@@ -106,6 +107,8 @@ def make_celery(app: Flask, settings: Settings) -> Celery:
             "expire-pending": {"task": TaskNames.EXPIRE_PENDING, "schedule": 60.0},
             "sweep-outbox": {"task": TaskNames.SWEEP_OUTBOX, "schedule": 30.0},
             "reconcile-statuses": {"task": TaskNames.RECONCILE_STATUSES, "schedule": 300.0},
+            "checkpoint-ledger": {"task": TaskNames.CHECKPOINT_LEDGER,
+                                  "schedule": float(settings.ledger_checkpoint_seconds)},
         },
     )
     app.extensions["celery"] = celery

@@ -8,7 +8,7 @@ from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
 from gateway import batches, sending
-from gateway.consent import expiry
+from gateway.consent import checkpoints, expiry
 from gateway.context import current
 from gateway.queue import TaskNames
 
@@ -55,3 +55,20 @@ def sweep_outbox() -> int:
 def reconcile_statuses() -> int:
     """Fetch final statuses Twilio never called back with."""
     return sending.reconcile(current())
+
+
+@shared_task(name=TaskNames.CHECKPOINT_LEDGER)
+def checkpoint_ledger() -> str | None:
+    """Sign every chain's head into the checkpoint log; refuse, loudly, where a chain lost what the
+    last checkpoint signed (signing over it would make the tampering the new truth)."""
+    gateway = current()
+    checkpoint_log, signer = checkpoints.from_settings(gateway.settings)
+    try:
+        with gateway.db.snapshot() as session:
+            written = checkpoints.take(session, checkpoint_log, signer)
+    except checkpoints.Refused as refused:
+        for problem in refused.problems:
+            log.error("ledger checkpoint refused: %s", problem)
+        return None
+    log.info("ledger checkpoint of %s: %d chains in %s", written.created_at, written.size, written.path.name)
+    return str(written.path)

@@ -11,9 +11,11 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
+from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -382,28 +384,33 @@ def is_suppressed(session: Session, key: bytes, e164: str) -> bool:
 def rebuild(session: Session) -> int:
     """Recompute every consent from the ledger alone; return how many consents result.
 
-    Replays each event's input through the state machine, so a ledger that could not have
-    happened (an illegal sequence) raises IllegalTransition rather than being trusted.
+    Replays each chain through the state machine (`ledger.replay`, the replay `ledger verify`
+    compares with), so a ledger that could not have happened (an illegal sequence) raises
+    IllegalTransition rather than being trusted.
     """
     session.execute(delete(Consent))
-    states: dict[tuple[int, int], tuple[State, datetime | None, datetime]] = {}
-    for event in session.scalars(select(LedgerEvent).order_by(LedgerEvent.number_id, LedgerEvent.seq)):
-        if event.program_id is None or event.input not in Input.__members__.values():
-            continue
-        key = (event.number_id, event.program_id)
-        state, _, _ = states.get(key, (State(), None, event.occurred_at))
-        new_state = transition(state, Input(event.input))
-        states[key] = (new_state, event.expires_at, event.occurred_at)
-    count = 0
-    for (number_id, program_id), (state, expires_at, at) in states.items():
-        if state.status is None:
-            continue
-        session.add(
-            Consent(number_id=number_id, program_id=program_id, status=state.status.value,
-                    restorable=state.restorable, expires_at=expires_at, updated_at=at)
-        )
-        count += 1
-    return count
+    replayable = (select(_EVENTS.c.number_id, _EVENTS.c.program_id, _EVENTS.c.input, _EVENTS.c.expires_at,
+                         _EVENTS.c.occurred_at, _EVENTS.c.id, _EVENTS.c.seq)
+                  .order_by(_EVENTS.c.number_id, _EVENTS.c.seq))
+    count, rows = 0, []
+    for number_id, chain in groupby(session.execute(replayable).all(), key=attrgetter("number_id")):
+        for program_id, replayed in ledger.replay(chain).items():
+            if replayed.state.status is None:
+                continue
+            rows.append({"number_id": number_id, "program_id": program_id, "status": replayed.state.status.value,
+                         "restorable": replayed.state.restorable, "expires_at": replayed.expires_at,
+                         "updated_at": replayed.updated_at})
+        if len(rows) >= 1000:
+            count += _insert_consents(session, rows)
+    return count + _insert_consents(session, rows)
+
+
+def _insert_consents(session: Session, rows: list[dict]) -> int:
+    if rows:
+        session.execute(insert(_CONSENTS), rows)
+    written = len(rows)
+    rows.clear()
+    return written
 
 
 __all__ = [
