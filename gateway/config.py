@@ -47,6 +47,9 @@ class Settings:
     confirmation_limit_per_number: str = "3 per 24 hours"
     confirmation_limit_per_client: str = "10 per hour"
     confirmation_limit_per_program: str = "1000 per hour"
+    # Per API key, whatever evidence.ip says; and how IPv6 clients are grouped for the per-client limit.
+    confirmation_limit_per_key: str = "100 per hour"
+    confirmation_client_ipv6_prefix: int = 64
 
     @property
     def is_sqlite(self) -> bool:
@@ -91,6 +94,13 @@ def _as_rate(name: str, value: object) -> str:
     except ValueError:
         raise ConfigError(f"{name.upper()}: expected a rate such as '3 per 24 hours', got {value!r}") from None
     return text
+
+
+def _as_prefix(name: str, value: object) -> int:
+    length = _as_int(name, value, minimum=1)
+    if length > 128:
+        raise ConfigError(f"{name.upper()}: an IPv6 prefix length is 1 to 128, got {length}")
+    return length
 
 
 def _path(value: str) -> Path:
@@ -191,5 +201,8 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         trusted_proxies=_as_int("trusted_proxies", raw["trusted_proxies"]),
         max_content_length=_as_int("max_content_length", raw["max_content_length"], minimum=1024),
         **{key: _as_rate(key, raw[key]) for key in (
-            "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program")},
+            "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program",
+            "confirmation_limit_per_key")},
+        confirmation_client_ipv6_prefix=_as_prefix("confirmation_client_ipv6_prefix",
+                                                   raw["confirmation_client_ipv6_prefix"]),
     )
