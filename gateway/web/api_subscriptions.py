@@ -69,7 +69,8 @@ def create_subscription():
     })
     # Limits count per person (the address the caller saw them at when it says so, else the caller)
     # and per key: a caller that writes a new evidence.ip each time still has only its key's allowance.
-    guard = abuse.Guard.for_request(gateway.limiter, settings, client=str(client_evidence.get("ip") or request.remote_addr),
+    guard = abuse.Guard.for_request(gateway.limiter, settings,
+                                    client=str(client_evidence.get("ip") or request.remote_addr),
                                     api_key=str(g.api_key_id))
     try:
         with gateway.db.transaction() as session:
