@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway import logs
 from gateway.config import load_settings
 
 # WEB_HOST and PORT from the same settings every process reads (a bad value stops start-up here,
@@ -17,6 +18,9 @@ worker_class = "sync"
 timeout = 10
 graceful_timeout = 10
 accesslog = None  # the access log would print full numbers from query strings; we log masked ourselves
+# Mask numbers in every record this server logs, its error log included ("Error handling request
+# /v1/consents/+1415…" and the traceback under it): set in the master, inherited by each worker.
+logs.install()
 
 # Metrics from every worker process add up in one directory (prometheus-client multiprocess mode).
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.var_dir / "prometheus")))

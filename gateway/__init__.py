@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from gateway.queue import Dispatcher, make_celery
 
     settings = settings or load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.default_region)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_content_length,

@@ -60,6 +60,9 @@ class Settings:
     ledger_signing_key: bytes = dataclasses.field(default=b"", repr=False)
     ledger_checkpoint_dir: Path = Path("var/checkpoints")
     ledger_checkpoint_seconds: int = 3600
+    # Per API key, whatever evidence.ip says; and how IPv6 clients are grouped for the per-client limit.
+    confirmation_limit_per_key: str = "100 per hour"
+    confirmation_client_ipv6_prefix: int = 64
 
     @property
     def is_sqlite(self) -> bool:
@@ -109,6 +112,13 @@ def _as_rate(name: str, value: object) -> str:
     except ValueError:
         raise ConfigError(f"{name.upper()}: expected a rate such as '3 per 24 hours', got {value!r}") from None
     return text
+
+
+def _as_prefix(name: str, value: object) -> int:
+    length = _as_int(name, value, minimum=1)
+    if length > 128:
+        raise ConfigError(f"{name.upper()}: an IPv6 prefix length is 1 to 128, got {length}")
+    return length
 
 
 def _path(value: str) -> Path:
@@ -273,7 +283,10 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         trusted_proxies=_as_int("trusted_proxies", raw["trusted_proxies"]),
         max_content_length=_as_int("max_content_length", raw["max_content_length"], minimum=1024),
         **{key: _as_rate(key, raw[key]) for key in (
-            "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program")},
+            "confirmation_limit_per_number", "confirmation_limit_per_client", "confirmation_limit_per_program",
+            "confirmation_limit_per_key")},
+        confirmation_client_ipv6_prefix=_as_prefix("confirmation_client_ipv6_prefix",
+                                                   raw["confirmation_client_ipv6_prefix"]),
         web_host=web_host,
         port=port,
         ledger_signing_key=_ledger_signing_key(str(raw["ledger_signing_key"]), var_dir),

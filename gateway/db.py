@@ -43,7 +43,7 @@ def _make_engine(url: str, isolation_level: str | None = None) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -66,9 +66,38 @@ def _make_engine(url: str, isolation_level: str | None = None) -> Engine:
     # An autocommit connection has no transaction to roll back when it returns to the pool.
     reset = None if isolation_level == "AUTOCOMMIT" else "rollback"
     engine = create_engine(url, pool_size=10, max_overflow=10, isolation_level=isolation_level,
-                           pool_reset_on_return=reset)
+                           pool_reset_on_return=reset, hide_parameters=True)
     event.listen(engine, "checkout", _refuse_ended_connection)
+    event.listen(engine, "handle_error", _error_without_row_values)
     return engine
+
+
+# Errors must not carry what the rows hold into a log line or a traceback: `hide_parameters` keeps
+# the bound values (numbers, message bodies, evidence with addresses and user agents) out of every
+# engine's exceptions, and these two keep out what PostgreSQL quotes from the rows itself.
+
+def _without_row_values(error: BaseException) -> bool:
+    """Cut a PostgreSQL error down to its primary message; True if there was more.
+
+    The server adds a DETAIL or CONTEXT that quotes values ("Key (e164)=(+1…) already exists",
+    "Failing row contains (…, the message body, …)"). What went wrong stays: the primary message,
+    and the SQLSTATE and constraint name in `error.diag`.
+    """
+    primary = getattr(getattr(error, "diag", None), "message_primary", None)
+    if not primary or not error.args or error.args == (primary,):
+        return False
+    error.args = (primary,)
+    return True
+
+
+def _error_without_row_values(context):
+    """handle_error: the same exception, built again from the shortened driver error."""
+    original, built = context.original_exception, context.sqlalchemy_exception
+    if built is None or not isinstance(built, DBAPIError) or not _without_row_values(original):
+        return None
+    return DBAPIError.instance(context.statement, context.parameters, original, context.dialect.loaded_dbapi.Error,
+                               hide_parameters=True, connection_invalidated=built.connection_invalidated,
+                               dialect=context.dialect, ismulti=built.ismulti)
 
 
 def _refuse_ended_connection(dbapi_connection, _record, _proxy) -> None:
@@ -239,7 +268,8 @@ def on_driver(store: Store, sql: str, params: dict, *, returns_rows: bool = True
         dead = store.dialect.is_disconnect(error, driver, cursor)
         if dead:
             store.invalidate(error)
-        raise DBAPIError.instance(sql, params, error, store.dialect.loaded_dbapi.Error,
+        _without_row_values(error)
+        raise DBAPIError.instance(sql, params, error, store.dialect.loaded_dbapi.Error, hide_parameters=True,
                                   connection_invalidated=dead, dialect=store.dialect) from error
     finally:
         cursor.close()

@@ -65,6 +65,9 @@ class ProgramSpec:
     # Messages per second the provider takes from this program's sender; a sender shared by several
     # programs goes at the slowest of their rates (gateway/throughput.py). None: the sender's default.
     mps: int | None = None
+    # The numbers a Messaging Service program sends from, as far as the programs file says: they are
+    # ours, and no one may subscribe them (a program with a `sender` has that one).
+    service_numbers: tuple[str, ...] = ()
     templates: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -78,11 +81,14 @@ class ProgramSpec:
     @property
     def version(self) -> str:
         """A digest of the whole definition: evidence cites it as the version of what was shown."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        definition = asdict(self)
+        if not definition["service_numbers"]:
+            del definition["service_numbers"]  # added later: programs without it keep their version
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
-          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "templates"}
+          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "service_numbers", "templates"}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -103,6 +109,11 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         raise fail("sender", f"{sender!r} is not an E.164 number")
     if service and not MESSAGING_SERVICE.match(service):
         raise fail("messaging_service", "expected MG followed by 32 hex digits")
+    service_numbers = raw.get("service_numbers", [])
+    if not isinstance(service_numbers, list) or not all(isinstance(n, str) and is_e164(n) for n in service_numbers):
+        raise fail("service_numbers", "a list of E.164 numbers")
+    if service_numbers and not service:
+        raise fail("service_numbers", "only for a program that sends through a messaging_service")
     keywords = raw.get("join_keywords", [])
     if not isinstance(keywords, list) or not all(isinstance(k, str) and KEYWORD.match(k.upper()) for k in keywords):
         raise fail("join_keywords", "a list of single words, 2-16 letters or digits")
@@ -133,7 +144,8 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
-        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps, templates=templates,
+        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps,
+        service_numbers=tuple(service_numbers), templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
     for template in templates:
@@ -186,6 +198,7 @@ def spec_of(program: Program) -> ProgramSpec:
     data = dict(program.settings["spec"])
     data["join_keywords"] = tuple(data["join_keywords"])
     data["allowed_countries"] = tuple(data["allowed_countries"])
+    data["service_numbers"] = tuple(data.get("service_numbers", ()))
     return ProgramSpec(**data)
 
 
@@ -240,3 +253,14 @@ def on_sender(session: Session, sender: str) -> list[Program]:
 
 def all_programs(session: Session) -> list[Program]:
     return list(session.scalars(select(Program).order_by(Program.id)))
+
+
+def own_numbers(session: Session) -> set[str]:
+    """Every number we send from, as the programs know them: each program's sender and the numbers
+    listed for its Messaging Service."""
+    numbers: set[str] = set()
+    for program in all_programs(session):
+        if program.sender:
+            numbers.add(program.sender)
+        numbers.update(program.settings.get("spec", {}).get("service_numbers", ()))
+    return numbers

@@ -23,11 +23,11 @@ from gateway.quiet_hours import QuietHours
 
 REQUEST_INPUTS = (Input.API_REQUEST, Input.WEB_REQUEST, Input.KEYWORD_JOIN)
 
-# The gate's refusals of a confirmation text, as the stable codes a requester gets back. A number
-# that was erased after opting out (suppressed) reads as opted out: nobody may ask it again.
+# The gate's refusals of a confirmation text, as the stable codes a requester gets back (the codes
+# sends get). A suppressed number (erased after opting out) is never texted again, whatever is asked.
 REFUSAL_CODES: dict[policy.Reason, str] = {
     policy.Reason.OPTED_OUT: "opted_out",
-    policy.Reason.SUPPRESSED: "opted_out",
+    policy.Reason.SUPPRESSED: "suppressed",
     policy.Reason.LANDLINE: "not_mobile",
     policy.Reason.UNREACHABLE: "invalid_number",
     policy.Reason.COUNTRY_NOT_ALLOWED: "country_not_allowed",
@@ -68,8 +68,9 @@ def start(
     """Record the request and queue the confirmation text; raise IllegalTransition if opted out.
 
     If the gate would refuse the confirmation text (suppressed, landline, unreachable, country),
-    nothing is recorded and `refused` says why. `guard` raises abuse.RateLimited, also
-    before anything is recorded.
+    nothing is recorded and `refused` says why. `guard` takes its slots only once the text is queued
+    and the store has taken every write, so a request that sends nothing, or fails, takes none; it
+    raises abuse.RateLimited, and the caller's rollback then undoes the writes.
     """
     if input not in REQUEST_INPUTS:
         raise ValueError(f"{input} does not start a subscription")
@@ -90,8 +91,6 @@ def start(
                           policy.Kind.CONFIRMATION, now, rules)
     if not would.allowed:
         return Started(current.status, None, None, would.reason)
-    if guard is not None:
-        guard.take(number=number.e164, program=program.slug)
     text = spec.text("confirmation")
     details = {**evidence.details, "confirmation_text": text, "program_version": program.version}
     service.apply(session, number, program, input,
@@ -103,6 +102,9 @@ def start(
         return Started(Status.PENDING, expires_at, None, decision.reason)
     message = outbox.accept(session, number=number, program=program, kind=policy.Kind.CONFIRMATION, body=text,
                             decision=decision, now=now, api_key_id=None)
+    if guard is not None:
+        session.flush()  # a value the store refuses fails here, before any slot is taken
+        guard.take(number=number.e164, program=program.slug)
     return Started(Status.PENDING, expires_at, message)
 
 
@@ -131,6 +133,14 @@ def request(
         raise Refused("unknown_program", f"there is no program {program_slug!r}")
     if not number.textable:
         raise Refused("not_mobile", f"this number cannot receive text messages ({number.kind.replace('_', ' ')})")
+    if number.e164 in programs.own_numbers(session):
+        _count(evidence, "own_sender")
+        raise Refused("own_sender", "this is one of our own sender numbers: it cannot be subscribed to a program")
+    if service.is_suppressed(session, suppression_key, number.e164):
+        # Before anything else about the number: whatever its consents say now (an import or a
+        # single opt-in after the erasure), a suppressed number is never asked again.
+        _count(evidence, "suppressed")
+        raise _suppressed()
     row = service.number_row(session, number)
     try:
         started = start(session, number=row, program=program, input=input, evidence=evidence, now=now, ttl=ttl,
@@ -146,6 +156,8 @@ def request(
         _count(evidence, code)
         if code == "opted_out":
             raise _opted_out(program)
+        if code == "suppressed":
+            raise _suppressed()
         raise _refusal(code, program)
     _count(evidence, started.status.value)
     return program, started
@@ -167,6 +179,11 @@ def _opted_out(program: Program) -> Refused:
                    f"this number opted out of {program.name} and will not be texted again until the person "
                    f"holding it asks: they must {how}",
                    rejoin_keywords=["START", *spec.join_keywords], sender=program.sender)
+
+
+def _suppressed() -> Refused:
+    return Refused("suppressed", "this number opted out and its data was then erased at the person's request: "
+                                 "it is kept on the suppression list and is never texted again")
 
 
 def _refusal(code: str, program: Program) -> Refused:

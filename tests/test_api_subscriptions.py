@@ -107,7 +107,29 @@ def test_opted_out_or_carrier_blocked_numbers_get_409(subscribe, db, opt_out):
 def test_a_suppressed_number_gets_409(subscribe, db, settings):
     with db.transaction() as session:
         service.suppress(session, settings.suppression_key, PHONE, "erased")
-    assert subscribe({"phone": PHONE, "program": "deals"}).json["error"]["code"] == "opted_out"
+    response = subscribe({"phone": PHONE, "program": "deals"})
+    assert (response.status_code, response.json["error"]["code"]) == (409, "suppressed")
+    assert counts(db) == (0, 0, 0, 0)
+
+
+def test_an_erased_number_that_had_opted_out_stays_refused_even_if_opted_in_again(subscribe, client, make_key, db):
+    """STOP, erasure, then an opt-in from elsewhere (an import): the API must not answer 200 for it."""
+    apply(db, Input.CONFIRM_YES)
+    apply(db, Input.KEYWORD_STOP)
+    erased = client.post(f"/v1/consents/{PHONE}/erase", headers={"Authorization": f"Bearer {make_key('admin')}"})
+    assert erased.json["suppressed"] is True
+    apply(db, Input.IMPORT_OPT_IN)
+    before = counts(db)
+    for program in ("deals", "alerts"):
+        response = subscribe({"phone": PHONE, "program": program})
+        assert (response.status_code, response.json["error"]["code"]) == (409, "suppressed")
+    assert counts(db) == before
+
+
+@pytest.mark.parametrize("sender", ["+15005550006", "+18885550199", "(888) 555-0199"])
+def test_our_own_sender_numbers_are_refused(subscribe, db, sender):
+    response = subscribe({"phone": sender, "program": "deals"})
+    assert (response.status_code, response.json["error"]["code"]) == (422, "own_sender")
     assert counts(db) == (0, 0, 0, 0)
 
 
@@ -194,3 +216,59 @@ def test_nobody_can_unsubscribe_someone_else_through_the_api(subscribe, db):
     for program in ("deals", "deals", "deals", "deals"):
         assert subscribe({"phone": PHONE, "program": program}).status_code == 200
     assert status_of(db) == "opted_in"
+
+
+def test_refused_and_failed_requests_take_no_slot(subscribe, db, gateway, monkeypatch, settings):
+    """Only a request whose text goes out takes a slot: with one allowed per client and per key,
+    every refusal (and a request the store cannot hold) leaves it for the good request."""
+    monkeypatch.setattr(gateway, "settings", dataclasses.replace(
+        gateway.settings, confirmation_limit_per_client="1 per hour", confirmation_limit_per_key="1 per hour"))
+    apply(db, Input.KEYWORD_STOP, phone="+14155550401")
+    apply(db, Input.CONFIRM_YES, phone="+14155550402")
+    with db.transaction() as session:
+        service.suppress(session, settings.suppression_key, "+14155550403", "erased")
+        service.number_row(session, parse("+14155550404")).reachability = "landline"
+    ip = {"ip": "203.0.113.7"}
+    refused = [
+        ({"phone": "+14155550401", "program": "deals", "evidence": ip}, 409),  # opted out
+        ({"phone": "+14155550403", "program": "deals", "evidence": ip}, 409),  # suppressed
+        ({"phone": "+15005550006", "program": "deals", "evidence": ip}, 422),  # our own sender
+        ({"phone": "+14155550404", "program": "deals", "evidence": ip}, 422),  # a landline
+        ({"phone": "+16045550123", "program": "deals", "evidence": ip}, 422),  # outside the countries
+        ({"phone": "+1415555", "program": "deals", "evidence": ip}, 422),  # not a number
+        ({"phone": "+14155550405", "program": "nope", "evidence": ip}, 422),  # no such program
+        ({"phone": "+14155550402", "program": "deals", "evidence": ip}, 200),  # already opted in
+    ]
+    for body, status in refused:
+        assert subscribe(body).status_code == status, body
+    # Evidence the store cannot hold: refused at the edge, or failing in the store; either way no slot.
+    assert subscribe({"phone": "+14155550406", "program": "deals",
+                      "evidence": {**ip, "note": "\ud800"}}).status_code in (422, 500)
+    assert subscribe({"phone": "+14155550407", "program": "deals", "evidence": ip}).status_code == 202
+    limited = subscribe({"phone": "+14155550408", "program": "deals", "evidence": {"ip": "203.0.113.8"}})
+    assert (limited.status_code, limited.json["error"]["scope"]) == (429, "key")
+
+
+def test_made_up_addresses_do_not_raise_a_keys_allowance(subscribe, make_key, db, gateway, monkeypatch):
+    """evidence.ip is the caller's to write: the key has its own limit whatever it says."""
+    monkeypatch.setattr(gateway, "settings",
+                        dataclasses.replace(gateway.settings, confirmation_limit_per_key="5 per hour"))
+    answers = [subscribe({"phone": f"+1415555{n + 500:04d}", "program": "deals",
+                          "evidence": {"ip": f"198.51.100.{n + 1}"}}) for n in range(20)]
+    assert [a.status_code for a in answers] == [202] * 5 + [429] * 15
+    assert {a.json["error"]["scope"] for a in answers[5:]} == {"key"}
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(OutboundMessage)) == 5
+    # Another key has its own allowance.
+    other = make_key("subscribe")
+    assert subscribe({"phone": "+14155550599", "program": "deals", "evidence": {"ip": "198.51.100.99"}},
+                     key=other).status_code == 202
+
+
+def test_an_ipv6_person_cannot_rotate_addresses_within_a_network(subscribe, db, gateway, monkeypatch):
+    monkeypatch.setattr(gateway, "settings",
+                        dataclasses.replace(gateway.settings, confirmation_limit_per_client="3 per hour"))
+    answers = [subscribe({"phone": f"+1415555{n + 600:04d}", "program": "deals",
+                          "evidence": {"ip": f"2001:db8:5:6::{n + 1:x}"}}) for n in range(5)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+    assert answers[3].json["error"]["scope"] == "client"

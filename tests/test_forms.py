@@ -192,15 +192,44 @@ def test_an_opted_out_number_gets_the_same_page_and_no_text(client, form, db):
     assert counts(db) == before
 
 
-def test_the_form_is_rate_limited_per_number(form, db):
+def test_a_number_over_its_limit_gets_the_same_page_and_no_text(client, form, db):
+    """A 429 for the number would tell a stranger that someone asked for it before."""
     for _ in range(3):
         assert form().status_code == 303
     before = counts(db)
     response = form()
-    assert response.status_code == 429
-    assert "Too many requests" in response.get_data(as_text=True)
+    assert response.status_code == 303 and response.headers["Location"].endswith("/subscribe/deals/sent")
+    assert "Reply YES to that text to confirm" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert counts(db) == before
+
+
+def test_the_per_client_limit_counts_every_submission_whatever_the_numbers_state(form, db, gateway, monkeypatch):
+    """When 429 starts depends on how often this browser submits, not on the numbers it asks about."""
+    monkeypatch.setattr(gateway, "settings",
+                        dataclasses.replace(gateway.settings, confirmation_limit_per_client="3 per hour"))
+    confirmed(db, "+14155550301")
+    with db.transaction() as session:
+        row = service.number_row(session, parse("+14155550302"))
+        service.apply(session, row, by_slug(session, "deals"), Input.KEYWORD_STOP, service.Evidence(Source.SMS))
+    for phone in ("+14155550301", "+14155550302", "+14155550303"):  # subscribed, opted out, new
+        assert form(phone=phone).status_code == 303
+    before = counts(db)
+    response = form(phone="+14155550304")
+    assert response.status_code == 429 and "Too many requests" in response.get_data(as_text=True)
     assert int(response.headers["Retry-After"]) > 0
     assert counts(db) == before
+
+
+def test_a_suppressed_number_gets_the_same_page_and_our_own_numbers_are_refused(client, form, db, settings):
+    with db.transaction() as session:
+        service.suppress(session, settings.suppression_key, PHONE, "opted_out_then_erased")
+    response = form()
+    assert response.status_code == 303
+    assert "Reply YES to that text to confirm" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert counts(db) == (0, 0, 0, 0)
+    own = form(phone="+1 500-555-0006")
+    assert own.status_code == 422 and "one of our own sender numbers" in own.get_data(as_text=True)
+    assert counts(db) == (0, 0, 0, 0)
 
 
 def test_proxy_headers_are_not_trusted_by_default(form, db):

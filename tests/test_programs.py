@@ -1,8 +1,12 @@
 """The programs file: validation with errors that name the program and key, and storage."""
 
+import hashlib
+import json
+from dataclasses import asdict
+
 import pytest
 
-from gateway.programs import ProgramError, load_file, spec_of, store
+from gateway.programs import ProgramError, load_file, own_numbers, spec_of, store
 
 VALID = '''
 [programs.deals]
@@ -53,6 +57,10 @@ def test_defaults_and_confirmation_text(tmp_path):
          "templates.confirmation: must include"),
         (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\n[programs.deals.templates]\nwelcome = "{nope}"'),
          "templates.welcome: bad placeholder"),
+        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\nservice_numbers = ["+14155550199"]'),
+         "service_numbers: only for a program that sends through a messaging_service"),
+        (('sender = "+15005550006"', 'messaging_service = "MG' + "a" * 32 + '"\nservice_numbers = ["4155550199"]'),
+         "service_numbers: a list of E.164 numbers"),
     ],
 )
 def test_invalid_programs_are_refused_naming_the_key(tmp_path, change, message):
@@ -79,3 +87,20 @@ def test_store_round_trips_the_definition(db, tmp_path):
         (program,) = store(session, [spec])
         assert spec_of(program) == spec
         assert program.version == spec.version and len(program.version) == 64
+
+
+def test_a_messaging_service_programs_numbers_are_ours(db, tmp_path):
+    text = VALID.replace('sender = "+15005550006"', 'messaging_service = "MG' + "a" * 32 + '"\n'
+                         'service_numbers = ["+14155550199", "+14155550198"]\nallowed_countries = ["US"]')
+    (spec,) = load_file(write(tmp_path, text))
+    with db.transaction() as session:
+        (program,) = store(session, [spec])
+        assert spec_of(program) == spec
+        assert {"+14155550199", "+14155550198"} <= own_numbers(session)
+
+
+def test_programs_without_service_numbers_keep_their_version(tmp_path):
+    """The key came later: a definition that does not use it digests as it did before."""
+    (spec,) = load_file(write(tmp_path, VALID))
+    before = {k: v for k, v in asdict(spec).items() if k != "service_numbers"}
+    assert spec.version == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()

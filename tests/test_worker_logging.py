@@ -16,6 +16,10 @@ logging.getLogger("twilio.http_client").info(
     "GET Request: https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json?To=%2B14155552671&PageSize=50")
 logging.getLogger("celery.task").info("texting +14155552671")
 logging.getLogger("gateway.sending").warning("sender +14155552671 is busy")
+try:
+    raise RuntimeError("Twilio refused (415) 555-2672")
+except RuntimeError:
+    logging.getLogger("celery.app.trace").exception("Task send[1] raised for %s", "415.555.2673")
 """
 
 
@@ -27,3 +31,7 @@ def test_a_worker_masks_every_number_it_logs(test_env):
     assert "To=%2B1415***2671" in output
     assert output.count("+1415***2671") == 2
     assert "4155552671" not in output
+    # An exception's traceback and a national form are masked as well.
+    assert "Traceback" in output and "RuntimeError: Twilio refused +1415***2672" in output
+    assert "raised for +1415***2673" in output
+    assert "555-2672" not in output and "555.2673" not in output

@@ -18,8 +18,9 @@ import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _mask_numbers(logger, **_):
-    # `celery worker` replaces the root logger's handlers with its own (and gives task loggers theirs):
-    # without this, numbers would reach the worker's log in full (the twilio client logs the query
-    # strings of its requests, To=%2B1415… included).
+    # `celery worker` replaces the root logger's handlers with its own (and gives task loggers theirs).
+    # Records made in this process are masked when created (logs.install, through create_app); the
+    # filter on Celery's handlers also masks records built elsewhere (makeLogRecord), so no number
+    # reaches the worker's log in full (the twilio client logs To=%2B1415… in its request URLs).
     logs.mask_handlers(logger)
 

@@ -67,9 +67,11 @@ def create_subscription():
         "api_address": request.remote_addr,
         "api_user_agent": request.user_agent.string,
     })
-    # Limits count per person: the address the caller saw them at when it says so, else the caller.
-    guard = abuse.Guard(gateway.limiter, abuse.ConfirmationLimits.from_settings(settings),
-                        client=str(client_evidence.get("ip") or request.remote_addr))
+    # Limits count per person (the address the caller saw them at when it says so, else the caller)
+    # and per key: a caller that writes a new evidence.ip each time still has only its key's allowance.
+    guard = abuse.Guard.for_request(gateway.limiter, settings,
+                                    client=str(client_evidence.get("ip") or request.remote_addr),
+                                    api_key=str(g.api_key_id))
     try:
         with gateway.db.transaction() as session:
             program, started = subscriptions.request(
@@ -78,7 +80,7 @@ def create_subscription():
                 suppression_key=settings.suppression_key, rules=gateway.quiet_hours, guard=guard)
             message_id = started.confirmation.id if started.confirmation else None
     except subscriptions.Refused as refusal:
-        status = 409 if refusal.code == "opted_out" else 422
+        status = 409 if refusal.code in ("opted_out", "suppressed") else 422
         raise ApiError(status, refusal.code, refusal.message, phone=number.e164, program=slug,
                        **refusal.extra) from None
     except abuse.RateLimited as limited:

@@ -100,24 +100,32 @@ def submit(slug: str):
         "user_agent": request.user_agent.string,
         "submitted_at": now.isoformat(),
     })
-    guard = abuse.Guard(gateway.limiter, abuse.ConfirmationLimits.from_settings(settings), client=address)
+    guard = abuse.Guard.for_request(gateway.limiter, settings, client=address)
+    try:
+        # Every submission takes the client's and the program's slot before the number is looked at:
+        # when 429 starts then depends on who submits, never on the number's state.
+        guard.only("client", "program").take(number=None, program=slug)
+    except abuse.RateLimited as limited:
+        minutes = max(1, math.ceil(limited.retry_after / 60))
+        return _render(form, spec, disclosure, 429,
+                       f"Too many requests. Please try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+                       headers={"Retry-After": str(max(1, math.ceil(limited.retry_after)))})
     message_id = None
     try:
         with gateway.db.transaction() as db_session:
             _, started = subscriptions.request(
                 db_session, number=number, program_slug=slug, input=Input.WEB_REQUEST, evidence=evidence, now=now,
                 ttl=timedelta(hours=settings.pending_ttl_hours), suppression_key=settings.suppression_key,
-                rules=gateway.quiet_hours, guard=guard)
+                rules=gateway.quiet_hours, guard=guard.only("number"))
             message_id = started.confirmation.id if started.confirmation else None
-    except abuse.RateLimited as limited:
-        minutes = max(1, math.ceil(limited.retry_after / 60))
-        return _render(form, spec, disclosure, 429,
-                       f"Too many requests. Please try again in {minutes} minute{'s' if minutes > 1 else ''}.",
-                       headers={"Retry-After": str(max(1, math.ceil(limited.retry_after)))})
+    except abuse.RateLimited:
+        # The number has had its confirmation texts for now. A 429 here would tell a stranger that
+        # someone asked for this number before: the same page as every other outcome, and no text.
+        pass
     except subscriptions.Refused as refusal:
-        # An opted-out number gets the same page as any other: the form must not tell a stranger
-        # whether a number is subscribed. That page says how to rejoin by text.
-        if refusal.code != "opted_out":
+        # An opted-out or suppressed number gets the same page as any other: the form must not tell a
+        # stranger whether a number is subscribed. That page says how to rejoin by text.
+        if refusal.code not in ("opted_out", "suppressed"):
             return _render(form, spec, disclosure, 422, refusal.message + ".", "phone")
     if message_id:
         gateway.dispatcher.send_messages([message_id])

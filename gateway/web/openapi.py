@@ -265,12 +265,15 @@ PATHS = {
             "200": _ok("Already opted in: nothing changed", _ref("Subscription")),
             "202": _ok("Pending: the confirmation text is on its way", _ref("Subscription")),
             **BAD_JSON,
-            "409": _error("The number opted out: only the person can come back, by text", "opted_out"),
+            "409": _error("The number opted out (only the person can come back, by text), or opted out and "
+                          "was erased (suppressed: never texted again)", "opted_out", "suppressed"),
             **TOO_LARGE,
-            "422": _error("Invalid number, program or evidence, or a number the program cannot text",
+            "422": _error("Invalid number, program or evidence, a number the program cannot text, or one of "
+                          "our own sender numbers",
                           "unknown_program", "invalid_number", "not_mobile", "invalid_evidence",
-                          "country_not_allowed"),
-            "429": {**_error("Too many confirmation requests for this number, client or program", "rate_limited"),
+                          "country_not_allowed", "own_sender"),
+            "429": {**_error("Too many confirmation requests for this number, client, API key or program",
+                             "rate_limited"),
                     "headers": {"Retry-After": {"schema": {"type": "string"}}}},
         })},
     "/v1/consents/{phone}": {"get": _operation(
