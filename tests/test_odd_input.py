@@ -49,7 +49,8 @@ def examples(count: int):
 # --- what goes on the wire ------------------------------------------------------------------------
 
 ODD_CHARS = ["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\u200f", "\u202e", "\u2066", "\u200b", "\ufeff",
-             "\ufffd", "😀", "\U0001f3fd", "\u200d", "\u0301", "é", "ß", "你", "ش", "\n", "\t", '"', "\\", "%", "&", "=", "+"]
+             "\ufffd", "😀", "\U0001f3fd", "\u200d", "\u0301", "é", "ß", "你", "ش", "\n", "\t", '"', "\\", "%", "&",
+             "=", "+"]
 odd_text = st.one_of(
     st.text(alphabet=st.one_of(st.characters(), st.sampled_from(ODD_CHARS)), max_size=16),
     st.sampled_from(["👍🏽", "🏳️‍🌈", "\u202eSTOP\u202c", "STOP\x00", "\ud83dSTOP", "\u0000"]),
@@ -73,8 +74,11 @@ odd_numbers = st.one_of(
 deep = st.sampled_from([31, 33, 1_500, 50_000]).map(nested)
 plain = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats())
 leaves = st.one_of(odd_text, odd_numbers, deep, plain)  # odd three times out of four
-json_values = st.recursive(
-    leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3), max_leaves=8)
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3)
+
+
+json_values = st.recursive(leaves, _containers, max_leaves=8)
 
 
 def render(value) -> str:
@@ -99,8 +103,10 @@ phones = st.one_of(st.sampled_from([PERSON, PERSON, PERSON, "(415) 555-2671", "+
                    odd_text)
 slugs = st.one_of(st.sampled_from(["alerts", "alerts", "deals", "orders", "nope"]), odd_text)
 texts = st.one_of(st.sampled_from(["Hi there", "STOP"]), st.just(1700).map(lambda n: "x" * n), odd_text)
-header_text = st.text(alphabet=st.characters(max_codepoint=255, exclude_characters="\r\n"), max_size=40)  # latin-1, one line
-bodies_that_are_not_json = st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"\xff\xfe{}", b'{"to": "\xed\xa0\x80"}']))
+# Headers are latin-1, on one line.
+header_text = st.text(alphabet=st.characters(max_codepoint=255, exclude_characters="\r\n"), max_size=40)
+bodies_that_are_not_json = st.one_of(st.binary(max_size=40),
+                                     st.sampled_from([b"", b"\xff\xfe{}", b'{"to": "\xed\xa0\x80"}']))
 
 
 # Evidence as callers send it (an object), but with anything in it.
@@ -131,8 +137,8 @@ def v1_requests(route: str) -> st.SearchStrategy[dict]:
                            {"idempotency_key": odd_text})
         shape = st.tuples(st.just("POST"), st.just(route), body)
     elif route == "/v1/messages/<message_id:message_id>":
-        shape = st.tuples(st.just("GET"), message_ids.map(lambda m: "/v1/messages/" + quote(m, safe="", errors="surrogatepass")),
-                          st.just(""))
+        paths = message_ids.map(lambda m: "/v1/messages/" + quote(m, safe="", errors="surrogatepass"))
+        shape = st.tuples(st.just("GET"), paths, st.just(""))
     elif route == "/v1/subscriptions":
         fresh = st.one_of(st.integers(100, 999).map(lambda n: f"+14155550{n}"), phones)  # pending: evidence kept
         body = json_object({"phone": fresh, "program": mostly(st.sampled_from(["deals", "alerts", "orders"])),
@@ -255,11 +261,13 @@ REPORTED = {
 
 
 @examples(30)
-@given(target=st.one_of(st.just({"all": True}), st.sampled_from(["alerts", "deals", "orders"]).map(lambda s: {"program": s})),
+@given(target=st.one_of(st.just({"all": True}),
+                        st.sampled_from(["alerts", "deals", "orders"]).map(lambda slug: {"program": slug})),
        evidence=evidence_objects)
 def test_property_an_opt_out_is_recorded_whatever_its_evidence(client, make_key, db, target, evidence):
     response = client.post(f"/v1/consents/{PERSON}/opt-out", data=render({**target, "evidence": evidence}).encode(),
-                           content_type="application/json", headers={"Authorization": f"Bearer {make_key('subscribe')}"})
+                           content_type="application/json",
+                           headers={"Authorization": f"Bearer {make_key('subscribe')}"})
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     ended = ["alerts", "deals", "orders"] if "all" in target else [target["program"]]
     statuses = {c["program"]: c["status"] for c in response.get_json()["consents"]}
@@ -301,7 +309,8 @@ def test_property_odd_webhooks_are_never_a_server_error_and_refusals_change_noth
         path, client, db, settings, person):
     fields = inbound_fields if path.endswith("sms") else status_fields
     queries = st.just("") if path.endswith("sms") else st.one_of(
-        st.just(""), st.just(f"message_id={person}"), odd_text.map(lambda t: "message_id=" + quote(t, errors="surrogatepass")))
+        st.just(""), st.just(f"message_id={person}"),
+        odd_text.map(lambda text: "message_id=" + quote(text, errors="surrogatepass")))
 
     @examples(40)
     @given(body=st.one_of(fields.map(form_body), fields.map(form_body), st.binary(max_size=60)), query=queries)
