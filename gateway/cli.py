@@ -158,7 +158,10 @@ def consent_import(ctx: Context, file) -> None:
     """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns."""
     try:
         with ctx.db.transaction() as session:
-            report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import")
+            report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import",
+                                        suppression_key=ctx.settings.suppression_key)
+    except UnicodeDecodeError as error:  # before ValueError, which it is: nothing was imported
+        raise click.ClickException(f"{file.name} is not UTF-8 text ({error.reason}): nothing was imported") from None
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     for status, count in sorted(report.applied.items()):

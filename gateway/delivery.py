@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from gateway import metrics, outbox
+from gateway import metrics, outbox, storable
 from gateway.consent import carrier
 from gateway.consent.machine import Source
 from gateway.consent.service import Evidence
@@ -50,6 +50,9 @@ class StatusCallback:
     @classmethod
     def from_form(cls, form: Mapping[str, str], message_id: str | None = None) -> StatusCallback:
         """Read Twilio's callback fields; raise BadCallback when MessageSid or the status is missing."""
+        # Nothing in a callback may stop it being recorded (a 21610 is an opt-out): what the store
+        # cannot hold (NUL, lone surrogates) becomes U+FFFD, in names and values alike.
+        form = {storable.storable_text(name): storable.storable_text(form.get(name, "")) for name in form}
         sid = form.get("MessageSid", "").strip() or form.get("SmsSid", "").strip()
         status = (form.get("MessageStatus", "") or form.get("SmsStatus", "")).strip().lower()
         if not sid or len(sid) > 40:
@@ -58,9 +61,8 @@ class StatusCallback:
             raise BadCallback("MessageStatus is required")
         raw_code = form.get("ErrorCode", "").strip()
         code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 10 else None
-        message = form.get("ErrorMessage", "").replace("\x00", "").strip() or None
-        fields = {name: form.get(name, "").replace("\x00", "") for name in form}
-        return cls(sid, status, code, message, fields, (message_id or "")[:36] or None)
+        message = form.get("ErrorMessage", "").strip() or None
+        return cls(sid, status, code, message, form, storable.storable_text(message_id or "")[:36] or None)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from gateway import metrics, programs, subscriptions
+from gateway import metrics, programs, storable, subscriptions
 from gateway.consent import service
 from gateway.consent.machine import IllegalTransition, Input, Source, Status
 from gateway.context import Gateway
@@ -72,6 +72,15 @@ class InboundText:
     messaging_service_sid: str | None = None
     account_sid: str | None = None
     opt_out_type: str | None = None
+    # What Twilio sent as Body, when it held characters the store cannot hold (NUL, a lone surrogate):
+    # `body` then has U+FFFD in their place. None: `body` is exactly what was sent.
+    body_as_sent: str | None = None
+
+    @property
+    def text_for_keywords(self) -> str:
+        """The body keywords are matched in: what was sent, without the characters that cannot be
+        stored (as if they were not there, so "STOP" with a stray NUL still stops)."""
+        return self.body if self.body_as_sent is None else storable.without_unstorable(self.body_as_sent)
 
     @classmethod
     def from_form(cls, form: Mapping[str, str]) -> InboundText:
@@ -87,11 +96,14 @@ class InboundText:
         service_sid = form.get("MessagingServiceSid", "").strip() or None
         if service_sid is not None and not _SENDER.match(service_sid):
             service_sid = None  # not an MG id: no Messaging Service to look up
-        opt_out_type = form.get("OptOutType", "").strip().upper()[:10] or None
-        account_sid = form.get("AccountSid", "").strip()[:40] or None
-        # PostgreSQL text cannot hold NUL; nothing Twilio relays from a handset contains one.
-        body = form.get("Body", "").replace("\x00", "")
-        return cls(sid, sender, to, body, service_sid, account_sid, opt_out_type)
+        opt_out_type = storable.storable_text(form.get("OptOutType", "").strip().upper()[:10]) or None
+        account_sid = storable.storable_text(form.get("AccountSid", "").strip()[:40]) or None
+        # A text is never refused for what it contains: what the store cannot hold is replaced in the
+        # stored body, kept escaped in the evidence, and ignored when reading keywords.
+        sent = form.get("Body", "")
+        body = storable.storable_text(sent)
+        return cls(sid, sender, to, body, service_sid, account_sid, opt_out_type,
+                   body_as_sent=None if body is sent else sent)
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Ha
         on_sender = _programs(connection, tuple(senders))
         if not on_sender.programs:
             raise BadInbound("unknown_sender", "To is not one of our senders")
-        classification = gateway.keywords.classify(text.body, on_sender.join_keywords)
+        classification = gateway.keywords.classify(text.text_for_keywords, on_sender.join_keywords)
         intent = classification.intent
         # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
         if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
@@ -172,6 +184,7 @@ def _evidence(text: InboundText, classification) -> service.Evidence:
             "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
             "keyword": classification.keyword, "language": classification.language,
             "opt_out_type": text.opt_out_type,
+            "body_as_sent_escaped": None if text.body_as_sent is None else storable.escaped(text.body_as_sent),
         }.items() if value is not None
     })
 

@@ -11,7 +11,7 @@ from typing import IO
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from gateway import programs
+from gateway import programs, storable
 from gateway.consent import service
 from gateway.consent.machine import IllegalTransition, Input, Source, Status
 from gateway.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
@@ -107,21 +107,32 @@ class ImportReport:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
 
 
-def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, now: datetime | None = None) -> ImportReport:
+def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, suppression_key: bytes,
+               now: datetime | None = None) -> ImportReport:
     """Import consent rows (phone, program, status, then evidence columns); refuse what cannot apply.
 
     Every other column is kept verbatim as evidence (collected_at, source_url, ip, disclosure…).
-    An import never overrides a person's own opt-out (the state machine refuses it).
+    An import never overrides a person's own opt-out (the state machine refuses it), nor brings back
+    a number erased after it opted out: its suppression hash refuses the row, whatever its status
+    (an erased number is not stored again).
     """
     reader = csv.DictReader(handle)
     missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise ValueError(f"the CSV lacks the column(s): {', '.join(missing)}")
+    for name in reader.fieldnames:
+        if reason := storable.unstorable_reason(name):
+            raise ValueError(f"the CSV's column name {storable.escaped(name)!r} {reason}")
     report = ImportReport()
     known = {p.slug: p for p in programs.all_programs(session)}
     for line, row in enumerate(reader, start=2):
+        unstorable = next(((column, reason) for column, value in row.items() if column is not None
+                           and isinstance(value, str) and (reason := storable.unstorable_reason(value))), None)
+        if unstorable is not None:  # a file's stray NUL: this row is refused, the others go in
+            report.refused.append((line, f"column {unstorable[0]!r} {unstorable[1]}"))
+            continue
         try:
-            number = parse(row["phone"], region)
+            number = parse(row["phone"] or "", region)
         except InvalidNumber as error:
             report.refused.append((line, f"invalid number ({error.reason})"))
             continue
@@ -132,6 +143,10 @@ def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, no
         input = IMPORT_STATUSES.get((row["status"] or "").strip())
         if input is None:
             report.refused.append((line, f"status must be opted_in or opted_out, not {row['status']!r}"))
+            continue
+        if service.is_suppressed(session, suppression_key, number.e164):
+            report.refused.append((line, "suppressed: the number was erased after it opted out, and is never "
+                                         "imported again"))
             continue
         details = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None and v not in (None, "")}
         evidence = service.Evidence(Source.IMPORT, actor=actor, reference=f"line {line}", details=details)

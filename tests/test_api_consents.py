@@ -1,5 +1,6 @@
 """GET /v1/consents/{phone} and POST /v1/consents/{phone}/opt-out: consent by other means."""
 
+import json
 from urllib.parse import quote
 
 import pytest
@@ -109,11 +110,10 @@ def test_opt_out_needs_the_subscribe_or_admin_scope(client, make_key, db):
     ({"all": "yes"}, 400, "bad_request"),
     ({"all": 1}, 400, "bad_request"),
     ({"program": 7}, 400, "bad_request"),
-    ({"program": "deals", "evidence": "on the phone"}, 400, "bad_request"),
-    ({"program": "deals", "evidence": {"note": "x" * 5000}}, 400, "bad_request"),
     ({"program": "deals", "programme": "alerts"}, 400, "bad_request"),
     (["deals"], 400, "bad_request"),
     ({"program": "nope"}, 422, "unknown_program"),
+    ({"program": "nope", "evidence": {"note": "a\x00b"}}, 422, "unknown_program"),
 ])
 def test_bad_opt_out_requests_change_nothing(client, make_key, db, body, status, code):
     response = client.post(f"/v1/consents/{PERSON}/opt-out", headers=auth(make_key("admin")), json=body)
@@ -135,4 +135,91 @@ def test_opt_out_for_an_invalid_phone_is_422(client, make_key, db):
     response = client.post("/v1/consents/12/opt-out", headers=auth(make_key("admin")), json={"all": True})
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "invalid_number"
+    assert ledger_size(db) == 0
+
+
+# --- an opt-out is never lost to its evidence --------------------------------------------------------
+
+def opt_out_raw(client, key, text: str):
+    """POST raw JSON text (json= cannot carry a lone surrogate, NaN or a 5,000-digit number)."""
+    return client.post(f"/v1/consents/{PERSON}/opt-out", headers=auth(key), data=text.encode(),
+                       content_type="application/json")
+
+
+def opt_out_event(db):
+    with db.sessions() as session:
+        return session.scalars(select(LedgerEvent).where(LedgerEvent.type == "opt_out")).one()
+
+
+@pytest.mark.parametrize(("evidence", "field", "reason"), [
+    ('{"agent": "Sam", "note": "a\\u0000b"}', "evidence.note", "NUL"),
+    ('{"agent": "Sam", "note": "\\ud800"}', "evidence.note", "lone surrogate (U+D800)"),
+    ('{"agent": "Sam", "\\udfffkey": "x"}', 'evidence["\\udfffkey"]', "name that contains a lone surrogate"),
+    ('{"agent": "Sam", "note": NaN}', "evidence.note", "NaN"),
+    ('{"agent": "Sam", "note": 1e999}', "evidence.note", "too large"),
+    ('{"agent": "Sam", "note": ' + "9" * 5000 + "}", "evidence.note", "64-bit"),
+    ('{"agent": "Sam", "note": ' + "[" * 40 + "]" * 40 + "}", "evidence.note" + "[0]" * 30, "more than 32 deep"),
+    # So deep that the parser itself gives up: cut out all the same.
+    ('{"agent": "Sam", "note": ' + "[" * 50_000 + "]" * 50_000 + "}", "evidence.note" + "[0]" * 30, "more than 32 deep"),
+])
+def test_an_opt_out_with_unstorable_evidence_is_recorded_with_what_can_be_kept(client, make_key, db, evidence,
+                                                                              field, reason):
+    opt_in(db, "deals")
+    response = opt_out_raw(client, make_key("subscribe"), '{"program": "deals", "evidence": ' + evidence + "}")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert {(c["program"], c["status"]) for c in body["consents"]} == {("deals", "opted_out")}
+    [warning] = body["warnings"]
+    assert warning["code"] == "evidence_not_kept" and warning["field"] == field and reason in warning["message"]
+    event = opt_out_event(db)
+    assert event.evidence["agent"] == "Sam"
+    [note] = event.evidence["gateway_left_out"]
+    assert note["field"] == field and reason in note["reason"]
+    # What was left out is gone; what stands for a container cut too deep stays within the limit.
+    assert "\\u0000" not in json.dumps(event.evidence) and "\\ud800" not in json.dumps(event.evidence)
+
+
+@pytest.mark.parametrize(("evidence", "reason"), [
+    ('"on the phone"', "must be a JSON object, not a string"),
+    ('["a call"]', "must be a JSON object, not an array"),
+    ('{"note": "' + "x" * 5000 + '"}', "more than the 4,096 kept"),
+    ("{" + ", ".join(f'"n{i}": "\\u0000"' for i in range(11)) + "}", "has 11 values that cannot be stored"),
+])
+def test_evidence_that_cannot_be_kept_at_all_still_records_the_opt_out(client, make_key, db, evidence, reason):
+    response = opt_out_raw(client, make_key("subscribe"), '{"all": true, "evidence": ' + evidence + "}")
+    assert response.status_code == 200
+    [warning] = response.get_json()["warnings"]
+    assert warning["field"] == "evidence" and reason in warning["message"]
+    with db.sessions() as session:
+        assert set(session.scalars(select(LedgerEvent.type))) == {"opt_out"}
+        kept = session.scalars(select(LedgerEvent.evidence)).all()
+    assert all(set(evidence) == {"gateway_left_out"} for evidence in kept)
+
+
+def test_the_gateways_note_cannot_be_forged_by_the_caller(client, make_key, db):
+    response = client.post(f"/v1/consents/{PERSON}/opt-out", headers=auth(make_key("subscribe")), json={
+        "program": "deals", "evidence": {"gateway_left_out": [], "agent": "Sam"}})
+    assert response.status_code == 200
+    assert response.get_json()["warnings"][0]["field"] == "evidence.gateway_left_out"
+    assert opt_out_event(db).evidence == {"agent": "Sam", "gateway_left_out": [
+        {"field": "evidence.gateway_left_out", "reason": "is where the gateway notes what it left out"}]}
+
+
+def test_an_opt_out_with_clean_evidence_has_no_warnings(client, make_key, db):
+    response = client.post(f"/v1/consents/{PERSON}/opt-out", headers=auth(make_key("subscribe")), json={
+        "program": "deals", "evidence": {"agent": "Sam", "note": "שלום \u200f 😀"}})
+    assert response.status_code == 200 and "warnings" not in response.get_json()
+    assert opt_out_event(db).evidence == {"agent": "Sam", "note": "שלום \u200f 😀"}
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('{"program": "deals\\u0000"}', "program"),
+    ('{"program": "\\ud800"}', "program"),
+    ('{"all": true, "\\u0000": 1}', '["\\u0000"]'),
+])
+def test_unstorable_values_outside_the_evidence_are_422_naming_the_field(client, make_key, db, text, field):
+    response = opt_out_raw(client, make_key("subscribe"), text)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", field) and error["message"].startswith(field)
     assert ledger_size(db) == 0

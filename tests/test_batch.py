@@ -91,9 +91,12 @@ def test_a_mixed_batch_is_counted_by_reason(client, headers, db, gateway, queue)
 
 def test_numbers_are_matched_exactly_whatever_surrounds_them(client, headers, db):
     given(db, OPTED_IN[0], "alerts", Input.IMPORT_OPT_IN)
-    body = batch(client, headers, [OPTED_IN[0] + "\n", OPTED_IN[0], " " + OPTED_IN[0], "+1415\x00"]).json
+    body = batch(client, headers, [OPTED_IN[0] + "\n", OPTED_IN[0], " " + OPTED_IN[0], "+1415"]).json
     assert (body["accepted"], body["refused"]) == (1, {"duplicate": 2, "invalid_number": 1})
     assert batch(client, headers, [OPTED_IN[0]], body="a\x00").json["error"]["code"] == "invalid_request"
+    # A recipient the store could not even hold is named by the edge check, before anything is sent.
+    refused = batch(client, headers, [OPTED_IN[0], "+1415\x00"]).json["error"]
+    assert (refused["code"], refused["field"]) == ("invalid_request", "recipients[1]")
 
 
 def test_a_batch_nobody_may_receive_is_200_with_nothing_stored(client, headers, db):

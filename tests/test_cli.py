@@ -101,3 +101,31 @@ def test_consent_import_export_and_erase(smsgate, tmp_path):
     assert "+14155552671" not in erased.stdout  # masked: it is output an operator might paste anywhere
     assert smsgate("export", "+14155552671").returncode == 1
     assert smsgate("ledger", "verify").returncode == 0
+
+
+def test_an_erased_opted_out_number_is_never_imported_again(smsgate, tmp_path, db):
+    """After an erasure, an old CRM export must not bring the person back as opted_in."""
+    first = tmp_path / "first.csv"
+    first.write_text("phone,program,status\n+14155552671,deals,opted_in\n+14155552671,deals,opted_out\n")
+    assert smsgate("consent", "import", str(first)).returncode == 0
+    assert smsgate("erase", "+14155552671", "--yes").returncode == 0
+    again = tmp_path / "again.csv"
+    again.write_text("phone,program,status,source\n(415) 555-2671,deals,opted_in,crm\n"
+                     "+14155552671,alerts,opted_out,crm\n+14155552672,deals,opted_in,crm\n")
+    imported = smsgate("consent", "import", str(again))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1, refused 2" in imported.stdout
+    assert "line 2: refused: suppressed" in imported.stderr and "line 3: refused: suppressed" in imported.stderr
+    with db.sessions() as session:
+        assert service.find_number(session, "+14155552671") is None  # not stored again either
+    assert "no consent recorded" in smsgate("consent", "show", "+14155552671").stdout
+
+
+def test_an_import_file_that_is_not_utf8_is_refused_whole(smsgate, tmp_path, db):
+    file = tmp_path / "latin1.csv"
+    file.write_bytes("phone,program,status,name\n+14155552671,deals,opted_in,Ren\xe9e\n".encode("latin-1"))
+    result = smsgate("consent", "import", str(file))
+    assert result.returncode == 1
+    assert "is not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    with db.sessions() as session:
+        assert service.find_number(session, "+14155552671") is None

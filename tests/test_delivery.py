@@ -157,6 +157,29 @@ def test_odd_callbacks_get_a_clean_answer(twilio_post, db, fields):
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize("fields", [
+    {"MessageSid": "SM\x00" + "1" * 31},
+    {"MessageStatus": "delivered\x00"},
+    {"MessageStatus": "failed", "ErrorMessage": "bad\x00"},
+])
+def test_a_nul_anywhere_in_a_callback_gets_a_clean_answer(twilio_post, db, fields):
+    sid = sent_message(db)
+    response = twilio_post(STATUS, {**callback(sid, "x"), **fields})
+    assert response.status_code == 200
+
+
+def test_a_21610_with_odd_fields_still_records_the_carrier_opt_out(twilio_post, db):
+    sid = sent_message(db)
+    response = twilio_post(STATUS, callback(sid, "failed", ErrorCode="21610", ErrorMessage="unsubscribed\x00",
+                                            **{"Odd\x00Name": "x\x00y"}))
+    assert response.status_code == 200
+    with db.sessions() as session:
+        event = session.scalars(select(LedgerEvent).where(LedgerEvent.type == "carrier_opt_out")).first()
+        assert set(session.scalars(select(Consent.status))) == {"opted_out"}
+    assert event.evidence["Odd\ufffdName"] == "x\ufffdy"
+    assert event.evidence["ErrorMessage"] == "unsubscribed\ufffd"
+
+
 def test_the_core_reports_what_it_did(gateway, db):
     sid = sent_message(db)
     assert delivery.record(gateway, delivery.StatusCallback(sid, "delivered")) == delivery.Recorded(

@@ -3,6 +3,7 @@
 import io
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from gateway import policy, privacy
@@ -86,7 +87,8 @@ def test_import_applies_rows_and_refuses_what_cannot_apply(db):
         "+14155552675,deals,maybe,,\n"
     )
     with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops")
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+                                     suppression_key=b"k" * 32)
     assert dict(report.applied) == {"import_opt_in": 1, "import_opt_out": 1}
     assert [line for line, _ in report.refused] == [4, 5, 6, 7]
     assert "not allowed from opted_out" in report.refused[0][1]
@@ -109,3 +111,35 @@ def test_api_export_and_erase(client, make_key, db):
     erased = client.post(f"/v1/consents/{PHONE}/erase", headers=headers)
     assert erased.get_json() == {"status": "erased", "suppressed": True, "consents_erased": 1}
     assert client.get(f"/v1/consents/{PHONE}/export", headers=headers).status_code == 404
+
+
+def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
+    consent(db, ("deals", Input.KEYWORD_STOP))
+    with db.transaction() as session:
+        privacy.erase(session, service.find_number(session, PHONE), settings.suppression_key,
+                      service.Evidence(Source.API, actor="dpo"))
+    csv_text = "phone,program,status\n(415) 555-2671,deals,opted_in\n+14155552671,orders,opted_out\n"
+    with db.transaction() as session:
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+                                    suppression_key=settings.suppression_key)
+    assert not report.applied
+    assert [line for line, _ in report.refused] == [2, 3]
+    assert all(why.startswith("suppressed") for _, why in report.refused)
+    with db.sessions() as session:
+        assert service.find_number(session, PHONE) is None
+
+
+def test_import_refuses_a_row_the_store_cannot_hold_and_takes_the_others(db, settings):
+    csv_text = ("phone,program,status,note\n+14155552671,deals,opted_in,a\x00b\n"
+                "+14155552672,deals,opted_in,fine\n")
+    with db.transaction() as session:
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+                                    suppression_key=settings.suppression_key)
+    assert dict(report.applied) == {"import_opt_in": 1}
+    assert report.refused == [(2, "column 'note' contains a NUL character (U+0000), which cannot be stored")]
+
+
+def test_import_refuses_a_file_whose_column_names_the_store_cannot_hold(db, settings):
+    with db.transaction() as session, pytest.raises(ValueError, match="column name"):
+        privacy.import_csv(session, io.StringIO("phone,program,status,no\x00te\n"), region="US", actor="ops",
+                           suppression_key=settings.suppression_key)

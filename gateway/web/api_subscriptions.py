@@ -10,13 +10,14 @@ from datetime import timedelta
 
 from flask import Blueprint, g, jsonify, request
 
-from gateway import abuse, subscriptions
+from gateway import abuse, storable, subscriptions
 from gateway.consent import Input, Source, service
 from gateway.context import current
 from gateway.models import utcnow
 from gateway.numbers import InvalidNumber, parse
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
+from gateway.web.json_body import json_body
 
 bp = Blueprint("api_subscriptions", __name__)
 
@@ -48,7 +49,7 @@ def iso(moment) -> str:
 @bp.post("/v1/subscriptions")
 @api_key("subscribe")
 def create_subscription():
-    payload = request.get_json(silent=True)
+    payload = json_body()
     if not isinstance(payload, dict):
         raise ApiError(400, "bad_request", 'send a JSON object: {"phone": ..., "program": ..., "evidence": {...}}')
     slug = payload.get("program")
@@ -65,7 +66,8 @@ def create_subscription():
     evidence = service.Evidence(Source.API, actor=g.api_key_name, reference=request_id, details={
         "client_evidence": client_evidence,
         "api_address": request.remote_addr,
-        "api_user_agent": request.user_agent.string,
+        # A header can carry a NUL (latin-1 decoded, anything goes), which the store cannot.
+        "api_user_agent": storable.storable_text(request.user_agent.string),
     })
     # Limits count per person (the address the caller saw them at when it says so, else the caller)
     # and per key: a caller that writes a new evidence.ip each time still has only its key's allowance.

@@ -193,11 +193,18 @@ SCHEMAS = {
             }},
         },
     },
+    "OptOutResult": {"allOf": [_ref("ConsentDocument"), {"properties": {"warnings": {
+        "type": "array", "description": "Present when part of the evidence was not kept.",
+        "items": {"type": "object", "required": ["code", "field", "message"],
+                  "properties": {"code": {"const": "evidence_not_kept"}, "field": {"type": "string"},
+                                 "message": {"type": "string"}}},
+    }}}]},
     "OptOutRequest": {
         "type": "object", "additionalProperties": False,
         "description": "Exactly one of `program` or `all: true`.",
         "properties": {"program": {"type": "string"}, "all": {"type": "boolean"},
-                       "evidence": {"type": "object", "description": "How the opt-out was heard (4 kB at most)."}},
+                       "evidence": {"type": "object", "description": "How the opt-out was heard (4 kB of JSON kept at "
+                                    "most; the key `gateway_left_out` is the gateway's)."}},
     },
     "Export": {
         "type": "object", "required": ["phone", "number", "consents", "events", "inbound_messages",
@@ -268,10 +275,10 @@ PATHS = {
             "409": _error("The number opted out (only the person can come back, by text), or opted out and "
                           "was erased (suppressed: never texted again)", "opted_out", "suppressed"),
             **TOO_LARGE,
-            "422": _error("Invalid number, program or evidence, a number the program cannot text, or one of "
-                          "our own sender numbers",
+            "422": _error("Invalid number, program or evidence, a value the store cannot hold (`field` names "
+                          "it), a number the program cannot text, or one of our own sender numbers",
                           "unknown_program", "invalid_number", "not_mobile", "invalid_evidence",
-                          "country_not_allowed", "own_sender"),
+                          "country_not_allowed", "invalid_request", "own_sender"),
             "429": {**_error("Too many confirmation requests for this number, client, API key or program",
                              "rate_limited"),
                     "headers": {"Retry-After": {"schema": {"type": "string"}}}},
@@ -285,11 +292,16 @@ PATHS = {
     "/v1/consents/{phone}/opt-out": {"post": _operation(
         "Record an opt-out heard by other means (a call, an email)", ["subscribe"], parameters=[PHONE_PARAMETER],
         body=_ref("OptOutRequest"), body_required=False,
+        description="An opt-out is never lost to its evidence: evidence that cannot be kept as given (a value "
+                    "the store cannot hold, not an object, over 4 kB) is kept as far as it can be, the opt-out "
+                    "is recorded, and `warnings` names each part left out (the ledger notes them too, under "
+                    "`gateway_left_out`).",
         responses={
-            "200": _ok("The number's consents after the opt-out", _ref("ConsentDocument")),
+            "200": _ok("The number's consents after the opt-out", _ref("OptOutResult")),
             "400": _error("Not a JSON object, or not exactly one of program / all", "bad_request"),
             **TOO_LARGE,
-            "422": _error("Not a phone number, or no such program", "invalid_number", "unknown_program"),
+            "422": _error("Not a phone number, no such program, or a value outside the evidence that the store "
+                          "cannot hold (`field` names it)", "invalid_number", "unknown_program", "invalid_request"),
         })},
     "/v1/consents/{phone}/export": {"get": _operation(
         "Everything held about a number", ["admin"], parameters=[PHONE_PARAMETER],
@@ -319,7 +331,10 @@ def document() -> dict:
             "version": "1",
             "description": "Sits between a business and Twilio: every text is checked against the consent "
                            "store, at the door and again right before it is sent. Errors are "
-                           "`{\"error\": {\"code\": ..., \"message\": ...}}`; match on `code`.",
+                           "`{\"error\": {\"code\": ..., \"message\": ...}}`; match on `code`. A JSON body "
+                           "may not hold what the store cannot: NUL or lone surrogates in any key or string, "
+                           "nesting deeper than 32, NaN, Infinity or integers past 64 bits (422 "
+                           "`invalid_request`, with `field` naming the place, e.g. `evidence.note`).",
         },
         "paths": PATHS,
         "components": {
