@@ -372,18 +372,18 @@ def test_a_third_party_checks_a_checkpoint_and_one_head_with_the_public_key_alon
 
 
 def test_signing_key_is_generated_once_private_and_validated(tmp_path):
-    first = load_settings(env={"VAR_DIR": str(tmp_path)})
-    second = load_settings(env={"VAR_DIR": str(tmp_path)})
+    first = load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path)})
+    second = load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path)})
     assert first.ledger_signing_key == second.ledger_signing_key and len(first.ledger_signing_key) == 32
     key_file = tmp_path / "ledger-signing.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert first.ledger_checkpoint_dir == tmp_path / "checkpoints" and first.ledger_checkpoint_seconds == 3600
     assert "ledger_signing_key" not in repr(first)
-    given = load_settings(env={"VAR_DIR": str(tmp_path), "LEDGER_SIGNING_KEY": "AB" * 32})
+    given = load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path), "LEDGER_SIGNING_KEY": "AB" * 32})
     assert given.ledger_signing_key == bytes([0xAB]) * 32
     key_file.write_text("not a key")
     with pytest.raises(ConfigError, match="LEDGER_SIGNING_KEY .generated into .*ledger-signing.key.: expected 64 hex"):
-        load_settings(env={"VAR_DIR": str(tmp_path)})
+        load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path)})
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
@@ -393,14 +393,14 @@ def test_signing_key_is_generated_once_private_and_validated(tmp_path):
 ])
 def test_bad_ledger_settings_name_themselves(tmp_path, overrides, named):
     with pytest.raises(ConfigError, match=named):
-        load_settings(env={"VAR_DIR": str(tmp_path), **overrides})
+        load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path), **overrides})
 
 
 def test_checkpoint_dir_must_be_a_directory(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="LEDGER_CHECKPOINT_DIR"):
-        load_settings(env={"VAR_DIR": str(tmp_path), "LEDGER_CHECKPOINT_DIR": str(tmp_path / "file")})
-    assert load_settings(env={"VAR_DIR": str(tmp_path), "LEDGER_CHECKPOINT_DIR": str(tmp_path / "log"),
+        load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path), "LEDGER_CHECKPOINT_DIR": str(tmp_path / "file")})
+    assert load_settings(env={"SANDBOX": "on", "VAR_DIR": str(tmp_path), "LEDGER_CHECKPOINT_DIR": str(tmp_path / "log"),
                               "LEDGER_CHECKPOINT_SECONDS": "600"}).ledger_checkpoint_dir == tmp_path / "log"
 
 

@@ -178,8 +178,9 @@ def test_gunicorns_error_log_masks_a_failing_request(tmp_path):
     URI and the traceback: both masked."""
     port = _free_port()
     errors = tmp_path / "error.log"
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-           "PYTHONPATH": str(ROOT)}
+    # gunicorn.conf.py reads the settings: the sandbox's, as `make run` would give them.
+    env = {**os.environ, "SANDBOX": "on", "VAR_DIR": str(tmp_path / "var"),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "config/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
          "-w", "1", "--error-logfile", str(errors), "tests.failing_wsgi:app"], cwd=ROOT, env=env)
