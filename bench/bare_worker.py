@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 from twilio.rest import Client
 
-from gateway.provider import RedirectingHttpClient
+from gateway.twilio.client import RedirectingHttpClient
 
 celery = Celery("bare", broker=os.environ["CELERY_BROKER_URL"])
 celery.conf.update(task_ignore_result=True, task_acks_late=True, worker_prefetch_multiplier=1,

@@ -26,7 +26,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    # The gateway's pool settings (gateway/db.py: no ping on checkout), so only the work differs.
+    # The gateway's pool settings (gateway/store/database.py: no ping on checkout), so only the work differs.
     engine = create_engine(os.environ["BENCH_DATABASE_URL"], pool_size=10, max_overflow=10)
     validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
     url = os.environ["PUBLIC_BASE_URL"].rstrip("/") + "/webhooks/twilio/sms"

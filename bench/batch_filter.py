@@ -31,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from gateway import batches, bulk, keys, policy, programs  # noqa: E402
+from gateway.services import batches, keys, policy  # noqa: E402
+from gateway.store import bulk, programs
 from gateway.config import load_settings  # noqa: E402
-from gateway.db import Database  # noqa: E402
-from gateway.models import utcnow  # noqa: E402
-from gateway.quiet_hours import default_rules  # noqa: E402
+from gateway.store.database import Database  # noqa: E402
+from gateway.store.models import utcnow  # noqa: E402
+from gateway.domain.quiet_hours import default_rules  # noqa: E402
 
 REQUIRED_RATIO = 0.50
 # Area codes across the US time zones and the capped states, so quiet hours and caps have work to do.

@@ -37,12 +37,13 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
-from gateway import programs  # noqa: E402
+from gateway.store import programs  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
-from gateway.consent import Input, Source, service  # noqa: E402
-from gateway.db import Database  # noqa: E402
-from gateway.models import InboundMessage, utcnow  # noqa: E402
-from gateway.numbers import parse  # noqa: E402
+from gateway.domain.consent import Input, Source  # noqa: E402
+from gateway.services import consents
+from gateway.store.database import Database  # noqa: E402
+from gateway.store.models import InboundMessage, utcnow  # noqa: E402
+from gateway.domain.numbers import parse  # noqa: E402
 
 PATH = "/webhooks/twilio/sms"
 PUBLIC_BASE_URL = "https://sms.bench.example"  # what Twilio would call; both servers check against it
@@ -80,7 +81,7 @@ def main() -> int:
 
     servers = {}
     try:
-        for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway:create_app()")):
+        for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway.web.app:create_app()")):
             servers[name] = _start_gunicorn(name, app, env, work)
         slices = itertools.count(0, args.per_run)
         warm_up = {name: _wrk(servers[name], requests_file, next(slices), args.per_run, 3, args)  # imports, pools
@@ -168,10 +169,10 @@ def _prepare_database(url: str, settings, numbers: int) -> None:
         for index in range(numbers):
             e164 = _number(index)
             session.execute(text("INSERT INTO baseline_numbers (e164) VALUES (:e164)"), {"e164": e164})
-            row = service.number_row(session, parse(e164))
+            row = consents.number_row(session, parse(e164))
             for program in on_sender:
-                service.apply(session, row, program, Input.IMPORT_OPT_IN,
-                              service.Evidence(Source.IMPORT, actor="bench"), now=now)
+                consents.apply(session, row, program, Input.IMPORT_OPT_IN,
+                              consents.Evidence(Source.IMPORT, actor="bench"), now=now)
     database.dispose()
 
 

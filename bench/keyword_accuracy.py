@@ -15,7 +15,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.keywords import KeywordEngine, default_engine  # noqa: E402
+from gateway.domain.keywords import KeywordEngine, default_engine  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "keyword_corpus.tsv"
 OPT_OUT_LABELS = frozenset({"opt_out", "opt_out_all"})

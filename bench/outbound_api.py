@@ -41,10 +41,11 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for both 
     _write_requests,
     measure_rounds,
 )
-from gateway import bulk, keys, programs  # noqa: E402
+from gateway.store import bulk, programs  # noqa: E402
+from gateway.services import keys
 from gateway.config import load_settings  # noqa: E402
-from gateway.db import Database  # noqa: E402
-from gateway.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
+from gateway.store.database import Database  # noqa: E402
+from gateway.store.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
 
 REQUIRED_RATIO = 0.70
 BASELINE_NUMBERS = 1000  # the inbound benchmark's numbers, which the baseline's UPDATE counts on
@@ -87,7 +88,7 @@ def main() -> int:
 
     servers = {}
     try:
-        for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway:create_app()")):
+        for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway.web.app:create_app()")):
             servers[name] = _start_gunicorn(name, app, env, work)
         servers["gateway"]["url"] = servers["gateway"]["url"].rsplit("/webhooks", 1)[0] + SEND_PATH
 

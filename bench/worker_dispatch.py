@@ -39,11 +39,12 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from bench.twilio_stub import make_server  # noqa: E402
-from gateway import bulk, outbox, policy, programs  # noqa: E402
+from gateway.store import bulk, outbox, programs  # noqa: E402
+from gateway.services import policy
 from gateway.config import load_settings  # noqa: E402
-from gateway.db import Database  # noqa: E402
-from gateway.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
-from gateway.queue import broker_options  # noqa: E402
+from gateway.store.database import Database  # noqa: E402
+from gateway.store.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
+from gateway.queue.app import broker_options  # noqa: E402
 
 REQUIRED_RATIO = 0.75
 SENDER = "+18885550177"
@@ -177,7 +178,7 @@ def _wait_for_stub(count: int, timeout: float = 600) -> float:
 
 
 def _drain_gateway(database: Database, settings, count: int) -> float:
-    from gateway.queue import Dispatcher, make_celery  # the web side's enqueue, as the API does it
+    from gateway.queue.app import Dispatcher, make_celery  # the web side's enqueue, as the API does it
     from flask import Flask
 
     now = utcnow()

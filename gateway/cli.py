@@ -8,11 +8,14 @@ from pathlib import Path
 
 import click
 
-from gateway import keys, privacy, programs
+from gateway.services import keys, privacy
+from gateway.store import programs
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.consent import Source, checkpoints, ledger, service
-from gateway.db import Database
-from gateway.numbers import InvalidNumber, mask, parse
+from gateway.domain.consent import Source
+from gateway.store import checkpoints, ledger
+from gateway.services import consents
+from gateway.store.database import Database
+from gateway.domain.numbers import InvalidNumber, mask, parse
 
 
 class Context:
@@ -129,9 +132,9 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
     """Current consents and the ledger of NUMBER."""
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
-        row = service.find_number(session, parsed.e164)
-        rows = service.consents(session, row) if row else []
-        events = service.events(session, row) if row else []
+        row = consents.find_number(session, parsed.e164)
+        rows = consents.consents(session, row) if row else []
+        events = consents.events(session, row) if row else []
         data = {
             "phone": parsed.e164,
             "consents": [{"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat()} for c in rows],
@@ -178,7 +181,7 @@ def export(ctx: Context, number: str) -> None:
     """Everything held about NUMBER, as JSON."""
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
-        row = service.find_number(session, parsed.e164)
+        row = consents.find_number(session, parsed.e164)
         if row is None:
             raise click.ClickException("nothing is held about that number")
         click.echo(json.dumps(privacy.export(session, row), indent=2, ensure_ascii=False))
@@ -194,11 +197,11 @@ def erase(ctx: Context, number: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase everything about {mask(parsed.e164)}?", abort=True)
     with ctx.db.transaction() as session:
-        row = service.find_number(session, parsed.e164)
+        row = consents.find_number(session, parsed.e164)
         if row is None:
             raise click.ClickException("nothing is held about that number")
         result = privacy.erase(session, row, ctx.settings.suppression_key,
-                               service.Evidence(Source.SYSTEM, actor="cli", details={"request": "erasure"}))
+                               consents.Evidence(Source.SYSTEM, actor="cli", details={"request": "erasure"}))
     click.echo(f"erased {mask(parsed.e164)}: {result.consents_erased} consents"
                + ("; kept a suppression hash (it had opted out)" if result.suppressed else ""))
 
@@ -265,7 +268,7 @@ def ledger_public_key(ctx: Context) -> None:
 def ledger_rebuild(ctx: Context) -> None:
     """Recompute every consent from the ledger alone."""
     with ctx.db.transaction() as session:
-        count = service.rebuild(session)
+        count = consents.rebuild(session)
     click.echo(f"rebuilt {count} consents from the ledger")
 
 

@@ -48,7 +48,7 @@ class Settings:
     pending_ttl_hours: int
     trusted_proxies: int
     max_content_length: int
-    # Confirmation texts allowed, in `limits` notation: against SMS pumping (gateway/abuse.py).
+    # Confirmation texts allowed, in `limits` notation: against SMS pumping (gateway/services/abuse.py).
     confirmation_limit_per_number: str = "3 per 24 hours"
     confirmation_limit_per_client: str = "10 per hour"
     confirmation_limit_per_program: str = "1000 per hour"

@@ -19,7 +19,7 @@ import sys
 import phonenumbers
 from phonenumbers import Leniency, PhoneNumberMatcher
 
-from gateway.numbers import mask
+from gateway.domain.numbers import mask
 
 _MASKED = "_smsgate_masked"
 

@@ -21,9 +21,11 @@ from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
-from gateway import create_app, keys, programs
+from gateway.web.app import create_app
+from gateway.services import keys
+from gateway.store import programs
 from gateway.config import ROOT, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, load_settings
-from gateway.models import Base
+from gateway.store.models import Base
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture, used by the autouse below)
 
 # The session runs on the built-in sandbox, so with its published account and token (the only ones

@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from kombu import Message
 
-from gateway.queue import ROUTES, Dispatcher, QueueNames
+from gateway.queue.app import ROUTES, Dispatcher, QueueNames
 
 
 class CapturedQueue:

@@ -1,5 +1,5 @@
 """A sandbox courier in a process of its own, as another gunicorn worker would run one (used by
-tests/test_sandbox.py). Reads the same environment as the app; runs for argv[1] seconds."""
+tests/integration/twilio/test_sandbox.py). Reads the same environment as the app; runs for argv[1] seconds."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 from dataclasses import replace
 
 from gateway.config import load_settings
-from gateway.db import Database
-from gateway.sandbox.callbacks import Courier
-from gateway.sandbox.config import load_sandbox_config
+from gateway.store.database import Database
+from gateway.twilio.sandbox.callbacks import Courier
+from gateway.twilio.sandbox.config import load_sandbox_config
 
 
 def main() -> None:

@@ -15,13 +15,15 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from gateway import outbox, policy
-from gateway.consent import Input, Source, service
-from gateway.models import OutboundMessage, utcnow
-from gateway.numbers import parse
-from gateway.programs import by_slug
-from gateway.provider import RedirectingHttpClient
-from gateway.sandbox.models import SandboxMessage
+from gateway.store import outbox
+from gateway.services import policy
+from gateway.domain.consent import Input, Source
+from gateway.services import consents
+from gateway.store.models import OutboundMessage, utcnow
+from gateway.domain.numbers import parse
+from gateway.store.programs import by_slug
+from gateway.twilio.client import RedirectingHttpClient
+from gateway.twilio.sandbox.models import SandboxMessage
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, wait_for
 
 
@@ -148,17 +150,17 @@ def phone_text(base_url: str, handset: str, to: str, body: str) -> requests.Resp
 
 def opt_in(db, e164: str, *slugs: str) -> None:
     with db.transaction() as session:
-        row = service.number_row(session, parse(e164))
+        row = consents.number_row(session, parse(e164))
         for slug in slugs:
-            service.apply(session, row, by_slug(session, slug), Input.IMPORT_OPT_IN,
-                          service.Evidence(Source.IMPORT, actor="test", reference="import-1",
+            consents.apply(session, row, by_slug(session, slug), Input.IMPORT_OPT_IN,
+                          consents.Evidence(Source.IMPORT, actor="test", reference="import-1",
                                            details={"collected": "paper form"}))
 
 
 def queue(gateway, e164: str, slug: str, body: str) -> str:
     """Accept a message through the gate and hand it to the worker after the commit."""
     with gateway.db.transaction() as session:
-        number = service.find_number(session, e164)
+        number = consents.find_number(session, e164)
         program = by_slug(session, slug)
         kind = policy.Kind(program.category)
         decision = policy.may_send(session, number, program, kind, utcnow(),

@@ -2,7 +2,8 @@
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from gateway import create_app, logs
+from gateway.web.app import create_app
+from gateway import logs
 
 flask_app = create_app()
 celery = flask_app.extensions["celery"]

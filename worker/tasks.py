@@ -1,4 +1,4 @@
-"""Thin tasks: take ids, call the core, end in a terminal state. Names live in gateway.queue."""
+"""Thin tasks: take ids, call the core, end in a terminal state. Names live in gateway.queue.app."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
-from gateway import batches, sending
-from gateway.consent import checkpoints, expiry
-from gateway.context import current
-from gateway.queue import TaskNames
+from gateway.services import batches, sending
+from gateway.store import checkpoints
+from gateway.services import expiry
+from gateway.bootstrap import current
+from gateway.queue.app import TaskNames
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ from gateway.web.auth import declared_auth
 
 
 def register(app: Flask, *, sandbox: bool) -> None:
-    from gateway.web import (api_consents, api_messages, api_privacy, api_subscriptions, forms, ops, openapi,
-                             webhooks)
+    from gateway.web import api_consents, api_messages, api_privacy, api_subscriptions, forms, ops, openapi, webhooks
 
     errors.register(app)
     headers.register(app)
@@ -20,7 +19,7 @@ def register(app: Flask, *, sandbox: bool) -> None:
         app.register_blueprint(module.bp)
     if sandbox:
         # Imported only when mounted: production never loads the sandbox's code.
-        from gateway import sandbox as sandbox_module
+        from gateway.twilio import sandbox as sandbox_module
 
         app.register_blueprint(sandbox_module.bp, url_prefix="/sandbox")
 

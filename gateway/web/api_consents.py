@@ -13,13 +13,15 @@ import uuid
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy.orm import Session
 
-from gateway import metrics, programs, storable
-from gateway.consent import service
-from gateway.consent.machine import Input, Source
-from gateway.context import current
-from gateway.models import utcnow
-from gateway.numbers import InvalidNumber, Number
-from gateway.numbers import parse as parse_number
+from gateway import metrics
+from gateway.store import programs
+from gateway.domain import storable
+from gateway.services import consents
+from gateway.domain.consent import Input, Source
+from gateway.bootstrap import current
+from gateway.store.models import utcnow
+from gateway.domain.numbers import InvalidNumber, Number
+from gateway.domain.numbers import parse as parse_number
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body_salvaging
@@ -70,7 +72,7 @@ def kept_evidence(given: object, unstorable: list[storable.Problem]) -> tuple[di
 
 def consent_document(session: Session, e164: str) -> dict:
     """What the store holds about a number's consent: current states and every ledger event."""
-    row = service.find_number(session, e164)
+    row = consents.find_number(session, e164)
     if row is None:
         return {"phone": e164, "consents": [], "events": []}
     slugs = {p.id: p.slug for p in programs.all_programs(session)}
@@ -78,13 +80,13 @@ def consent_document(session: Session, e164: str) -> dict:
         "phone": e164,
         "consents": [
             {"program": slugs.get(c.program_id), "status": c.status, "updated_at": c.updated_at.isoformat()}
-            for c in service.consents(session, row)
+            for c in consents.consents(session, row)
         ],
         "events": [
             {"type": e.type, "program": slugs.get(e.program_id), "source": e.source,
              "occurred_at": e.occurred_at.isoformat(), "evidence": e.evidence,
              "actor": e.actor, "reference": e.reference}
-            for e in service.events(session, row)
+            for e in consents.events(session, row)
         ],
     }
 
@@ -135,9 +137,9 @@ def opt_out(phone: str):
             if program is None:
                 raise ApiError(422, "unknown_program", f"no program {slug!r}")
             ended = [program]
-        row = service.number_row(session, number)
-        changes = service.opt_out(session, row, ended, Input.API_OPT_OUT,
-                                  service.Evidence(Source.API, actor=g.api_key_name, reference=reference,
+        row = consents.number_row(session, number)
+        changes = consents.opt_out(session, row, ended, Input.API_OPT_OUT,
+                                  consents.Evidence(Source.API, actor=g.api_key_name, reference=reference,
                                                    details=evidence), now=utcnow())
         session.flush()
         document = consent_document(session, number.e164)

@@ -15,12 +15,14 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import selectinload
 from werkzeug.routing import BaseConverter
 
-from gateway import batches, idempotency, metrics, outbox, policy, programs
-from gateway.context import current
-from gateway.models import OutboundMessage, Program, utcnow
-from gateway.numbers import InvalidNumber, Number, is_e164, parse
-from gateway.queue import TaskNames
-from gateway.segments import MAX_BODY_CHARS
+from gateway.services import batches, policy
+from gateway.store import idempotency, outbox, programs
+from gateway import metrics
+from gateway.bootstrap import current
+from gateway.store.models import OutboundMessage, Program, utcnow
+from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
+from gateway.queue.app import TaskNames
+from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body

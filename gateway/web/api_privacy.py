@@ -6,10 +6,11 @@ import uuid
 
 from flask import Blueprint, g, jsonify
 
-from gateway import privacy
-from gateway.consent import Source, service
-from gateway.context import current
-from gateway.numbers import InvalidNumber, parse
+from gateway.services import privacy
+from gateway.domain.consent import Source
+from gateway.services import consents
+from gateway.bootstrap import current
+from gateway.domain.numbers import InvalidNumber, parse
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
 
@@ -28,7 +29,7 @@ def _e164(phone: str) -> str:
 def export(phone: str):
     e164 = _e164(phone)
     with current().db.transaction() as session:
-        number = service.find_number(session, e164)
+        number = consents.find_number(session, e164)
         if number is None:
             raise ApiError(404, "not_found", "nothing is held about that number")
         return jsonify(privacy.export(session, number))
@@ -39,10 +40,10 @@ def export(phone: str):
 def erase(phone: str):
     e164 = _e164(phone)
     gateway = current()
-    evidence = service.Evidence(Source.API, actor=g.api_key_name, reference=f"req_{uuid.uuid4().hex[:16]}",
+    evidence = consents.Evidence(Source.API, actor=g.api_key_name, reference=f"req_{uuid.uuid4().hex[:16]}",
                                 details={"request": "erasure"})
     with gateway.db.transaction() as session:
-        number = service.find_number(session, e164)
+        number = consents.find_number(session, e164)
         if number is None:
             raise ApiError(404, "not_found", "nothing is held about that number")
         result = privacy.erase(session, number, gateway.settings.suppression_key, evidence)

@@ -10,11 +10,13 @@ from datetime import timedelta
 
 from flask import Blueprint, g, jsonify, request
 
-from gateway import abuse, storable, subscriptions
-from gateway.consent import Input, Source, service
-from gateway.context import current
-from gateway.models import utcnow
-from gateway.numbers import InvalidNumber, parse
+from gateway.services import abuse, subscriptions
+from gateway.domain import storable
+from gateway.domain.consent import Input, Source
+from gateway.services import consents
+from gateway.bootstrap import current
+from gateway.store.models import utcnow
+from gateway.domain.numbers import InvalidNumber, parse
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body
@@ -63,7 +65,7 @@ def create_subscription():
         raise ApiError(422, "invalid_number", str(error), reason=error.reason) from None
     client_evidence = _evidence(payload.get("evidence"))
     request_id = f"req_{uuid.uuid4().hex[:16]}"
-    evidence = service.Evidence(Source.API, actor=g.api_key_name, reference=request_id, details={
+    evidence = consents.Evidence(Source.API, actor=g.api_key_name, reference=request_id, details={
         "client_evidence": client_evidence,
         "api_address": request.remote_addr,
         # A header can carry a NUL (latin-1 decoded, anything goes), which the store cannot.

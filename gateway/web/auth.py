@@ -15,8 +15,9 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from flask import g, request
 
-from gateway import keys, metrics
-from gateway.context import current
+from gateway.services import keys
+from gateway import metrics
+from gateway.bootstrap import current
 from gateway.web.errors import ApiError
 
 AUTH_ATTRIBUTE = "_auth"
@@ -57,7 +58,7 @@ def api_key(*scopes: str):
 
 # Webhook signatures. One implementation for HMAC-SHA1 and HMAC-SHA256 rather than twilio's
 # RequestValidator: the releases pyproject allows (twilio>=9.4) validate SHA-1 only, and a request
-# validated as form fields never had its bodySHA256 checked. tests/test_signatures.py runs it against
+# validated as form fields never had its bodySHA256 checked. tests/integration/web/test_signatures.py runs it against
 # twilio-python's official vectors and against RequestValidator itself.
 
 # Twilio's form posts are a few kB (a 1,600-character body, some media URLs); anything near this

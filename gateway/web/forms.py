@@ -14,11 +14,13 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, StringField
 
-from gateway import abuse, programs, subscriptions
-from gateway.consent import Input, Source, service
-from gateway.context import current
-from gateway.models import utcnow
-from gateway.numbers import InvalidNumber, mask, parse
+from gateway.services import abuse, subscriptions
+from gateway.store import programs
+from gateway.domain.consent import Input, Source
+from gateway.services import consents
+from gateway.bootstrap import current
+from gateway.store.models import utcnow
+from gateway.domain.numbers import InvalidNumber, mask, parse
 from gateway.web.auth import public
 
 bp = Blueprint("forms", __name__)
@@ -90,7 +92,7 @@ def submit(slug: str):
 
     now = utcnow()
     address = request.remote_addr  # proxy headers count only when TRUSTED_PROXIES says so (ProxyFix)
-    evidence = service.Evidence(Source.WEB, actor="hosted_form", reference=f"req_{uuid.uuid4().hex[:16]}", details={
+    evidence = consents.Evidence(Source.WEB, actor="hosted_form", reference=f"req_{uuid.uuid4().hex[:16]}", details={
         "disclosure_text": disclosure.text,
         "consent_label": disclosure.label,
         "disclosure_version": disclosure.version,

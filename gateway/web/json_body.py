@@ -2,7 +2,7 @@
 
 Every /v1 view reads its body here and nowhere else (a test keeps it so), after its auth: the body
 must be JSON text in UTF-8 (or UTF-16/32, as RFC 4627 allowed), within MAX_CONTENT_LENGTH (413),
-and hold nothing the store cannot (gateway.storable: NUL or lone surrogates in any key or string,
+and hold nothing the store cannot (gateway.domain.storable: NUL or lone surrogates in any key or string,
 nesting deeper than 32, NaN, Infinity, integers past 64 bits). What fails that is refused with 422
 `invalid_request` whose `field` names the place (`evidence.note`, `recipients[3]`), before anything
 is looked up or changed.
@@ -14,7 +14,7 @@ import json
 
 from flask import request
 
-from gateway import storable
+from gateway.domain import storable
 from gateway.web.errors import ApiError
 
 

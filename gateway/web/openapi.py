@@ -11,9 +11,10 @@ from functools import lru_cache
 
 from flask import Blueprint, jsonify
 
-from gateway import batches, idempotency
-from gateway.policy import Reason
-from gateway.segments import MAX_BODY_CHARS
+from gateway.services import batches
+from gateway.store import idempotency
+from gateway.services.policy import Reason
+from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.web.auth import public
 
 bp = Blueprint("openapi", __name__)

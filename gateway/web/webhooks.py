@@ -11,8 +11,8 @@ import functools
 from flask import Blueprint, Response, request
 from twilio.twiml.messaging_response import MessagingResponse
 
-from gateway import delivery, inbound
-from gateway.context import current
+from gateway.services import delivery, inbound
+from gateway.bootstrap import current
 from gateway.web.auth import twilio_signed
 from gateway.web.errors import ApiError
 

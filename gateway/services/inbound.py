@@ -1,0 +1,425 @@
+"""Inbound texts: one Twilio delivery is deduplicated, classified, applied and stored, once.
+
+`handle` is the whole path behind the SMS webhook, without Flask. STOP, START, HELP and plain text
+read the number's ledger head and consents in one statement, then write the consent change, its
+ledger events and the InboundMessage (with the reply chosen) together, as one statement on
+PostgreSQL: the write happens only if the head is still where it was read, otherwise the text is read
+again (consent.service.plan, gateway.db.Writes). YES and join keywords go through `subscriptions`
+in one transaction with the number's row locked, since they may queue a confirmation text (enqueued
+after the commit). Either way the opt-out is committed before we answer. The MessageSid is a unique
+key: a repeat writes nothing and gets the stored first reply.
+
+Decisions (see also bench/README.md for what the speed work changed):
+* START/UNSTOP with nothing to restore is stored as an opt-in that did nothing, with no reply
+  (Twilio lifts its own block anyway); YES with nothing pending is likewise plain text.
+* With several programs on one sender, one reply names them all (the first program's template).
+* HELP answers with the program the number is most involved with on that sender (opted in, then
+  pending), else the sender's first program.
+* A text from a number marked unreachable (30003/30005) marks it reachable again.
+* An E.164 sender that phonenumbers calls invalid (but whose country it knows) is kept: see _number.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import phonenumbers
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, make_transient_to_detached
+
+from gateway import metrics
+from gateway.store import programs
+from gateway.domain import storable
+from gateway.services import subscriptions
+from gateway.services import consents
+from gateway.domain.consent import IllegalTransition, Input, Source, Status
+from gateway.bootstrap import Gateway
+from gateway.store.database import Writes
+from gateway.domain.keywords import Intent
+from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
+from gateway.domain.numbers import InvalidNumber, Number, is_e164, mask
+from gateway.domain.numbers import parse as parse_number
+
+log = logging.getLogger(__name__)
+
+# Twilio's ids are two letters and 32 hex digits; accept any short token so a new prefix still works.
+_SID = re.compile(r"^[A-Za-z0-9]{2,40}$")
+_SENDER = re.compile(r"^(\+[1-9]\d{1,14}|MG[0-9a-fA-F]{32})$")
+# Advanced Opt-Out's keyword class -> what it did at Twilio (blocked, unblocked, answered HELP).
+_OPT_OUT_TYPES = {"STOP": Intent.OPT_OUT, "START": Intent.OPT_IN, "HELP": Intent.HELP}
+
+
+class BadInbound(ValueError):
+    """A webhook request that is not a usable inbound text; `code` is stable, nothing was stored."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class InboundText:
+    """The fields of Twilio's inbound-message webhook that we act on."""
+
+    message_sid: str
+    from_: str
+    to: str
+    body: str
+    messaging_service_sid: str | None = None
+    account_sid: str | None = None
+    opt_out_type: str | None = None
+    # What Twilio sent as Body, when it held characters the store cannot hold (NUL, a lone surrogate):
+    # `body` then has U+FFFD in their place. None: `body` is exactly what was sent.
+    body_as_sent: str | None = None
+
+    @property
+    def text_for_keywords(self) -> str:
+        """The body keywords are matched in: what was sent, without the characters that cannot be
+        stored (as if they were not there, so "STOP" with a stray NUL still stops)."""
+        return self.body if self.body_as_sent is None else storable.without_unstorable(self.body_as_sent)
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str]) -> InboundText:
+        """Read Twilio's form fields; raise BadInbound when a required one is missing or malformed."""
+        sid, sender, to = (form.get(name, "").strip() for name in ("MessageSid", "From", "To"))
+        for name, value in (("MessageSid", sid), ("From", sender), ("To", to)):
+            if not value:
+                raise BadInbound("missing_field", f"{name} is required")
+        if not _SID.match(sid):
+            raise BadInbound("bad_message_sid", "MessageSid is not a Twilio id")
+        if not _SENDER.match(to):
+            raise BadInbound("unknown_sender", "To is not one of our numbers")
+        service_sid = form.get("MessagingServiceSid", "").strip() or None
+        if service_sid is not None and not _SENDER.match(service_sid):
+            service_sid = None  # not an MG id: no Messaging Service to look up
+        opt_out_type = storable.storable_text(form.get("OptOutType", "").strip().upper()[:10]) or None
+        account_sid = storable.storable_text(form.get("AccountSid", "").strip()[:40]) or None
+        # A text is never refused for what it contains: what the store cannot hold is replaced in the
+        # stored body, kept escaped in the evidence, and ignored when reading keywords.
+        sent = form.get("Body", "")
+        body = storable.storable_text(sent)
+        return cls(sid, sender, to, body, service_sid, account_sid, opt_out_type,
+                   body_as_sent=None if body is sent else sent)
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one inbound text: the reply (None: none), and what to enqueue after commit."""
+
+    intent: str
+    reply: str | None = None
+    duplicate: bool = False
+    queued: tuple[str, ...] = ()
+
+
+@dataclass
+class _Effect:
+    reply: str | None = None
+    queued: tuple[str, ...] = ()
+    events: tuple[tuple[str, str], ...] = ()  # (type, source) of each ledger event, for metrics
+    writes: Writes | None = None  # the consent change, guarded by the ledger head as read
+
+
+def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) -> Handled:
+    """Process one inbound text exactly once and return the reply to give (or None)."""
+    now = now or utcnow()
+    # Twilio sends SMS senders in E.164; anything else ("whatsapp:+1…", a short code) is not a person's
+    # number we hold consent for.
+    if not is_e164(text.from_):
+        raise BadInbound("invalid_number", "From is not an E.164 phone number")
+    try:
+        handled, effect = _handle_once(gateway, text, now)
+    except IntegrityError:
+        # The MessageSid was processed before (or just now, by a concurrent delivery): its unique key
+        # refused our insert, nothing this attempt wrote was kept, and the first answer stands.
+        with gateway.db.statements() as connection:
+            first = _first_answer(connection, text.message_sid)
+        if first is None:
+            raise
+        return first
+    if handled.queued:
+        gateway.dispatcher.send_messages(list(handled.queued))
+    metrics.INBOUND.labels(intent=handled.intent).inc()
+    for event_type, source in effect.events:
+        metrics.CONSENT_EVENTS.labels(type=event_type, source=source).inc()
+    # Consent changes are worth a line each; chit-chat is not.
+    log.log(logging.INFO if effect.events else logging.DEBUG, "inbound %s from %s: %s",
+            text.message_sid, mask(text.from_), handled.intent)
+    return handled
+
+
+def _first_answer(connection: Connection, message_sid: str) -> Handled | None:
+    row = connection.execute(_FIRST_ANSWER, {"message_sid": message_sid}).first()
+    return None if row is None else Handled(row.intent, row.reply, duplicate=True)
+
+
+# No look-up of the MessageSid first: a repeat is rare (Twilio's retry), and the unique key on
+# inbound_messages refuses it (see `handle`). One query less on every text.
+def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Handled, _Effect]:
+    senders = [text.to] + ([text.messaging_service_sid] if text.messaging_service_sid else [])
+    with gateway.db.statements() as connection:
+        on_sender = _programs(connection, tuple(senders))
+        if not on_sender.programs:
+            raise BadInbound("unknown_sender", "To is not one of our senders")
+        classification = gateway.keywords.classify(text.text_for_keywords, on_sender.join_keywords)
+        intent = classification.intent
+        # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
+        if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
+            intent = _OPT_OUT_TYPES[text.opt_out_type]
+        if intent not in _SUBSCRIBING:
+            return _record(connection, gateway, text, on_sender.programs, classification, intent, now)
+    # YES and join keywords go through subscriptions, which may queue a confirmation text: one
+    # transaction with the number's row locked.
+    with gateway.db.transaction() as session:
+        return _subscribe(session, gateway, text, senders, on_sender.programs, classification, intent, now)
+
+
+def _evidence(text: InboundText, classification) -> consents.Evidence:
+    return consents.Evidence(Source.SMS, reference=text.message_sid, details={
+        key: value for key, value in {
+            "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
+            "keyword": classification.keyword, "language": classification.language,
+            "opt_out_type": text.opt_out_type,
+            "body_as_sent_escaped": None if text.body_as_sent is None else storable.escaped(text.body_as_sent),
+        }.items() if value is not None
+    })
+
+
+def _inbound_row(text: InboundText, number_id: int, intent: Intent, reply: str | None, now: datetime) -> dict:
+    return {
+        "message_sid": text.message_sid, "account_sid": text.account_sid, "number_id": number_id,
+        "to_number": text.to, "messaging_service_sid": text.messaging_service_sid, "body": text.body,
+        "intent": intent.value, "opt_out_type": text.opt_out_type, "reply": reply, "received_at": now,
+    }
+
+
+# How often a text is re-read when the number's ledger moved between our read and our write (another
+# text or an API call for the same number at the same moment); then Twilio's retry takes over.
+_ATTEMPTS = 5
+
+
+def _record(connection: Connection, gateway: Gateway, text: InboundText, on_sender: list[Program],
+            classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
+    """STOP, START, HELP and plain text: read the number and its consents in one statement, then write
+    the change, its ledger events and the text in one statement (one transaction on SQLite).
+
+    No lock is held in between: the write happens only if the number's ledger head is still where we
+    read it, and otherwise we read again. So two round trips on PostgreSQL, whatever the text.
+    """
+    ended = _programs(connection, _EVERY_PROGRAM).programs if intent is Intent.OPT_OUT_ALL else on_sender
+    act = _PLANS.get(intent)
+    evidence = _evidence(text, classification)
+    for _ in range(_ATTEMPTS):
+        state = consents.held(connection, text.from_, [p.id for p in ended] if act else [])
+        if state is None:
+            consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
+            continue
+        effect = act(_Read(state, on_sender, ended, evidence, now)) if act else _Effect()
+        if text.opt_out_type is not None:
+            effect.reply = None
+        writes = effect.writes or Writes()
+        if state.reachability == "unreachable":
+            # A text from the handset proves it is reachable again (30003 is often transient).
+            writes.update(_NUMBERS, state.number_id, {"reachability": "ok", "reachability_code": None})
+        writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
+        if writes.execute(connection):
+            return Handled(intent.value, effect.reply), effect
+    raise RuntimeError(f"inbound {text.message_sid}: the number's ledger kept moving; Twilio will retry")
+
+
+def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: list[str], on_sender: list[Program],
+               classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
+    number = session.scalars(_LOCK_NUMBER, {"e164": text.from_}).one_or_none()
+    if number is None:
+        number = consents.number_row(session, _number(text.from_, gateway.settings.default_region))
+    if number.reachability == "unreachable":
+        number.reachability, number.reachability_code = "ok", None  # as in _record
+    evidence = _evidence(text, classification)
+    if intent is Intent.CONFIRM:
+        effect = _confirm(session, number, senders, evidence, now)
+    else:
+        effect = _join(session, gateway, number, on_sender, classification, evidence, now)
+    if text.opt_out_type is not None:
+        effect.reply = None
+    session.flush()
+    session.connection().execute(_INBOUND.insert(), _inbound_row(text, number.id, intent, effect.reply, now))
+    return Handled(intent.value, effect.reply, queued=effect.queued), effect
+
+
+# The statements of every request, built once: SQLAlchemy then only binds parameters (measurably
+# cheaper than building and cache-keying a new statement per request; see bench/README.md).
+_NUMBERS, _INBOUND, _PROGRAMS = PhoneNumber.__table__, InboundMessage.__table__, Program.__table__
+_FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
+_LOCK_NUMBER = (select(PhoneNumber).where(PhoneNumber.e164 == bindparam("e164")).with_for_update()
+                .execution_options(populate_existing=True))
+
+
+def _number(e164: str, region: str) -> Number:
+    """A new sender's number. A known number was validated when its row was made: only a new one is parsed."""
+    try:
+        return parse_number(e164, region)
+    except InvalidNumber as error:
+        # phonenumbers' metadata can lag behind new number ranges, and Twilio (whose request is signed)
+        # saw a handset text from this number: an opt-out must not be lost to our metadata. A number
+        # kept this way has no known region, so the send gate never texts it (country_not_allowed).
+        try:
+            phonenumbers.parse(e164)
+        except phonenumbers.NumberParseException:
+            raise BadInbound("invalid_number", f"From is not a phone number ({error.reason})") from None
+        return Number(e164=e164, kind="unknown", region=None)
+
+
+# Programs change when someone runs `smsgate programs load`, not between two texts: each process keeps
+# the rows per sender for a few seconds instead of loading them (and their JSON) on every request.
+PROGRAM_CACHE_SECONDS = 5.0
+_EVERY_PROGRAM = ("*",)  # the cache's key for all programs (STOPALL)
+
+
+@dataclass(frozen=True)
+class _CachedPrograms:
+    programs: list[Program]  # detached copies: merge them into a session before use there
+    join_keywords: dict[str, str]  # keyword -> program slug
+    expires: float
+    generation: int
+
+
+_program_cache: dict[tuple[str, ...], _CachedPrograms] = {}
+
+
+def _programs(connection: Connection, senders: tuple[str, ...]) -> _CachedPrograms:
+    """Programs on our number or Messaging Service (programs.on_sender for several), or every program
+    for _EVERY_PROGRAM; briefly cached."""
+    clock = time.monotonic()
+    cached = _program_cache.get(senders)
+    if cached is not None and cached.expires > clock and cached.generation == programs.generation:
+        return cached
+    generation = programs.generation
+    query = select(_PROGRAMS).order_by(_PROGRAMS.c.id)
+    if senders != _EVERY_PROGRAM:
+        query = query.where(or_(_PROGRAMS.c.sender.in_(senders), _PROGRAMS.c.messaging_service_sid.in_(senders)))
+    copies = [_detached(row) for row in connection.execute(query)]
+    cached = _CachedPrograms(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords},
+                             clock + PROGRAM_CACHE_SECONDS, generation)
+    if len(_program_cache) > 1000:  # senders come from signed requests, but bound it all the same
+        _program_cache.clear()
+    _program_cache[senders] = cached
+    return cached
+
+
+def _detached(row) -> Program:
+    """A Program from a plain row, in no session: what merge(load=False) accepts."""
+    program = Program(**row._mapping)
+    make_transient_to_detached(program)
+    return program
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a text's effect is worked out from."""
+
+    state: consents.Held  # the number's ledger head and its consents, read in one statement
+    on_sender: list[Program]
+    ended: list[Program]  # what an opt-out ends: the sender's programs, or all of them (STOPALL)
+    evidence: consents.Evidence
+    now: datetime
+
+
+def _events(changes) -> tuple[tuple[str, str], ...]:
+    return tuple((change.event.type, change.event.source) for change in changes)
+
+
+def _opt_out(read: _Read) -> _Effect:
+    """STOP family: every program on this sender (STOPALL: every program we run) ends."""
+    planned = consents.plan(read.state, read.ended, Input.KEYWORD_STOP, read.evidence, now=read.now)
+    # One confirmation, naming what ended, and nothing else in it.
+    return _Effect(reply_text(read.ended, "opt_out"), events=_events(planned.changes), writes=planned.writes)
+
+
+def _opt_in(read: _Read) -> _Effect:
+    """START / UNSTOP: restore exactly the programs this number had confirmed before opting out here."""
+    restorable = [
+        p for p in read.on_sender
+        if consents.allowed(consents.state_of(read.state.consents.get(p.id)), Input.KEYWORD_START)
+    ]
+    if not restorable:
+        # Nothing to restore: Twilio lifts its own block anyway; we record nothing and say nothing.
+        return _Effect()
+    planned = consents.plan(read.state, restorable, Input.KEYWORD_START, read.evidence, now=read.now)
+    return _Effect(reply_text(restorable, "opt_in"), events=_events(planned.changes), writes=planned.writes)
+
+
+def _help(read: _Read) -> _Effect:
+    """HELP / INFO: the program's HELP text, subscribed or not, recorded in the ledger."""
+    rank = {Status.OPTED_IN.value: 0, Status.PENDING.value: 1}
+    held = read.state.consents
+    # The program this number is most involved with on this sender; else the sender's first.
+    program = min(read.on_sender, key=lambda p: (rank.get(getattr(held.get(p.id), "status", None), 2), p.id))
+    planned = consents.plan_record(read.state, "help", read.evidence, now=read.now, program=program)
+    return _Effect(programs.spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
+
+
+_PLANS = {
+    Intent.OPT_OUT: _opt_out,
+    Intent.OPT_OUT_ALL: _opt_out,
+    Intent.OPT_IN: _opt_in,
+    Intent.HELP: _help,
+}
+_SUBSCRIBING = frozenset({Intent.CONFIRM, Intent.JOIN})
+
+
+def _confirm(session: Session, number: PhoneNumber, senders: list[str], evidence: consents.Evidence,
+             now: datetime) -> _Effect:
+    """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
+    changes = []
+    for sender in senders:
+        changes += subscriptions.confirm(session, number=number, sender=sender, evidence=evidence, now=now)
+    confirmed = [change.program for change in changes]
+    return _Effect(reply_text(confirmed, "welcome") if confirmed else None, events=_events(changes))
+
+
+def _join(session: Session, gateway: Gateway, number: PhoneNumber, on_sender: list[Program], classification,
+          evidence: consents.Evidence, now: datetime) -> _Effect:
+    """A program's join keyword: double opt-in asks for YES (through the outbox); single opts in now."""
+    cached = next(p for p in on_sender if p.slug == classification.program)
+    program = session.merge(cached, load=False)  # into this session (a confirmation may be queued) without a query
+    settings = gateway.settings
+    before = consents.state_of(consents.consent_row(session, number, program)).status
+    try:
+        started = subscriptions.start(
+            session, number=number, program=program, input=Input.KEYWORD_JOIN, evidence=evidence,
+            now=now, ttl=timedelta(hours=settings.pending_ttl_hours),
+            suppression_key=settings.suppression_key, rules=gateway.quiet_hours,
+        )
+    except IllegalTransition:
+        return _Effect()
+    if started.refused is not None:
+        # The gate would refuse the confirmation text (suppressed, landline, country): nothing recorded.
+        return _Effect()
+    if started.status is Status.OPTED_IN:
+        # Joined at once (single opt-in), or already subscribed: either way, say so.
+        events = () if before is Status.OPTED_IN else (("opt_in", Source.SMS.value),)
+        return _Effect(reply_text([program], "welcome"), events=events)
+    # Pending: the confirmation text goes out through the outbox, enqueued after the commit.
+    queued = (started.confirmation.id,) if started.confirmation is not None else ()
+    return _Effect(queued=queued, events=(("request", Source.SMS.value),))
+
+
+def reply_text(for_programs: list[Program], template: str) -> str:
+    """One reply for one or several programs: the first one's template, naming them all."""
+    specs = [programs.spec_of(p) for p in for_programs]
+    first = specs[0]
+    if len(specs) == 1:
+        return first.text(template)
+    frequencies = list(dict.fromkeys(spec.frequency for spec in specs))
+    combined = replace(first, name=" & ".join(spec.name for spec in specs), frequency="; ".join(frequencies))
+    return combined.text(template)
+
+
+__all__ = ["BadInbound", "Handled", "InboundText", "handle", "reply_text"]

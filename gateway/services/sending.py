@@ -1,0 +1,279 @@
+"""Sending one outbox message: claim, ask the gate again, call the provider, record the outcome.
+
+This is the worker's whole job for a message; the Celery task only calls `send` and schedules a
+retry when told to. The gate runs in the same transaction that claims the row, so an opt-out
+committed before the claim always wins, and the provider is called only after that commit. The
+sender's throughput slot is taken in that transaction too: a busy sender leaves the row untouched.
+
+`sweep` and `reconcile` are the beat's side: they find what a lost task or a missing status
+callback left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from gateway import metrics
+from gateway.store import outbox
+from gateway.services import policy
+from gateway.queue import throughput
+from gateway.services import carrier
+from gateway.domain.consent import Source
+from gateway.services.consents import Evidence
+from gateway.bootstrap import Gateway
+from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
+from gateway.domain.numbers import mask
+from gateway.twilio.client import ErrorKind, ProviderError, SentMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to the message; `retry_in` asks the caller to run it again after a delay."""
+
+    status: str
+    reason: str | None = None
+    retry_in: timedelta | None = None
+
+
+SKIPPED = Outcome("skipped")
+
+
+class _SenderBusy(Exception):
+    def __init__(self, retry_after: float, mps: int):
+        super().__init__(f"sender busy for {retry_after:.3f}s")
+        self.retry_after, self.mps = retry_after, mps
+
+
+def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> outbox.Claimed | Outcome:
+    try:
+        return _claim_and_check(gateway, message_id, now)
+    except _SenderBusy as busy:
+        # The claim was rolled back with the transaction: the row is queued as it was. Hold it until
+        # the sender has a slot, so a duplicate task cannot take it sooner.
+        delay = throughput.wait_time(busy.retry_after, busy.mps, waited)
+        with gateway.db.transaction() as session:
+            outbox.postpone(session, message_id, now + delay)
+        return Outcome("queued", "sender_busy", retry_in=delay)
+
+
+def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox.Claimed | Outcome:
+    # A Core transaction: the statements here are prebuilt SQL, and a Session's unit of work would
+    # cost more than they do.
+    with gateway.db.engine.begin() as connection:
+        claimed = outbox.claim(connection, message_id, now)
+        if claimed is None:
+            return SKIPPED
+        decision = policy.may_send(
+            connection, claimed.number, claimed.program, policy.Kind(claimed.kind), now,
+            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, message_id=claimed.id,
+        )
+        if decision.deferred:
+            outbox.advance_by_id(connection, claimed.id, "deferred", now=now, reason=decision.reason.value,
+                                 not_before=decision.not_before)
+            return Outcome("deferred", decision.reason.value)
+        if not decision.allowed:
+            outbox.advance_by_id(connection, claimed.id, "blocked", now=now, reason=decision.reason.value)
+            metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
+            log.info("blocked %s to %s: %s", claimed.id, mask(claimed.number.e164), decision.reason.value)
+            return Outcome("blocked", decision.reason.value)
+        mps = throughput.sender_mps(connection, claimed.sender)
+        verdict = throughput.take(gateway.limiter, claimed.sender, mps)
+        if not verdict.allowed:
+            raise _SenderBusy(verdict.retry_after, mps)
+        return claimed
+
+
+def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, waited: int = 0) -> Outcome:
+    """Send one message if it is still ours to send and still allowed.
+
+    `waited`: how many times this message has already been retried (its wait for a busy sender grows).
+    """
+    now = now or utcnow()
+    prepared = _prepare(gateway, message_id, now, waited)
+    if isinstance(prepared, Outcome):
+        return prepared
+    try:
+        sent = gateway.provider.send(to=prepared.number.e164, sender=prepared.sender, body=prepared.body,
+                                     reference=prepared.id)
+    except ProviderError as error:
+        return _record_failure(gateway, prepared, error)
+    # One statement on PostgreSQL, atomic by itself: no BEGIN and COMMIT around it.
+    with gateway.db.statements() as connection:
+        # By id, not on the claimed row: a status callback may have moved it on already (it finds
+        # the message by the id on its URL), and "sent" must not undo that.
+        outbox.advance_by_id(connection, prepared.id, "sent", now=utcnow(), provider_sid=sent.sid)
+    metrics.MESSAGES_SENT.labels(kind=prepared.kind).inc()
+    return Outcome("sent")
+
+
+def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderError) -> Outcome:
+    now = utcnow()
+    with gateway.db.transaction() as session:
+        message = session.get(OutboundMessage, request.id)
+        number = session.scalars(
+            select(PhoneNumber).where(PhoneNumber.id == message.number_id).with_for_update()
+        ).one()
+        if error.kind is ErrorKind.RETRYABLE and request.attempts < outbox.MAX_ATTEMPTS:
+            delay = outbox.retry_delay(request.attempts)
+            outbox.advance(session, message, "queued", now=now, reason="provider_retry", error_code=error.code,
+                           error_message=error.message, not_before=now + delay)
+            return Outcome("queued", "provider_retry", retry_in=delay)
+        if error.kind is ErrorKind.RETRYABLE:
+            outbox.advance(session, message, "failed", now=now, reason="provider_unavailable",
+                           error_code=error.code, error_message=error.message)
+            return Outcome("failed", "provider_unavailable")
+        if error.kind is ErrorKind.OPTED_OUT:
+            outbox.advance(session, message, "blocked", now=now, reason="opted_out", error_code=error.code,
+                           error_message=error.message)
+            carrier.record_opt_out(session, number, message.sender, Evidence(
+                source=Source.CARRIER, actor="twilio", reference=message.id,
+                details={"error_code": error.code, "error_message": error.message, "stage": "send"},
+            ), now=now)
+            return Outcome("blocked", "opted_out")
+        reason = {ErrorKind.INVALID_NUMBER: "invalid_number", ErrorKind.NOT_MOBILE: "not_mobile"}.get(
+            error.kind, "provider_error")
+        if error.kind is ErrorKind.INVALID_NUMBER:
+            number.reachability, number.reachability_code = "unreachable", error.code
+        elif error.kind is ErrorKind.NOT_MOBILE:
+            number.reachability, number.reachability_code = "landline", error.code
+        outbox.advance(session, message, "failed", now=now, reason=reason, error_code=error.code,
+                       error_message=error.message)
+        log.info("failed %s to %s: %s", message.id, mask(request.number.e164), error)
+        return Outcome("failed", reason)
+
+
+# --- the sweeper ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    enqueued: int  # ids handed to the queue again: lost tasks, deferrals now due, recovered claims
+    found_sent: int  # dead workers' claims the provider had sent after all: recorded, not resent
+    requeued: int  # dead workers' claims the provider never saw: queued again
+    unresolved: int  # dead workers' claims we could not ask the provider about: next sweep
+
+
+def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_000) -> Sweep:
+    """Re-enqueue what no task will pick up, and settle claims whose worker died mid-send."""
+    now = now or utcnow()
+    found_sent = unresolved = 0
+    with gateway.db.sessions() as session:
+        stale = [m.id for m in outbox.stale_claims(session, now)]
+    back_in_queue = []
+    for message_id in stale:
+        result = _settle_claim(gateway, message_id, now)
+        found_sent += result == "sent"
+        unresolved += result == "unknown"
+        if result == "queued":
+            back_in_queue.append(message_id)
+    requeued = len(back_in_queue)
+    gateway.dispatcher.send_messages(back_in_queue)
+    enqueued = requeued
+    while enqueued < max_ids:
+        with gateway.db.transaction() as session:
+            ids = outbox.due_ids(session, now, limit=min(5000, max_ids - enqueued))
+            outbox.mark_enqueued(session, ids, now)
+        # After the commit: a task never runs ahead of the row it is about.
+        gateway.dispatcher.send_messages(ids)
+        enqueued += len(ids)
+        if len(ids) < 5000:
+            break
+    if enqueued or stale:
+        log.info("sweep: %d enqueued, %d stale claims (%d sent, %d requeued, %d unresolved)",
+                 enqueued, len(stale), found_sent, requeued, unresolved)
+    return Sweep(enqueued, found_sent, requeued, unresolved)
+
+
+def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
+    """Ask the provider whether a dead worker's claimed message went out; record what it says.
+
+    No transaction is held during the provider call (on SQLite it would stop every writer); the
+    row is checked again afterwards, so two sweepers settling one claim record it once.
+    """
+
+    def still_stale(session) -> OutboundMessage | None:
+        message = session.scalars(
+            select(OutboundMessage).where(OutboundMessage.id == message_id).with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if message is None or message.status != "sending" or message.claimed_at > now - outbox.CLAIM_TIMEOUT:
+            return None  # another sweeper has it, or it moved on since we looked
+        return message
+
+    with gateway.db.transaction() as session:
+        message = still_stale(session)
+        if message is None:
+            return "moved"
+        to, sender, body, claimed_at = message.number.e164, message.sender, message.body, message.claimed_at
+    candidates: list[SentMessage] = []
+    if to:
+        try:
+            # The worker called the provider after its claim, so anything it sent is newer.
+            candidates = gateway.provider.messages_since(to=to, sender=sender,
+                                                         since=claimed_at - timedelta(minutes=1))
+        except ProviderError as error:
+            log.warning("sweep: cannot ask the provider about %s: %s", message_id, error)
+            return "unknown"
+    with gateway.db.transaction() as session:
+        message = still_stale(session)
+        if message is None or message.claimed_at != claimed_at:
+            return "moved"
+        sent = _matching(session, body, candidates)
+        if sent is not None:
+            message.provider_sid = sent.sid
+            outbox.advance(session, message, "sent", now=now, reason="recovered")
+            return "sent"
+        outbox.advance(session, message, "queued", now=now, reason="claim_expired")
+        return "queued"
+
+
+def _matching(session, body: str, candidates: list[SentMessage]) -> SentMessage | None:
+    """The provider's message that is this one: same body, and not already another message of ours."""
+    same_body = [c for c in candidates if c.body == body]
+    if not same_body:
+        return None
+    ours = set(session.scalars(select(OutboundMessage.provider_sid).where(
+        OutboundMessage.provider_sid.in_([c.sid for c in same_body]))))
+    unclaimed = [c for c in same_body if c.sid not in ours]
+    unclaimed.sort(key=lambda c: c.date_created or datetime.max.replace(tzinfo=UTC))
+    return unclaimed[0] if unclaimed else None
+
+
+# --- the reconciler -------------------------------------------------------------------------------
+
+
+def reconcile(gateway: Gateway, now: datetime | None = None, *, limit: int = 200) -> int:
+    """Ask the provider about sent messages whose final status never came; return how many settled."""
+    from gateway.services import delivery  # the status-callback path: one way to apply a provider status
+
+    now = now or utcnow()
+    with gateway.db.transaction() as session:
+        due = []
+        for message in outbox.unsettled(session, now, limit):
+            due.append((message.id, message.provider_sid))
+            # Look again later whatever happens below; a final status clears it.
+            outbox.ask_again(message, now)
+    settled = 0
+    for message_id, sid in due:
+        try:
+            fetched = gateway.provider.fetch(sid)
+        except ProviderError as error:
+            log.info("reconcile: cannot fetch %s: %s", message_id, error)
+            continue
+        if fetched.status == "sent":
+            continue
+        recorded = delivery.record(gateway, delivery.StatusCallback(
+            message_sid=sid, status=fetched.twilio_status, error_code=fetched.error_code,
+            fields={"MessageSid": sid, "MessageStatus": fetched.twilio_status,
+                    "ErrorCode": str(fetched.error_code or ""), "Source": "reconcile"},
+        ), now=now)
+        settled += recorded.moved
+    if due:
+        log.info("reconcile: %d asked, %d settled", len(due), settled)
+    return settled

@@ -1,0 +1,281 @@
+"""The consent store's tables (SQLAlchemy 2). Alembic migrations in gateway/store/migrations mirror them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+GENESIS_HASH = "0" * 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite forgets the zone, so we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Stable constraint names, so migrations read the same on PostgreSQL and SQLite.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BigInteger ids on PostgreSQL; SQLite only autoincrements a plain INTEGER primary key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict: JSON, list: JSON}
+
+
+class PhoneNumber(Base):
+    """A person's number. The e164 is cleared on erasure; the row stays so the ledger chain stays whole."""
+
+    __tablename__ = "numbers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    e164: Mapped[str | None] = mapped_column(String(20), unique=True)
+    kind: Mapped[str] = mapped_column(String(20), default="unknown")
+    # ISO region phonenumbers places the number in ("US", "CA"), kept so the send gate need not re-parse it.
+    region: Mapped[str | None] = mapped_column(String(3))
+    # ok | unreachable | landline: learnt from delivery failures; refused by the send gate.
+    reachability: Mapped[str] = mapped_column(String(20), default="ok")
+    reachability_code: Mapped[int | None]
+    ledger_seq: Mapped[int] = mapped_column(Integer, default=0)
+    ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    erased_at: Mapped[datetime | None]
+
+    consents: Mapped[list[Consent]] = relationship(back_populates="number")
+
+
+class Program(Base):
+    """A messaging purpose a person can consent to, loaded from the programs file."""
+
+    __tablename__ = "programs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    sender: Mapped[str | None] = mapped_column(String(20))
+    messaging_service_sid: Mapped[str | None] = mapped_column(String(34))
+    category: Mapped[str] = mapped_column(String(20))
+    frequency: Mapped[str] = mapped_column(String(200))
+    help_text: Mapped[str] = mapped_column(Text)
+    terms_url: Mapped[str | None] = mapped_column(String(500))
+    privacy_url: Mapped[str | None] = mapped_column(String(500))
+    join_keywords: Mapped[list] = mapped_column(default=list)
+    double_opt_in: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Everything else of the program's definition (templates, limits, countries), as loaded.
+    settings: Mapped[dict] = mapped_column(default=dict)
+    # SHA-256 of the definition: evidence names the version of the text a person saw.
+    version: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def sender_key(self) -> str:
+        """The sender Twilio knows: our number, or the Messaging Service."""
+        return self.sender or self.messaging_service_sid or ""
+
+
+class Consent(Base):
+    """The current state of one (number, program): a projection of the ledger."""
+
+    __tablename__ = "consents"
+    # Its index also serves every look-up by number (number_id comes first): no index of its own.
+    __table_args__ = (UniqueConstraint("number_id", "program_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    # True when an opt-out ended a confirmed consent: START restores exactly those.
+    restorable: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    number: Mapped[PhoneNumber] = relationship(back_populates="consents")
+    program: Mapped[Program] = relationship()
+
+
+class LedgerEvent(Base):
+    """One consent event, append-only, hash-chained per number (see docs/decisions/0002)."""
+
+    __tablename__ = "ledger_events"
+    __table_args__ = (UniqueConstraint("number_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(30))
+    input: Mapped[str] = mapped_column(String(30))
+    program_id: Mapped[int | None] = mapped_column(ForeignKey("programs.id"))
+    status_before: Mapped[str | None] = mapped_column(String(20))
+    status_after: Mapped[str | None] = mapped_column(String(20))
+    expires_at: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(String(10))
+    actor: Mapped[str | None] = mapped_column(String(120))
+    reference: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[dict] = mapped_column(default=dict)
+    # The chain covers this digest, not the evidence itself, so erasure can redact evidence
+    # without breaking verification of everything around it.
+    evidence_digest: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    program: Mapped[Program | None] = relationship()
+
+
+class InboundMessage(Base):
+    """Every text Twilio delivered to us, once (MessageSid is unique)."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_sid: Mapped[str] = mapped_column(String(40), unique=True)
+    account_sid: Mapped[str | None] = mapped_column(String(40))
+    number_id: Mapped[int | None] = mapped_column(ForeignKey("numbers.id"), index=True)
+    to_number: Mapped[str] = mapped_column(String(40))
+    messaging_service_sid: Mapped[str | None] = mapped_column(String(40))
+    body: Mapped[str | None] = mapped_column(Text)
+    intent: Mapped[str] = mapped_column(String(20))
+    opt_out_type: Mapped[str | None] = mapped_column(String(10))
+    reply: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def new_message_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+class OutboundMessage(Base):
+    """The outbox: a message is a row before it is a task (see docs/decisions/0003)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("api_key_id", "idempotency_key"),
+        Index("ix_messages_status_not_before", "status", "not_before"),
+        Index("ix_messages_status_recheck_at", "status", "recheck_at"),
+        # The send gate counts a number's texts of the last day on every send.
+        Index("ix_messages_number_id_created_at", "number_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_message_id)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"), index=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    # marketing | informational | transactional | confirmation | reply
+    kind: Mapped[str] = mapped_column(String(20))
+    sender: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer, default=1)
+    encoding: Mapped[str] = mapped_column(String(8), default="GSM-7")
+    # queued | deferred | sending | blocked | sent | delivered | undelivered | failed
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    reason: Mapped[str | None] = mapped_column(String(40))
+    error_code: Mapped[int | None]
+    error_message: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[datetime | None]
+    provider_sid: Mapped[str | None] = mapped_column(String(40), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    # When the sweeper should look again if nothing moved the message: a lost task, a deferral now
+    # due, a status callback that never came (see gateway/store/outbox.py).
+    recheck_at: Mapped[datetime | None]
+
+    number: Mapped[PhoneNumber] = relationship()
+    program: Mapped[Program] = relationship()
+    events: Mapped[list[MessageEvent]] = relationship(order_by="MessageEvent.id")
+
+
+class MessageEvent(Base):
+    """A step in an outbound message's history."""
+
+    __tablename__ = "message_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    error_code: Mapped[int | None]
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API client. Only a SHA-256 of the key is kept; the key is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a request made with an idempotency key, replayed for repeats."""
+
+    __tablename__ = "idempotency_records"
+
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(Base):
+    """HMAC-SHA256 of a number that must never be messaged, kept after the number itself is erased."""
+
+    __tablename__ = "suppressions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,429 @@
+"""The outbox: outbound messages as rows, moved through their statuses one way only.
+
+A message is a row before it is a task: `accept` stores it, the caller enqueues its id after commit,
+`claim` lets exactly one worker take it, and `advance` is the only writer of its status.
+
+`recheck_at` says when the sweeper should look at a message again if nothing has moved it by then:
+a queued message whose task was lost, a deferred one now due, a sent one whose final status never
+came. Every step sets it, so the sweeper's queries are one index range each.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, insert, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from gateway.store import bulk
+from gateway.store.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
+from gateway.store.database import Store, dialect_name, driver_sql, on_driver
+from gateway.services.policy import Decision, Kind
+from gateway.domain.segments import count as count_segments
+
+# Rank of each status: a message only ever moves to a higher rank (a late "sent" callback must
+# not undo "delivered"). Equal ranks do not replace each other, except deferred <-> queued.
+RANK = {
+    "queued": 0, "deferred": 0,
+    "sending": 1,
+    "sent": 2,
+    "delivered": 3, "undelivered": 3, "failed": 3, "blocked": 3,
+}
+FINAL = frozenset(s for s, r in RANK.items() if r == 3)
+# A claim older than this is presumed to belong to a dead worker (see `claim` and the sweeper).
+CLAIM_TIMEOUT = timedelta(minutes=5)
+MAX_ATTEMPTS = 6
+# A queued message nobody has touched for this long has lost its task; the sweeper enqueues it again.
+LOST_TASK_AFTER = timedelta(minutes=10)
+# A sent message without a final status after this long: ask the provider (then less and less often).
+RECONCILE_AFTER = timedelta(minutes=30)
+# ... until it is this old: Twilio settles a status within 72 hours, after that we stop asking.
+RECONCILE_FOR = timedelta(days=3)
+
+
+def recheck_time(status: str, now: datetime, not_before: datetime | None) -> datetime | None:
+    """When the sweeper should look at a message that has just moved to `status`."""
+    if status == "queued":
+        return max(now, not_before or now) + LOST_TASK_AFTER
+    if status == "deferred":
+        return not_before or now
+    if status == "sent":
+        return now + RECONCILE_AFTER
+    return None  # sending: the claim times out instead; final: nothing left to do
+
+
+def may_move(current: str, status: str) -> bool:
+    """The one rule for status moves: forward only (see RANK)."""
+    forward = RANK[status] > RANK[current] or (RANK[status] == RANK[current] == 0 and status != current)
+    # The permitted steps backwards, both from a claim that has not reached the provider (or was
+    # refused by it): a retry puts the message back in the queue, and the worker's gate, asked again
+    # at the last moment, may defer it (quiet hours) until its next allowed time.
+    back = current == "sending" and status in ("queued", "deferred")
+    return forward or back
+
+
+def _moving_to(status: str) -> str:
+    """`may_move` as SQL: the statuses a message may be in to move to `status`, as an IN list."""
+    return ", ".join(f"'{current}'" for current in RANK if may_move(current, status))
+
+
+def advance(
+    session: Session,
+    message: OutboundMessage,
+    status: str,
+    *,
+    now: datetime | None = None,
+    reason: str | None = None,
+    error_code: int | None = None,
+    error_message: str | None = None,
+    not_before: datetime | None = None,
+) -> bool:
+    """Move `message` to `status` if that is forward; record the step. Return whether it moved.
+
+    `advance_by_id` is the same move for a row that is not loaded, written in SQL.
+    """
+    if not may_move(message.status, status):
+        return False
+    now = now or utcnow()
+    message.status = status
+    message.updated_at = now
+    if reason is not None:
+        message.reason = reason
+    if error_code is not None:
+        message.error_code = error_code
+    if error_message is not None:
+        message.error_message = error_message[:500]
+    message.not_before = not_before
+    message.recheck_at = recheck_time(status, now, not_before)
+    if status != "sending":
+        message.claimed_at = None
+    session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code, occurred_at=now))
+    return True
+
+
+def accept(
+    session: Session,
+    *,
+    number: PhoneNumber,
+    program: Program,
+    kind: Kind,
+    body: str,
+    decision: Decision,
+    now: datetime | None = None,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
+    batch_id: str | None = None,
+) -> OutboundMessage:
+    """Store a message the gate allowed (or deferred). The caller enqueues `queued` ones after commit."""
+    if not (decision.allowed or decision.deferred):
+        raise ValueError(f"the gate refused this message: {decision.reason}")
+    now = now or utcnow()
+    segments = count_segments(body)
+    status = "deferred" if decision.deferred else "queued"
+    message = OutboundMessage(
+        number_id=number.id, program_id=program.id, kind=kind.value, sender=program.sender_key, body=body,
+        segments=segments.segments, encoding=segments.encoding, status=status,
+        reason=decision.reason.value if decision.reason else None, not_before=decision.not_before,
+        api_key_id=api_key_id, idempotency_key=idempotency_key, batch_id=batch_id, created_at=now, updated_at=now,
+        recheck_at=recheck_time(status, now, decision.not_before),
+    )
+    session.add(message)
+    session.flush()
+    session.add(MessageEvent(message_id=message.id, status=status, reason=message.reason, occurred_at=now))
+    return message
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    status: str  # queued | deferred
+    segments: int
+    encoding: str
+    not_before: datetime | None
+
+
+def accept_many(
+    session: Store,
+    *,
+    program: Program,
+    kind: Kind,
+    body: str,
+    decisions: Sequence[tuple[int, Decision]],
+    now: datetime,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
+    batch_id: str | None = None,
+) -> list[Accepted]:
+    """`accept` for many numbers (number id, the gate's decision) in two bulk inserts, without the ORM.
+
+    The send API takes this path for its one message too, on a Core connection (many need a Session).
+    """
+    if idempotency_key is not None and len(decisions) != 1:
+        raise ValueError("an idempotency key names one message")
+    if now.tzinfo is None:  # COPY and the driver would take it as the server's local time
+        raise ValueError("naive datetime given to the store; use aware UTC")
+    segments = count_segments(body)
+    messages, events, accepted = [], [], []
+    for number_id, decision in decisions:
+        if not (decision.allowed or decision.deferred):
+            raise ValueError(f"the gate refused this message: {decision.reason}")
+        message_id = new_message_id()
+        status = "deferred" if decision.deferred else "queued"
+        reason = decision.reason.value if decision.reason else None
+        messages.append((message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments,
+                         segments.encoding, status, reason, decision.not_before, 0, api_key_id, idempotency_key,
+                         batch_id, now, now, recheck_time(status, now, decision.not_before)))
+        events.append((message_id, status, reason, now))
+        accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
+    message_columns = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
+                       "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
+                       "updated_at", "recheck_at")
+    event_columns = ("message_id", "status", "reason", "occurred_at")
+    if len(messages) == 1:
+        if dialect_name(session) == "postgresql":
+            # One message (the send API): both rows in one statement, one round trip fewer per send,
+            # and atomic without a transaction around it.
+            on_driver(session, _ACCEPT_ONE_SQL, {**dict(zip(message_columns, messages[0])),
+                                                 **{f"event_{k}": v for k, v in zip(event_columns, events[0])}},
+                      returns_rows=False)
+        else:
+            session.execute(insert(OutboundMessage.__table__), dict(zip(message_columns, messages[0])))
+            session.execute(insert(MessageEvent.__table__), dict(zip(event_columns, events[0])))
+        return accepted
+    bulk.insert_rows(session, OutboundMessage.__table__, message_columns, messages)
+    bulk.insert_rows(session, MessageEvent.__table__, event_columns, events)
+    return accepted
+
+
+_ACCEPT_ONE = text("""
+    WITH stored AS (
+        INSERT INTO messages (id, number_id, program_id, kind, sender, body, segments, encoding, status, reason,
+                              not_before, attempts, api_key_id, idempotency_key, batch_id, created_at, updated_at,
+                              recheck_at)
+        VALUES (:id, :number_id, :program_id, :kind, :sender, :body, :segments, :encoding, :status, :reason,
+                :not_before, :attempts, :api_key_id, :idempotency_key, :batch_id, :created_at, :updated_at,
+                :recheck_at)
+    )
+    INSERT INTO message_events (message_id, status, reason, occurred_at)
+    VALUES (:event_message_id, :event_status, :event_reason, :event_occurred_at)
+""").bindparams(*(bindparam(name, type_=UTCDateTime()) for name in (
+    "not_before", "created_at", "updated_at", "recheck_at", "event_occurred_at")))
+_ACCEPT_ONE_SQL = driver_sql(_ACCEPT_ONE)  # run on the driver: aware datetimes, as `now` is
+
+
+def queued_in_batch(session: Session, batch_id: str, now: datetime) -> list[str]:
+    """Ids of a batch's messages that are ready to go (the deferred ones wait for the sweeper)."""
+    return list(session.scalars(
+        select(OutboundMessage.id).where(
+            OutboundMessage.batch_id == batch_id, OutboundMessage.status == "queued",
+            or_(OutboundMessage.not_before.is_(None), OutboundMessage.not_before <= now),
+        ).order_by(OutboundMessage.created_at, OutboundMessage.id)
+    ))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message this worker now holds in "sending", with what the gate and the provider need.
+
+    `number` and `program` are detached, partial copies of the rows: what the gate reads of them
+    (their ids, the e164, the program's settings; it reads the rest of the number's facts itself).
+    Nothing writes them.
+    """
+
+    id: str
+    kind: str
+    sender: str
+    body: str
+    attempts: int  # this one included
+    claimed_at: datetime
+    number: PhoneNumber
+    program: Program
+
+
+def claim(session: Store, message_id: str, now: datetime | None = None) -> Claimed | None:
+    """Take the message for sending, or None if it is not ours to send (done, held, or not yet due).
+
+    The row lock plus the status check make two workers racing for one id send it once: on
+    PostgreSQL the row is locked with SKIP LOCKED (a row another transaction holds is not ours to
+    take), moved to "sending" with its history step, and read back with its number and program,
+    all in one statement; SQLite's write lock is the whole database, taken at BEGIN.
+    """
+    now = now or utcnow()
+    params = {"id": message_id, "now": now}
+    if dialect_name(session) == "postgresql":
+        row = session.execute(_CLAIM, params).one_or_none()
+    else:
+        moved = session.execute(_CLAIM_SQLITE, params).rowcount
+        if moved:
+            session.execute(_STEP_SQLITE, {"message_id": message_id, "status": "sending", "reason": None,
+                                           "error_code": None, "occurred_at": now})
+        row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
+    if row is None:
+        return None
+    id_, kind, sender, body, attempts, number_id, e164, program_id, settings = row
+    return Claimed(id_, kind, sender, body, attempts, now, PhoneNumber(id=number_id, e164=e164),
+                   Program(id=program_id, settings=settings))
+
+
+# What `claim` sets: `advance(…, "sending")` plus the claim's own columns.
+_CLAIM_SET = """status = 'sending', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
+                not_before = NULL, recheck_at = NULL"""
+_CLAIMABLE = f"""status IN ({_moving_to("sending")}) AND (not_before IS NULL OR not_before <= :now)"""
+_CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.settings"
+_CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
+
+
+def _claimed_statement(sql: str):
+    return text(sql).columns(settings=Program.__table__.c.settings.type)  # JSON: SQLite gives it as text
+
+
+_CLAIM = _claimed_statement(f"""
+    WITH c AS (
+        UPDATE messages SET {_CLAIM_SET}
+        WHERE id = (SELECT id FROM messages WHERE id = :id AND {_CLAIMABLE} FOR UPDATE SKIP LOCKED)
+        RETURNING id, kind, sender, body, attempts, number_id, program_id
+    ), step AS (
+        INSERT INTO message_events (message_id, status, occurred_at) SELECT id, 'sending', :now FROM c
+    )
+    SELECT {_CLAIMED_COLUMNS} FROM c {_CLAIMED_JOINS}
+""").bindparams(bindparam("now", type_=UTCDateTime()))
+_CLAIM_SQLITE = text(f"UPDATE messages SET {_CLAIM_SET} WHERE id = :id AND {_CLAIMABLE}").bindparams(
+    bindparam("now", type_=UTCDateTime()))
+_CLAIMED_SQLITE = _claimed_statement(f"SELECT {_CLAIMED_COLUMNS} FROM messages c {_CLAIMED_JOINS} WHERE c.id = :id")
+_STEP_SQLITE = text("""
+    INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
+    VALUES (:message_id, :status, :reason, :error_code, :occurred_at)
+""").bindparams(bindparam("occurred_at", type_=UTCDateTime()))
+
+
+def advance_by_id(
+    session: Store,
+    message_id: str,
+    status: str,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    error_code: int | None = None,
+    error_message: str | None = None,
+    not_before: datetime | None = None,
+    provider_sid: str | None = None,
+) -> bool:
+    """`advance` for a row that is not loaded: the same move and history step, with `may_move`
+    checked in the UPDATE itself (so a status callback that got there first, e.g. "delivered"
+    before the worker writes "sent", is never undone). One statement on PostgreSQL.
+
+    `provider_sid` is stored with the move (the provider's id for the message, once sent).
+    """
+    if status == "sending":
+        raise ValueError("a message moves to sending only by `claim`")
+    params = {"id": message_id, "status": status, "now": now, "reason": reason, "error_code": error_code,
+              "error_message": error_message[:500] if error_message is not None else None,
+              "not_before": not_before, "recheck_at": recheck_time(status, now, not_before),
+              "provider_sid": provider_sid}
+    if dialect_name(session) == "postgresql":
+        return session.execute(_advance_statement(status, "postgresql"), params).rowcount > 0
+    if not session.execute(_advance_statement(status, "sqlite"), params).rowcount:
+        return False
+    session.execute(_STEP_SQLITE, {"message_id": message_id, "status": status, "reason": reason,
+                                   "error_code": error_code, "occurred_at": now})
+    return True
+
+
+@functools.cache
+def _advance_statement(status: str, dialect: str):
+    """The UPDATE (and, on PostgreSQL, the history INSERT with it) that moves a row to `status`."""
+    update_sql = f"""
+        UPDATE messages SET status = :status, updated_at = :now, reason = COALESCE(:reason, reason),
+            error_code = COALESCE(:error_code, error_code), error_message = COALESCE(:error_message, error_message),
+            not_before = :not_before, recheck_at = :recheck_at, claimed_at = NULL,
+            provider_sid = COALESCE(:provider_sid, provider_sid)
+        WHERE id = :id AND status IN ({_moving_to(status)})"""
+    if dialect == "postgresql":
+        # Typed: a NULL parameter in a SELECT list would otherwise be text.
+        update_sql = f"""
+            WITH moved AS ({update_sql} RETURNING id)
+            INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
+            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), :now FROM moved"""
+    return text(update_sql).bindparams(*(bindparam(name, type_=UTCDateTime())
+                                         for name in ("now", "not_before", "recheck_at")))
+
+
+def stale_claims(session: Session, now: datetime, limit: int = 500) -> list[OutboundMessage]:
+    """Messages a worker claimed and never finished: it died between claim and result."""
+    return list(session.scalars(
+        select(OutboundMessage)
+        .where(OutboundMessage.status == "sending", OutboundMessage.claimed_at < now - CLAIM_TIMEOUT)
+        .order_by(OutboundMessage.claimed_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+
+
+def due_ids(session: Session, now: datetime, limit: int = 5000) -> list[str]:
+    """Ids to (re-)enqueue: deferred messages now due, and queued ones whose task seems lost."""
+    return list(session.scalars(
+        select(OutboundMessage.id)
+        .where(OutboundMessage.status.in_(("queued", "deferred")), OutboundMessage.recheck_at <= now)
+        .order_by(OutboundMessage.recheck_at).limit(limit)
+    ))
+
+
+def mark_enqueued(session: Session, ids: Sequence[str], now: datetime) -> None:
+    """A task for each of `ids` is on its way: look at them again only if it gets lost too."""
+    for chunk in chunks(ids, 5000):
+        session.execute(
+            update(OutboundMessage).where(OutboundMessage.id.in_(chunk))
+            .values(recheck_at=now + LOST_TASK_AFTER).execution_options(synchronize_session=False)
+        )
+
+
+def postpone(session: Session, message_id: str, not_before: datetime) -> None:
+    """Hold a waiting message until `not_before` without a step in its history (its sender was busy).
+
+    Its task retries then; the sweeper steps in only if that task is lost too.
+    """
+    session.execute(
+        update(OutboundMessage)
+        .where(OutboundMessage.id == message_id, OutboundMessage.status.in_(("queued", "deferred")))
+        .values(not_before=not_before, recheck_at=not_before + LOST_TASK_AFTER)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def unsettled(session: Session, now: datetime, limit: int = 200) -> list[OutboundMessage]:
+    """Sent messages whose final status is overdue: the reconciler asks the provider about them."""
+    return list(session.scalars(
+        select(OutboundMessage)
+        .where(OutboundMessage.status == "sent", OutboundMessage.recheck_at <= now,
+               OutboundMessage.provider_sid.is_not(None))
+        .order_by(OutboundMessage.recheck_at).limit(limit).with_for_update(skip_locked=True)
+    ))
+
+
+def ask_again(message: OutboundMessage, now: datetime) -> None:
+    """Still no final status: ask again after as long again as it has waited, or stop at RECONCILE_FOR."""
+    waited = now - message.updated_at
+    message.recheck_at = None if waited >= RECONCILE_FOR else now + max(RECONCILE_AFTER, waited)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """Exponential backoff for retryable provider errors: 10 s, 20 s, 40 s … capped at 10 min."""
+    return timedelta(seconds=min(600, 10 * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class History:
+    status: str
+    reason: str | None
+    error_code: int | None
+    at: datetime
+
+
+def history(message: OutboundMessage) -> list[History]:
+    return [History(e.status, e.reason, e.error_code, e.occurred_at) for e in message.events]
+
+
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

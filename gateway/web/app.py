@@ -1,0 +1,37 @@
+"""The Flask app factory: one web app per set of settings, its Gateway built by bootstrap."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask
+
+from gateway.config import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the web app (and the Celery app the worker shares) from one set of settings."""
+    from gateway import logs, web
+    from gateway.bootstrap import Gateway
+    from gateway.store.database import Database
+    from gateway.queue.app import Dispatcher, make_celery
+
+    settings = settings or load_settings()
+    logs.configure(settings.log_level, settings.default_region)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        # Signs CSRF tokens on the hosted form; derived, so the suppression key itself is never reused.
+        SECRET_KEY=hmac.new(settings.suppression_key, b"flask-secret-key", hashlib.sha256).digest(),
+        JSON_SORT_KEYS=False,
+    )
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    celery = make_celery(app, settings)
+    app.extensions["gateway"] = Gateway(settings=settings, db=Database(settings.database_url), dispatcher=Dispatcher(celery))
+    web.register(app, sandbox=settings.sandbox)
+    return app

@@ -1,0 +1,132 @@
+"""The smsgate command, run as a user runs it: a real process with the test environment."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import update
+
+from gateway.config import ROOT
+from gateway.domain.consent import Input, Source
+from gateway.services import consents
+from gateway.store.models import LedgerEvent
+from gateway.domain.numbers import parse
+from gateway.store.programs import by_slug
+
+
+@pytest.fixture
+def smsgate(app, test_env):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env={**os.environ, **test_env},
+            capture_output=True, text=True, timeout=60,
+        )
+
+    return run
+
+
+def test_db_upgrade_is_idempotent(smsgate):
+    result = smsgate("db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_programs_load_stores_and_reports(smsgate, tmp_path, db):
+    file = tmp_path / "p.toml"
+    file.write_text(
+        '[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "informational"\n'
+        'frequency = "Weekly"\nhelp = "News: help at example.org. Reply STOP to cancel."\n'
+    )
+    result = smsgate("programs", "load", str(file))
+    assert result.returncode == 0, result.stderr
+    assert "news: News (informational, double opt-in) from +15005550006" in result.stdout
+    with db.sessions() as session:
+        assert by_slug(session, "news").frequency == "Weekly"
+
+
+def test_programs_load_refuses_a_bad_file_naming_the_key(smsgate, tmp_path):
+    file = tmp_path / "p.toml"
+    file.write_text('[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "spam"\nfrequency = "x"\nhelp = "y"\n')
+    result = smsgate("programs", "load", str(file))
+    assert result.returncode == 1
+    assert "program 'news': category" in result.stderr
+
+
+def test_keys_create_prints_the_key_alone_on_the_last_line(smsgate, client):
+    result = smsgate("keys", "create", "crm", "--scope", "send", "--scope", "read")
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("sgk_") and " " not in key
+    again = smsgate("keys", "create", "crm", "--scope", "send")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    bad = smsgate("keys", "create", "other", "--scope", "everything")
+    assert bad.returncode == 2
+
+
+def test_consent_show_lists_consents_and_events(smsgate, db):
+    with db.transaction() as session:
+        row = consents.number_row(session, parse("+14155552671"))
+        consents.apply(session, row, by_slug(session, "orders"), Input.KEYWORD_JOIN_DIRECT,
+                      consents.Evidence(Source.SMS, reference="SM1", details={"body": "ORDERS"}))
+    result = smsgate("consent", "show", "(415) 555-2671")
+    assert result.returncode == 0, result.stderr
+    assert "orders" in result.stdout and "opted_in" in result.stdout and "via sms" in result.stdout
+    assert smsgate("consent", "show", "not a number").returncode == 1
+
+
+def test_ledger_verify_exit_status(smsgate, db):
+    with db.transaction() as session:
+        row = consents.number_row(session, parse("+14155552671"))
+        consents.apply(session, row, by_slug(session, "deals"), Input.API_REQUEST, consents.Evidence(Source.API))
+        consents.apply(session, row, by_slug(session, "deals"), Input.CONFIRM_YES, consents.Evidence(Source.SMS))
+    ok = smsgate("ledger", "verify")
+    assert ok.returncode == 0 and "intact" in ok.stdout
+    with db.transaction() as session:
+        session.execute(update(LedgerEvent).where(LedgerEvent.seq == 1).values(source="web"))
+    broken = smsgate("ledger", "verify")
+    assert broken.returncode == 1
+    assert "BROKEN +1415***2671 (number 1), event 1 at seq 1: content was changed" in broken.stderr
+
+
+def test_consent_import_export_and_erase(smsgate, tmp_path):
+    file = tmp_path / "consents.csv"
+    file.write_text("phone,program,status,collected_at\n+14155552671,deals,opted_out,2025-01-02\nbad,deals,opted_in,\n")
+    imported = smsgate("consent", "import", str(file))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1, refused 1" in imported.stdout and "line 3: refused" in imported.stderr
+    exported = smsgate("export", "+14155552671")
+    assert exported.returncode == 0 and '"collected_at": "2025-01-02"' in exported.stdout
+    erased = smsgate("erase", "+14155552671", "--yes")
+    assert erased.returncode == 0 and "suppression hash" in erased.stdout
+    assert "+14155552671" not in erased.stdout  # masked: it is output an operator might paste anywhere
+    assert smsgate("export", "+14155552671").returncode == 1
+    assert smsgate("ledger", "verify").returncode == 0
+
+
+def test_an_erased_opted_out_number_is_never_imported_again(smsgate, tmp_path, db):
+    """After an erasure, an old CRM export must not bring the person back as opted_in."""
+    first = tmp_path / "first.csv"
+    first.write_text("phone,program,status\n+14155552671,deals,opted_in\n+14155552671,deals,opted_out\n")
+    assert smsgate("consent", "import", str(first)).returncode == 0
+    assert smsgate("erase", "+14155552671", "--yes").returncode == 0
+    again = tmp_path / "again.csv"
+    again.write_text("phone,program,status,source\n(415) 555-2671,deals,opted_in,crm\n"
+                     "+14155552671,alerts,opted_out,crm\n+14155552672,deals,opted_in,crm\n")
+    imported = smsgate("consent", "import", str(again))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1, refused 2" in imported.stdout
+    assert "line 2: refused: suppressed" in imported.stderr and "line 3: refused: suppressed" in imported.stderr
+    with db.sessions() as session:
+        assert consents.find_number(session, "+14155552671") is None  # not stored again either
+    assert "no consent recorded" in smsgate("consent", "show", "+14155552671").stdout
+
+
+def test_an_import_file_that_is_not_utf8_is_refused_whole(smsgate, tmp_path, db):
+    file = tmp_path / "latin1.csv"
+    file.write_bytes("phone,program,status,name\n+14155552671,deals,opted_in,Ren\xe9e\n".encode("latin-1"))
+    result = smsgate("consent", "import", str(file))
+    assert result.returncode == 1
+    assert "is not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    with db.sessions() as session:
+        assert consents.find_number(session, "+14155552671") is None

@@ -1,0 +1,87 @@
+"""Every transition of the consent state machine, and the refusal of every illegal one."""
+
+import itertools
+
+import pytest
+
+from gateway.domain.consent import TRANSITIONS, IllegalTransition, Input, State, Status, allowed, apply
+
+NEVER = State()
+PENDING = State(Status.PENDING)
+OPTED_IN = State(Status.OPTED_IN)
+OPTED_OUT = State(Status.OPTED_OUT)
+OPTED_OUT_RESTORABLE = State(Status.OPTED_OUT, restorable=True)
+EXPIRED = State(Status.EXPIRED)
+ALL_STATES = [NEVER, PENDING, OPTED_IN, OPTED_OUT, OPTED_OUT_RESTORABLE, EXPIRED]
+
+# (state, input) -> state after. Written out by hand: this table is the specification.
+LEGAL = {
+    (NEVER, Input.API_REQUEST): PENDING,
+    (PENDING, Input.API_REQUEST): PENDING,
+    (EXPIRED, Input.API_REQUEST): PENDING,
+    (NEVER, Input.WEB_REQUEST): PENDING,
+    (PENDING, Input.WEB_REQUEST): PENDING,
+    (EXPIRED, Input.WEB_REQUEST): PENDING,
+    (NEVER, Input.KEYWORD_JOIN): PENDING,
+    (PENDING, Input.KEYWORD_JOIN): PENDING,
+    (EXPIRED, Input.KEYWORD_JOIN): PENDING,
+    (OPTED_OUT, Input.KEYWORD_JOIN): PENDING,
+    (OPTED_OUT_RESTORABLE, Input.KEYWORD_JOIN): PENDING,
+    (NEVER, Input.KEYWORD_JOIN_DIRECT): OPTED_IN,
+    (PENDING, Input.KEYWORD_JOIN_DIRECT): OPTED_IN,
+    (EXPIRED, Input.KEYWORD_JOIN_DIRECT): OPTED_IN,
+    (OPTED_OUT, Input.KEYWORD_JOIN_DIRECT): OPTED_IN,
+    (OPTED_OUT_RESTORABLE, Input.KEYWORD_JOIN_DIRECT): OPTED_IN,
+    (PENDING, Input.CONFIRM_YES): OPTED_IN,
+    (OPTED_OUT_RESTORABLE, Input.KEYWORD_START): OPTED_IN,
+    (PENDING, Input.DOI_EXPIRED): EXPIRED,
+    (NEVER, Input.IMPORT_OPT_IN): OPTED_IN,
+    (PENDING, Input.IMPORT_OPT_IN): OPTED_IN,
+    (EXPIRED, Input.IMPORT_OPT_IN): OPTED_IN,
+    **{(state, Input.ERASE): NEVER for state in ALL_STATES},
+}
+for opt_out in (Input.KEYWORD_STOP, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT):
+    LEGAL.update({
+        (NEVER, opt_out): OPTED_OUT,
+        (PENDING, opt_out): OPTED_OUT,
+        (EXPIRED, opt_out): OPTED_OUT,
+        (OPTED_IN, opt_out): OPTED_OUT_RESTORABLE,
+        (OPTED_OUT, opt_out): OPTED_OUT,
+        (OPTED_OUT_RESTORABLE, opt_out): OPTED_OUT_RESTORABLE,
+    })
+
+
+@pytest.mark.parametrize(("state", "input"), list(LEGAL), ids=lambda v: getattr(v, "value", None) or str(v))
+def test_legal_transition(state, input):
+    assert allowed(state, input)
+    assert apply(state, input) == LEGAL[(state, input)]
+
+
+ILLEGAL = [(s, i) for s, i in itertools.product(ALL_STATES, Input) if (s, i) not in LEGAL]
+
+
+@pytest.mark.parametrize(("state", "input"), ILLEGAL, ids=lambda v: getattr(v, "value", None) or str(v))
+def test_illegal_transition_is_refused(state, input):
+    assert not allowed(state, input)
+    with pytest.raises(IllegalTransition) as caught:
+        apply(state, input)
+    assert input.value in str(caught.value)
+
+
+def test_every_input_has_a_transition_rule():
+    assert set(TRANSITIONS) == set(Input)
+
+
+def test_nobody_who_opted_out_can_be_asked_again_by_a_business():
+    for input in (Input.API_REQUEST, Input.WEB_REQUEST, Input.IMPORT_OPT_IN):
+        assert not allowed(OPTED_OUT, input)
+        assert not allowed(OPTED_OUT_RESTORABLE, input)
+
+
+def test_start_restores_only_what_had_been_confirmed():
+    stopped_while_pending = apply(PENDING, Input.KEYWORD_STOP)
+    stopped_while_confirmed = apply(OPTED_IN, Input.KEYWORD_STOP)
+    assert not allowed(stopped_while_pending, Input.KEYWORD_START)
+    assert apply(stopped_while_confirmed, Input.KEYWORD_START) == OPTED_IN
+    # A second STOP keeps the memory of the first one's consent.
+    assert apply(stopped_while_confirmed, Input.KEYWORD_STOP).restorable

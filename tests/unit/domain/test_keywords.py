@@ -1,0 +1,440 @@
+"""Tests for gateway.domain.keywords: keyword packs, free-text revocations, the corpus scores and properties."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from gateway.domain.keywords import Classification, Intent, KeywordEngine, KeywordPack, default_engine, normalise
+
+PACK_DIR = Path(__file__).resolve().parents[3] / "config" / "keywords"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "keyword_corpus.tsv"
+OPT_OUTS = {Intent.OPT_OUT, Intent.OPT_OUT_ALL}
+
+
+@pytest.fixture(scope="module")
+def engine() -> KeywordEngine:
+    return default_engine()
+
+
+def shipped_keywords() -> list[tuple[str, Intent]]:
+    """Every whole-message keyword in the shipped packs, as written, with its intent."""
+    packs = [KeywordPack.from_file(path) for path in sorted(PACK_DIR.glob("*.toml"))]
+    return sorted({(word, intent) for pack in packs for intent, words in pack.keywords.items() for word in words})
+
+
+KEYWORDS = shipped_keywords()
+OPT_OUT_KEYWORDS = [word for word, intent in KEYWORDS if intent in OPT_OUTS]
+NOT_KEYWORDS = {
+    normalise(word) for path in PACK_DIR.glob("*.toml") for word in KeywordPack.from_file(path).not_keywords
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-message keywords
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "keyword", "language"),
+    [
+        ("STOP", Intent.OPT_OUT, "STOP", "en"),
+        ("stop", Intent.OPT_OUT, "STOP", "en"),
+        (" stop. ", Intent.OPT_OUT, "STOP", "en"),
+        ("STOPPP", Intent.OPT_OUT, "STOP", "en"),
+        ("stooop", Intent.OPT_OUT, "STOP", "en"),
+        ("STOP!!! 😡", Intent.OPT_OUT, "STOP", "en"),
+        ("🛑 Stop 🛑", Intent.OPT_OUT, "STOP", "en"),
+        ("Ｓｔｏｐ", Intent.OPT_OUT, "STOP", "en"),
+        ("St\u200bop", Intent.OPT_OUT, "STOP", "en"),
+        ("STOPALL", Intent.OPT_OUT_ALL, "STOPALL", "en"),
+        ("stop all", Intent.OPT_OUT_ALL, "STOP ALL", "en"),
+        ("Unsubscribe", Intent.OPT_OUT, "UNSUBSCRIBE", "en"),
+        ("cancel", Intent.OPT_OUT, "CANCEL", "en"),
+        ("END", Intent.OPT_OUT, "END", "en"),
+        ("quit", Intent.OPT_OUT, "QUIT", "en"),
+        ("Revoke", Intent.OPT_OUT, "REVOKE", "en"),
+        ("OPTOUT", Intent.OPT_OUT, "OPTOUT", "en"),
+        ("opt out", Intent.OPT_OUT, "OPT OUT", "en"),
+        ("Opt-Out", Intent.OPT_OUT, "OPT OUT", "en"),
+        ("PARAR", Intent.OPT_OUT, "PARAR", "es"),
+        ("pare", Intent.OPT_OUT, "PARE", "es"),
+        ("Alto!", Intent.OPT_OUT, "ALTO", "es"),
+        ("baja", Intent.OPT_OUT, "BAJA", "es"),
+        ("Cancelar", Intent.OPT_OUT, "CANCELAR", "es"),
+        ("detener", Intent.OPT_OUT, "DETENER", "es"),
+        ("NO MÁS", Intent.OPT_OUT, "NO MAS", "es"),
+        ("no   mas", Intent.OPT_OUT, "NO MAS", "es"),
+        ("Darse de baja", Intent.OPT_OUT, "DARSE DE BAJA", "es"),
+        ("Arrêt!!", Intent.OPT_OUT, "ARRET", "fr"),
+        ("ARRET", Intent.OPT_OUT, "ARRET", "fr"),
+        ("ARET", Intent.OPT_OUT, "ARRET", "fr"),
+        ("ARRRÊT", Intent.OPT_OUT, "ARRET", "fr"),
+        ("arrêter", Intent.OPT_OUT, "ARRETER", "fr"),
+        ("Fin.", Intent.OPT_OUT, "FIN", "fr"),
+        ("Désabonner", Intent.OPT_OUT, "DESABONNER", "fr"),
+        ("desinscrire", Intent.OPT_OUT, "DESINSCRIRE", "fr"),
+        ("START", Intent.OPT_IN, "START", "en"),
+        ("Unstop", Intent.OPT_IN, "UNSTOP", "en"),
+        ("abonner", Intent.OPT_IN, "ABONNER", "fr"),
+        ("YES", Intent.CONFIRM, "YES", "en"),
+        ("y", Intent.CONFIRM, "Y", "en"),
+        ("Yesss!", Intent.CONFIRM, "YES", "en"),
+        ("Sí", Intent.CONFIRM, "SI", "es"),
+        ("si", Intent.CONFIRM, "SI", "es"),
+        ("Oui 👍", Intent.CONFIRM, "OUI", "fr"),
+        ("HELP", Intent.HELP, "HELP", "en"),
+        ("info?", Intent.HELP, "INFO", "en"),
+        ("Ayuda", Intent.HELP, "AYUDA", "es"),
+        ("AIDE", Intent.HELP, "AIDE", "fr"),
+    ],
+)
+def test_keywords(engine: KeywordEngine, text: str, intent: Intent, keyword: str, language: str) -> None:
+    assert engine.classify(text) == Classification(intent, keyword, language)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00", "😀🎉", "...", "\u200b", "👍", "ok", "thanks", "Stop by later?"])
+def test_not_keywords(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Finn", "Parra", "stops", "stopped", "Ended", "endless", "quite", "cancelled", "Paris", "alto sax",
+     "baja california", "yesterday", "sit", "help desk hours?", "final", "ends", "ayudante", "starting"],
+)
+def test_repeat_folding_does_not_turn_words_into_keywords(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+def test_not_keywords_only_block_the_exact_word(engine: KeywordEngine) -> None:
+    assert engine.classify("Finn").intent is Intent.OTHER
+    assert engine.classify("FINNN").intent is Intent.OPT_OUT
+    assert engine.classify("Finn, who is this?").intent is Intent.OTHER
+    assert engine.classify("Stoop").intent is Intent.OPT_OUT  # a double-tapped STOP, on purpose
+
+
+def test_join_keywords(engine: KeywordEngine) -> None:
+    programs = {"DEALS": "deals", "ALERTS": "alerts"}
+    assert engine.classify("deals!", programs) == Classification(Intent.JOIN, "DEALS", None, "deals")
+    assert engine.classify("Dealsss", programs) == Classification(Intent.JOIN, "DEALS", None, "deals")
+    assert engine.classify("alerts", {"alerts": "alerts"}).program == "alerts"  # caller's keys are folded too
+    assert engine.classify("deals please", programs).intent is Intent.OTHER  # whole message only
+    assert engine.classify("DEALS").intent is Intent.OTHER
+
+
+def test_built_in_keywords_win_over_join_keywords(engine: KeywordEngine) -> None:
+    # A smoking-cessation program must not be able to swallow the opt-out word QUIT.
+    assert engine.classify("QUIT", {"QUIT": "quit-smoking"}).intent is Intent.OPT_OUT
+    assert engine.classify("help", {"HELP": "helpers"}).intent is Intent.HELP
+
+
+def test_join_keywords_tolerate_junk(engine: KeywordEngine) -> None:
+    junk = {"": "empty", "!!!": "punctuation", 3: "number", "DEALS": None, "ALERTS": "alerts"}
+    assert engine.classify("alerts", junk).intent is Intent.JOIN  # type: ignore[arg-type]
+    assert engine.classify("deals", junk).intent is Intent.OTHER  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("  Arrêt!!  ", "ARRET"),
+        ("don't   stop", "DONT STOP"),
+        ("don’t", "DONT"),
+        ("m'envoyer", "MENVOYER"),
+        ("opt-out", "OPT OUT"),
+        ("¿Quién es? alto", "QUIEN ES ALTO"),
+        ("Straße", "STRASSE"),
+        ("ｆｕｌｌ ｗｉｄｔｈ", "FULL WIDTH"),
+        ("😡STOP😡", "STOP"),
+        ("a\x00b", "A B"),
+        ("", ""),
+    ],
+)
+def test_normalise(text: str, expected: str) -> None:
+    assert normalise(text) == expected
+
+
+def test_classification_reports_language_and_keyword(engine: KeywordEngine) -> None:
+    result = engine.classify("ARRÊT")
+    assert (result.intent, result.keyword, result.language, result.program) == (Intent.OPT_OUT, "ARRET", "fr", None)
+    assert result.is_opt_out
+    assert not engine.classify("START").is_opt_out
+
+
+def test_default_engine_is_cached() -> None:
+    assert default_engine() is default_engine()
+    assert default_engine().languages == ("en", "es", "fr")
+
+
+# --------------------------------------------------------------------------------------------------
+# Free-text revocations
+
+REVOCATIONS = [
+    "please stop texting me",
+    "remove me from this list",
+    "don't text me anymore",
+    "unsubscribe me",
+    "take me off your list",
+    "stop sending me messages",
+    "no more texts please",
+    "leave me alone stop",
+    "STOP!!! 😡",
+    "por favor no me envíen más mensajes",
+    "arrêtez de m'envoyer des messages",
+    "wrong number, stop texting",
+    "who is this? stop",
+    "stop pls",
+    "stop it",
+    "stop now",
+    "STOP ALL",
+    "stop texting",
+    "If you don't stop texting me I'm reporting this number",
+    "No por favor dejen de mandarme mensajes",
+]
+
+NOT_REVOCATIONS = [
+    "we have got to stop this bill",
+    "can't stop laughing",
+    "what time do you stop serving lunch?",
+    "don't stop!",
+    "stop by the store later?",
+    "is the sale over? end of month?",
+    "don't stop sending deals!",
+    "I will cancel my dentist appointment",
+    'What does "STOP" do?',
+    "If I reply STOP will I still get appointment reminders?",
+    "Why did you stop texting me?",
+    "Please don't remove me from the list",
+    "Remove me from the waitlist, I found another appointment",
+    "The doctor said to stop taking the pills",
+    "¡No paren! Me encantan las ofertas",
+    "¿Por qué dejaron de enviarme mensajes?",
+    "Pourquoi vous avez arrêté de m'envoyer des messages?",
+    "Enlevez-moi de la liste d'attente, j'ai trouvé une place",
+    "Que veut dire « STOP » ?",
+]
+
+
+@pytest.mark.parametrize("text", REVOCATIONS)
+def test_free_text_revocations(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent in OPT_OUTS
+
+
+@pytest.mark.parametrize("text", NOT_REVOCATIONS)
+def test_texts_that_merely_contain_an_opt_out_word(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+def test_free_text_has_no_keyword_but_a_language(engine: KeywordEngine) -> None:
+    assert engine.classify("please stop texting me") == Classification(Intent.OPT_OUT, None, "en")
+    assert engine.classify("dejen de escribirme").language == "es"
+
+
+# --------------------------------------------------------------------------------------------------
+# The labelled corpus
+
+
+def load_corpus() -> list[tuple[int, str, bool, str]]:
+    """(line number, language, is opt-out, text) for every labelled line."""
+    rows, language = [], "?"
+    for number, line in enumerate(CORPUS.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# lang:"):
+            language = line.partition(":")[2].strip()
+        if not line.strip() or line.startswith("#"):
+            continue
+        label, _, text = line.partition("\t")
+        assert label in {"opt_out", "opt_out_all", "not_opt_out"}, f"line {number}: unknown label {label!r}"
+        rows.append((number, language, label != "not_opt_out", text.replace("\\n", "\n")))
+    return rows
+
+
+def test_corpus_is_big_and_multilingual() -> None:
+    rows = load_corpus()
+    assert len(rows) >= 320
+    languages = {language for _, language, _, _ in rows}
+    assert languages == {"en", "es", "fr"}
+    for language in languages:
+        labels = {expected for _, lang, expected, _ in rows if lang == language}
+        assert labels == {True, False}, f"{language} needs both opt-outs and hard negatives"
+    assert len({(language, text) for _, language, _, text in rows}) == len(rows), "duplicate lines"
+
+
+def test_corpus_recall_and_precision(engine: KeywordEngine) -> None:
+    true_positives = false_positives = false_negatives = 0
+    wrong = []
+    for number, language, expected, text in load_corpus():
+        predicted = engine.classify(text).intent in OPT_OUTS
+        true_positives += expected and predicted
+        false_positives += predicted and not expected
+        false_negatives += expected and not predicted
+        if predicted != expected:
+            wrong.append(f"line {number} [{language}] expected opt_out={expected}: {text!r}")
+    precision = true_positives / (true_positives + false_positives)
+    recall = true_positives / (true_positives + false_negatives)
+    report = "\n".join(wrong)
+    assert recall == 1.0, f"missed opt-outs:\n{report}"
+    assert precision >= 0.97, f"precision {precision:.3f}:\n{report}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading packs
+
+
+def write_pack(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_loads_a_minimal_pack(tmp_path: Path) -> None:
+    write_pack(tmp_path, "de.toml", 'language = "de"\n[keywords]\nopt_out = ["STOPP", "Abmelden"]\n')
+    engine = KeywordEngine.from_directory(tmp_path)
+    assert engine.classify("abmelden!") == Classification(Intent.OPT_OUT, "ABMELDEN", "de")
+    assert engine.classify("Hallo").intent is Intent.OTHER
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('language = "xx"\n[keywords\n', "cannot read"),
+        ("[keywords]\nopt_out = []\n", "language"),
+        ('language = "xx"\ncolour = "red"\n', "colour"),
+        ('language = "xx"\n[keywords]\nopt_out = "STOP"\n', "keywords.opt_out"),
+        ('language = "xx"\n[keywords]\nopt_out = [1]\n', "keywords.opt_out"),
+        ('language = "xx"\n[keywords]\nopt_out = ["!!"]\n', "keywords.opt_out"),
+        ('language = "xx"\n[keywords]\nstop = ["STOP"]\n', "keywords.stop"),
+        ('language = "xx"\n[free_text]\nphrases = ["(STOP"]\n', "free_text.phrases"),
+        ('language = "xx"\n[free_text]\nphrases = ["Arrêtez DE"]\n', "free_text.phrases"),
+        ('language = "xx"\n[free_text]\nnegations = ["don\'t"]\n', "free_text.negations"),
+        ('language = "xx"\n[free_text]\ntrailing = ["STOP NOW"]\n', "free_text.trailing"),
+        ('language = "xx"\n[free_text]\nnegation_window = "2"\n', "free_text.negation_window"),
+        ('language = "xx"\nfree_text = 3\n', "free_text"),
+    ],
+)
+def test_bad_packs_name_the_file_and_key(tmp_path: Path, body: str, named: str) -> None:
+    path = write_pack(tmp_path, "bad.toml", body)
+    with pytest.raises(ValueError) as raised:
+        KeywordEngine.from_directory(tmp_path)
+    assert str(path) in str(raised.value)
+    assert named in str(raised.value)
+
+
+def test_conflicting_keywords_across_packs(tmp_path: Path) -> None:
+    write_pack(tmp_path, "a.toml", 'language = "a"\n[keywords]\nconfirm = ["SI"]\n')
+    write_pack(tmp_path, "b.toml", 'language = "b"\n[keywords]\nopt_out = ["Sííí"]\n')
+    with pytest.raises(ValueError, match=r"b\.toml: keywords\.opt_out .*a\.toml: keywords\.confirm"):
+        KeywordEngine.from_directory(tmp_path)
+
+
+def test_shared_keywords_take_the_first_packs_language(tmp_path: Path) -> None:
+    write_pack(tmp_path, "a.toml", 'language = "a"\n[keywords]\nopt_out = ["STOP"]\n')
+    write_pack(tmp_path, "b.toml", 'language = "b"\n[keywords]\nopt_out = ["STOP", "HALT"]\n')
+    engine = KeywordEngine.from_directory(tmp_path)
+    assert engine.classify("stop").language == "a"
+    assert engine.classify("halt").language == "b"
+
+
+def test_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no \\*.toml"):
+        KeywordEngine.from_directory(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Properties
+
+ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=()))  # includes lone surrogates
+EDGES = st.text(alphabet=" \t\n\r.,!?;:\"'*()[]-_~…¡¿«»😡🛑🙏👍❤️\u200d\ufe0f\u00a0", max_size=6)
+
+
+@st.composite
+def decorated(draw: st.DrawFn, words: list[str]) -> tuple[str, str]:
+    """A keyword with random case, stretched letters, inner spacing and punctuation or emoji around it."""
+    word = draw(st.sampled_from(words))
+    out = []
+    for char in word:
+        if char == " ":
+            out.append(draw(st.sampled_from([" ", "  ", "\t", " \u00a0 "])))
+            continue
+        char = char.upper() if draw(st.booleans()) else char.lower()
+        out.append(char * draw(st.sampled_from([1, 1, 1, 2, 3, 4])))
+    return word, draw(EDGES) + "".join(out) + draw(EDGES)
+
+
+@given(ANY_TEXT)
+@example("\x00" * 10)
+@example("مرحبا، توقف عن مراسلتي")
+@example("שלום, תפסיקו לשלוח לי הודעות")
+@example("\u202eSTOP\u202c")
+@example("\ud800STOP\udfff")
+def test_never_raises(text: str) -> None:
+    result = default_engine().classify(text)
+    assert isinstance(result, Classification)
+    assert isinstance(normalise(text), str)
+
+
+@given(ANY_TEXT.filter(bool))
+def test_never_raises_on_long_text(text: str) -> None:
+    long_text = (text * (10_000 // len(text) + 1))[:10_000]
+    assert isinstance(default_engine().classify(long_text), Classification)
+
+
+def test_rtl_and_control_characters_are_other(engine: KeywordEngine) -> None:
+    for text in ["مرحبا، توقف عن مراسلتي", "שלום", "\x00\x01\x02", "\u202e\u202d"]:
+        assert engine.classify(text).intent is Intent.OTHER
+
+
+@given(ANY_TEXT)
+@example("stop\u0345")
+@example("ARRÊT İ")
+def test_invariant_under_case(text: str) -> None:
+    engine = default_engine()
+    result = engine.classify(text)
+    assert engine.classify(text.upper()) == result
+    assert engine.classify(text.lower()) == result
+    assert engine.classify(text.swapcase()) == result
+
+
+@given(st.sampled_from([*REVOCATIONS, *NOT_REVOCATIONS]), st.data())
+def test_examples_invariant_under_per_letter_case(text: str, data: st.DataObject) -> None:
+    flips = data.draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    flipped = "".join(char.swapcase() if flip else char for char, flip in zip(text, flips))
+    engine = default_engine()
+    assert engine.classify(flipped) == engine.classify(text)
+
+
+@given(decorated([word for word, _ in KEYWORDS]))
+def test_keywords_survive_case_spacing_punctuation_and_stretching(case: tuple[str, str]) -> None:
+    word, text = case
+    assume(normalise(text) not in NOT_KEYWORDS)
+    engine = default_engine()
+    assert engine.classify(text).intent is engine.classify(word).intent
+    assert engine.classify(text).keyword == engine.classify(word).keyword
+
+
+@given(
+    decorated(OPT_OUT_KEYWORDS),
+    st.dictionaries(st.text(string.ascii_uppercase, min_size=1, max_size=12), st.text(min_size=1), max_size=5),
+)
+def test_opt_out_keywords_are_always_detected(case: tuple[str, str], join_keywords: dict[str, str]) -> None:
+    _, text = case
+    assume(normalise(text) not in NOT_KEYWORDS)
+    join_keywords = {**join_keywords, normalise(text): "greedy-program"}  # a program cannot shadow STOP
+    assert default_engine().classify(text, join_keywords).intent in OPT_OUTS
+
+
+@given(ANY_TEXT, st.sampled_from(OPT_OUT_KEYWORDS), st.sampled_from(["\n", ". ", "? ", "! ", " 😡 "]))
+def test_an_opt_out_keyword_sentence_revokes_whatever_surrounds_it(before: str, word: str, boundary: str) -> None:
+    assert default_engine().classify(before + boundary + word).intent in OPT_OUTS
+    assert default_engine().classify(word + boundary + before).intent in OPT_OUTS
+
+
+@given(st.from_regex(r"[A-Z][A-Z0-9]{1,15}", fullmatch=True), st.sampled_from(["", "!", " 🎉", "."]))
+def test_join_keywords_match_their_program(keyword: str, suffix: str) -> None:
+    engine = default_engine()
+    assume(engine.classify(keyword).intent is Intent.OTHER)
+    result = engine.classify(keyword.lower() + suffix, {keyword: "program-x"})
+    assert result == Classification(Intent.JOIN, keyword, None, "program-x")

@@ -1,0 +1,84 @@
+"""Number parsing, types and masking."""
+
+import logging
+
+import pytest
+from hypothesis import given, strategies as st
+
+from gateway.logs import MaskNumbers
+from gateway.domain.numbers import InvalidNumber, mask, parse
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "e164"),
+    [
+        ("(415) 555-2671", "US", "+14155552671"),
+        ("415.555.2671", "US", "+14155552671"),
+        ("+1 415 555 2671", "US", "+14155552671"),
+        ("001 415 555 2671", "FR", "+14155552671"),
+        ("020 7183 8750", "GB", "+442071838750"),
+        ("+44 20 7183 8750", "US", "+442071838750"),
+        ("06 12 34 56 78", "FR", "+33612345678"),
+    ],
+)
+def test_national_and_international_forms_become_e164(raw, region, e164):
+    assert parse(raw, region).e164 == e164
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "missing"),
+        (None, "missing"),
+        ("hello", "not_a_number"),
+        ("415", "too_short"),
+        ("+1 415 555 2671 1234 5678", "too_long"),
+        ("+999 1234567", "invalid_country_code"),
+        ("12345", "short_code"),
+        ("+1 555 555 5555", "invalid"),
+        ("+1415\x005552671", "not_a_number"),
+        ("9" * 200, "not_a_number"),
+    ],
+)
+def test_invalid_input_is_refused_with_a_reason(raw, reason):
+    with pytest.raises(InvalidNumber) as caught:
+        parse(raw, "US")
+    assert caught.value.reason == reason
+    assert str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "textable"),
+    [
+        ("+33 6 12 34 56 78", "mobile", True),
+        ("+44 20 7183 8750", "fixed_line", False),
+        ("+1 800 555 0100", "toll_free", True),
+        ("+1 415 555 2671", "fixed_line_or_mobile", True),
+    ],
+)
+def test_number_type(raw, kind, textable):
+    number = parse(raw)
+    assert number.kind == kind
+    assert number.textable is textable
+
+
+def test_mask_keeps_country_area_and_last_four():
+    assert mask("+14155552671") == "+1415***2671"
+    assert mask("+33612345678") == "+3361***5678"
+    assert mask(None) == "<none>"
+
+
+def test_log_filter_masks_every_number_in_a_record():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "from %s to %s", ("+14155552671", "+33612345678"), None)
+    MaskNumbers().filter(record)
+    assert record.getMessage() == "from +1415***2671 to +3361***5678"
+
+
+@given(st.text(max_size=80))
+def test_parse_never_raises_anything_but_invalid_number(raw):
+    try:
+        number = parse(raw, "US")
+    except InvalidNumber as error:
+        assert error.reason
+    else:
+        assert number.e164.startswith("+")

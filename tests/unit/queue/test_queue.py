@@ -1,0 +1,55 @@
+"""The Dispatcher publishes what Celery's send_task would, to the queue the task is routed to."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from gateway.queue.app import ROUTES, Dispatcher, QueueNames, TaskNames
+from tests.outbound_support import CapturedQueue
+
+# Per message (or per thread) in both; everything else must match send_task's message.
+_PER_MESSAGE = {"id", "root_id", "ignore_result"}
+
+
+def _celery() -> Celery:
+    celery = Celery("dispatch-test", broker="memory://", set_as_current=False)
+    celery.conf.update(task_routes=ROUTES, task_default_queue=QueueNames.SENDS, task_serializer="json",
+                       task_ignore_result=True)
+    return celery
+
+
+def _drain(celery: Celery) -> list:
+    return [(name, message.headers, message.properties, message.decode())
+            for name, message in CapturedQueue(celery).messages()]
+
+
+def test_messages_match_send_task():
+    celery = _celery()
+    _drain(celery)
+    Dispatcher(celery).send_messages(["msg_" + "1" * 32])
+    celery.send_task(TaskNames.SEND_MESSAGE, args=["msg_" + "1" * 32])
+    (queue, ours, our_properties, our_body), (theirs_queue, theirs, their_properties, their_body) = _drain(celery)
+    assert queue == theirs_queue == QueueNames.SENDS
+    assert our_body == their_body
+    assert {k: v for k, v in ours.items() if k not in _PER_MESSAGE} == {
+        k: v for k, v in theirs.items() if k not in _PER_MESSAGE}
+    assert ours["root_id"] == ours["id"] == our_properties["correlation_id"]
+    assert our_properties["delivery_mode"] == their_properties["delivery_mode"]
+
+
+def test_each_task_goes_to_its_queue_with_its_arguments():
+    celery = _celery()
+    _drain(celery)
+    dispatcher = Dispatcher(celery)
+    dispatcher.send_messages(["msg_a", "msg_b"])
+    dispatcher.send(TaskNames.EXPIRE_PENDING)
+    dispatcher.send(TaskNames.SEND_BATCH, "batch_1")
+    drained = _drain(celery)
+    sent = [(queue, headers["task"], body[0]) for queue, headers, _, body in drained]
+    assert sorted(sent) == sorted([
+        (QueueNames.SENDS, TaskNames.SEND_MESSAGE, ["msg_a"]),
+        (QueueNames.SENDS, TaskNames.SEND_MESSAGE, ["msg_b"]),
+        (QueueNames.SENDS, TaskNames.SEND_BATCH, ["batch_1"]),
+        (QueueNames.PERIODIC, TaskNames.EXPIRE_PENDING, []),
+    ])
+    assert len({headers["id"] for _, headers, _, _ in drained}) == len(drained)
