@@ -9,7 +9,6 @@ text is a number we have no reason to keep.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -21,13 +20,10 @@ from gateway.store import outbox
 from gateway.services import policy
 from gateway.bootstrap import Gateway
 from gateway.store.models import Program, utcnow
-from gateway.domain.numbers import TEXTABLE, InvalidNumber, parse
+from gateway.domain.numbers import TEXTABLE, InvalidNumber, is_e164, parse
 from gateway.domain.quiet_hours import QuietHours
 
 MAX_RECIPIENTS = 100_000
-# Input already in E.164 form skips phonenumbers when the store knows the number (it was checked
-# when stored). Anything else is parsed like a single send's `to`.
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # used with fullmatch: no trailing newline slips through
 DUPLICATE = "duplicate"  # the same number more than once in one batch: it is texted once
 INVALID = "invalid_number"
 NOT_MOBILE = "not_mobile"
@@ -72,7 +68,9 @@ def accept(
     wanted: dict[str, str] = {}  # e164 -> the recipient as given (first occurrence)
     parsed = {}
     for raw in recipients:
-        e164 = raw if _E164.fullmatch(raw) else None
+        # Input already in E.164 form skips phonenumbers when the store knows the number (it was checked
+        # when stored). Anything else is parsed like a single send's `to`.
+        e164 = raw if is_e164(raw) else None
         if e164 is None:
             try:
                 number = parse(raw, default_region)

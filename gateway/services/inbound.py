@@ -44,14 +44,14 @@ from gateway.bootstrap import Gateway
 from gateway.store.database import Writes
 from gateway.domain.keywords import Intent
 from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
-from gateway.domain.numbers import InvalidNumber, Number, is_e164, mask
+from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164, mask
 from gateway.domain.numbers import parse as parse_number
 
 log = logging.getLogger(__name__)
 
 # Twilio's ids are two letters and 32 hex digits; accept any short token so a new prefix still works.
 _SID = re.compile(r"^[A-Za-z0-9]{2,40}$")
-_SENDER = re.compile(r"^(\+[1-9]\d{1,14}|MG[0-9a-fA-F]{32})$")
+_SENDER = re.compile(rf"{E164_PATTERN}|MG[0-9a-fA-F]{{32}}")  # our number or Messaging Service; fullmatch
 # Advanced Opt-Out's keyword class -> what it did at Twilio (blocked, unblocked, answered HELP).
 _OPT_OUT_TYPES = {"STOP": Intent.OPT_OUT, "START": Intent.OPT_IN, "HELP": Intent.HELP}
 
@@ -94,10 +94,10 @@ class InboundText:
                 raise BadInbound("missing_field", f"{name} is required")
         if not _SID.match(sid):
             raise BadInbound("bad_message_sid", "MessageSid is not a Twilio id")
-        if not _SENDER.match(to):
+        if not _SENDER.fullmatch(to):
             raise BadInbound("unknown_sender", "To is not one of our numbers")
         service_sid = form.get("MessagingServiceSid", "").strip() or None
-        if service_sid is not None and not _SENDER.match(service_sid):
+        if service_sid is not None and not _SENDER.fullmatch(service_sid):
             service_sid = None  # not an MG id: no Messaging Service to look up
         opt_out_type = storable.storable_text(form.get("OptOutType", "").strip().upper()[:10]) or None
         account_sid = storable.storable_text(form.get("AccountSid", "").strip()[:40]) or None
