@@ -13,7 +13,7 @@ from flask import Blueprint, jsonify
 
 from gateway.services import batches
 from gateway.store import idempotency
-from gateway.services.policy import Reason
+from gateway.domain.gate import Reason
 from gateway.domain.numbers import E164_PATTERN
 from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.web.auth import public

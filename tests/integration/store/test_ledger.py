@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete, select, update
 
+from gateway.domain.gate import Decision, Kind
 from gateway.services import policy, privacy
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
@@ -75,11 +76,11 @@ def number_id(db, phone=PHONE) -> int:
         return session.scalar(select(PhoneNumber.id).where(PhoneNumber.e164 == phone))
 
 
-def may_send(db, settings, phone=PHONE) -> policy.Decision:
+def may_send(db, settings, phone=PHONE) -> Decision:
     with db.sessions() as session:
         row = consents.find_number(session, phone)
-        return policy.may_send(session, row, by_slug(session, "deals"), policy.Kind.TRANSACTIONAL, T0,
-                               suppression_key=settings.suppression_key, rules=default_rules())
+        return policy.Gate(settings.suppression_key, default_rules()).may_send(
+            session, row, by_slug(session, "deals"), Kind.TRANSACTIONAL, T0)
 
 
 def drop_last_event_and_move_the_head_back(db, phone=PHONE):

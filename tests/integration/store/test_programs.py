@@ -6,7 +6,8 @@ from dataclasses import asdict
 
 import pytest
 
-from gateway.store.programs import ProgramError, load_file, own_numbers, spec_of, store
+from gateway.domain.programs import ProgramError, load_file, spec_of
+from gateway.store.programs import own_numbers, store
 
 VALID = '''
 [programs.deals]
