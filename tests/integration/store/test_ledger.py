@@ -21,6 +21,7 @@ from gateway.services import policy, privacy
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
 from gateway.domain.consent import Input, Source
+from gateway.domain.ledger import GENESIS_HASH, chain
 from gateway.store import checkpoints, ledger
 from gateway.domain import merkle
 from gateway.services import consents
@@ -209,7 +210,7 @@ def rewrite_chain(db, edit, phone=PHONE, cover_up=True):
             "type", "input", "program_id", "status_before", "status_after", "expires_at", "source", "actor",
             "reference", "evidence", "occurred_at")} for e in events]
         session.execute(delete(LedgerEvent).where(LedgerEvent.number_id == number.id))
-        chained = ledger.chain(number.id, 0, ledger.GENESIS_HASH, edit(drafts))
+        chained = chain(number.id, 0, GENESIS_HASH, edit(drafts))
         for event in chained:
             session.add(LedgerEvent(**vars(event)))
         number.ledger_seq, number.ledger_head = chained[-1].seq, chained[-1].hash

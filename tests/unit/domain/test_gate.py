@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.gate import ALLOW, Decision, Facts, Kind, Reason, decide, decide_many
+from gateway.domain.gate import (
+    ALLOW,
+    Decision,
+    Facts,
+    Kind,
+    Reason,
+    decide,
+    decide_many,
+)
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.domain.programs import load_file
 from gateway.domain.quiet_hours import default_rules
