@@ -3,7 +3,7 @@
 Side by side in one run, on the same 100,000 numbers:
 - baseline: COPY the numbers into a temporary table and JOIN numbers and consents, keeping the
   opted-in ones (what a bare "who may I text" query costs);
-- gateway: the batch API's filter, `policy.facts_by_e164` + `policy.decide_many`: the same COPY and
+- gateway: the batch API's filter, the Gate's `facts_by_e164` + `decide_many`: the same COPY and
   join plus suppressions, reachability and the last day's texts (caps), then every rule of the gate
   (country, state caps, quiet hours) for every number.
 The gateway must filter at 50% or more of the baseline's numbers per second. For information the run
@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
+from gateway.domain.gate import Kind  # noqa: E402
 from gateway.services import batches, keys, policy  # noqa: E402
+from gateway.domain.programs import load_file
 from gateway.store import bulk, programs
 from gateway.config import load_settings  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
@@ -107,7 +109,7 @@ def _prepare(url: str, settings, store: int) -> Database:
     started = time.perf_counter()
     now = utcnow()
     with database.transaction() as session:
-        stored = {p.slug: p for p in programs.store(session, programs.load_file(settings.programs_file))}
+        stored = {p.slug: p for p in programs.store(session, load_file(settings.programs_file))}
         keys.create(session, "bench", ["send"])
         bulk.insert_rows(session, programs.Program.metadata.tables["numbers"],
                          ("e164", "kind", "region", "reachability", "ledger_seq", "ledger_head", "created_at"),
@@ -155,10 +157,10 @@ def _copy_and_join(database: Database, recipients: list[str], program_id: int) -
 def _gateway_filter(database, recipients, program, settings, rules):
     started = time.perf_counter()
     now = utcnow()
+    gate = policy.Gate(settings.suppression_key, rules)
     with database.transaction() as session:
-        found = policy.facts_by_e164(session, recipients, program, settings.suppression_key, now)
-    decided = policy.decide_many({e164: facts for e164, (_, facts) in found.items()}, program,
-                                 policy.Kind.MARKETING, now, rules)
+        found = gate.facts_by_e164(session, recipients, program, now)
+    decided = gate.decide_many({e164: facts for e164, (_, facts) in found.items()}, program, Kind.MARKETING, now)
     return time.perf_counter() - started, decided
 
 
@@ -166,8 +168,8 @@ def _batch_accept(database, recipients, program, settings, rules) -> tuple[float
     started = time.perf_counter()
     with database.transaction() as session:
         result = batches.accept(session, program=program, body="Acme Deals: 20% off this weekend.",
-                                recipients=recipients, now=utcnow(), suppression_key=settings.suppression_key,
-                                rules=rules, default_region="US")
+                                recipients=recipients, now=utcnow(), gate=policy.Gate(settings.suppression_key, rules),
+                                default_region="US")
         seconds = time.perf_counter() - started
         session.rollback()  # every round starts from the same store
     return seconds, len(result.accepted)

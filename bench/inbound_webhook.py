@@ -37,6 +37,7 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
+from gateway.domain.programs import load_file  # noqa: E402
 from gateway.store import programs  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.consent import Input, Source  # noqa: E402
@@ -164,7 +165,7 @@ def _prepare_database(url: str, settings, numbers: int) -> None:
     now = utcnow()
     with database.transaction() as session:
         session.execute(text(SCHEMA))
-        stored = programs.store(session, programs.load_file(settings.programs_file))
+        stored = programs.store(session, load_file(settings.programs_file))
         on_sender = [p for p in stored if p.sender_key == SENDER]
         for index in range(numbers):
             e164 = _number(index)

@@ -39,8 +39,9 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from bench.twilio_stub import make_server  # noqa: E402
+from gateway.domain.programs import load_file  # noqa: E402
 from gateway.store import bulk, outbox, programs  # noqa: E402
-from gateway.services import policy
+from gateway.domain.gate import ALLOW, Kind  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
@@ -131,7 +132,7 @@ def _prepare(url: str, settings, count: int) -> Database:
     database.upgrade()
     now = utcnow()
     with database.transaction() as session:
-        specs = programs.load_file(settings.programs_file)
+        specs = load_file(settings.programs_file)
         orders = next(spec for spec in specs if spec.slug == "orders")
         # A transactional program on a sender of its own, fast enough that its pace never binds here.
         programs.store(session, [*specs, replace(orders, slug="blast", sender=SENDER, mps=10_000,
@@ -185,8 +186,8 @@ def _drain_gateway(database: Database, settings, count: int) -> float:
     with database.transaction() as session:
         program = programs.by_slug(session, "blast")
         ids = session.scalars(select(PhoneNumber.id).order_by(PhoneNumber.id).limit(count)).all()
-        accepted = outbox.accept_many(session, program=program, kind=policy.Kind.TRANSACTIONAL,
-                                      body="Your order shipped", decisions=[(i, policy.ALLOW) for i in ids], now=now)
+        accepted = outbox.accept_many(session, program=program, kind=Kind.TRANSACTIONAL,
+                                      body="Your order shipped", decisions=[(i, ALLOW) for i in ids], now=now)
     requests.post(f"http://127.0.0.1:{STUB_PORT}/reset", timeout=5)
     Dispatcher(make_celery(Flask(__name__), settings)).send_messages([a.id for a in accepted])
     rate = _wait_for_stub(count)

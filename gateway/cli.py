@@ -13,6 +13,7 @@ from gateway.store import programs
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.domain.consent import Source
 from gateway.store import checkpoints, ledger
+from gateway.domain.programs import ProgramError, load_file
 from gateway.services import consents
 from gateway.store.database import Database
 from gateway.domain.numbers import InvalidNumber, mask, parse
@@ -71,8 +72,8 @@ def programs_group() -> None:
 def programs_load(ctx: Context, file: Path) -> None:
     """Validate FILE and store its programs (insert or update by slug)."""
     try:
-        specs = programs.load_file(file)
-    except programs.ProgramError as error:
+        specs = load_file(file)
+    except ProgramError as error:
         raise click.ClickException(str(error)) from None
     with ctx.db.transaction() as session:
         programs.store(session, specs)

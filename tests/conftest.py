@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 
 from gateway.web.app import create_app
 from gateway.services import keys
+from gateway.domain.programs import load_file
 from gateway.store import programs
 from gateway.config import ROOT, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, load_settings
 from gateway.store.models import Base
@@ -110,7 +111,7 @@ def app(settings):
 
 @pytest.fixture(scope="session")
 def example_programs(settings):
-    return programs.load_file(settings.programs_file)
+    return load_file(settings.programs_file)
 
 
 @pytest.fixture

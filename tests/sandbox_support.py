@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from gateway.store import outbox
+from gateway.domain.gate import Kind
 from gateway.services import policy
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
@@ -162,9 +163,8 @@ def queue(gateway, e164: str, slug: str, body: str) -> str:
     with gateway.db.transaction() as session:
         number = consents.find_number(session, e164)
         program = by_slug(session, slug)
-        kind = policy.Kind(program.category)
-        decision = policy.may_send(session, number, program, kind, utcnow(),
-                                   suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours)
+        kind = Kind(program.category)
+        decision = policy.gate_of(gateway).may_send(session, number, program, kind, utcnow())
         assert decision.allowed, decision
         message_id = outbox.accept(session, number=number, program=program, kind=kind, body=body,
                                    decision=decision).id

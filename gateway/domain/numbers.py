@@ -33,7 +33,12 @@ _PARSE_REASONS = {
     NumberParseException.TOO_LONG: "too_long",
 }
 _MAX_INPUT = 64
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# The one E.164 pattern, for text that must already be E.164 (our senders, Twilio's From, a stored row).
+# ASCII digits only: `\d` also matches full-width and other scripts' digits, which phonenumbers reads
+# as the ASCII ones, so such text is not the number it looks like. Used with fullmatch, never match
+# with `$` (which lets a trailing newline through). Anchor it (`^...$`) where a pattern is searched.
+E164_PATTERN = r"\+[1-9][0-9]{6,14}"
+_E164 = re.compile(E164_PATTERN)
 
 
 class InvalidNumber(ValueError):
@@ -89,8 +94,9 @@ def parse(raw: object, default_region: str = "US") -> Number:
     )
 
 
-def is_e164(text: str) -> bool:
-    return bool(_E164.match(text))
+def is_e164(text: object) -> bool:
+    """Whether `text` is already an E.164 number, exactly: anything else goes through `parse`."""
+    return isinstance(text, str) and _E164.fullmatch(text) is not None
 
 
 def mask(e164: str | None) -> str:

@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from gateway.domain.programs import spec_of
 from gateway.store import programs
 from gateway.queue.ratelimit import Limiter, Verdict
 
@@ -39,9 +40,9 @@ def sender_mps(session: Session | Connection, sender: str) -> int:
         return cached[0]
     if isinstance(session, Connection):  # the worker's claim transaction: read the rows in it
         with Session(bind=session) as in_transaction:
-            rates = [programs.spec_of(p).mps for p in programs.on_sender(in_transaction, sender)]
+            rates = [spec_of(p).mps for p in programs.on_sender(in_transaction, sender)]
     else:
-        rates = [programs.spec_of(p).mps for p in programs.on_sender(session, sender)]
+        rates = [spec_of(p).mps for p in programs.on_sender(session, sender)]
     mps = min((r for r in rates if r), default=DEFAULT_MPS)
     with _cache_lock:
         _cache[sender] = (mps, now + _CACHE_SECONDS)

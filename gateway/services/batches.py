@@ -1,7 +1,7 @@
 """Batch sends: one body to up to 100,000 recipients, the gate applied to all of them in bulk.
 
 The numbers go to the database once (a temporary table), one join brings back every fact the gate
-needs, `policy.decide_many` decides, and the accepted messages go in with two bulk inserts. Only
+needs, the Gate's `decide_many` decides, and the accepted messages go in with two bulk inserts. Only
 numbers we already hold can have consent, so only they are parsed no further and only they can be
 accepted; unknown ones are parsed (for the right refusal) but not stored: a number we will not
 text is a number we have no reason to keep.
@@ -9,7 +9,6 @@ text is a number we have no reason to keep.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -21,13 +20,10 @@ from gateway.store import outbox
 from gateway.services import policy
 from gateway.bootstrap import Gateway
 from gateway.store.models import Program, utcnow
-from gateway.domain.numbers import TEXTABLE, InvalidNumber, parse
-from gateway.domain.quiet_hours import QuietHours
+from gateway.domain.gate import Facts, Kind
+from gateway.domain.numbers import TEXTABLE, InvalidNumber, is_e164, parse
 
 MAX_RECIPIENTS = 100_000
-# Input already in E.164 form skips phonenumbers when the store knows the number (it was checked
-# when stored). Anything else is parsed like a single send's `to`.
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # used with fullmatch: no trailing newline slips through
 DUPLICATE = "duplicate"  # the same number more than once in one batch: it is texted once
 INVALID = "invalid_number"
 NOT_MOBILE = "not_mobile"
@@ -59,20 +55,21 @@ def accept(
     body: str,
     recipients: list[str],
     now: datetime,
-    suppression_key: bytes,
-    rules: QuietHours,
+    gate: policy.Gate,
     default_region: str,
     api_key_id: int | None = None,
     batch_id: str | None = None,
 ) -> BatchResult:
     """Gate every recipient and store a message for each one allowed (queued) or deferred."""
     result = BatchResult(batch_id or new_batch_id())
-    kind = policy.Kind(program.category)
+    kind = Kind(program.category)
     # 1. Normalise: E.164 input as is, anything else through phonenumbers.
     wanted: dict[str, str] = {}  # e164 -> the recipient as given (first occurrence)
     parsed = {}
     for raw in recipients:
-        e164 = raw if _E164.fullmatch(raw) else None
+        # Input already in E.164 form skips phonenumbers when the store knows the number (it was checked
+        # when stored). Anything else is parsed like a single send's `to`.
+        e164 = raw if is_e164(raw) else None
         if e164 is None:
             try:
                 number = parse(raw, default_region)
@@ -86,10 +83,9 @@ def accept(
         else:
             wanted[e164] = raw
     # 2. Everything the gate needs, for all of them, in one join.
-    found = policy.facts_by_e164(session, list(wanted), program, suppression_key, now,
-                                 count_recent=kind is policy.Kind.MARKETING)
+    found = gate.facts_by_e164(session, list(wanted), program, now, count_recent=kind is Kind.MARKETING)
     # 3. Numbers we do not hold yet: is the input a real, textable number at all?
-    candidates: dict[str, policy.Facts] = {}
+    candidates: dict[str, Facts] = {}
     number_ids: dict[str, int] = {}
     for e164, raw in wanted.items():
         known, facts = found[e164]
@@ -109,7 +105,7 @@ def accept(
             candidates[e164] = facts
             number_ids[e164] = known.id
     # 4. The one gate, for all of them at one moment.
-    decisions = policy.decide_many(candidates, program, kind, now, rules)
+    decisions = gate.decide_many(candidates, program, kind, now)
     allowed = []
     for e164, decision in decisions.items():
         if decision.allowed or decision.deferred:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from gateway.store import ledger
+from gateway.domain import ledger
 from gateway.store.database import Writes, driver_sql, rows
 from gateway.domain.consent import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
 from gateway.domain.consent import apply as transition

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import phonenumbers
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.store import programs
@@ -43,15 +42,16 @@ from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.bootstrap import Gateway
 from gateway.store.database import Writes
 from gateway.domain.keywords import Intent
+from gateway.domain.programs import spec_of
 from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
-from gateway.domain.numbers import InvalidNumber, Number, is_e164, mask
+from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164, mask
 from gateway.domain.numbers import parse as parse_number
 
 log = logging.getLogger(__name__)
 
 # Twilio's ids are two letters and 32 hex digits; accept any short token so a new prefix still works.
 _SID = re.compile(r"^[A-Za-z0-9]{2,40}$")
-_SENDER = re.compile(r"^(\+[1-9]\d{1,14}|MG[0-9a-fA-F]{32})$")
+_SENDER = re.compile(rf"{E164_PATTERN}|MG[0-9a-fA-F]{{32}}")  # our number or Messaging Service; fullmatch
 # Advanced Opt-Out's keyword class -> what it did at Twilio (blocked, unblocked, answered HELP).
 _OPT_OUT_TYPES = {"STOP": Intent.OPT_OUT, "START": Intent.OPT_IN, "HELP": Intent.HELP}
 
@@ -94,10 +94,10 @@ class InboundText:
                 raise BadInbound("missing_field", f"{name} is required")
         if not _SID.match(sid):
             raise BadInbound("bad_message_sid", "MessageSid is not a Twilio id")
-        if not _SENDER.match(to):
+        if not _SENDER.fullmatch(to):
             raise BadInbound("unknown_sender", "To is not one of our numbers")
         service_sid = form.get("MessagingServiceSid", "").strip() or None
-        if service_sid is not None and not _SENDER.match(service_sid):
+        if service_sid is not None and not _SENDER.fullmatch(service_sid):
             service_sid = None  # not an MG id: no Messaging Service to look up
         opt_out_type = storable.storable_text(form.get("OptOutType", "").strip().upper()[:10]) or None
         account_sid = storable.storable_text(form.get("AccountSid", "").strip()[:40]) or None
@@ -165,7 +165,7 @@ def _first_answer(connection: Connection, message_sid: str) -> Handled | None:
 def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Handled, _Effect]:
     senders = [text.to] + ([text.messaging_service_sid] if text.messaging_service_sid else [])
     with gateway.db.statements() as connection:
-        on_sender = _programs(connection, tuple(senders))
+        on_sender = programs.cached_on_senders(connection, tuple(senders))
         if not on_sender.programs:
             raise BadInbound("unknown_sender", "To is not one of our senders")
         classification = gateway.keywords.classify(text.text_for_keywords, on_sender.join_keywords)
@@ -213,7 +213,7 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
     No lock is held in between: the write happens only if the number's ledger head is still where we
     read it, and otherwise we read again. So two round trips on PostgreSQL, whatever the text.
     """
-    ended = _programs(connection, _EVERY_PROGRAM).programs if intent is Intent.OPT_OUT_ALL else on_sender
+    ended = programs.cached_on_senders(connection, programs.EVERY_PROGRAM).programs if intent is Intent.OPT_OUT_ALL else on_sender
     act = _PLANS.get(intent)
     evidence = _evidence(text, classification)
     for _ in range(_ATTEMPTS):
@@ -276,50 +276,6 @@ def _number(e164: str, region: str) -> Number:
         return Number(e164=e164, kind="unknown", region=None)
 
 
-# Programs change when someone runs `smsgate programs load`, not between two texts: each process keeps
-# the rows per sender for a few seconds instead of loading them (and their JSON) on every request.
-PROGRAM_CACHE_SECONDS = 5.0
-_EVERY_PROGRAM = ("*",)  # the cache's key for all programs (STOPALL)
-
-
-@dataclass(frozen=True)
-class _CachedPrograms:
-    programs: list[Program]  # detached copies: merge them into a session before use there
-    join_keywords: dict[str, str]  # keyword -> program slug
-    expires: float
-    generation: int
-
-
-_program_cache: dict[tuple[str, ...], _CachedPrograms] = {}
-
-
-def _programs(connection: Connection, senders: tuple[str, ...]) -> _CachedPrograms:
-    """Programs on our number or Messaging Service (programs.on_sender for several), or every program
-    for _EVERY_PROGRAM; briefly cached."""
-    clock = time.monotonic()
-    cached = _program_cache.get(senders)
-    if cached is not None and cached.expires > clock and cached.generation == programs.generation:
-        return cached
-    generation = programs.generation
-    query = select(_PROGRAMS).order_by(_PROGRAMS.c.id)
-    if senders != _EVERY_PROGRAM:
-        query = query.where(or_(_PROGRAMS.c.sender.in_(senders), _PROGRAMS.c.messaging_service_sid.in_(senders)))
-    copies = [_detached(row) for row in connection.execute(query)]
-    cached = _CachedPrograms(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords},
-                             clock + PROGRAM_CACHE_SECONDS, generation)
-    if len(_program_cache) > 1000:  # senders come from signed requests, but bound it all the same
-        _program_cache.clear()
-    _program_cache[senders] = cached
-    return cached
-
-
-def _detached(row) -> Program:
-    """A Program from a plain row, in no session: what merge(load=False) accepts."""
-    program = Program(**row._mapping)
-    make_transient_to_detached(program)
-    return program
-
-
 @dataclass(frozen=True)
 class _Read:
     """What a text's effect is worked out from."""
@@ -362,7 +318,7 @@ def _help(read: _Read) -> _Effect:
     # The program this number is most involved with on this sender; else the sender's first.
     program = min(read.on_sender, key=lambda p: (rank.get(getattr(held.get(p.id), "status", None), 2), p.id))
     planned = consents.plan_record(read.state, "help", read.evidence, now=read.now, program=program)
-    return _Effect(programs.spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
+    return _Effect(spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
 
 
 _PLANS = {
@@ -413,7 +369,7 @@ def _join(session: Session, gateway: Gateway, number: PhoneNumber, on_sender: li
 
 def reply_text(for_programs: list[Program], template: str) -> str:
     """One reply for one or several programs: the first one's template, naming them all."""
-    specs = [programs.spec_of(p) for p in for_programs]
+    specs = [spec_of(p) for p in for_programs]
     first = specs[0]
     if len(specs) == 1:
         return first.text(template)

@@ -23,6 +23,7 @@ from gateway.services import policy
 from gateway.queue import throughput
 from gateway.services import carrier
 from gateway.domain.consent import Source
+from gateway.domain.gate import Kind
 from gateway.services.consents import Evidence
 from gateway.bootstrap import Gateway
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
@@ -69,10 +70,8 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
         claimed = outbox.claim(connection, message_id, now)
         if claimed is None:
             return SKIPPED
-        decision = policy.may_send(
-            connection, claimed.number, claimed.program, policy.Kind(claimed.kind), now,
-            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, message_id=claimed.id,
-        )
+        decision = policy.gate_of(gateway).may_send(connection, claimed.number, claimed.program, Kind(claimed.kind),
+                                                    now, message_id=claimed.id)
         if decision.deferred:
             outbox.advance_by_id(connection, claimed.id, "deferred", now=now, reason=decision.reason.value,
                                  not_before=decision.not_before)

@@ -19,6 +19,8 @@ from gateway import metrics
 from gateway.store import outbox, programs
 from gateway.services import consents
 from gateway.domain.consent import IllegalTransition, Input, Status
+from gateway.domain.gate import Kind, Reason
+from gateway.domain.programs import RATES, ProgramSpec, spec_of
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, Program
 from gateway.domain.numbers import Number
 from gateway.domain.quiet_hours import QuietHours
@@ -27,12 +29,12 @@ REQUEST_INPUTS = (Input.API_REQUEST, Input.WEB_REQUEST, Input.KEYWORD_JOIN)
 
 # The gate's refusals of a confirmation text, as the stable codes a requester gets back (the codes
 # sends get). A suppressed number (erased after opting out) is never texted again, whatever is asked.
-REFUSAL_CODES: dict[policy.Reason, str] = {
-    policy.Reason.OPTED_OUT: "opted_out",
-    policy.Reason.SUPPRESSED: "suppressed",
-    policy.Reason.LANDLINE: "not_mobile",
-    policy.Reason.UNREACHABLE: "invalid_number",
-    policy.Reason.COUNTRY_NOT_ALLOWED: "country_not_allowed",
+REFUSAL_CODES: dict[Reason, str] = {
+    Reason.OPTED_OUT: "opted_out",
+    Reason.SUPPRESSED: "suppressed",
+    Reason.LANDLINE: "not_mobile",
+    Reason.UNREACHABLE: "invalid_number",
+    Reason.COUNTRY_NOT_ALLOWED: "country_not_allowed",
 }
 
 
@@ -43,7 +45,7 @@ class Started:
     status: Status | None
     expires_at: datetime | None
     confirmation: OutboundMessage | None  # enqueue its id after commit
-    refused: policy.Reason | None = None  # why no confirmation text could go out
+    refused: Reason | None = None  # why no confirmation text could go out
 
 
 class Refused(Exception):
@@ -80,7 +82,7 @@ def start(
     if current.status is Status.OPTED_IN:
         # Never downgrade or re-text a confirmed number: a repeat request changes nothing.
         return Started(Status.OPTED_IN, None, None)
-    spec = programs.spec_of(program)
+    spec = spec_of(program)
     if input is Input.KEYWORD_JOIN and not program.double_opt_in:
         consents.apply(session, number, program, Input.KEYWORD_JOIN_DIRECT, evidence, now=now)
         return Started(Status.OPTED_IN, None, None)
@@ -88,9 +90,10 @@ def start(
         raise IllegalTransition(current.status, input)
     expires_at = now + ttl
     # Ask the one gate about the state this request would create, before creating it.
-    facts = policy.load_facts(session, [number], program, suppression_key, now, count_recent=False)[number.id]
-    would = policy.decide(replace(facts, status=Status.PENDING.value, expires_at=expires_at), program,
-                          policy.Kind.CONFIRMATION, now, rules)
+    gate = policy.Gate(suppression_key, rules)
+    facts = gate.facts(session, [number], program, now, count_recent=False)[number.id]
+    would = gate.decide(replace(facts, status=Status.PENDING.value, expires_at=expires_at), program,
+                        Kind.CONFIRMATION, now)
     if not would.allowed:
         return Started(current.status, None, None, would.reason)
     text = spec.text("confirmation")
@@ -98,11 +101,10 @@ def start(
     consents.apply(session, number, program, input,
                   consents.Evidence(evidence.source, evidence.actor, evidence.reference, details),
                   now=now, expires_at=expires_at)
-    decision = policy.may_send(session, number, program, policy.Kind.CONFIRMATION, now,
-                               suppression_key=suppression_key, rules=rules)
+    decision = gate.may_send(session, number, program, Kind.CONFIRMATION, now)
     if not decision.allowed:
         return Started(Status.PENDING, expires_at, None, decision.reason)
-    message = outbox.accept(session, number=number, program=program, kind=policy.Kind.CONFIRMATION, body=text,
+    message = outbox.accept(session, number=number, program=program, kind=Kind.CONFIRMATION, body=text,
                             decision=decision, now=now, api_key_id=None)
     if guard is not None:
         session.flush()  # a value the store refuses fails here, before any slot is taken
@@ -172,7 +174,7 @@ def _count(evidence: consents.Evidence, outcome: str) -> None:
 def _opted_out(program: Program) -> Refused:
     # START first: after a STOP, Twilio itself blocks the sender until START (or UNSTOP/YES), so
     # a join keyword alone would get a confirmation text that Twilio refuses (21610).
-    spec = programs.spec_of(program)
+    spec = spec_of(program)
     to = f" to {program.sender}" if program.sender else ""
     how = f"text START{to} themselves, which lifts the block and restores a subscription they had confirmed"
     if spec.join_keywords:
@@ -190,7 +192,7 @@ def _suppressed() -> Refused:
 
 def _refusal(code: str, program: Program) -> Refused:
     if code == "country_not_allowed":
-        countries = list(programs.spec_of(program).allowed_countries)
+        countries = list(spec_of(program).allowed_countries)
         return Refused(code, f"{program.name} only texts numbers in {', '.join(countries)}",
                        allowed_countries=countries)
     if code == "not_mobile":
@@ -248,14 +250,14 @@ class Disclosure:
         return hashlib.sha256(f"{self.text}\n{self.label}".encode()).hexdigest()
 
 
-def disclosure(spec: programs.ProgramSpec) -> Disclosure:
+def disclosure(spec: ProgramSpec) -> Disclosure:
     """Who, what, how often, rates, STOP/HELP, links, and that consent is not a condition of purchase."""
     what = _WHAT[spec.category]
     parts: list[tuple[str, str | None]] = [
         (f"By ticking the box and submitting this form, you agree to receive {what} from {spec.name} "
          "at the phone number provided.", None),
         (spec.frequency.rstrip(".") + ".", None),
-        (programs.RATES + ".", None),
+        (RATES + ".", None),
         ("Reply STOP to cancel at any time, HELP for help.", None),
         ("Consent is not a condition of purchase.", None),
         ("We will text you once to ask you to reply YES: you are not subscribed until you do.", None),

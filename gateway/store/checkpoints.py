@@ -39,7 +39,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.domain import merkle
-from gateway.store.ledger import Break, gone, number_label
+from gateway.domain.ledger import Break, gone, number_label
 from gateway.store.models import LedgerEvent, PhoneNumber, utcnow
 
 FORMAT = "smsgate-ledger-checkpoint/1"

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-GENESIS_HASH = "0" * 64
+from gateway.domain.ledger import GENESIS_HASH
 
 
 def utcnow() -> datetime:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from gateway.store import bulk
 from gateway.store.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
 from gateway.store.database import Store, dialect_name, driver_sql, on_driver
-from gateway.services.policy import Decision, Kind
+from gateway.domain.gate import Decision, Kind
 from gateway.domain.segments import count as count_segments
 
 # Rank of each status: a message only ever moves to a higher rank (a late "sent" callback must

@@ -7,7 +7,6 @@ hours); the worker asks the gate again right before the provider call.
 from __future__ import annotations
 
 import re
-import time
 from contextlib import AbstractContextManager
 
 from flask import Blueprint, g, jsonify, request, url_for
@@ -20,6 +19,7 @@ from gateway.store import idempotency, outbox, programs
 from gateway import metrics
 from gateway.bootstrap import current
 from gateway.store.models import OutboundMessage, Program, utcnow
+from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
 from gateway.queue.app import TaskNames
 from gateway.domain.segments import MAX_BODY_CHARS
@@ -48,15 +48,15 @@ _BATCH_FIELDS = frozenset({"recipients", "program", "body", "idempotency_key"})
 
 # What each refusal means, for the people reading the error.
 REFUSALS = {
-    policy.Reason.NO_CONSENT: "this number has not consented to the program",
-    policy.Reason.PENDING_CONFIRMATION: "this number has not yet confirmed its subscription (double opt-in)",
-    policy.Reason.OPTED_OUT: "this number opted out of the program",
-    policy.Reason.SUPPRESSED: "this number must never be messaged (suppression list)",
-    policy.Reason.UNREACHABLE: "messages to this number fail as unreachable",
-    policy.Reason.LANDLINE: "this number is a landline",
-    policy.Reason.COUNTRY_NOT_ALLOWED: "the program does not send to this number's country",
-    policy.Reason.FREQUENCY_CAP: "this number has had as many messages as it may in 24 hours",
-    policy.Reason.NO_PENDING_REQUEST: "there is no pending request to confirm",
+    Reason.NO_CONSENT: "this number has not consented to the program",
+    Reason.PENDING_CONFIRMATION: "this number has not yet confirmed its subscription (double opt-in)",
+    Reason.OPTED_OUT: "this number opted out of the program",
+    Reason.SUPPRESSED: "this number must never be messaged (suppression list)",
+    Reason.UNREACHABLE: "messages to this number fail as unreachable",
+    Reason.LANDLINE: "this number is a landline",
+    Reason.COUNTRY_NOT_ALLOWED: "the program does not send to this number's country",
+    Reason.FREQUENCY_CAP: "this number has had as many messages as it may in 24 hours",
+    Reason.NO_PENDING_REQUEST: "there is no pending request to confirm",
 }
 
 
@@ -109,32 +109,12 @@ def _idempotency_key(payload: dict) -> str | None:
     return key
 
 
-# Programs change on `smsgate programs load`, not between two sends: each process keeps a copy per
-# slug for a few seconds (and drops them all when it stores programs itself), sparing every send a
-# query and the JSON of the program's definition.
-PROGRAM_CACHE_SECONDS = 5.0
-_programs: dict[str, tuple[float, int, Program]] = {}
-
-
 def _program(database, slug: str) -> Program:
-    """The program, as a copy in no session (the send path reads it, never attaches it).
-
-    Read in a session of its own: a program is configuration, not part of the request's transaction.
-    """
-    clock = time.monotonic()
-    cached = _programs.get(slug)
-    if cached is not None and cached[0] > clock and cached[1] == programs.generation:
-        return cached[2]
-    generation = programs.generation
-    with database.sessions() as session:
-        program = programs.by_slug(session, slug)
-        if program is None:
-            raise ApiError(422, "unknown_program", f"no program {slug!r}", field="program")
-        copy = Program(**{column.key: getattr(program, column.key) for column in Program.__table__.columns})
-    if len(_programs) > 1000:  # slugs come from requests: bound it
-        _programs.clear()
-    _programs[slug] = (clock + PROGRAM_CACHE_SECONDS, generation, copy)
-    return copy
+    """The program (a copy in no session, briefly cached: programs.cached_by_slug), or 422."""
+    program = programs.cached_by_slug(database, slug)
+    if program is None:
+        raise ApiError(422, "unknown_program", f"no program {slug!r}", field="program")
+    return program
 
 
 def _replay(answer: idempotency.Answer):
@@ -174,12 +154,12 @@ def create_message():
     key = _idempotency_key(payload)
     gateway = current()
     region = gateway.settings.default_region
-    # E.164 goes to the gate as given: a number we hold is not parsed again (policy.may_send_to).
+    # E.164 goes to the gate as given: a number we hold is not parsed again (policy.Gate.may_send_to).
     # Any other form is parsed here, so it is refused before anything is looked up.
     given = to if is_e164(to) else _parsed(to, region)
     # Before the send's own connection: on SQLite a second one could not begin while it writes.
     program = _program(gateway.db, slug)
-    kind = policy.Kind(program.category)
+    kind = Kind(program.category)
     now = utcnow()
     queued = None
     with _send_connection(gateway.db, keyed=key is not None) as connection:
@@ -191,9 +171,8 @@ def create_message():
                 return _replay(replay)
         # A number we do not hold cannot have consented: it is refused, and not stored either.
         try:
-            known, number, decision = policy.may_send_to(
-                connection, given, program, kind, now, suppression_key=gateway.settings.suppression_key,
-                rules=gateway.quiet_hours, default_region=region)
+            known, number, decision = policy.gate_of(gateway).may_send_to(connection, given, program, kind, now,
+                                                                          default_region=region)
         except InvalidNumber as error:
             raise _invalid_number(error) from None
         if not number.textable:
@@ -248,7 +227,7 @@ def create_batch():
         if replay is not None:
             return _replay(replay)
         result = batches.accept(session, program=program, body=body, recipients=recipients, now=utcnow(),
-                                suppression_key=settings.suppression_key, rules=gateway.quiet_hours,
+                                gate=policy.gate_of(gateway),
                                 default_region=settings.default_region, api_key_id=g.api_key_id)
         by_status = result.by_status
         answer = idempotency.Answer(202 if result.accepted else 200, {

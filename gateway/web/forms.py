@@ -21,6 +21,7 @@ from gateway.services import consents
 from gateway.bootstrap import current
 from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, mask, parse
+from gateway.domain.programs import spec_of
 from gateway.web.auth import public
 
 bp = Blueprint("forms", __name__)
@@ -38,7 +39,7 @@ class SubscribeForm(FlaskForm):
 def _program(slug: str):
     with current().db.sessions() as db_session:
         program = programs.by_slug(db_session, slug)
-        return (program, programs.spec_of(program)) if program else (None, None)
+        return (program, spec_of(program)) if program else (None, None)
 
 
 def _not_found(slug: str):

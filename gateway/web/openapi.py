@@ -13,7 +13,8 @@ from flask import Blueprint, jsonify
 
 from gateway.services import batches
 from gateway.store import idempotency
-from gateway.services.policy import Reason
+from gateway.domain.gate import Reason
+from gateway.domain.numbers import E164_PATTERN
 from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.web.auth import public
 
@@ -24,7 +25,7 @@ SEND_REFUSALS = sorted(r.value for r in Reason if r not in (Reason.NO_PENDING_RE
 PHONE = {"type": "string", "minLength": 1, "maxLength": 64,
          "description": "A phone number in any form phonenumbers parses (E.164 preferred), default region US.",
          "examples": ["+14155552671"]}
-E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$", "examples": ["+14155552671"]}
+E164 = {"type": "string", "pattern": f"^{E164_PATTERN}$", "examples": ["+14155552671"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 MESSAGE_STATUSES = ["queued", "deferred", "sending", "blocked", "sent", "delivered", "undelivered", "failed"]

@@ -11,6 +11,7 @@ from xml.etree import ElementTree
 import pytest
 from sqlalchemy import func, select
 
+from gateway.domain.programs import spec_of
 from gateway.store import programs
 from gateway.services import subscriptions
 from gateway.domain.consent import Input, Source
@@ -63,7 +64,7 @@ def texts_to(gateway, phone=PHONE) -> list[str]:
 
 def template(db, slug: str, name: str) -> str:
     with db.sessions() as session:
-        return programs.spec_of(programs.by_slug(session, slug)).text(name)
+        return spec_of(programs.by_slug(session, slug)).text(name)
 
 
 def consent(db, slug: str, phone=PHONE) -> str | None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, func, insert, select
 
-from gateway.services import batches
+from gateway.services import batches, policy
 from gateway.store import outbox, programs
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
@@ -172,8 +172,7 @@ def test_the_filter_takes_the_same_queries_for_10_or_1000_recipients(db, gateway
             event.listen(session.connection(), "before_cursor_execute", lambda *args: seen.append(args[2]))
             result = batches.accept(session, program=programs.by_slug(session, "alerts"), body="hi",
                                     recipients=recipients, now=utcnow(),
-                                    suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours,
-                                    default_region="US")
+                                    gate=policy.gate_of(gateway), default_region="US")
             session.rollback()
         return len(seen), len(result.accepted)
 

@@ -5,6 +5,7 @@ import itertools
 import pytest
 from sqlalchemy import func, select
 
+from gateway.domain.gate import ALLOW, Kind
 from gateway.services import delivery, policy
 from gateway.store import outbox, programs
 from gateway.domain.consent import Input, Source
@@ -26,8 +27,8 @@ def sent_message(db, slug="deals", number=PERSON):
         program = programs.by_slug(session, slug)
         if consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT), now=now)
-        message = outbox.accept(session, number=row, program=program, kind=policy.Kind.INFORMATIONAL, body="Hi",
-                                decision=policy.ALLOW, now=now)
+        message = outbox.accept(session, number=row, program=program, kind=Kind.INFORMATIONAL, body="Hi",
+                                decision=ALLOW, now=now)
         outbox.advance(session, message, "sending", now=now)
         message.provider_sid = sid
         outbox.advance(session, message, "sent", now=now)
@@ -53,9 +54,8 @@ def number_row(db, e164=PERSON):
 
 def gate(db, gateway, slug="deals", e164=PERSON):
     with db.sessions() as session:
-        return policy.may_send(session, consents.find_number(session, e164), programs.by_slug(session, slug),
-                               policy.Kind.INFORMATIONAL, utcnow(), suppression_key=gateway.settings.suppression_key,
-                               rules=gateway.quiet_hours)
+        return policy.gate_of(gateway).may_send(session, consents.find_number(session, e164),
+                                                programs.by_slug(session, slug), Kind.INFORMATIONAL, utcnow())
 
 
 def test_delivered_is_recorded_and_answered_with_twiml(twilio_post, db):
@@ -205,8 +205,8 @@ def sending_message(db, number=PERSON):
         row = consents.number_row(session, parse(number))
         program = programs.by_slug(session, "deals")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT), now=now)
-        message = outbox.accept(session, number=row, program=program, kind=policy.Kind.INFORMATIONAL, body="Hi",
-                                decision=policy.ALLOW, now=now)
+        message = outbox.accept(session, number=row, program=program, kind=Kind.INFORMATIONAL, body="Hi",
+                                decision=ALLOW, now=now)
         outbox.advance(session, message, "sending", now=now)
         return message.id
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.services import inbound
+from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, load_file
 from gateway.store import programs
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
@@ -273,9 +274,9 @@ def test_an_unknown_sender_changes_nothing(gateway, db):
 
 def test_a_messaging_service_sender_resolves_its_programs(gateway, db):
     service_sid = "MG" + "a" * 32
-    spec = programs.ProgramSpec(slug="news", name="Acme News", category="informational",
+    spec = ProgramSpec(slug="news", name="Acme News", category="informational",
                                 frequency="Weekly", help="Acme News: help at acme.example/help.",
-                                messaging_service=service_sid, templates=dict(programs.DEFAULT_TEMPLATES))
+                                messaging_service=service_sid, templates=dict(DEFAULT_TEMPLATES))
     with db.transaction() as session:
         programs.store(session, [spec])
     give_consent(db, "news")
@@ -324,8 +325,8 @@ def test_loading_a_program_whose_reply_exceeds_one_segment_warns(tmp_path, caplo
         '[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "informational"\n'
         'frequency = "Weekly"\nhelp = "' + "Help text that goes on. " * 10 + '"\n'
     )
-    with caplog.at_level(logging.WARNING, logger="gateway.store.programs"):
-        programs.load_file(file)
+    with caplog.at_level(logging.WARNING, logger="gateway.domain.programs"):
+        load_file(file)
     assert any("help text takes 2 SMS segments" in record.getMessage() for record in caplog.records)
 
 

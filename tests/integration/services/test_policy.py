@@ -1,4 +1,7 @@
-"""The send gate on a fixed clock: every reason, the order of the rules, quiet hours, caps, fail closed."""
+"""The send gate on a fixed clock, reading a real store: every reason, quiet hours, caps, fail closed.
+
+The rules alone (their order, many numbers at once) are tested without a store: tests/unit/domain/test_gate.py.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from sqlalchemy import text
 
 from gateway.store import outbox, programs
@@ -15,10 +16,8 @@ from gateway.services import policy
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
 from gateway.store.database import Database
-from gateway.store.models import Program
-from gateway.domain.numbers import InvalidNumber, parse
-from gateway.services.policy import Facts, Kind, Reason
-from gateway.domain.quiet_hours import default_rules
+from gateway.domain.gate import ALLOW, Decision, Facts, Kind, Reason
+from gateway.domain.numbers import parse
 
 # 2026-03-04 is a Wednesday before the US moves its clocks (2026-03-08): New York is UTC-5.
 NOON_NY = datetime(2026, 3, 4, 17, 0, tzinfo=UTC)
@@ -47,9 +46,8 @@ def given_state(session, phone, slug, *inputs, now=NOON_NY, expires_at=None):
 
 def ask(gateway, session, row, slug, kind=None, now=NOON_NY, message_id=None):
     program = programs.by_slug(session, slug)
-    return policy.may_send(session, row, program, kind or Kind(program.category), now,
-                           suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours,
-                           message_id=message_id)
+    return policy.gate_of(gateway).may_send(session, row, program, kind or Kind(program.category), now,
+                                            message_id=message_id)
 
 
 def sent_before(session, row, slug, count, at, status="queued"):
@@ -58,7 +56,7 @@ def sent_before(session, row, slug, count, at, status="queued"):
     ids = []
     for _ in range(count):
         message = outbox.accept(session, number=row, program=program, kind=Kind(program.category), body="hi",
-                                decision=policy.ALLOW, now=at)
+                                decision=ALLOW, now=at)
         if status != "queued":
             message.status = status
         ids.append(message.id)
@@ -71,7 +69,7 @@ def sent_before(session, row, slug, count, at, status="queued"):
 def test_an_opted_in_number_may_be_texted(gateway, db):
     with db.transaction() as session:
         row = given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
-        assert ask(gateway, session, row, "deals") == policy.ALLOW
+        assert ask(gateway, session, row, "deals") == ALLOW
 
 
 def test_never_asked_and_expired_are_no_consent(gateway, db):
@@ -79,7 +77,7 @@ def test_never_asked_and_expired_are_no_consent(gateway, db):
         never = number(session, NYC)
         expired = given_state(session, MIAMI, "deals", Input.API_REQUEST, Input.DOI_EXPIRED,
                               expires_at=NOON_NY + timedelta(hours=48))
-        assert ask(gateway, session, never, "deals") == policy.Decision(False, Reason.NO_CONSENT)
+        assert ask(gateway, session, never, "deals") == Decision(False, Reason.NO_CONSENT)
         assert ask(gateway, session, expired, "deals").reason is Reason.NO_CONSENT
 
 
@@ -87,9 +85,9 @@ def test_pending_is_not_consent_but_may_receive_its_confirmation(gateway, db):
     with db.transaction() as session:
         row = given_state(session, NYC, "deals", Input.API_REQUEST, expires_at=NOON_NY + timedelta(hours=48))
         assert ask(gateway, session, row, "deals").reason is Reason.PENDING_CONFIRMATION
-        assert ask(gateway, session, row, "deals", Kind.CONFIRMATION) == policy.ALLOW
+        assert ask(gateway, session, row, "deals", Kind.CONFIRMATION) == ALLOW
         # Confirmations answer the person's own request: quiet hours do not hold them back.
-        assert ask(gateway, session, row, "deals", Kind.CONFIRMATION, now=NIGHT_NY) == policy.ALLOW
+        assert ask(gateway, session, row, "deals", Kind.CONFIRMATION, now=NIGHT_NY) == ALLOW
 
 
 def test_a_confirmation_needs_a_live_pending_request(gateway, db):
@@ -109,7 +107,7 @@ def test_opted_out(gateway, db):
         assert ask(gateway, session, row, "deals").reason is Reason.OPTED_OUT
         # Another program's consent is its own.
         given_state(session, NYC, "alerts", Input.IMPORT_OPT_IN)
-        assert ask(gateway, session, row, "alerts") == policy.ALLOW
+        assert ask(gateway, session, row, "alerts") == ALLOW
 
 
 def test_suppressed_numbers_and_erased_rows(gateway, db):
@@ -149,47 +147,6 @@ def test_every_reason_is_reached_by_a_test_above():
     assert tested == set(Reason)
 
 
-# --- the order of the rules ----------------------------------------------------------------------
-
-RULES = default_rules()
-
-
-def facts(**changes) -> Facts:
-    return replace(Facts(e164=MIAMI, status="opted_in", region="US", kind="fixed_line_or_mobile"), **changes)
-
-
-@pytest.fixture
-def deals(db):
-    with db.sessions() as session:
-        return programs.by_slug(session, "deals")
-
-
-def test_rules_apply_in_order(deals):
-    """Start with everything wrong at night; each fix reveals the next rule down the ladder."""
-    current = facts(suppressed=True, status="opted_out", reachability="landline", e164=GUERNSEY, region="GG",
-                    sent_last_day=3)
-    ladder = [
-        ({}, Reason.SUPPRESSED),
-        ({"suppressed": False}, Reason.OPTED_OUT),
-        ({"status": "pending", "expires_at": NIGHT_NY + timedelta(days=1)}, Reason.LANDLINE),
-        ({"reachability": "unreachable"}, Reason.UNREACHABLE),
-        ({"reachability": "ok"}, Reason.COUNTRY_NOT_ALLOWED),
-        ({"e164": MIAMI, "region": "US"}, Reason.PENDING_CONFIRMATION),
-        ({"status": None}, Reason.NO_CONSENT),
-        ({"status": "opted_in"}, Reason.FREQUENCY_CAP),  # a cap reached refuses, even at night
-        ({"sent_last_day": 0}, Reason.QUIET_HOURS),
-    ]
-    for change, reason in ladder:
-        current = replace(current, **change)
-        assert policy.decide(current, deals, Kind.MARKETING, NIGHT_NY, RULES).reason is reason, reason
-    assert policy.decide(current, deals, Kind.MARKETING, NOON_NY, RULES) == policy.ALLOW
-
-
-def test_a_cap_reached_is_a_refusal_even_at_night(deals):
-    decision = policy.decide(facts(sent_last_day=3), deals, Kind.MARKETING, NIGHT_NY, RULES)
-    assert decision == policy.Decision(False, Reason.FREQUENCY_CAP)
-
-
 # --- quiet hours ---------------------------------------------------------------------------------
 
 
@@ -197,10 +154,10 @@ def test_marketing_at_night_is_deferred_to_8am_local_and_then_released(gateway, 
     with db.transaction() as session:
         row = given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
         deferred = ask(gateway, session, row, "deals", now=NIGHT_NY)
-        assert deferred == policy.Decision(False, Reason.QUIET_HOURS, MORNING_NY)
+        assert deferred == Decision(False, Reason.QUIET_HOURS, MORNING_NY)
         assert deferred.deferred and not deferred.allowed
         assert ask(gateway, session, row, "deals", now=MORNING_NY - timedelta(seconds=1)).deferred
-        assert ask(gateway, session, row, "deals", now=MORNING_NY) == policy.ALLOW
+        assert ask(gateway, session, row, "deals", now=MORNING_NY) == ALLOW
 
 
 def test_florida_closes_at_8pm(gateway, db):
@@ -208,9 +165,9 @@ def test_florida_closes_at_8pm(gateway, db):
     with db.transaction() as session:
         miami = given_state(session, MIAMI, "deals", Input.IMPORT_OPT_IN)
         nyc = given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
-        assert ask(gateway, session, miami, "deals", now=eight_pm_miami - timedelta(minutes=1)) == policy.ALLOW
+        assert ask(gateway, session, miami, "deals", now=eight_pm_miami - timedelta(minutes=1)) == ALLOW
         assert ask(gateway, session, miami, "deals", now=eight_pm_miami).not_before == MORNING_NY
-        assert ask(gateway, session, nyc, "deals", now=eight_pm_miami) == policy.ALLOW
+        assert ask(gateway, session, nyc, "deals", now=eight_pm_miami) == ALLOW
 
 
 @pytest.mark.parametrize("slug", ["orders", "alerts"])
@@ -218,7 +175,7 @@ def test_transactional_and_informational_texts_are_never_deferred_nor_capped(gat
     with db.transaction() as session:
         row = given_state(session, MIAMI, slug, Input.IMPORT_OPT_IN)
         sent_before(session, row, slug, 5, NIGHT_NY - timedelta(hours=1))
-        assert ask(gateway, session, row, slug, now=NIGHT_NY) == policy.ALLOW
+        assert ask(gateway, session, row, slug, now=NIGHT_NY) == ALLOW
 
 
 # --- caps ----------------------------------------------------------------------------------------
@@ -231,13 +188,13 @@ def test_florida_oklahoma_maryland_allow_three_marketing_texts_a_day(gateway, db
         given_state(session, phone, "alerts", Input.IMPORT_OPT_IN)
         # Two from this program, one from another marketing program... all count for the state rule.
         first = sent_before(session, row, "deals", 2, NOON_NY - timedelta(hours=23))
-        assert ask(gateway, session, row, "deals") == policy.ALLOW
+        assert ask(gateway, session, row, "deals") == ALLOW
         sent_before(session, row, "deals", 1, NOON_NY - timedelta(hours=1))
         assert ask(gateway, session, row, "deals").reason is Reason.FREQUENCY_CAP
         # The worker's re-check does not count the message it is about to send.
-        assert ask(gateway, session, row, "deals", message_id=first[0]) == policy.ALLOW
+        assert ask(gateway, session, row, "deals", message_id=first[0]) == ALLOW
         # 24 hours after the first two, they no longer count.
-        assert ask(gateway, session, row, "deals", now=NOON_NY + timedelta(hours=1, seconds=1)) == policy.ALLOW
+        assert ask(gateway, session, row, "deals", now=NOON_NY + timedelta(hours=1, seconds=1)) == ALLOW
 
 
 def test_refused_and_non_marketing_messages_do_not_count(gateway, db):
@@ -248,7 +205,7 @@ def test_refused_and_non_marketing_messages_do_not_count(gateway, db):
         sent_before(session, row, "deals", 2, NOON_NY - timedelta(hours=2), status="failed")
         sent_before(session, row, "orders", 3, NOON_NY - timedelta(hours=2))
         sent_before(session, row, "deals", 2, NOON_NY - timedelta(hours=2), status="delivered")
-        assert ask(gateway, session, row, "deals") == policy.ALLOW
+        assert ask(gateway, session, row, "deals") == ALLOW
 
 
 def test_a_programs_own_daily_cap(gateway, db, example_programs):
@@ -260,10 +217,10 @@ def test_a_programs_own_daily_cap(gateway, db, example_programs):
         given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
         sent_before(session, row, "deals", 4, NOON_NY - timedelta(hours=2))  # New York has no state cap
         sent_before(session, row, "flash", 1, NOON_NY - timedelta(hours=2))
-        assert ask(gateway, session, row, "flash") == policy.ALLOW
+        assert ask(gateway, session, row, "flash") == ALLOW
         sent_before(session, row, "flash", 1, NOON_NY - timedelta(hours=1))
         assert ask(gateway, session, row, "flash").reason is Reason.FREQUENCY_CAP
-        assert ask(gateway, session, row, "deals") == policy.ALLOW
+        assert ask(gateway, session, row, "deals") == ALLOW
 
 
 # --- fail closed ---------------------------------------------------------------------------------
@@ -276,8 +233,7 @@ def test_an_unreadable_store_raises_instead_of_answering(gateway, db, tmp_path):
     empty = Database(f"sqlite:///{tmp_path / 'empty.db'}")  # a store without its tables
     try:
         with empty.sessions() as broken, pytest.raises(Exception, match="no such table"):
-            policy.may_send(broken, row, program, Kind.MARKETING, NOON_NY,
-                            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours)
+            policy.gate_of(gateway).may_send(broken, row, program, Kind.MARKETING, NOON_NY)
     finally:
         empty.dispose()
 
@@ -289,8 +245,7 @@ def test_a_store_that_fails_mid_check_raises(gateway, db):
         program = programs.by_slug(session, "deals")
         session.connection().invalidate()  # the connection dies under the session
         with pytest.raises(Exception):
-            policy.may_send(session, row, program, Kind.MARKETING, NOON_NY,
-                            suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours)
+            policy.gate_of(gateway).may_send(session, row, program, Kind.MARKETING, NOON_NY)
 
 
 # --- many at once: the same answers as one at a time ---------------------------------------------
@@ -313,42 +268,19 @@ def test_load_facts_for_many_matches_one_at_a_time(gateway, db):
         excluded = sent_before(session, rows[1], "deals", 1, now - timedelta(hours=3))[0]
         session.flush()
         program = programs.by_slug(session, "deals")
-        key = gateway.settings.suppression_key
+        gate = policy.gate_of(gateway)
         for count_recent in (True, False):
             one_by_one = {}
             for row in rows:
-                one_by_one.update(policy.load_facts(session, [row], program, key, now, count_recent=count_recent,
-                                                    exclude_message=excluded))
-            together = policy.facts_by_e164(session, [r.e164 for r in rows] + ["+12025550111"], program, key, now,
-                                            count_recent=count_recent, exclude_message=excluded)
+                one_by_one.update(gate.facts(session, [row], program, now, count_recent=count_recent,
+                                             exclude_message=excluded))
+            together = gate.facts_by_e164(session, [r.e164 for r in rows] + ["+12025550111"], program, now,
+                                          count_recent=count_recent, exclude_message=excluded)
             assert together.pop("+12025550111") == (None, Facts(e164="+12025550111"))
             assert {known.id: found for known, found in together.values()} == one_by_one
             if count_recent:  # alerts is informational: only the two deals texts count
                 assert (one_by_one[rows[0].id].sent_last_day, one_by_one[rows[0].id].sent_last_day_program) == (2, 2)
                 assert one_by_one[rows[1].id].sent_last_day == 0  # its only message is the one excluded
-
-
-SAMPLE_NUMBERS = [NYC, MIAMI, OKLAHOMA_CITY, BALTIMORE, GUERNSEY, "+18505550123", "+18504335555", "+12055550123",
-                  "+15025550123", "+14165550123", "+18005550123", "+447700900123", "+442079460000",
-                  "+61412345678", "+61291234567", "+33612345678", "+5511987654321", "+79161234567",
-                  "+77011234567", "+12845550123"]
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(now=st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)),
-       suffixes=st.lists(st.integers(0, 99), min_size=len(SAMPLE_NUMBERS), max_size=len(SAMPLE_NUMBERS)))
-def test_deciding_many_at_once_matches_deciding_each(deals, now, suffixes):
-    """The shared per-place answers of decide_many never differ from asking about each number."""
-    many = {}
-    for base, suffix in zip(SAMPLE_NUMBERS, suffixes):
-        try:
-            found = parse(base[:-2] + f"{suffix:02d}")
-        except InvalidNumber:
-            continue
-        many[found.e164] = Facts(e164=found.e164, status="opted_in", region=found.region, kind=found.kind)
-    program = Program(slug="anywhere", settings={"spec": {**deals.settings["spec"], "allowed_countries": []}})
-    together = policy.decide_many(many, program, Kind.MARKETING, now, RULES)
-    assert together == {e164: policy.decide(one, program, Kind.MARKETING, now, RULES) for e164, one in many.items()}
 
 
 def test_store_rows_carry_the_region(db):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
+from gateway.domain.gate import Kind, Reason
 from gateway.services import policy, privacy
 from gateway.domain.consent import Input, Source
 from gateway.store import ledger
@@ -64,9 +65,9 @@ def test_an_erased_opted_out_number_stays_unmessageable(db, settings):
     with db.transaction() as session:
         row = consents.number_row(session, parse(PHONE))
         consents.apply(session, row, by_slug(session, "deals"), Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT))
-        decision = policy.may_send(session, row, by_slug(session, "deals"), policy.Kind.MARKETING, NOON,
-                                   suppression_key=settings.suppression_key, rules=default_rules())
-    assert decision.reason is policy.Reason.SUPPRESSED
+        decision = policy.Gate(settings.suppression_key, default_rules()).may_send(
+            session, row, by_slug(session, "deals"), Kind.MARKETING, NOON)
+    assert decision.reason is Reason.SUPPRESSED
 
 
 def test_redacting_evidence_without_an_erasure_is_caught(db):

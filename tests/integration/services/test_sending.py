@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.services import delivery, policy, sending
+from gateway.domain.gate import ALLOW, Decision, Kind, Reason
+from gateway.services import delivery, sending
 from gateway.store import outbox, programs
 from gateway.queue import throughput
 from gateway.domain.consent import Input, Source
@@ -59,8 +60,8 @@ def accept(db, slug="orders", phone=PHONE, count=1, body="Your order shipped", n
         program = programs.by_slug(session, slug)
         if consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE)
-        return [outbox.accept(session, number=row, program=program, kind=policy.Kind(program.category),
-                              body=f"{body} {i}" if count > 1 else body, decision=policy.ALLOW, now=now).id
+        return [outbox.accept(session, number=row, program=program, kind=Kind(program.category),
+                              body=f"{body} {i}" if count > 1 else body, decision=ALLOW, now=now).id
                 for i in range(count)]
 
 
@@ -165,8 +166,8 @@ def test_a_deferred_message_is_released_when_due(gateway, db, live_server, insta
         program = programs.by_slug(session, "deals")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE)
         morning = night + timedelta(hours=9)
-        deferred = outbox.accept(session, number=row, program=program, kind=policy.Kind.MARKETING, body="Sale",
-                                 decision=policy.Decision(False, policy.Reason.QUIET_HOURS, morning), now=night).id
+        deferred = outbox.accept(session, number=row, program=program, kind=Kind.MARKETING, body="Sale",
+                                 decision=Decision(False, Reason.QUIET_HOURS, morning), now=night).id
     assert sending.sweep(gateway, night + timedelta(hours=1)).enqueued == 0
     assert sending.send(gateway, deferred, now=night + timedelta(hours=1)) == sending.SKIPPED  # not yet due
     assert sending.sweep(gateway, morning).enqueued == 1

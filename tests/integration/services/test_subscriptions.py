@@ -7,9 +7,11 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.services import abuse, sending, subscriptions
+from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, spec_of
 from gateway.store import programs
 from gateway.config import ConfigError, load_settings
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
+from gateway.domain.gate import Reason
 from gateway.services import expiry, consents
 from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.domain.numbers import parse
@@ -88,7 +90,7 @@ def test_request_records_pending_with_evidence_and_queues_the_confirmation_text(
         event = session.scalars(select(LedgerEvent)).one()
         message = session.get(OutboundMessage, message_id)
         program = by_slug(session, "deals")
-        text = programs.spec_of(program).text("confirmation")
+        text = spec_of(program).text("confirmation")
         assert (event.type, event.input, event.source, event.actor, event.reference) == (
             "request", "api_request", "api", "crm", "req_1")
         assert event.evidence == {"client_evidence": {"ip": "203.0.113.7"}, "confirmation_text": text,
@@ -197,7 +199,7 @@ def test_a_country_outside_the_allowlist_is_refused_and_nothing_is_recorded(gate
         request(gateway, phone="+16045550123")
     assert (refused.value.code, refused.value.extra["allowed_countries"]) == ("country_not_allowed", ["US"])
     assert counts(db) == (0, 0, 0)
-    assert start(gateway, phone="+16045550123")[3] == subscriptions.policy.Reason.COUNTRY_NOT_ALLOWED
+    assert start(gateway, phone="+16045550123")[3] == Reason.COUNTRY_NOT_ALLOWED
     assert counts(db) == (1, 0, 0)  # the number row the helper made; no event, no text
 
 
@@ -301,7 +303,7 @@ def test_the_worker_gates_the_confirmation_text_again(gateway, db):
 
 def test_the_disclosure_says_who_what_how_often_rates_stop_help_and_links(gateway, db):
     with db.sessions() as session:
-        spec = programs.spec_of(by_slug(session, "deals"))
+        spec = spec_of(by_slug(session, "deals"))
     shown = subscriptions.disclosure(spec)
     for must in ("Acme Deals", "marketing text messages", "Up to 4 msgs/month.", "Msg & data rates may apply.",
                  "Reply STOP to cancel", "HELP for help", "Consent is not a condition of purchase.",
@@ -309,7 +311,7 @@ def test_the_disclosure_says_who_what_how_often_rates_stop_help_and_links(gatewa
         assert must in shown.text
     assert "Acme Deals" in shown.label
     assert shown.version == subscriptions.disclosure(spec).version  # stable for the same wording
-    reworded = programs.ProgramSpec(**{**spec.__dict__, "frequency": "Up to 8 msgs/month"})
+    reworded = ProgramSpec(**{**spec.__dict__, "frequency": "Up to 8 msgs/month"})
     assert subscriptions.disclosure(reworded).version != shown.version
 
 
@@ -337,10 +339,10 @@ def test_a_request_the_store_refuses_takes_no_slot(gateway, db):
 
 def test_our_own_senders_cannot_be_subscribed(gateway, db):
     """Any program's sender, and the numbers listed for a Messaging Service program."""
-    service_program = programs.ProgramSpec(
+    service_program = ProgramSpec(
         slug="hub", name="Acme Hub", category="informational", frequency="Msg frequency varies",
         help="Acme Hub: help at acme.example/help. Reply STOP to cancel.", messaging_service="MG" + "a" * 32,
-        service_numbers=("+14155550199",), templates=dict(programs.DEFAULT_TEMPLATES))
+        service_numbers=("+14155550199",), templates=dict(DEFAULT_TEMPLATES))
     with db.transaction() as session:
         programs.store(session, [service_program])
     for own in ("+15005550006", "+18885550199", "+14155550199"):

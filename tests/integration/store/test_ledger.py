@@ -16,10 +16,12 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete, select, update
 
+from gateway.domain.gate import Decision, Kind
 from gateway.services import policy, privacy
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
 from gateway.domain.consent import Input, Source
+from gateway.domain.ledger import GENESIS_HASH, chain
 from gateway.store import checkpoints, ledger
 from gateway.domain import merkle
 from gateway.services import consents
@@ -75,11 +77,11 @@ def number_id(db, phone=PHONE) -> int:
         return session.scalar(select(PhoneNumber.id).where(PhoneNumber.e164 == phone))
 
 
-def may_send(db, settings, phone=PHONE) -> policy.Decision:
+def may_send(db, settings, phone=PHONE) -> Decision:
     with db.sessions() as session:
         row = consents.find_number(session, phone)
-        return policy.may_send(session, row, by_slug(session, "deals"), policy.Kind.TRANSACTIONAL, T0,
-                               suppression_key=settings.suppression_key, rules=default_rules())
+        return policy.Gate(settings.suppression_key, default_rules()).may_send(
+            session, row, by_slug(session, "deals"), Kind.TRANSACTIONAL, T0)
 
 
 def drop_last_event_and_move_the_head_back(db, phone=PHONE):
@@ -208,7 +210,7 @@ def rewrite_chain(db, edit, phone=PHONE, cover_up=True):
             "type", "input", "program_id", "status_before", "status_after", "expires_at", "source", "actor",
             "reference", "evidence", "occurred_at")} for e in events]
         session.execute(delete(LedgerEvent).where(LedgerEvent.number_id == number.id))
-        chained = ledger.chain(number.id, 0, ledger.GENESIS_HASH, edit(drafts))
+        chained = chain(number.id, 0, GENESIS_HASH, edit(drafts))
         for event in chained:
             session.add(LedgerEvent(**vars(event)))
         number.ledger_seq, number.ledger_head = chained[-1].seq, chained[-1].hash

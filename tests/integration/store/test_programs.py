@@ -1,84 +1,16 @@
-"""The programs file: validation with errors that name the program and key, and storage."""
+"""Programs in the store: stored by slug and read back, and the one per-process cache of them.
 
-import hashlib
-import json
-from dataclasses import asdict
+Validating a programs file is tests/unit/domain/test_programs.py.
+"""
 
-import pytest
+from dataclasses import replace
 
-from gateway.store.programs import ProgramError, load_file, own_numbers, spec_of, store
+from sqlalchemy import inspect, text
 
-VALID = '''
-[programs.deals]
-name = "Acme Deals"
-sender = "+15005550006"
-category = "marketing"
-frequency = "Up to 4 msgs/month"
-help = "Acme Deals: help at acme.example. Reply STOP to cancel."
-join_keywords = ["DEALS"]
-'''
-
-
-def write(tmp_path, text):
-    path = tmp_path / "programs.toml"
-    path.write_text(text)
-    return path
-
-
-def test_example_file_has_three_categories_on_two_senders(settings):
-    specs = load_file(settings.programs_file)
-    assert {s.category for s in specs} == {"marketing", "informational", "transactional"}
-    assert len({s.sender or s.messaging_service for s in specs}) == 2
-
-
-def test_defaults_and_confirmation_text(tmp_path):
-    (spec,) = load_file(write(tmp_path, VALID))
-    assert spec.double_opt_in is True
-    assert spec.allowed_countries == ("US",)
-    text = spec.text("confirmation")
-    for needle in ("Acme Deals", "Up to 4 msgs/month", "Msg & data rates may apply", "YES", "HELP", "STOP"):
-        assert needle in text
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (('category = "marketing"', 'category = "spam"'), "program 'deals': category"),
-        (('sender = "+15005550006"', 'sender = "5550006"'), "program 'deals': sender"),
-        (('sender = "+15005550006"', 'messaging_service = "MG123"'), "program 'deals': messaging_service"),
-        (('sender = "+15005550006"', 'sender = "+15005550006"\nmessaging_service = "MG' + "a" * 32 + '"'), "exactly one"),
-        (('name = "Acme Deals"', 'name = ""'), "program 'deals': name"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["TWO WORDS"]'), "join_keywords"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["STOP"]'), "already means opt_out"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["YES"]'), "already means confirm"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\ndaily_cap = 0'), "daily_cap"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\nallowed_countries = ["ZZ"]'), "allowed_countries"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\n[programs.deals.templates]\nconfirmation = "Deals! Reply YES."'),
-         "templates.confirmation: must include"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\n[programs.deals.templates]\nwelcome = "{nope}"'),
-         "templates.welcome: bad placeholder"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\nservice_numbers = ["+14155550199"]'),
-         "service_numbers: only for a program that sends through a messaging_service"),
-        (('sender = "+15005550006"', 'messaging_service = "MG' + "a" * 32 + '"\nservice_numbers = ["4155550199"]'),
-         "service_numbers: a list of E.164 numbers"),
-    ],
-)
-def test_invalid_programs_are_refused_naming_the_key(tmp_path, change, message):
-    with pytest.raises(ProgramError, match=message):
-        load_file(write(tmp_path, VALID.replace(*change)))
-
-
-def test_join_keyword_may_not_be_shared_on_one_sender(tmp_path):
-    other = VALID.replace("[programs.deals]", "[programs.more]")
-    with pytest.raises(ProgramError, match="already used by 'deals'"):
-        load_file(write(tmp_path, VALID + other))
-
-
-def test_bad_toml_and_empty_files(tmp_path):
-    with pytest.raises(ProgramError, match="not valid TOML"):
-        load_file(write(tmp_path, "[programs"))
-    with pytest.raises(ProgramError, match="no \\[programs"):
-        load_file(write(tmp_path, "title = 'x'"))
+from gateway.domain.programs import load_file, spec_of
+from gateway.store import programs
+from gateway.store.programs import own_numbers, store
+from tests.unit.domain.test_programs import VALID, write
 
 
 def test_store_round_trips_the_definition(db, tmp_path):
@@ -99,8 +31,43 @@ def test_a_messaging_service_programs_numbers_are_ours(db, tmp_path):
         assert {"+14155550199", "+14155550198"} <= own_numbers(session)
 
 
-def test_programs_without_service_numbers_keep_their_version(tmp_path):
-    """The key came later: a definition that does not use it digests as it did before."""
-    (spec,) = load_file(write(tmp_path, VALID))
-    before = {k: v for k, v in asdict(spec).items() if k != "service_numbers"}
-    assert spec.version == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+# --- the one cache ---------------------------------------------------------------------------------
+
+
+def rename_elsewhere(db, slug, name):
+    """What another process's `smsgate programs load` does, as far as this process can tell: the row changes."""
+    with db.transaction() as session:
+        session.execute(text("UPDATE programs SET name = :name WHERE slug = :slug"), {"name": name, "slug": slug})
+
+
+def test_a_program_by_slug_is_read_once_then_kept_until_programs_are_stored(db, example_programs):
+    first = programs.cached_by_slug(db, "deals")
+    assert (first.slug, first.name, spec_of(first).slug) == ("deals", "Acme Deals", "deals")
+    assert inspect(first).detached  # a copy in no session: the send path reads it, never writes it
+    rename_elsewhere(db, "deals", "Renamed")
+    assert programs.cached_by_slug(db, "deals") is first  # within CACHE_SECONDS another process's change waits
+    with db.transaction() as session:
+        store(session, example_programs)  # storing programs in this process drops what it keeps at once
+    assert programs.cached_by_slug(db, "deals").name == "Acme Deals"
+    assert programs.cached_by_slug(db, "deals") is not first
+
+
+def test_no_program_is_none_on_any_database(db):
+    assert programs.cached_by_slug(db, "nope") is None
+    assert programs.cached_by_slug(db, "ord\x00ers") is None  # PostgreSQL would refuse the query
+
+
+def test_programs_on_senders_come_with_their_join_keywords(db, example_programs):
+    with db.sessions() as session:
+        on_sender = programs.cached_on_senders(session.connection(), ("+15005550006",))
+        every = programs.cached_on_senders(session.connection(), programs.EVERY_PROGRAM)
+        assert [p.slug for p in on_sender.programs] == [p.slug for p in programs.on_sender(session, "+15005550006")]
+        assert on_sender.join_keywords == {"DEALS": "deals", "ALERTS": "alerts"}
+        assert [p.slug for p in every.programs] == [p.slug for p in programs.all_programs(session)]
+        assert programs.cached_on_senders(session.connection(), ("+15005550006",)) is on_sender
+    news = replace(example_programs[0], slug="news", join_keywords=("NEWS",))
+    with db.transaction() as session:
+        store(session, [news])
+    with db.sessions() as session:
+        again = programs.cached_on_senders(session.connection(), ("+15005550006",))
+    assert again.join_keywords["NEWS"] == "news" and "news" in [p.slug for p in again.programs]

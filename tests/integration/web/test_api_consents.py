@@ -6,6 +6,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import func, select
 
+from gateway.domain.gate import Kind, Reason
 from gateway.services import policy
 from gateway.store import programs
 from gateway.domain.consent import Input, Source
@@ -85,10 +86,9 @@ def test_opt_out_of_one_program_records_the_key_and_evidence(client, make_key, d
     assert event["actor"].startswith("test-key-")
     with db.sessions() as session:
         number = consents.find_number(session, PERSON)
-        decision = policy.may_send(session, number, programs.by_slug(session, "deals"), policy.Kind.INFORMATIONAL,
-                                   utcnow(), suppression_key=gateway.settings.suppression_key,
-                                   rules=gateway.quiet_hours)
-    assert decision.reason is policy.Reason.OPTED_OUT
+        decision = policy.gate_of(gateway).may_send(session, number, programs.by_slug(session, "deals"),
+                                                    Kind.INFORMATIONAL, utcnow())
+    assert decision.reason is Reason.OPTED_OUT
 
 
 def test_opt_out_of_everything(client, make_key, db):

@@ -164,6 +164,29 @@ def test_a_number_we_hold_is_taken_from_the_store_and_only_new_ones_are_parsed(c
     assert (national.status_code, national.json["to"]) == (202, PHONE)
 
 
+# Not E.164 as written, but forms the parser reads as PHONE: a trailing newline, a full-width or an
+# Arabic-Indic last digit. They were looked up literally and found no consent; they are PHONE's answer.
+NOT_QUITE_E164 = [PHONE + "\n", PHONE[:-1] + "\uff11", PHONE[:-1] + "\u0661", "\uff0b" + PHONE[1:]]
+
+
+@pytest.mark.parametrize("to", NOT_QUITE_E164)
+def test_a_number_written_with_odd_characters_is_the_same_number(client, headers, db, to):
+    consent(db)
+    accepted = post(client, headers, to=to)
+    assert (accepted.status_code, accepted.json["to"]) == (202, PHONE)
+    consent(db, PHONE, "alerts", Input.IMPORT_OPT_IN, Input.KEYWORD_STOP)
+    refused = post(client, headers, to=to, program="alerts")
+    assert (refused.status_code, refused.json["error"]["code"], refused.json["error"]["to"]) == (
+        409, "opted_out", PHONE)
+
+
+@pytest.mark.parametrize("to", ["+1415555013\n", "+1415555013\uff11\uff11\uff11", "+1415555\uff10"])
+def test_a_number_that_is_no_number_after_parsing_is_invalid(client, headers, db, to):
+    response = post(client, headers, to=to)
+    assert (response.status_code, response.json["error"]["code"]) == (422, "invalid_number")
+    assert messages(db) == 0
+
+
 def test_a_held_number_our_metadata_calls_invalid_is_still_refused_as_invalid(client, headers, gateway):
     inbound.handle(gateway, inbound.InboundText("SM" + "3" * 32, "+12005550100", "+15005550006", "STOP"))
     response = post(client, headers, to="+12005550100")

@@ -28,7 +28,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from gateway.store import outbox, programs
-from gateway.services import policy
+from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
 from gateway.store.models import Base, Consent, PhoneNumber, utcnow
@@ -197,7 +197,7 @@ def person(db, gateway, captured_queue):
             consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT), now=now)
         message = outbox.accept(session, number=row, program=programs.by_slug(session, "alerts"),
-                                kind=policy.Kind.INFORMATIONAL, body="Hi", decision=policy.ALLOW, now=now)
+                                kind=Kind.INFORMATIONAL, body="Hi", decision=ALLOW, now=now)
         outbox.advance(session, message, "sending", now=now)
         message.provider_sid = PROVIDER_SID
         outbox.advance(session, message, "sent", now=now)

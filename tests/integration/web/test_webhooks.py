@@ -92,7 +92,7 @@ def test_a_missing_body_is_an_empty_text(twilio_post, db):
         assert session.scalars(select(InboundMessage.body)).one() == ""
 
 
-@pytest.mark.parametrize("to", ["+12025550143", "not-ours", "MG" + "0" * 32])
+@pytest.mark.parametrize("to", ["+12025550143", "not-ours", "MG" + "0" * 32, "+1500555000\uff16"])
 def test_a_to_that_is_not_our_sender_is_422_and_changes_nothing(twilio_post, db, to):
     response = twilio_post(SMS, form("STOP", To=to))
     assert response.status_code == 422
@@ -101,7 +101,7 @@ def test_a_to_that_is_not_our_sender_is_422_and_changes_nothing(twilio_post, db,
 
 
 @pytest.mark.parametrize("sender", ["not a number", "+1", "12", "whatsapp:+14155552671", "+1415555\x002671",
-                                    "+99912345678"])
+                                    "+99912345678", "+1415555267\uff11", "\uff0b14155552671"])
 def test_a_from_that_is_not_a_number_is_422_and_changes_nothing(twilio_post, db, sender):
     response = twilio_post(SMS, form("STOP", From=sender))
     assert response.status_code == 422

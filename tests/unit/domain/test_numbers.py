@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from gateway.logs import MaskNumbers
-from gateway.domain.numbers import InvalidNumber, mask, parse
+from gateway.domain.numbers import InvalidNumber, is_e164, mask, parse
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,24 @@ def test_parse_never_raises_anything_but_invalid_number(raw):
         assert error.reason
     else:
         assert number.e164.startswith("+")
+
+
+@pytest.mark.parametrize("text", ["+14155552671", "+4420718387", "+123456789012345"])
+def test_e164_text_is_e164(text):
+    assert is_e164(text)
+
+
+@pytest.mark.parametrize("text", [
+    "+14155552671\n",  # `$` would let this through
+    "+1415555267\uff11",  # a full-width digit: `\d` matches it, phonenumbers reads it as 1
+    "+1415555267\u0661",  # an Arabic-Indic digit
+    "\uff0b14155552671",  # a full-width plus
+    " +14155552671", "14155552671", "+04155552671", "+123456", "+1234567890123456", "", None, 14155552671,
+])
+def test_anything_else_is_not_e164(text):
+    assert not is_e164(text)
+
+
+@pytest.mark.parametrize("text", ["+14155552671\n", "+1415555267\uff11", "\uff0b14155552671"])
+def test_what_is_not_e164_is_parsed_to_the_number_it_means(text):
+    assert parse(text).e164 == "+14155552671"

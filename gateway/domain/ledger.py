@@ -1,0 +1,229 @@
+"""The ledger's chains: one SHA-256 hash chain per number (docs/decisions/0002-ledger-chain.md).
+
+A chain per number keeps writers for different numbers independent (no global lock on every
+webhook) while still catching an edited, removed or reordered event: each event hashes the one
+before it, and the number row records the head, so even the last event cannot vanish unseen.
+
+Pure: how an event is hashed and chained, how a chain is checked (against itself, a signed
+checkpoint's head and the consents it leads to) and replayed. Reading the chains is
+gateway/store/ledger.py; signing their heads is gateway/store/checkpoints.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.domain.consent import IllegalTransition, Input, State
+from gateway.domain.consent import apply as transition
+from gateway.domain.numbers import mask
+
+GENESIS_HASH = "0" * 64  # the `prev_hash` of a chain's first event, and the head of a number without events
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def evidence_digest(evidence: dict) -> str:
+    return hashlib.sha256(_canonical(evidence)).hexdigest()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="microseconds") if moment else None
+
+
+# What an event's hash covers: all of its content (evidence through its digest) and the hash before it.
+_HASHED = ("number_id", "seq", "type", "input", "program_id", "status_before", "status_after", "expires_at",
+           "source", "actor", "reference", "evidence_digest", "occurred_at", "prev_hash")
+
+
+def event_hash(event) -> str:
+    """The hash of an event's content and of the event before it (an Event, or a stored row with its fields)."""
+    return _content_hash({name: getattr(event, name) for name in _HASHED})
+
+
+def _content_hash(fields: dict) -> str:
+    content = {name: fields[name] for name in _HASHED}
+    content["expires_at"] = _iso(content["expires_at"])
+    content["occurred_at"] = _iso(content["occurred_at"])
+    return hashlib.sha256(_canonical(content)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as appended: the content of a ledger row, with its place in the chain."""
+
+    number_id: int
+    seq: int
+    type: str
+    input: str
+    program_id: int | None
+    status_before: str | None
+    status_after: str | None
+    expires_at: datetime | None
+    source: str
+    actor: str | None
+    reference: str | None
+    evidence: dict
+    evidence_digest: str
+    occurred_at: datetime
+    prev_hash: str
+    hash: str
+
+
+def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event]:
+    """Chain `drafts` (an event's content without its place) after the head at `seq`.
+
+    Pure: the caller holds the number's row lock and writes the events and the new head together.
+    """
+    events = []
+    for draft in drafts:
+        seq += 1
+        placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head,
+                      evidence_digest=evidence_digest(draft["evidence"]))
+        head = _content_hash(placed)
+        events.append(Event(**placed, hash=head))
+    return events
+
+
+def number_label(number_id: int, e164: str | None) -> str:
+    """How a report names a number: masked (reports get pasted anywhere), with its row id."""
+    return f"{mask(e164)} (number {number_id})" if e164 else f"erased number {number_id}"
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where the ledger, the consents or the checkpoint stop agreeing: the number, the program, the event."""
+
+    number_id: int | None
+    number: str  # number_label(): the masked number, never the number itself
+    problem: str
+    program: str | None = None  # the program's slug
+    event_id: int | None = None
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        where = [self.number]
+        if self.program:
+            where.append(f"program {self.program}")
+        if self.event_id is not None:
+            where.append(f"event {self.event_id} at seq {self.seq}")
+        return f"{', '.join(where)}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What one (number, program) consent is after replaying its chain: the projection's row."""
+
+    state: State
+    expires_at: datetime | None
+    updated_at: datetime
+
+
+class ImpossibleEvent(IllegalTransition):
+    """An event whose input the state machine refuses where the chain puts it: a ledger that could
+    not have happened."""
+
+    def __init__(self, event, error: IllegalTransition):
+        super().__init__(error.state, error.input)
+        self.event = event
+
+
+_INPUTS = frozenset(input.value for input in Input)
+
+
+def replay(events: Iterable) -> dict[int, Replayed]:
+    """The consents one number's chain leads to, by program id: each event's input through the state
+    machine, in chain order. `events` have program_id, input, expires_at and occurred_at (ORM rows or
+    Core rows); events that change no state (HELP, the erasure marker) pass. Raises ImpossibleEvent.
+
+    `smsgate ledger rebuild` writes the result as the consents; `verify` compares it with them.
+    """
+    replayed: dict[int, Replayed] = {}
+    for event in events:
+        if event.program_id is None or event.input not in _INPUTS:
+            continue
+        before = replayed.get(event.program_id)
+        try:
+            state = transition(before.state if before else State(), Input(event.input))
+        except IllegalTransition as error:
+            raise ImpossibleEvent(event, error) from None
+        replayed[event.program_id] = Replayed(state, event.expires_at, event.occurred_at)
+    return replayed
+
+
+def check_chain(number, events: list, label: str) -> Break | None:
+    previous = GENESIS_HASH
+    # Evidence may only be missing where the chain itself records an erasure.
+    erased = any(event.type == "erasure" for event in events)
+    for position, event in enumerate(events, start=1):
+        at = dict(number_id=number.id, number=label, event_id=event.id, seq=event.seq)
+        if event.seq != position:
+            return Break(**at, problem=f"expected seq {position}: an event was removed or reordered")
+        if event.prev_hash != previous:
+            return Break(**at, problem="does not follow the event before it: an event was removed or reordered")
+        redacted = erased and event.evidence.get("redacted") is True
+        if not redacted and evidence_digest(event.evidence) != event.evidence_digest:
+            return Break(**at, problem="evidence was changed")
+        if event_hash(event) != event.hash:
+            return Break(**at, problem="content was changed")
+        previous = event.hash
+    if number.ledger_seq != len(events) or number.ledger_head != previous:
+        last = events[-1] if events else None
+        return Break(
+            number.id, label,
+            f"the chain ends at seq {len(events)} but the number's head says {number.ledger_seq}: events were removed",
+            event_id=last.id if last else None, seq=last.seq if last else None,
+        )
+    return None
+
+
+def check_against_checkpoint(number, events: list, label: str, head, signed: str) -> Break | None:
+    """A chain must still hold the head a checkpoint signed: chains only ever grow."""
+    if len(events) < head.seq:
+        return Break(number.id, label, f"the chain ends at seq {len(events)} but the checkpoint of {signed} "
+                                       f"signed seq {head.seq}: events were removed and the head moved back")
+    event = events[head.seq - 1]
+    if event.hash != head.hash:
+        return Break(number.id, label, f"differs from the checkpoint of {signed}: the chain was rewritten",
+                     event_id=event.id, seq=event.seq)
+    return None
+
+
+def check_projection(number, events: list, consents: dict, label: str, slugs: dict[int, str]) -> Iterator[Break]:
+    """The consents the gate reads must be what the chain leads to."""
+    try:
+        replayed = replay(events)
+    except ImpossibleEvent as error:
+        yield Break(number.id, label, f"could not have happened: {error}", program=slugs.get(error.event.program_id),
+                    event_id=error.event.id, seq=error.event.seq)
+        return
+    for program_id in sorted(set(replayed) | set(consents)):
+        want, row = replayed.get(program_id), consents.get(program_id)
+        status = want.state.status if want else None
+        if status is None and row is None:
+            continue
+        at = dict(number_id=number.id, number=label, program=slugs.get(program_id, f"#{program_id}"))
+        if row is None:
+            yield Break(**at, problem=f"the ledger says {status.value} but there is no consent row")
+        elif status is None:
+            yield Break(**at, problem=f"the consent row says {row.status} but the ledger holds no consent")
+        elif row.status != status.value:
+            yield Break(**at, problem=f"the consent row says {row.status} but the ledger says {status.value}")
+        elif row.restorable != want.state.restorable:
+            yield Break(**at, problem=f"the consent row says restorable={row.restorable} but the ledger says "
+                                      f"{want.state.restorable}")
+        elif row.expires_at != want.expires_at:
+            yield Break(**at, problem=f"the consent row expires at {_iso(row.expires_at)} but the ledger says "
+                                      f"{_iso(want.expires_at)}")
+
+
+def gone(head, signed: str) -> Break:
+    """A chain a checkpoint signed that the store no longer holds."""
+    return Break(head.number_id, f"number {head.number_id}",
+                 f"has no chain any more, but the checkpoint of {signed} signed it at seq {head.seq}: "
+                 "the whole chain was deleted")

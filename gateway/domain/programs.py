@@ -1,0 +1,211 @@
+"""Programs: what a programs file (TOML) may define, checked when it is loaded, and the texts a program sends.
+
+Pure: the definitions are validated here once, by `smsgate programs load` and the tests, before
+gateway/store/programs.py stores them; a stored program's definition comes back as a `ProgramSpec`
+(`spec_of`) wherever its texts or disclosures are needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import phonenumbers
+
+from gateway.domain.keywords import Intent, default_engine
+from gateway.domain.numbers import is_e164
+from gateway.domain.segments import count as count_segments
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("marketing", "informational", "transactional")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MESSAGING_SERVICE = re.compile(r"^MG[0-9a-fA-F]{32}$")
+KEYWORD = re.compile(r"^[A-Z0-9]{2,16}$")
+RATES = "Msg & data rates may apply"
+
+DEFAULT_TEMPLATES = {
+    "confirmation": "{name}: reply YES to confirm your subscription. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
+    "welcome": "{name}: you're subscribed. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
+    "opt_out": "{name}: you're unsubscribed and will get no more messages. Reply START to resubscribe.",
+    "opt_in": "{name}: you're resubscribed. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
+}
+# What a confirmation text must carry (CTIA): checked when programs are loaded.
+CONFIRMATION_MUST_SAY = {
+    "the program's name": lambda text, spec: spec.name in text,
+    "the message frequency": lambda text, spec: spec.frequency in text,
+    f'"{RATES}"': lambda text, spec: RATES.lower() in text.lower(),
+    "how to reply YES": lambda text, spec: re.search(r"\bYES\b", text) is not None,
+    "how to reply HELP": lambda text, spec: re.search(r"\bHELP\b", text) is not None,
+    "how to reply STOP": lambda text, spec: re.search(r"\bSTOP\b", text) is not None,
+}
+
+
+class ProgramError(ValueError):
+    """The programs file is wrong; the message names the program and the key."""
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    slug: str
+    name: str
+    category: str
+    frequency: str
+    help: str
+    sender: str | None = None
+    messaging_service: str | None = None
+    terms_url: str | None = None
+    privacy_url: str | None = None
+    join_keywords: tuple[str, ...] = ()
+    double_opt_in: bool = True
+    allowed_countries: tuple[str, ...] = ()
+    daily_cap: int | None = None  # marketing messages per number per 24 h, on top of state rules
+    # Messages per second the provider takes from this program's sender; a sender shared by several
+    # programs goes at the slowest of their rates (gateway/queue/throughput.py). None: the sender's default.
+    mps: int | None = None
+    # The numbers a Messaging Service program sends from, as far as the programs file says: they are
+    # ours, and no one may subscribe them (a program with a `sender` has that one).
+    service_numbers: tuple[str, ...] = ()
+    templates: dict[str, str] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def text(self, template: str) -> str:
+        """Render one of the program's message templates."""
+        return self.templates[template].format(
+            name=self.name, frequency=self.frequency, help=self.help,
+            terms_url=self.terms_url or "", privacy_url=self.privacy_url or "",
+        )
+
+    @property
+    def version(self) -> str:
+        """A digest of the whole definition: evidence cites it as the version of what was shown."""
+        definition = asdict(self)
+        if not definition["service_numbers"]:
+            del definition["service_numbers"]  # added later: programs without it keep their version
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+
+
+_KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
+          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "service_numbers", "templates"}
+
+
+def _spec(slug: str, raw: dict) -> ProgramSpec:
+    def fail(key: str, problem: str) -> ProgramError:
+        return ProgramError(f"program {slug!r}: {key}: {problem}")
+
+    if not SLUG.match(slug):
+        raise fail("slug", "use lower-case letters, digits, - and _ (at most 64)")
+    for key in ("name", "category", "frequency", "help"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise fail(key, "required text")
+    if raw["category"] not in CATEGORIES:
+        raise fail("category", f"one of {', '.join(CATEGORIES)}")
+    sender, service = raw.get("sender"), raw.get("messaging_service")
+    if bool(sender) == bool(service):
+        raise fail("sender", "give exactly one of sender (E.164) or messaging_service (MG…)")
+    if sender and not is_e164(sender):
+        raise fail("sender", f"{sender!r} is not an E.164 number")
+    if service and not MESSAGING_SERVICE.match(service):
+        raise fail("messaging_service", "expected MG followed by 32 hex digits")
+    service_numbers = raw.get("service_numbers", [])
+    if not isinstance(service_numbers, list) or not all(isinstance(n, str) and is_e164(n) for n in service_numbers):
+        raise fail("service_numbers", "a list of E.164 numbers")
+    if service_numbers and not service:
+        raise fail("service_numbers", "only for a program that sends through a messaging_service")
+    keywords = raw.get("join_keywords", [])
+    if not isinstance(keywords, list) or not all(isinstance(k, str) and KEYWORD.match(k.upper()) for k in keywords):
+        raise fail("join_keywords", "a list of single words, 2-16 letters or digits")
+    double_opt_in = raw.get("double_opt_in", True)
+    if not isinstance(double_opt_in, bool):
+        raise fail("double_opt_in", "true or false")
+    countries = raw.get("allowed_countries")
+    if countries is None:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(sender)) if sender else None
+        countries = [region or "US"]
+    if not isinstance(countries, list) or not all(c in phonenumbers.SUPPORTED_REGIONS for c in countries):
+        raise fail("allowed_countries", "a list of ISO region codes, e.g. [\"US\", \"CA\"]")
+    daily_cap = raw.get("daily_cap")
+    if daily_cap is not None and (isinstance(daily_cap, bool) or not isinstance(daily_cap, int) or daily_cap < 1):
+        raise fail("daily_cap", "a whole number of messages, at least 1")
+    mps = raw.get("mps")
+    if mps is not None and (isinstance(mps, bool) or not isinstance(mps, int) or not 1 <= mps <= 10_000):
+        raise fail("mps", "a whole number of messages per second, 1 to 10000")
+    templates = dict(DEFAULT_TEMPLATES)
+    overrides = raw.get("templates", {})
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+        raise fail("templates", "a table of texts")
+    unknown_templates = set(overrides) - set(DEFAULT_TEMPLATES)
+    if unknown_templates:
+        raise fail("templates", f"unknown template {sorted(unknown_templates)[0]!r}")
+    templates.update(overrides)
+    spec = ProgramSpec(
+        slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
+        help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
+        privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
+        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps,
+        service_numbers=tuple(service_numbers), templates=templates,
+        extra={k: v for k, v in raw.items() if k not in _KNOWN},
+    )
+    for template in templates:
+        try:
+            spec.text(template)
+        except (KeyError, IndexError, ValueError) as error:
+            raise fail(f"templates.{template}", f"bad placeholder {error}") from None
+    confirmation = spec.text("confirmation")
+    for what, check in CONFIRMATION_MUST_SAY.items():
+        if not check(confirmation, spec):
+            raise fail("templates.confirmation", f"must include {what}")
+    # A text longer than one SMS still goes out, in parts that each cost a message: warn, don't refuse.
+    for template, text in [*((t, spec.text(t)) for t in templates), ("help", spec.help)]:
+        parts = count_segments(text).segments
+        if parts > 1:
+            log.warning("program %r: the %s text takes %d SMS segments; one fits 160 GSM-7 or 70 UCS-2 characters",
+                        slug, template, parts)
+    return spec
+
+
+def load_file(path: Path) -> list[ProgramSpec]:
+    """Parse and validate a programs file; raise ProgramError naming the problem."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ProgramError(f"{path}: not valid TOML ({error})") from None
+    programs = data.get("programs")
+    if not isinstance(programs, dict) or not programs:
+        raise ProgramError(f"{path}: no [programs.<slug>] tables")
+    specs = [_spec(slug, raw) for slug, raw in programs.items()]
+    seen: dict[tuple[str, str], str] = {}
+    for spec in specs:
+        for keyword in spec.join_keywords:
+            meaning = default_engine().classify(keyword).intent
+            if meaning is not Intent.OTHER:
+                # Built-in keywords win over join keywords, so this one could never join anyone.
+                raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} already means {meaning.value}")
+            key = (spec.sender or spec.messaging_service or "", keyword)
+            if key in seen:
+                raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} is already used by {seen[key]!r} on the same sender")
+            seen[key] = spec.slug
+    return specs
+
+
+class StoredProgram(Protocol):
+    """A stored program, as far as its definition goes (gateway.store.models.Program is one)."""
+
+    settings: Mapping[str, Any]
+
+
+def spec_of(program: StoredProgram) -> ProgramSpec:
+    """The definition a stored program was loaded from."""
+    data = dict(program.settings["spec"])
+    data["join_keywords"] = tuple(data["join_keywords"])
+    data["allowed_countries"] = tuple(data["allowed_countries"])
+    data["service_numbers"] = tuple(data.get("service_numbers", ()))
+    return ProgramSpec(**data)

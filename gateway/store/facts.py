@@ -1,0 +1,142 @@
+"""The send gate's reads: the `Facts` about numbers for one program, in one query whatever their number.
+
+The rules that judge them are gateway/domain/gate.py; gateway/services/policy.py joins the two. The
+caller gives each number's suppression digest (it holds the key), so this module knows the tables,
+not the secrets.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import TextualSelect, bindparam, text
+
+from gateway.domain.gate import Facts, Kind
+from gateway.store import bulk
+from gateway.store.database import Store, dialect_name, driver_sql, rows
+from gateway.store.models import Program, UTCDateTime
+
+# Messages that count against frequency caps: everything not refused.
+COUNTED = ("queued", "deferred", "sending", "sent", "delivered", "undelivered")
+_COUNTED_SQL = ", ".join(f"'{status}'" for status in COUNTED)  # constants, written into the SQL
+
+
+@dataclass(frozen=True)
+class Known:
+    """A number of ours, as `by_e164` found it."""
+
+    id: int
+    kind: str
+
+
+def _recent(count_recent: bool, exclude_message: str | None, numbers: str) -> tuple[str, str]:
+    """SQL joining `r`: each number's marketing texts of the last day (all programs, this one).
+
+    `numbers` is a FROM clause giving the numbers' ids as `number_id`.
+    """
+    if not count_recent:
+        return "", "0, 0"
+    exclude = " AND m.id <> :exclude" if exclude_message else ""
+    join = f"""
+        LEFT JOIN (
+            SELECT m.number_id, COUNT(*) AS total,
+                   SUM(CASE WHEN m.program_id = :program THEN 1 ELSE 0 END) AS this_program
+            FROM {numbers} JOIN messages m ON m.number_id = wanted.number_id
+            WHERE m.kind = '{Kind.MARKETING.value}' AND m.status IN ({_COUNTED_SQL}) AND m.created_at > :since{exclude}
+            GROUP BY m.number_id
+        ) r ON r.number_id = n.id"""
+    return join, "r.total, r.this_program"
+
+
+def by_e164(
+    session: Store,
+    e164s: Sequence[str],
+    digests: Sequence[str],
+    program: Program,
+    now: datetime,
+    *,
+    count_recent: bool = True,
+    exclude_message: str | None = None,
+) -> dict[str, tuple[Known | None, Facts]]:
+    """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query.
+
+    `digests` are the numbers' suppression digests, in the same order. One number is looked up
+    directly (the send API, the worker); many go into a temporary table (COPY on PostgreSQL) that
+    one query joins to numbers, consents, suppressions and the last day's messages, so a batch of
+    100,000 costs a handful of statements, not one per number. Many numbers need a Session; one can
+    be read through a Core connection too.
+    """
+    if not e164s:
+        return {}
+    params: dict = {"program": program.id}
+    if count_recent:
+        params["since"] = now - timedelta(hours=24)
+        if exclude_message:
+            params["exclude"] = exclude_message
+    if len(e164s) == 1:
+        params.update(e164=e164s[0], digest=digests[0])
+        return _facts(session, *_one_number_query(count_recent, bool(exclude_message)), params)
+    with bulk.temp_table(session, "gate_candidates", {"e164": "VARCHAR(20)", "digest": "VARCHAR(64)"},
+                         zip(e164s, digests)) as candidates:
+        recent, counts = _recent(count_recent, exclude_message,
+                                 f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 "
+                                 f"ON n2.e164 = c2.e164) wanted")
+        if dialect_name(session) == "postgresql":
+            # Hash joins over a million numbers in memory rather than in batches on disk; this
+            # transaction only.
+            session.execute(text("SET LOCAL work_mem = '64MB'"))
+        query = _facts_query(f"""
+            SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
+                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}
+            FROM {candidates} c
+            LEFT JOIN numbers n ON n.e164 = c.e164
+            LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
+            LEFT JOIN suppressions s ON s.digest = c.digest
+            {recent}
+        """, count_recent)
+        return _facts(session, query, None, params)
+
+
+def _facts_query(sql: str, count_recent: bool) -> TextualSelect:
+    query = text(sql).columns(expires_at=UTCDateTime())
+    if count_recent:
+        query = query.bindparams(bindparam("since", type_=UTCDateTime()))
+    return query
+
+
+@functools.cache
+def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[TextualSelect, str]:
+    """The query for one number (built once per variant) and its SQL as psycopg takes it."""
+    recent, counts = _recent(count_recent, exclude_message,
+                             "(SELECT id AS number_id FROM numbers WHERE e164 = :e164) wanted")
+    query = _facts_query(f"""
+        SELECT :e164 AS e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
+               CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.digest = :digest) THEN 1 ELSE 0 END,
+               {counts}
+        FROM (SELECT 1 AS probe) probe
+        LEFT JOIN numbers n ON n.e164 = :e164
+        LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
+        {recent}
+    """, count_recent)
+    return query, driver_sql(query)
+
+
+def _facts(session: Store, query: TextualSelect, sql: str | None,
+           params: dict) -> dict[str, tuple[Known | None, Facts]]:
+    """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
+    on_postgresql = dialect_name(session) == "postgresql"
+    found: dict[str, tuple[Known | None, Facts]] = {}
+    with bulk.collector_paused():
+        for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,
+             this_program) in rows(session, query, params, sql):
+            if on_postgresql and expires_at is not None:
+                expires_at = expires_at.astimezone(UTC)  # psycopg gives the server's zone
+            found[e164] = (
+                None if number_id is None else Known(number_id, kind),
+                Facts(e164, reachability or "ok", status, expires_at, bool(suppressed), total or 0,
+                      this_program or 0, region, kind),
+            )
+    return found
