@@ -227,3 +227,32 @@ def gone(head, signed: str) -> Break:
     return Break(head.number_id, f"number {head.number_id}",
                  f"has no chain any more, but the checkpoint of {signed} signed it at seq {head.seq}: "
                  "the whole chain was deleted")
+
+
+class SignedHeads:
+    """A checkpoint's heads, walked beside the store's numbers: both ascend by number id.
+
+    `take(number_id)` gives the head signed for that number (or None) and the breaks for every
+    signed number before it that the store no longer holds; `rest()` those after the last number.
+    """
+
+    def __init__(self, checkpoint=None):
+        self._heads = iter(checkpoint.heads()) if checkpoint is not None else iter(())
+        self.signed_at = checkpoint.created_at if checkpoint is not None else ""
+        self._next = next(self._heads, None)
+
+    def take(self, number_id: int) -> tuple[object | None, list[Break]]:
+        missing = []
+        while self._next is not None and self._next.number_id < number_id:
+            missing.append(gone(self._next, self.signed_at))
+            self._next = next(self._heads, None)
+        head = None
+        if self._next is not None and self._next.number_id == number_id:
+            head, self._next = self._next, next(self._heads, None)
+        return head, missing
+
+    def rest(self) -> list[Break]:
+        missing = [gone(head, self.signed_at) for head in ([self._next] if self._next is not None else [])]
+        missing += [gone(head, self.signed_at) for head in self._heads]
+        self._next = None
+        return missing

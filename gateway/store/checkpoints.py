@@ -39,13 +39,14 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.domain import merkle
-from gateway.domain.ledger import Break, gone, number_label
-from gateway.store.models import LedgerEvent, PhoneNumber, utcnow
+from gateway.domain.ledger import Break, SignedHeads, number_label
+from gateway.store.ledger import number_batches
+from gateway.store.models import LedgerEvent, utcnow
 
 FORMAT = "smsgate-ledger-checkpoint/1"
 _NAME = re.compile(r"^checkpoint-(\d{8}T\d{6}\.\d{6}Z)\.jsonl$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_NUMBERS, _EVENTS = PhoneNumber.__table__, LedgerEvent.__table__
+_EVENTS = LedgerEvent.__table__
 
 
 @dataclass(frozen=True)
@@ -285,33 +286,24 @@ def _consistent_heads(session: Session, previous: Checkpoint | None, problems: l
                       batch: int) -> Iterator[Head]:
     """Every chain's head now, ascending; where `previous` signed a head the chain no longer holds,
     a Break goes to `problems`."""
-    signed = iter(previous.heads()) if previous is not None else iter(())
-    when = previous.created_at if previous is not None else ""
-    pending = next(signed, None)
-    last_id = 0
-    while True:
-        rows = session.execute(
-            select(_NUMBERS.c.id, _NUMBERS.c.e164, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head)
-            .where(_NUMBERS.c.id > last_id, _NUMBERS.c.ledger_seq > 0).order_by(_NUMBERS.c.id).limit(batch)
-        ).all()
-        if not rows:
-            break
+    signed = SignedHeads(previous)
+    when = signed.signed_at
+    for rows in number_batches(session, batch, chained_only=True):
         grown: list[tuple[Head, str]] = []  # heads signed before, now further on: the chain must hold them
         for row in rows:
-            while pending is not None and pending.number_id < row.id:
-                problems.append(gone(pending, when))
-                pending = next(signed, None)
+            pending, missing = signed.take(row.id)
+            problems.extend(missing)
+            if pending is None:
+                continue
             label = number_label(row.id, row.e164)
-            if pending is not None and pending.number_id == row.id:
-                if row.ledger_seq < pending.seq:
-                    problems.append(Break(row.id, label, f"the chain ends at seq {row.ledger_seq} but the "
-                                          f"checkpoint of {when} signed seq {pending.seq}: events were removed"))
-                elif row.ledger_seq == pending.seq and row.ledger_head != pending.hash:
-                    problems.append(Break(row.id, label, f"its head differs from the checkpoint of {when}: "
-                                                         "the chain was rewritten"))
-                elif row.ledger_seq > pending.seq:
-                    grown.append((pending, label))
-                pending = next(signed, None)
+            if row.ledger_seq < pending.seq:
+                problems.append(Break(row.id, label, f"the chain ends at seq {row.ledger_seq} but the "
+                                      f"checkpoint of {when} signed seq {pending.seq}: events were removed"))
+            elif row.ledger_seq == pending.seq and row.ledger_head != pending.hash:
+                problems.append(Break(row.id, label, f"its head differs from the checkpoint of {when}: "
+                                                     "the chain was rewritten"))
+            elif row.ledger_seq > pending.seq:
+                grown.append((pending, label))
         if grown:
             held = {(number_id, seq): hash for number_id, seq, hash in session.execute(
                 select(_EVENTS.c.number_id, _EVENTS.c.seq, _EVENTS.c.hash)
@@ -323,10 +315,7 @@ def _consistent_heads(session: Session, previous: Checkpoint | None, problems: l
                                                                  f"checkpoint of {when}: the chain was rewritten"))
         for row in rows:
             yield Head(row.id, row.ledger_seq, row.ledger_head)
-        last_id = rows[-1].id
-    while pending is not None:
-        problems.append(gone(pending, when))
-        pending = next(signed, None)
+    problems.extend(signed.rest())
 
 
 def from_settings(settings) -> tuple[CheckpointLog, Signer]:

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.ledger import (
     Break,
+    SignedHeads,
     check_against_checkpoint,
     check_chain,
     check_projection,
-    gone,
     number_label,
 )
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program
@@ -48,17 +48,8 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
     """
     tally = tally if tally is not None else Tally()
     slugs = dict(session.execute(select(_PROGRAMS.c.id, _PROGRAMS.c.slug)).all())
-    heads = iter(checkpoint.heads()) if checkpoint is not None else iter(())
-    signed = checkpoint.created_at if checkpoint is not None else ""
-    pending = next(heads, None)
-    last_id = 0
-    while True:
-        numbers = session.execute(
-            select(_NUMBERS.c.id, _NUMBERS.c.e164, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head)
-            .where(_NUMBERS.c.id > last_id).order_by(_NUMBERS.c.id).limit(batch)
-        ).all()
-        if not numbers:
-            break
+    signed = SignedHeads(checkpoint)
+    for numbers in number_batches(session, batch):
         ids = [number.id for number in numbers]
         events: dict[int, list] = {number_id: [] for number_id in ids}
         # Ordered by id (insertion order), not seq: a swapped seq must show, not be sorted away.
@@ -71,12 +62,8 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
         ).all():
             consents[row.number_id][row.program_id] = row
         for number in numbers:
-            while pending is not None and pending.number_id < number.id:
-                yield gone(pending, signed)
-                pending = next(heads, None)
-            head = None
-            if pending is not None and pending.number_id == number.id:
-                head, pending = pending, next(heads, None)
+            head, missing = signed.take(number.id)
+            yield from missing
             chain = events[number.id]
             if chain:
                 tally.chains += 1
@@ -87,11 +74,24 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
                 yield broken
                 continue
             if head is not None:
-                moved = check_against_checkpoint(number, chain, label, head, signed)
+                moved = check_against_checkpoint(number, chain, label, head, signed.signed_at)
                 if moved:
                     yield moved
             yield from check_projection(number, chain, consents[number.id], label, slugs)
-        last_id = ids[-1]
-    while pending is not None:
-        yield gone(pending, signed)
-        pending = next(heads, None)
+    yield from signed.rest()
+
+
+def number_batches(session: Session, batch: int, *, chained_only: bool = False) -> Iterator[list]:
+    """Every number as a row (id, e164, ledger_seq, ledger_head), `batch` at a time in id order, by keyset:
+    memory stays bounded and a number added during the walk is read once or not at all, never twice."""
+    last_id = 0
+    while True:
+        query = select(_NUMBERS.c.id, _NUMBERS.c.e164, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head).where(
+            _NUMBERS.c.id > last_id)
+        if chained_only:
+            query = query.where(_NUMBERS.c.ledger_seq > 0)
+        rows = session.execute(query.order_by(_NUMBERS.c.id).limit(batch)).all()
+        if not rows:
+            return
+        yield rows
+        last_id = rows[-1].id
