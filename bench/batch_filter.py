@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from gateway.domain.gate import Kind  # noqa: E402
-from gateway.services import batches, keys, policy  # noqa: E402
-from gateway.domain.programs import load_file
-from gateway.store import bulk, programs
 from gateway.config import load_settings  # noqa: E402
+from gateway.domain.gate import Kind  # noqa: E402
+from gateway.domain.programs import load_file
+from gateway.domain.quiet_hours import default_rules  # noqa: E402
+from gateway.services import batches, keys, policy  # noqa: E402
+from gateway.store import bulk, programs
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import utcnow  # noqa: E402
-from gateway.domain.quiet_hours import default_rules  # noqa: E402
 
 REQUIRED_RATIO = 0.50
 # Area codes across the US time zones and the capped states, so quiet hours and caps have work to do.
@@ -129,7 +129,8 @@ def _prepare(url: str, settings, store: int) -> Database:
             SELECT id, :alerts, 'opted_in', false, now() FROM numbers WHERE id % 3 = 0"""), {"alerts": alerts})
         # A suppression list and a day of earlier texts, so those joins have rows to find.
         session.execute(text("INSERT INTO suppressions (digest, reason, created_at) "
-                             "SELECT md5(id::text) || md5((id * 7)::text), 'erased', now() FROM generate_series(1, 20000) id"))
+                             "SELECT md5(id::text) || md5((id * 7)::text), 'erased', now() "
+                             "FROM generate_series(1, 20000) id"))
     with database.engine.begin() as connection:
         connection.execute(text("ANALYZE"))
     print(f"store: {store:,} numbers, consents, 20,000 suppressions ({time.perf_counter() - started:.0f} s)")

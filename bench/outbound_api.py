@@ -5,8 +5,9 @@ one run, driven by wrk over loopback. The gateway's requests are real sends: an 
 numbers opted in to the `deals` marketing program (so the whole gate runs: consent, suppression,
 the last day's count for caps, quiet hours), each accepted message stored with its history and
 enqueued after the commit (embedded broker). Each number gets a message or two, as a real day's
-marketing would (the gate counts a number's texts of the last day). The baseline is bench/baseline_app.py: signature check,
-one INSERT and one UPDATE in one transaction. The gateway must reach at least 70% of it.
+marketing would (the gate counts a number's texts of the last day). The baseline is
+bench/baseline_app.py: signature check, one INSERT and one UPDATE in one transaction. The gateway
+must reach at least 70% of it.
 
     .venv/bin/python bench/outbound_api.py [--duration 15] [--rounds 2] [--connections 8]
 
@@ -37,13 +38,13 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for both 
     _environment,
     _prepare_database,
     _start_gunicorn,
-    _wrk,
     _write_requests,
+    _wrk,
     measure_rounds,
 )
-from gateway.store import bulk, programs  # noqa: E402
-from gateway.services import keys
 from gateway.config import load_settings  # noqa: E402
+from gateway.services import keys
+from gateway.store import bulk, programs  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
 

@@ -72,7 +72,8 @@ def make_server(port: int) -> ThreadingHTTPServer:
             now = formatdate(usegmt=False)
             self._answer(201, {
                 "sid": "SM" + uuid.uuid4().hex, "account_sid": account, "status": "queued", "direction": "outbound-api",
-                "to": form.get("To"), "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),
+                "to": form.get("To"), "from": form.get("From"),
+                "messaging_service_sid": form.get("MessagingServiceSid"),
                 "body": form.get("Body", ""), "num_segments": "1", "num_media": "0", "error_code": None,
                 "error_message": None, "date_created": now, "date_updated": now, "date_sent": None,
                 "price": None, "price_unit": "USD", "api_version": "2010-04-01",

@@ -261,7 +261,8 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         raise ConfigError(f"PORT: expected a TCP port up to 65535, got {port}")
 
     broker = str(raw["celery_broker_url"]) or f"filesystem://{var_dir / 'broker'}"
-    checkpoint_dir = _path(str(raw["ledger_checkpoint_dir"])) if raw["ledger_checkpoint_dir"] else var_dir / "checkpoints"
+    checkpoint_dir = (_path(str(raw["ledger_checkpoint_dir"])) if raw["ledger_checkpoint_dir"]
+                      else var_dir / "checkpoints")
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
         raise ConfigError(f"LEDGER_CHECKPOINT_DIR: {checkpoint_dir} exists and is not a directory")
     return Settings(

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import REGISTRY, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-WEBHOOK_REJECTED = Counter("smsgate_webhook_rejected_total", "Webhooks refused for a bad or missing signature", ["path"])
+WEBHOOK_REJECTED = Counter("smsgate_webhook_rejected_total", "Webhooks refused for a bad or missing signature",
+                           ["path"])
 INBOUND = Counter("smsgate_inbound_messages_total", "Inbound texts by intent", ["intent"])
 CONSENT_EVENTS = Counter("smsgate_consent_events_total", "Ledger events by type and source", ["type", "source"])
 MESSAGES_ACCEPTED = Counter("smsgate_messages_accepted_total", "Outbound messages accepted", ["kind"])
-MESSAGES_REFUSED = Counter("smsgate_messages_refused_total", "Outbound messages refused or blocked, by reason", ["reason", "stage"])
+MESSAGES_REFUSED = Counter("smsgate_messages_refused_total", "Outbound messages refused or blocked, by reason",
+                           ["reason", "stage"])
 MESSAGES_SENT = Counter("smsgate_messages_sent_total", "Messages handed to the provider", ["kind"])
 DELIVERY_STATUS = Counter("smsgate_delivery_status_total", "Status callbacks by status", ["status"])
-SUBSCRIPTION_REQUESTS = Counter("smsgate_subscription_requests_total", "Double opt-in requests from the form and the API, by outcome", ["source", "outcome"])
+SUBSCRIPTION_REQUESTS = Counter("smsgate_subscription_requests_total",
+                                "Double opt-in requests from the form and the API, by outcome", ["source", "outcome"])
 CARRIER_OPT_OUTS = Counter("smsgate_carrier_opt_outs_total", "21610 opt-outs learnt from Twilio")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
 

@@ -111,7 +111,8 @@ class Places:
         digits = facts.e164[1:]
         zone_prefix = next((digits[:n] for n in range(min(TIMEZONE_LONGEST_PREFIX, len(digits)), 0, -1)
                             if digits[:n] in TIMEZONE_DATA), None)
-        country = next((digits[:n] for n in (1, 2, 3) if int(digits[:n] or 0) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), "")
+        country = next((digits[:n] for n in (1, 2, 3)
+                        if int(digits[:n] or 0) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), "")
         area = digits[1:4] if country == "1" else ""
         return (facts.kind, country, area, zone_prefix)
 

@@ -79,7 +79,7 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes) -> bool:
-    """Whether `proof` places `leaf` at `index` of the tree of `size` leaves with `expected_root` (RFC 9162 §2.1.3.2)."""
+    """Whether `proof` places `leaf` at `index` of a tree of `size` leaves with `expected_root` (RFC 9162 §2.1.3.2)."""
     if not 0 <= index < size:
         return False
     fn, sn, node = index, size - 1, leaf

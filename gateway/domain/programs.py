@@ -32,7 +32,8 @@ KEYWORD = re.compile(r"^[A-Z0-9]{2,16}$")
 RATES = "Msg & data rates may apply"
 
 DEFAULT_TEMPLATES = {
-    "confirmation": "{name}: reply YES to confirm your subscription. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
+    "confirmation": ("{name}: reply YES to confirm your subscription. {frequency}. " + RATES
+                     + ". Reply HELP for help, STOP to cancel."),
     "welcome": "{name}: you're subscribed. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
     "opt_out": "{name}: you're unsubscribed and will get no more messages. Reply START to resubscribe.",
     "opt_in": "{name}: you're resubscribed. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
@@ -191,7 +192,8 @@ def load_file(path: Path) -> list[ProgramSpec]:
                 raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} already means {meaning.value}")
             key = (spec.sender or spec.messaging_service or "", keyword)
             if key in seen:
-                raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} is already used by {seen[key]!r} on the same sender")
+                raise ProgramError(f"program {spec.slug!r}: join keyword {keyword} is already used by "
+                                   f"{seen[key]!r} on the same sender")
             seen[key] = spec.slug
     return specs
 

@@ -10,7 +10,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ class QuietHours:
         """`next_allowed` for a number placed already: its window and time zones."""
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be timezone-aware")
-        now = now.astimezone(timezone.utc)
+        now = now.astimezone(UTC)
         # Open now in every zone: the common case, answered without listing a week of openings.
         if _open_count(window, zones, now) == len(zones):
             return None
@@ -231,7 +231,7 @@ def _local_to_utc(day: date, wall: time, zone: ZoneInfo) -> datetime:
     # moment the clock shows it); in a spring-forward gap, the wall time read with the offset from
     # before the jump, so 02:30 on a US spring-forward day becomes 03:30 daylight time. Either way
     # the moment is really open: at worst as late as the gap is long, never early.
-    return datetime.combine(day, wall, tzinfo=zone).astimezone(timezone.utc)
+    return datetime.combine(day, wall, tzinfo=zone).astimezone(UTC)
 
 
 def _open_count(window: Window, zones: Iterable[ZoneInfo], moment: datetime) -> int:

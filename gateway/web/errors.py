@@ -38,7 +38,8 @@ def register(app: Flask) -> None:
         headers = [(name, value) for name, value in error.get_headers() if name.lower() != "content-type"]
         # Twilio and browsers get plain text; API clients get the JSON shape they parse.
         if request.path.startswith("/v1") or request.accept_mimetypes.best == "application/json":
-            response = error_response(error.code or 500, _CODES.get(error.code, "error"), error.description or error.name)
+            response = error_response(error.code or 500, _CODES.get(error.code, "error"),
+                                      error.description or error.name)
             response.headers.extend(headers)
             return response
         return error.description or error.name, error.code, [*headers, ("Content-Type", "text/plain; charset=utf-8")]

@@ -11,15 +11,13 @@ from xml.etree import ElementTree
 import pytest
 from sqlalchemy import func, select
 
-from gateway.domain.programs import spec_of
-from gateway.store import programs
-from gateway.services import subscriptions
 from gateway.domain.consent import Input, Source
-from gateway.store import ledger
-from gateway.services import consents
-from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import parse
+from gateway.domain.programs import spec_of
 from gateway.queue.app import TaskNames
+from gateway.services import consents, subscriptions
+from gateway.store import ledger, programs
+from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxEvent
 from tests.conftest import ACCOUNT_SID, wait_for
 
@@ -95,7 +93,10 @@ def replies(response) -> list[str]:
     return [m.text for m in ElementTree.fromstring(response.get_data(as_text=True)).iter("Message")]
 
 
-def send(client, keys, program="alerts", body="Acme Alerts: scheduled maintenance tonight 1-2am. Reply STOP to cancel."):
+MAINTENANCE = "Acme Alerts: scheduled maintenance tonight 1-2am. Reply STOP to cancel."
+
+
+def send(client, keys, program="alerts", body=MAINTENANCE):
     return client.post("/v1/messages", json={"to": PHONE, "program": program, "body": body}, headers=keys["send"])
 
 

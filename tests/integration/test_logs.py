@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from gateway.store import database as db_module
 from gateway import logs
+from gateway.store import database as db_module
 from gateway.store.models import InboundMessage, PhoneNumber
 from tests.conftest import ROOT, wait_for
 from tests.integration.web.test_api_messages import consent

@@ -12,14 +12,12 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from gateway.services import inbound
-from gateway.store import programs
 from gateway.domain.consent import Input, Source
-from gateway.store import ledger
-from gateway.services import consents
+from gateway.domain.numbers import parse
+from gateway.services import consents, inbound
+from gateway.store import ledger, programs
 from gateway.store.database import Writes, _one_statement, on_driver
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
-from gateway.domain.numbers import parse
 
 PERSON = "+14155552671"
 SENDER = "+15005550006"  # deals and alerts

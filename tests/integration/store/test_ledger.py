@@ -16,20 +16,19 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import delete, select, update
 
-from gateway.domain.gate import Decision, Kind
-from gateway.services import policy, privacy
 from gateway.cli import main
 from gateway.config import ConfigError, load_settings
-from gateway.domain.consent import Input, Source
-from gateway.domain.ledger import GENESIS_HASH, chain
-from gateway.store import checkpoints, ledger
 from gateway.domain import merkle
-from gateway.services import consents
-from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber
+from gateway.domain.consent import Input, Source
+from gateway.domain.gate import Decision, Kind
+from gateway.domain.ledger import GENESIS_HASH, chain
 from gateway.domain.numbers import parse
-from gateway.store.programs import by_slug
-from gateway.queue.app import QueueNames, TaskNames
 from gateway.domain.quiet_hours import default_rules
+from gateway.queue.app import QueueNames, TaskNames
+from gateway.services import consents, policy, privacy
+from gateway.store import checkpoints, ledger
+from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber
+from gateway.store.programs import by_slug
 from tests.conftest import wait_for
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -227,7 +226,8 @@ def test_a_whole_chain_recomputed_without_the_key(db, settings, test_env):
     assert may_send(db, settings).allowed
     found = problems(db, settings)
     assert len(found) == 1
-    assert found[0].startswith(f"{MASKED} (number 1), event ") and " at seq 3: differs from the checkpoint of " in found[0]
+    assert found[0].startswith(f"{MASKED} (number 1), event ")
+    assert " at seq 3: differs from the checkpoint of " in found[0]
     assert found[0].endswith("the chain was rewritten")
     with db.snapshot() as session:
         assert list(ledger.verify(session)) == []  # without the checkpoint, nothing shows

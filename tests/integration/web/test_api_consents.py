@@ -6,13 +6,12 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import func, select
 
-from gateway.domain.gate import Kind, Reason
-from gateway.services import policy
-from gateway.store import programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import LedgerEvent, PhoneNumber, utcnow
+from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import parse
+from gateway.services import consents, policy
+from gateway.store import programs
+from gateway.store.models import LedgerEvent, PhoneNumber, utcnow
 
 PERSON = "+14155552671"
 
@@ -162,7 +161,8 @@ def opt_out_event(db):
     ('{"agent": "Sam", "note": ' + "9" * 5000 + "}", "evidence.note", "64-bit"),
     ('{"agent": "Sam", "note": ' + "[" * 40 + "]" * 40 + "}", "evidence.note" + "[0]" * 30, "more than 32 deep"),
     # So deep that the parser itself gives up: cut out all the same.
-    ('{"agent": "Sam", "note": ' + "[" * 50_000 + "]" * 50_000 + "}", "evidence.note" + "[0]" * 30, "more than 32 deep"),
+    ('{"agent": "Sam", "note": ' + "[" * 50_000 + "]" * 50_000 + "}", "evidence.note" + "[0]" * 30,
+     "more than 32 deep"),
 ])
 def test_an_opt_out_with_unstorable_evidence_is_recorded_with_what_can_be_kept(client, make_key, db, evidence,
                                                                               field, reason):

@@ -8,12 +8,12 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from gateway.web.app import create_app
 from gateway.domain.consent import Input, Source
+from gateway.domain.numbers import parse
 from gateway.services import consents
 from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
+from gateway.web.app import create_app
 
 PHONE = "+14155550123"
 
@@ -189,7 +189,8 @@ def test_an_opted_out_number_gets_the_same_page_and_no_text(client, form, db):
     response = form()
     assert response.status_code == 303
     page = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert "Reply YES to that text to confirm" in page and "text <strong>START</strong> to +15005550006, then\n    <strong>DEALS</strong>" in page
+    assert "Reply YES to that text to confirm" in page
+    assert "text <strong>START</strong> to +15005550006, then\n    <strong>DEALS</strong>" in page
     assert counts(db) == before
 
 

@@ -71,7 +71,8 @@ schema = schemathesis.openapi.from_dict(openapi.document())
 
 
 @schema.parametrize()
-@settings(max_examples=int(os.environ.get("OPENAPI_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("OPENAPI_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=list(HealthCheck))
 def test_the_app_answers_as_documented(case, live_server, admin, captured_queue):
     # Sends the requests enqueue go to a queue no worker reads. Not checked: that every schema-valid
     # request is accepted. A well-formed send to a number without consent, or to a program that does

@@ -3,10 +3,11 @@
 import logging
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.logs import MaskNumbers
 from gateway.domain.numbers import InvalidNumber, is_e164, mask, parse
+from gateway.logs import MaskNumbers
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import tomllib
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,10 +16,14 @@ from phonenumbers import geocoder
 
 from gateway.domain.quiet_hours import DEFAULT_PATH, QuietHours, Window, default_rules
 
-UTC = timezone.utc
 NEW_YORK = ZoneInfo("America/New_York")
 CHICAGO = ZoneInfo("America/Chicago")
 LONDON = ZoneInfo("Europe/London")
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
 
 NYC = "+12125550123"
 MIAMI = "+13055550123"
@@ -115,7 +119,7 @@ def test_rejects_a_string_that_is_not_e164(rules):
     with pytest.raises(ValueError, match="E.164"):
         rules.window_for("305 555 0123")
     with pytest.raises(ValueError, match="E.164"):
-        rules.next_allowed("not a number", datetime(2025, 1, 15, 12, tzinfo=UTC))
+        rules.next_allowed("not a number", utc(2025, 1, 15, 12))
 
 
 def test_shipped_area_code_lists():
@@ -165,7 +169,7 @@ def test_unknown_numbers_use_the_fallback_zones(rules):
         "Pacific/Honolulu",
     }
     # The window open in all of them: 13:00-21:00 Eastern in winter.
-    assert rules.next_allowed(UNASSIGNED_US, local(NEW_YORK, 2025, 1, 15, 12, 59)) == datetime(2025, 1, 15, 18, tzinfo=UTC)
+    assert rules.next_allowed(UNASSIGNED_US, local(NEW_YORK, 2025, 1, 15, 12, 59)) == utc(2025, 1, 15, 18)
     assert rules.next_allowed(UNASSIGNED_US, local(NEW_YORK, 2025, 1, 15, 13, 0)) is None
 
 
@@ -183,7 +187,7 @@ def test_new_york_edges_of_the_window(rules):
 def test_answer_is_aware_utc_and_now_may_be_in_any_zone(rules):
     tokyo_now = datetime(2025, 1, 16, 11, 30, tzinfo=ZoneInfo("Asia/Tokyo"))  # 21:30 in New York
     answer = rules.next_allowed(NYC, tokyo_now)
-    assert answer == datetime(2025, 1, 16, 13, 0, tzinfo=UTC)
+    assert answer == utc(2025, 1, 16, 13, 0)
     assert answer.tzinfo is UTC
 
 
@@ -211,15 +215,15 @@ def test_toll_free_gets_the_window_open_in_every_us_zone(rules):
     # Its zones run from Guam (UTC+10) to Pago Pago (UTC-11) and St John's (UTC-3:30). In
     # January, 08:00-21:00 holds everywhere only from 22:00 UTC (08:00 in Guam, next day) to
     # 00:30 UTC (21:00 in St John's): 17:00-19:30 in New York.
-    assert rules.next_allowed(TOLL_FREE, local(NEW_YORK, 2025, 1, 15, 10, 0)) == datetime(2025, 1, 15, 22, 0, tzinfo=UTC)
+    assert rules.next_allowed(TOLL_FREE, local(NEW_YORK, 2025, 1, 15, 10, 0)) == utc(2025, 1, 15, 22, 0)
     assert rules.next_allowed(TOLL_FREE, local(NEW_YORK, 2025, 1, 15, 19, 29)) is None
-    assert rules.next_allowed(TOLL_FREE, local(NEW_YORK, 2025, 1, 15, 19, 30)) == datetime(2025, 1, 16, 22, 0, tzinfo=UTC)
+    assert rules.next_allowed(TOLL_FREE, local(NEW_YORK, 2025, 1, 15, 19, 30)) == utc(2025, 1, 16, 22, 0)
 
 
 def test_uk_numbers_use_london_time_across_bst(rules):
     # 2025-03-30: the UK moves to BST at 01:00 UTC.
-    assert rules.next_allowed(LONDON_FIXED, datetime(2025, 3, 29, 7, 30, tzinfo=UTC)) == datetime(2025, 3, 29, 8, 0, tzinfo=UTC)
-    assert rules.next_allowed(LONDON_FIXED, datetime(2025, 3, 30, 6, 30, tzinfo=UTC)) == datetime(2025, 3, 30, 7, 0, tzinfo=UTC)
+    assert rules.next_allowed(LONDON_FIXED, utc(2025, 3, 29, 7, 30)) == utc(2025, 3, 29, 8, 0)
+    assert rules.next_allowed(LONDON_FIXED, utc(2025, 3, 30, 6, 30)) == utc(2025, 3, 30, 7, 0)
     assert rules.next_allowed(LONDON_FIXED, local(LONDON, 2025, 7, 1, 20, 59)) is None
     # A Guernsey mobile maps to four zones that share one clock.
     assert rules.next_allowed(UK_MOBILE, local(LONDON, 2025, 7, 1, 21, 0)) == local(LONDON, 2025, 7, 2, 8, 0)
@@ -228,27 +232,27 @@ def test_uk_numbers_use_london_time_across_bst(rules):
 def test_australian_mobile_spans_several_zones(rules):
     # January: Sydney and Lord Howe are UTC+11, Cocos (Keeling) UTC+6:30. The common window opens
     # at 08:00 in Cocos (01:30 UTC) and closes at 21:00 in Sydney (10:00 UTC).
-    assert rules.next_allowed(AU_MOBILE, datetime(2025, 1, 15, 1, 0, tzinfo=UTC)) == datetime(2025, 1, 15, 1, 30, tzinfo=UTC)
-    assert rules.next_allowed(AU_MOBILE, datetime(2025, 1, 15, 9, 59, tzinfo=UTC)) is None
-    assert rules.next_allowed(AU_MOBILE, datetime(2025, 1, 15, 10, 0, tzinfo=UTC)) == datetime(2025, 1, 16, 1, 30, tzinfo=UTC)
+    assert rules.next_allowed(AU_MOBILE, utc(2025, 1, 15, 1, 0)) == utc(2025, 1, 15, 1, 30)
+    assert rules.next_allowed(AU_MOBILE, utc(2025, 1, 15, 9, 59)) is None
+    assert rules.next_allowed(AU_MOBILE, utc(2025, 1, 15, 10, 0)) == utc(2025, 1, 16, 1, 30)
     # A Sydney landline is only Sydney: 21:00 there is 10:00 UTC, 08:00 is 21:00 UTC.
-    assert rules.next_allowed(SYDNEY_FIXED, datetime(2025, 1, 15, 10, 0, tzinfo=UTC)) == datetime(2025, 1, 15, 21, 0, tzinfo=UTC)
+    assert rules.next_allowed(SYDNEY_FIXED, utc(2025, 1, 15, 10, 0)) == utc(2025, 1, 15, 21, 0)
 
 
 def test_us_spring_forward(rules):
     # 2025-03-09 02:00 EST → 03:00 EDT. 08:00 that morning is 12:00 UTC, not 13:00.
     late = local(NEW_YORK, 2025, 3, 8, 21, 30)
-    assert rules.next_allowed(NYC, late) == datetime(2025, 3, 9, 12, 0, tzinfo=UTC)
-    assert rules.next_allowed(NYC, datetime(2025, 3, 9, 11, 59, tzinfo=UTC)) == datetime(2025, 3, 9, 12, 0, tzinfo=UTC)
+    assert rules.next_allowed(NYC, late) == utc(2025, 3, 9, 12, 0)
+    assert rules.next_allowed(NYC, utc(2025, 3, 9, 11, 59)) == utc(2025, 3, 9, 12, 0)
 
 
 def test_us_fall_back(rules):
     # 2025-11-02 02:00 EDT → 01:00 EST. 08:00 that morning is 13:00 UTC, not 12:00.
     late = local(NEW_YORK, 2025, 11, 1, 22, 0)
-    assert rules.next_allowed(NYC, late) == datetime(2025, 11, 2, 13, 0, tzinfo=UTC)
-    assert rules.next_allowed(NYC, datetime(2025, 11, 2, 12, 30, tzinfo=UTC)) == datetime(2025, 11, 2, 13, 0, tzinfo=UTC)
+    assert rules.next_allowed(NYC, late) == utc(2025, 11, 2, 13, 0)
+    assert rules.next_allowed(NYC, utc(2025, 11, 2, 12, 30)) == utc(2025, 11, 2, 13, 0)
     # 20:59 EST on the long day is 01:59 UTC on the 3rd: still open.
-    assert rules.next_allowed(NYC, datetime(2025, 11, 3, 1, 59, tzinfo=UTC)) is None
+    assert rules.next_allowed(NYC, utc(2025, 11, 3, 1, 59)) is None
 
 
 def test_no_sunday_skips_to_monday(rules):
@@ -278,14 +282,15 @@ def test_empty_intersection_falls_back_to_widest_coverage(tmp_path):
     # A one-hour window cannot be open in New York and Los Angeles at once. The fallback is the
     # earliest moment open in as many zones as possible (here: one), and asking again at that
     # moment says "go", so a caller that defers and retries does not loop.
-    path = write_rules(tmp_path, MINIMAL.replace("start = 08:00:00\n    end = 21:00:00", "start = 09:00:00\n    end = 10:00:00"))
+    narrower = MINIMAL.replace("start = 08:00:00\n    end = 21:00:00", "start = 09:00:00\n    end = 10:00:00")
+    path = write_rules(tmp_path, narrower)
     rules = QuietHours.from_file(path)
     answer = rules.next_allowed(UNASSIGNED_US, local(NEW_YORK, 2025, 1, 15, 7, 0))
     assert answer == local(NEW_YORK, 2025, 1, 15, 9, 0)
     assert rules.next_allowed(UNASSIGNED_US, answer) is None
     # The toll-free number's 42 zones have no common hour either; it still answers promptly.
-    answer = rules.next_allowed(TOLL_FREE, datetime(2025, 1, 15, 12, 0, tzinfo=UTC))
-    assert answer is not None and answer - datetime(2025, 1, 15, 12, 0, tzinfo=UTC) < timedelta(days=1)
+    answer = rules.next_allowed(TOLL_FREE, utc(2025, 1, 15, 12, 0))
+    assert answer is not None and answer - utc(2025, 1, 15, 12, 0) < timedelta(days=1)
     assert rules.next_allowed(TOLL_FREE, answer) is None
 
 
@@ -348,7 +353,8 @@ def test_minimal_file_loads(tmp_path):
         ("end = 20:00:00", "end = 20:00:00\n    daily_limit = 3", "states.FL.daily_limit"),
         ("daily_cap = 3", "daily_cap = true", "states.FL.daily_cap"),
         ("daily_cap = 3", "daily_cap = 0", "states.FL.daily_cap"),
-        ('applies_to_texts = "yes"\n    citation = "Fla', 'applies_to_texts = "maybe"\n    citation = "Fla', "states.FL.applies_to_texts"),
+        ('applies_to_texts = "yes"\n    citation = "Fla', 'applies_to_texts = "maybe"\n    citation = "Fla',
+         "states.FL.applies_to_texts"),
         ('area_codes = ["305", "786"]', 'area_codes = ["305", 786]', "states.FL.area_codes"),
         ('area_codes = ["305", "786"]', 'area_codes = ["305", "105"]', "states.FL.area_codes"),
         ('area_codes = ["305", "786"]', "area_codes = []", "states.FL.area_codes"),

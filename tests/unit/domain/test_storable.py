@@ -54,7 +54,8 @@ def test_depth_up_to_the_limit_is_fine_and_one_more_is_not():
     assert problems("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)) == [
         ("[0]" * MAX_DEPTH, f"nests arrays and objects more than {MAX_DEPTH} deep")]
     nested_objects = '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1)
-    assert problems(nested_objects) == [("a" + ".a" * (MAX_DEPTH - 1), f"nests arrays and objects more than {MAX_DEPTH} deep")]
+    expected = f"nests arrays and objects more than {MAX_DEPTH} deep"
+    assert problems(nested_objects) == [("a" + ".a" * (MAX_DEPTH - 1), expected)]
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000, 1_000_000])
