@@ -79,8 +79,9 @@ class Gate:
         """`may_send` for a number as a caller gave it, which we may not hold yet (then: no consent).
 
         `to` is a parsed Number, or E.164 text (numbers.is_e164): a number we hold was validated when
-        its row was made, so its stored type and region stand and phonenumbers (~80 µs, more than the
-        rest of the gate) is asked only about a number new to us. Raises InvalidNumber as numbers.parse does.
+        its row was made, so its stored type and region stand and phonenumbers (dearer than the rest
+        of the gate, bench/README.md) is asked only about a number new to us. Raises InvalidNumber as
+        numbers.parse does.
         """
         e164 = to.e164 if isinstance(to, Number) else to
         known, found = self.facts_by_e164(store, [e164], program, now, count_recent=kind is Kind.MARKETING)[e164]
