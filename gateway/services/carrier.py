@@ -1,4 +1,9 @@
-"""Opt-outs Twilio tells us about (error 21610), from a failed send or a status callback."""
+"""What the provider's answers teach about a number: opt-outs made at Twilio (21610) and reachability.
+
+Three paths learn something: a refused send, a status callback, and an inbound text (a handset that
+texts us is reachable). They all learn it here, so a landline found at send time and one found in a
+callback are the same fact, kept the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from gateway import metrics
-from gateway.store import programs
-from gateway.services import consents
 from gateway.domain.consent import Input
+from gateway.domain.outbound import Reachability, reachability_after
+from gateway.services import consents
+from gateway.store import programs
 from gateway.store.models import PhoneNumber
 
 
@@ -25,3 +31,20 @@ def record_opt_out(
                               evidence, now=now)
     metrics.CARRIER_OPT_OUTS.inc()
     return changes
+
+
+def reachability_columns(current: str, heard: Reachability, code: int | None = None) -> dict | None:
+    """The number's new reachability and reachability_code once we hear `heard` (with the provider's
+    `code`), or None when that changes nothing."""
+    learned = reachability_after(current, heard)
+    if learned is Reachability.OK:
+        return None if current == Reachability.OK else {"reachability": learned, "reachability_code": None}
+    # A failure reported again keeps its latest code; one the number's stronger fact outranks changes nothing.
+    return {"reachability": learned, "reachability_code": code} if learned is heard else None
+
+
+def learn_reachability(number: PhoneNumber, heard: Reachability, code: int | None = None) -> None:
+    """Apply to a loaded (and locked) number what a send, a status callback or a text from it says."""
+    columns = reachability_columns(number.reachability, heard, code)
+    if columns is not None:
+        number.reachability, number.reachability_code = columns["reachability"], columns["reachability_code"]

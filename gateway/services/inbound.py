@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from gateway import metrics
 from gateway.store import programs
 from gateway.domain import storable
-from gateway.services import subscriptions
+from gateway.services import carrier, subscriptions
 from gateway.services import consents
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.bootstrap import Gateway
@@ -46,6 +46,7 @@ from gateway.domain.programs import spec_of
 from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
 from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164, mask
 from gateway.domain.numbers import parse as parse_number
+from gateway.domain.outbound import Reachability
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +226,9 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
         if text.opt_out_type is not None:
             effect.reply = None
         writes = effect.writes or Writes()
-        if state.reachability == "unreachable":
-            # A text from the handset proves it is reachable again (30003 is often transient).
-            writes.update(_NUMBERS, state.number_id, {"reachability": "ok", "reachability_code": None})
+        reachable = carrier.reachability_columns(state.reachability, Reachability.OK)
+        if reachable is not None:
+            writes.update(_NUMBERS, state.number_id, reachable)
         writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
         if writes.execute(connection):
             return Handled(intent.value, effect.reply), effect
@@ -239,8 +240,7 @@ def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: l
     number = session.scalars(_LOCK_NUMBER, {"e164": text.from_}).one_or_none()
     if number is None:
         number = consents.number_row(session, _number(text.from_, gateway.settings.default_region))
-    if number.reachability == "unreachable":
-        number.reachability, number.reachability_code = "ok", None  # as in _record
+    carrier.learn_reachability(number, Reachability.OK)
     evidence = _evidence(text, classification)
     if intent is Intent.CONFIRM:
         effect = _confirm(session, number, senders, evidence, now)

@@ -14,21 +14,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import select
 
 from gateway import metrics
-from gateway.store import outbox
-from gateway.services import policy
-from gateway.queue import throughput
-from gateway.services import carrier
+from gateway.bootstrap import Gateway
 from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
-from gateway.services.consents import Evidence
-from gateway.bootstrap import Gateway
-from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import mask
-from gateway.twilio.client import ErrorKind, ProviderError, SentMessage
+from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
+from gateway.queue import throughput
+from gateway.services import carrier, policy
+from gateway.services.consents import Evidence
+from gateway.store import outbox
+from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     """What happened to the message; `retry_in` asks the caller to run it again after a delay."""
 
-    status: str
+    status: Status | str  # the message's status, or SKIPPED: not ours to send (done, held, not yet due)
     reason: str | None = None
     retry_in: timedelta | None = None
 
@@ -60,7 +60,7 @@ def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> o
         delay = throughput.wait_time(busy.retry_after, busy.mps, waited)
         with gateway.db.transaction() as session:
             outbox.postpone(session, message_id, now + delay)
-        return Outcome("queued", "sender_busy", retry_in=delay)
+        return Outcome(Status.QUEUED, "sender_busy", retry_in=delay)
 
 
 def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox.Claimed | Outcome:
@@ -73,14 +73,14 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
         decision = policy.gate_of(gateway).may_send(connection, claimed.number, claimed.program, Kind(claimed.kind),
                                                     now, message_id=claimed.id)
         if decision.deferred:
-            outbox.advance_by_id(connection, claimed.id, "deferred", now=now, reason=decision.reason.value,
+            outbox.advance_by_id(connection, claimed.id, Status.DEFERRED, now=now, reason=decision.reason.value,
                                  not_before=decision.not_before)
-            return Outcome("deferred", decision.reason.value)
+            return Outcome(Status.DEFERRED, decision.reason.value)
         if not decision.allowed:
-            outbox.advance_by_id(connection, claimed.id, "blocked", now=now, reason=decision.reason.value)
+            outbox.advance_by_id(connection, claimed.id, Status.BLOCKED, now=now, reason=decision.reason.value)
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
             log.info("blocked %s to %s: %s", claimed.id, mask(claimed.number.e164), decision.reason.value)
-            return Outcome("blocked", decision.reason.value)
+            return Outcome(Status.BLOCKED, decision.reason.value)
         mps = throughput.sender_mps(connection, claimed.sender)
         verdict = throughput.take(gateway.limiter, claimed.sender, mps)
         if not verdict.allowed:
@@ -106,9 +106,9 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
     with gateway.db.statements() as connection:
         # By id, not on the claimed row: a status callback may have moved it on already (it finds
         # the message by the id on its URL), and "sent" must not undo that.
-        outbox.advance_by_id(connection, prepared.id, "sent", now=utcnow(), provider_sid=sent.sid)
+        outbox.advance_by_id(connection, prepared.id, Status.SENT, now=utcnow(), provider_sid=sent.sid)
     metrics.MESSAGES_SENT.labels(kind=prepared.kind).inc()
-    return Outcome("sent")
+    return Outcome(Status.SENT)
 
 
 def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderError) -> Outcome:
@@ -120,31 +120,28 @@ def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderEr
         ).one()
         if error.kind is ErrorKind.RETRYABLE and request.attempts < outbox.MAX_ATTEMPTS:
             delay = outbox.retry_delay(request.attempts)
-            outbox.advance(session, message, "queued", now=now, reason="provider_retry", error_code=error.code,
+            outbox.advance(session, message, Status.QUEUED, now=now, reason="provider_retry", error_code=error.code,
                            error_message=error.message, not_before=now + delay)
-            return Outcome("queued", "provider_retry", retry_in=delay)
+            return Outcome(Status.QUEUED, "provider_retry", retry_in=delay)
         if error.kind is ErrorKind.RETRYABLE:
-            outbox.advance(session, message, "failed", now=now, reason="provider_unavailable",
+            outbox.advance(session, message, Status.FAILED, now=now, reason="provider_unavailable",
                            error_code=error.code, error_message=error.message)
-            return Outcome("failed", "provider_unavailable")
+            return Outcome(Status.FAILED, "provider_unavailable")
         if error.kind is ErrorKind.OPTED_OUT:
-            outbox.advance(session, message, "blocked", now=now, reason="opted_out", error_code=error.code,
+            outbox.advance(session, message, Status.BLOCKED, now=now, reason=error.kind.reason, error_code=error.code,
                            error_message=error.message)
             carrier.record_opt_out(session, number, message.sender, Evidence(
                 source=Source.CARRIER, actor="twilio", reference=message.id,
                 details={"error_code": error.code, "error_message": error.message, "stage": "send"},
             ), now=now)
-            return Outcome("blocked", "opted_out")
-        reason = {ErrorKind.INVALID_NUMBER: "invalid_number", ErrorKind.NOT_MOBILE: "not_mobile"}.get(
-            error.kind, "provider_error")
-        if error.kind is ErrorKind.INVALID_NUMBER:
-            number.reachability, number.reachability_code = "unreachable", error.code
-        elif error.kind is ErrorKind.NOT_MOBILE:
-            number.reachability, number.reachability_code = "landline", error.code
-        outbox.advance(session, message, "failed", now=now, reason=reason, error_code=error.code,
+            return Outcome(Status.BLOCKED, error.kind.reason)
+        reason = error.kind.reason or "provider_error"
+        if error.kind.reachability is not None:
+            carrier.learn_reachability(number, error.kind.reachability, error.code)
+        outbox.advance(session, message, Status.FAILED, now=now, reason=reason, error_code=error.code,
                        error_message=error.message)
         log.info("failed %s to %s: %s", message.id, mask(request.number.e164), error)
-        return Outcome("failed", reason)
+        return Outcome(Status.FAILED, reason)
 
 
 # --- the sweeper ----------------------------------------------------------------------------------
@@ -167,9 +164,9 @@ def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_0
     back_in_queue = []
     for message_id in stale:
         result = _settle_claim(gateway, message_id, now)
-        found_sent += result == "sent"
-        unresolved += result == "unknown"
-        if result == "queued":
+        found_sent += result is _Settled.SENT
+        unresolved += result is _Settled.UNKNOWN
+        if result is _Settled.QUEUED:
             back_in_queue.append(message_id)
     requeued = len(back_in_queue)
     gateway.dispatcher.send_messages(back_in_queue)
@@ -189,7 +186,14 @@ def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_0
     return Sweep(enqueued, found_sent, requeued, unresolved)
 
 
-def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
+class _Settled(StrEnum):
+    SENT = "sent"  # the provider had it after all: recorded as sent
+    QUEUED = "queued"  # the provider never saw it: back in the queue
+    MOVED = "moved"  # another sweeper settled it, or it moved on since we looked
+    UNKNOWN = "unknown"  # the provider could not be asked: the next sweep tries again
+
+
+def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> _Settled:
     """Ask the provider whether a dead worker's claimed message went out; record what it says.
 
     No transaction is held during the provider call (on SQLite it would stop every writer); the
@@ -201,14 +205,14 @@ def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
             select(OutboundMessage).where(OutboundMessage.id == message_id).with_for_update(skip_locked=True)
             .execution_options(populate_existing=True)
         ).one_or_none()
-        if message is None or message.status != "sending" or message.claimed_at > now - outbox.CLAIM_TIMEOUT:
+        if message is None or message.status != Status.SENDING or message.claimed_at > now - outbox.CLAIM_TIMEOUT:
             return None  # another sweeper has it, or it moved on since we looked
         return message
 
     with gateway.db.transaction() as session:
         message = still_stale(session)
         if message is None:
-            return "moved"
+            return _Settled.MOVED
         to, sender, body, claimed_at = message.number.e164, message.sender, message.body, message.claimed_at
     candidates: list[SentMessage] = []
     if to:
@@ -218,18 +222,18 @@ def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> str:
                                                          since=claimed_at - timedelta(minutes=1))
         except ProviderError as error:
             log.warning("sweep: cannot ask the provider about %s: %s", message_id, error)
-            return "unknown"
+            return _Settled.UNKNOWN
     with gateway.db.transaction() as session:
         message = still_stale(session)
         if message is None or message.claimed_at != claimed_at:
-            return "moved"
+            return _Settled.MOVED
         sent = _matching(session, body, candidates)
         if sent is not None:
             message.provider_sid = sent.sid
-            outbox.advance(session, message, "sent", now=now, reason="recovered")
-            return "sent"
-        outbox.advance(session, message, "queued", now=now, reason="claim_expired")
-        return "queued"
+            outbox.advance(session, message, Status.SENT, now=now, reason="recovered")
+            return _Settled.SENT
+        outbox.advance(session, message, Status.QUEUED, now=now, reason="claim_expired")
+        return _Settled.QUEUED
 
 
 def _matching(session, body: str, candidates: list[SentMessage]) -> SentMessage | None:
@@ -261,17 +265,13 @@ def reconcile(gateway: Gateway, now: datetime | None = None, *, limit: int = 200
     settled = 0
     for message_id, sid in due:
         try:
-            fetched = gateway.provider.fetch(sid)
+            report = gateway.provider.delivery_report(sid)
         except ProviderError as error:
             log.info("reconcile: cannot fetch %s: %s", message_id, error)
             continue
-        if fetched.status == "sent":
+        if report.status in (Status.SENT, None):
             continue
-        recorded = delivery.record(gateway, delivery.StatusCallback(
-            message_sid=sid, status=fetched.twilio_status, error_code=fetched.error_code,
-            fields={"MessageSid": sid, "MessageStatus": fetched.twilio_status,
-                    "ErrorCode": str(fetched.error_code or ""), "Source": "reconcile"},
-        ), now=now)
+        recorded = delivery.record(gateway, report, now=now)
         settled += recorded.moved
     if due:
         log.info("reconcile: %d asked, %d settled", len(due), settled)

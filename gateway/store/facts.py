@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import TextualSelect, bindparam, text
 
 from gateway.domain.gate import Facts, Kind
+from gateway.domain.outbound import Status
 from gateway.store import bulk
 from gateway.store.database import Store, dialect_name, driver_sql, rows
 from gateway.store.models import Program, UTCDateTime
 
 # Messages that count against frequency caps: everything not refused.
-COUNTED = ("queued", "deferred", "sending", "sent", "delivered", "undelivered")
-_COUNTED_SQL = ", ".join(f"'{status}'" for status in COUNTED)  # constants, written into the SQL
+COUNTED = (Status.QUEUED, Status.DEFERRED, Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNDELIVERED)
+_COUNTED_SQL = ", ".join(f"'{status.value}'" for status in COUNTED)  # constants, written into the SQL
 
 
 @dataclass(frozen=True)

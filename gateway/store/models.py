@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway.domain.ledger import GENESIS_HASH
+from gateway.domain.outbound import Status
 
 
 def utcnow() -> datetime:
@@ -208,8 +209,7 @@ class OutboundMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     segments: Mapped[int] = mapped_column(Integer, default=1)
     encoding: Mapped[str] = mapped_column(String(8), default="GSM-7")
-    # queued | deferred | sending | blocked | sent | delivered | undelivered | failed
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=Status.QUEUED)  # a domain.outbound.Status
     reason: Mapped[str | None] = mapped_column(String(40))
     error_code: Mapped[int | None]
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -18,21 +18,21 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from gateway.store import bulk
-from gateway.store.models import MessageEvent, OutboundMessage, PhoneNumber, Program, UTCDateTime, new_message_id, utcnow
-from gateway.store.database import Store, dialect_name, driver_sql, on_driver
 from gateway.domain.gate import Decision, Kind
+from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may_move
 from gateway.domain.segments import count as count_segments
+from gateway.store import bulk
+from gateway.store.database import Store, dialect_name, driver_sql, on_driver
+from gateway.store.models import (
+    MessageEvent,
+    OutboundMessage,
+    PhoneNumber,
+    Program,
+    UTCDateTime,
+    new_message_id,
+    utcnow,
+)
 
-# Rank of each status: a message only ever moves to a higher rank (a late "sent" callback must
-# not undo "delivered"). Equal ranks do not replace each other, except deferred <-> queued.
-RANK = {
-    "queued": 0, "deferred": 0,
-    "sending": 1,
-    "sent": 2,
-    "delivered": 3, "undelivered": 3, "failed": 3, "blocked": 3,
-}
-FINAL = frozenset(s for s, r in RANK.items() if r == 3)
 # A claim older than this is presumed to belong to a dead worker (see `claim` and the sweeper).
 CLAIM_TIMEOUT = timedelta(minutes=5)
 MAX_ATTEMPTS = 6
@@ -44,36 +44,29 @@ RECONCILE_AFTER = timedelta(minutes=30)
 RECONCILE_FOR = timedelta(days=3)
 
 
-def recheck_time(status: str, now: datetime, not_before: datetime | None) -> datetime | None:
+def recheck_time(status: Status, now: datetime, not_before: datetime | None) -> datetime | None:
     """When the sweeper should look at a message that has just moved to `status`."""
-    if status == "queued":
+    if status == Status.QUEUED:
         return max(now, not_before or now) + LOST_TASK_AFTER
-    if status == "deferred":
+    if status == Status.DEFERRED:
         return not_before or now
-    if status == "sent":
+    if status == Status.SENT:
         return now + RECONCILE_AFTER
     return None  # sending: the claim times out instead; final: nothing left to do
 
 
-def may_move(current: str, status: str) -> bool:
-    """The one rule for status moves: forward only (see RANK)."""
-    forward = RANK[status] > RANK[current] or (RANK[status] == RANK[current] == 0 and status != current)
-    # The permitted steps backwards, both from a claim that has not reached the provider (or was
-    # refused by it): a retry puts the message back in the queue, and the worker's gate, asked again
-    # at the last moment, may defer it (quiet hours) until its next allowed time.
-    back = current == "sending" and status in ("queued", "deferred")
-    return forward or back
+def _moving_to(status: Status) -> str:
+    """`may_move` as SQL: the statuses a message may be in to move to `status`, as an IN list.
 
-
-def _moving_to(status: str) -> str:
-    """`may_move` as SQL: the statuses a message may be in to move to `status`, as an IN list."""
-    return ", ".join(f"'{current}'" for current in RANK if may_move(current, status))
+    Literals, not parameters: each statement is built once per status, and the list is the rule.
+    """
+    return ", ".join(f"'{current.value}'" for current in MOVES if may_move(current, status))
 
 
 def advance(
     session: Session,
     message: OutboundMessage,
-    status: str,
+    status: Status,
     *,
     now: datetime | None = None,
     reason: str | None = None,
@@ -98,9 +91,10 @@ def advance(
         message.error_message = error_message[:500]
     message.not_before = not_before
     message.recheck_at = recheck_time(status, now, not_before)
-    if status != "sending":
+    if status != Status.SENDING:
         message.claimed_at = None
-    session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code, occurred_at=now))
+    session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code,
+                             occurred_at=now))
     return True
 
 
@@ -122,7 +116,7 @@ def accept(
         raise ValueError(f"the gate refused this message: {decision.reason}")
     now = now or utcnow()
     segments = count_segments(body)
-    status = "deferred" if decision.deferred else "queued"
+    status = accepted_status(decision.deferred)
     message = OutboundMessage(
         number_id=number.id, program_id=program.id, kind=kind.value, sender=program.sender_key, body=body,
         segments=segments.segments, encoding=segments.encoding, status=status,
@@ -139,7 +133,7 @@ def accept(
 @dataclass(frozen=True)
 class Accepted:
     id: str
-    status: str  # queued | deferred
+    status: Status  # queued | deferred
     segments: int
     encoding: str
     not_before: datetime | None
@@ -171,7 +165,7 @@ def accept_many(
         if not (decision.allowed or decision.deferred):
             raise ValueError(f"the gate refused this message: {decision.reason}")
         message_id = new_message_id()
-        status = "deferred" if decision.deferred else "queued"
+        status = accepted_status(decision.deferred)
         reason = decision.reason.value if decision.reason else None
         messages.append((message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments,
                          segments.encoding, status, reason, decision.not_before, 0, api_key_id, idempotency_key,
@@ -218,7 +212,7 @@ def queued_in_batch(session: Session, batch_id: str, now: datetime) -> list[str]
     """Ids of a batch's messages that are ready to go (the deferred ones wait for the sweeper)."""
     return list(session.scalars(
         select(OutboundMessage.id).where(
-            OutboundMessage.batch_id == batch_id, OutboundMessage.status == "queued",
+            OutboundMessage.batch_id == batch_id, OutboundMessage.status == Status.QUEUED,
             or_(OutboundMessage.not_before.is_(None), OutboundMessage.not_before <= now),
         ).order_by(OutboundMessage.created_at, OutboundMessage.id)
     ))
@@ -258,7 +252,7 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
     else:
         moved = session.execute(_CLAIM_SQLITE, params).rowcount
         if moved:
-            session.execute(_STEP_SQLITE, {"message_id": message_id, "status": "sending", "reason": None,
+            session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.SENDING, "reason": None,
                                            "error_code": None, "occurred_at": now})
         row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
     if row is None:
@@ -269,9 +263,9 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
 
 
 # What `claim` sets: `advance(…, "sending")` plus the claim's own columns.
-_CLAIM_SET = """status = 'sending', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
+_CLAIM_SET = f"""status = '{Status.SENDING.value}', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
                 not_before = NULL, recheck_at = NULL"""
-_CLAIMABLE = f"""status IN ({_moving_to("sending")}) AND (not_before IS NULL OR not_before <= :now)"""
+_CLAIMABLE = f"""status IN ({_moving_to(Status.SENDING)}) AND (not_before IS NULL OR not_before <= :now)"""
 _CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.settings"
 _CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
 
@@ -286,7 +280,7 @@ _CLAIM = _claimed_statement(f"""
         WHERE id = (SELECT id FROM messages WHERE id = :id AND {_CLAIMABLE} FOR UPDATE SKIP LOCKED)
         RETURNING id, kind, sender, body, attempts, number_id, program_id
     ), step AS (
-        INSERT INTO message_events (message_id, status, occurred_at) SELECT id, 'sending', :now FROM c
+        INSERT INTO message_events (message_id, status, occurred_at) SELECT id, '{Status.SENDING.value}', :now FROM c
     )
     SELECT {_CLAIMED_COLUMNS} FROM c {_CLAIMED_JOINS}
 """).bindparams(bindparam("now", type_=UTCDateTime()))
@@ -302,7 +296,7 @@ _STEP_SQLITE = text("""
 def advance_by_id(
     session: Store,
     message_id: str,
-    status: str,
+    status: Status,
     *,
     now: datetime,
     reason: str | None = None,
@@ -317,7 +311,7 @@ def advance_by_id(
 
     `provider_sid` is stored with the move (the provider's id for the message, once sent).
     """
-    if status == "sending":
+    if status == Status.SENDING:
         raise ValueError("a message moves to sending only by `claim`")
     params = {"id": message_id, "status": status, "now": now, "reason": reason, "error_code": error_code,
               "error_message": error_message[:500] if error_message is not None else None,
@@ -333,7 +327,7 @@ def advance_by_id(
 
 
 @functools.cache
-def _advance_statement(status: str, dialect: str):
+def _advance_statement(status: Status, dialect: str):
     """The UPDATE (and, on PostgreSQL, the history INSERT with it) that moves a row to `status`."""
     update_sql = f"""
         UPDATE messages SET status = :status, updated_at = :now, reason = COALESCE(:reason, reason),
@@ -355,7 +349,7 @@ def stale_claims(session: Session, now: datetime, limit: int = 500) -> list[Outb
     """Messages a worker claimed and never finished: it died between claim and result."""
     return list(session.scalars(
         select(OutboundMessage)
-        .where(OutboundMessage.status == "sending", OutboundMessage.claimed_at < now - CLAIM_TIMEOUT)
+        .where(OutboundMessage.status == Status.SENDING, OutboundMessage.claimed_at < now - CLAIM_TIMEOUT)
         .order_by(OutboundMessage.claimed_at).limit(limit).with_for_update(skip_locked=True)
     ))
 
@@ -364,7 +358,7 @@ def due_ids(session: Session, now: datetime, limit: int = 5000) -> list[str]:
     """Ids to (re-)enqueue: deferred messages now due, and queued ones whose task seems lost."""
     return list(session.scalars(
         select(OutboundMessage.id)
-        .where(OutboundMessage.status.in_(("queued", "deferred")), OutboundMessage.recheck_at <= now)
+        .where(OutboundMessage.status.in_(WAITING), OutboundMessage.recheck_at <= now)
         .order_by(OutboundMessage.recheck_at).limit(limit)
     ))
 
@@ -385,7 +379,7 @@ def postpone(session: Session, message_id: str, not_before: datetime) -> None:
     """
     session.execute(
         update(OutboundMessage)
-        .where(OutboundMessage.id == message_id, OutboundMessage.status.in_(("queued", "deferred")))
+        .where(OutboundMessage.id == message_id, OutboundMessage.status.in_(WAITING))
         .values(not_before=not_before, recheck_at=not_before + LOST_TASK_AFTER)
         .execution_options(synchronize_session=False)
     )
@@ -395,7 +389,7 @@ def unsettled(session: Session, now: datetime, limit: int = 200) -> list[Outboun
     """Sent messages whose final status is overdue: the reconciler asks the provider about them."""
     return list(session.scalars(
         select(OutboundMessage)
-        .where(OutboundMessage.status == "sent", OutboundMessage.recheck_at <= now,
+        .where(OutboundMessage.status == Status.SENT, OutboundMessage.recheck_at <= now,
                OutboundMessage.provider_sid.is_not(None))
         .order_by(OutboundMessage.recheck_at).limit(limit).with_for_update(skip_locked=True)
     ))

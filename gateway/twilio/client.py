@@ -1,4 +1,4 @@
-"""The one place that knows Twilio: the official client, its error codes, its statuses.
+"""The Provider on the official twilio client: sends, fetches and lists, every outcome in our terms.
 
 The client is pointed at TWILIO_API_BASE_URL (the sandbox, in development and tests) through its
 documented `http_client` extension point, so the same code path runs everywhere.
@@ -10,9 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
@@ -22,68 +20,10 @@ from twilio.rest import Client
 
 from gateway import metrics
 from gateway.config import Settings
-
-
-class ErrorKind(StrEnum):
-    RETRYABLE = "retryable"  # try again later: timeouts, refused connections, 5xx, rate limits
-    OPTED_OUT = "opted_out"  # 21610: the person texted STOP to this sender at Twilio
-    INVALID_NUMBER = "invalid_number"  # the number cannot exist or be reached at all
-    NOT_MOBILE = "not_mobile"  # a landline or other number that cannot take SMS
-    PERMANENT = "permanent"  # anything else: retrying will not help
-
-
-# Twilio error code -> what it means for us. Codes not listed are permanent, unless the HTTP status
-# says the fault was Twilio's (5xx) or a rate limit (429).
-ERROR_KINDS: dict[int, ErrorKind] = {
-    20429: ErrorKind.RETRYABLE,  # too many requests
-    20500: ErrorKind.RETRYABLE,  # internal server error
-    20503: ErrorKind.RETRYABLE,  # service unavailable
-    30001: ErrorKind.RETRYABLE,  # queue overflow
-    30450: ErrorKind.RETRYABLE,  # temporary SMS-pumping block
-    63018: ErrorKind.RETRYABLE,  # rate limit exceeded for the channel
-    21610: ErrorKind.OPTED_OUT,  # the recipient replied STOP to this sender
-    21211: ErrorKind.INVALID_NUMBER,  # invalid To
-    21217: ErrorKind.INVALID_NUMBER,  # phone number does not appear to be valid
-    21401: ErrorKind.INVALID_NUMBER,  # invalid phone number
-    21421: ErrorKind.INVALID_NUMBER,  # invalid phone number
-    30005: ErrorKind.INVALID_NUMBER,  # unknown destination handset
-    21407: ErrorKind.NOT_MOBILE,  # this number type does not support SMS
-    21614: ErrorKind.NOT_MOBILE,  # not a mobile number
-    21635: ErrorKind.NOT_MOBILE,  # landline
-    30006: ErrorKind.NOT_MOBILE,  # landline or unreachable carrier
-}
-
-# Twilio message status -> ours. Twilio's queued/accepted/scheduled mean it has the message: sent.
-STATUSES: dict[str, str] = {
-    "accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent", "sent": "sent",
-    "delivered": "delivered", "read": "delivered", "partially_delivered": "delivered",
-    "undelivered": "undelivered", "failed": "failed", "canceled": "failed",
-}
-
-
-def our_status(twilio_status: str) -> str | None:
-    """Our status for a Twilio status, or None for statuses we do not track (receiving…)."""
-    return STATUSES.get((twilio_status or "").lower())
-
-
-class ProviderError(Exception):
-    """A send that did not happen, with what it means for us and Twilio's code and text."""
-
-    def __init__(self, kind: ErrorKind, code: int | None, message: str):
-        super().__init__(f"{kind.value}: {code or '-'} {message}")
-        self.kind, self.code, self.message = kind, code, message
-
-
-@dataclass(frozen=True)
-class SentMessage:
-    sid: str
-    status: str  # ours, e.g. "sent"
-    twilio_status: str
-    error_code: int | None = None
-    date_created: datetime | None = None
-    to: str | None = None
-    sender: str | None = None
-    body: str | None = None
+from gateway.domain.outbound import DeliveryReport, ErrorKind, ProviderError, SentMessage, Status
+from gateway.twilio.callbacks import fetched_report
+from gateway.twilio.errors import error_kind
+from gateway.twilio.statuses import our_status
 
 
 class RedirectingHttpClient(TwilioHttpClient):
@@ -128,7 +68,8 @@ class Provider:
 
     def __init__(self, account_sid: str, auth_token: str, *, api_base_url: str | None, status_callback: str,
                  timeout: float = 10.0):
-        http_client = RedirectingHttpClient(api_base_url, timeout) if api_base_url else TwilioHttpClient(timeout=timeout)
+        http_client = (RedirectingHttpClient(api_base_url, timeout) if api_base_url
+                       else TwilioHttpClient(timeout=timeout))
         _read_environment_once(http_client.session)
         # A non-empty environment keeps the client from reading TWILIO_* variables on its own.
         self.client = Client(account_sid, auth_token, http_client=http_client, environment={"_": "_"})
@@ -162,6 +103,11 @@ class Provider:
         with _translated():
             return _sent(self.client.messages(sid).fetch())
 
+    def delivery_report(self, sid: str) -> DeliveryReport:
+        """What became of one message, as a status callback would have told us."""
+        fetched = self.fetch(sid)
+        return fetched_report(sid, fetched.provider_status, fetched.error_code)
+
     def messages_since(self, *, to: str, sender: str, since: datetime, limit: int = 100) -> list[SentMessage]:
         """Messages to `to` from `sender` created since `since`, newest first, whether Twilio has sent
         them yet or not. Twilio's only date filter is on DateSent, which leaves out what it accepted
@@ -181,10 +127,7 @@ def _twilio_code(code: object) -> int | None:
 
 
 def _classify(status: int | None, code: int | None, message: str) -> ProviderError:
-    kind = ERROR_KINDS.get(code or 0)
-    if kind is None:
-        kind = ErrorKind.RETRYABLE if status is not None and (status >= 500 or status == 429) else ErrorKind.PERMANENT
-    return ProviderError(kind, code, message)
+    return ProviderError(error_kind(code, status), code, message)
 
 
 def classify_rest_error(error: TwilioRestException) -> ProviderError:
@@ -221,7 +164,7 @@ def _translated() -> Iterator[None]:
 
 def _sent(message) -> SentMessage:
     return SentMessage(
-        sid=message.sid, status=our_status(message.status) or "sent", twilio_status=message.status,
+        sid=message.sid, status=our_status(message.status) or Status.SENT, provider_status=message.status,
         error_code=message.error_code, date_created=message.date_created, to=message.to,
         sender=getattr(message, "from_", None) or message.messaging_service_sid, body=message.body,
     )

@@ -14,15 +14,16 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import selectinload
 from werkzeug.routing import BaseConverter
 
-from gateway.services import batches, policy
-from gateway.store import idempotency, outbox, programs
 from gateway import metrics
 from gateway.bootstrap import current
-from gateway.store.models import OutboundMessage, Program, utcnow
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
-from gateway.queue.app import TaskNames
+from gateway.domain.outbound import Status
 from gateway.domain.segments import MAX_BODY_CHARS
+from gateway.queue.app import TaskNames
+from gateway.services import batches, policy
+from gateway.store import idempotency, outbox, programs
+from gateway.store.models import OutboundMessage, Program, utcnow
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body
@@ -187,7 +188,7 @@ def create_message():
                 "segments": message.segments, "encoding": message.encoding,
                 **({"not_before": iso(message.not_before)} if message.not_before else {}),
             })
-            queued = message.id if message.status == "queued" else None
+            queued = message.id if message.status == Status.QUEUED else None
             metrics.MESSAGES_ACCEPTED.labels(kind=kind.value).inc()
         else:
             refusal = ApiError(409, decision.reason.value, REFUSALS[decision.reason], to=number.e164,
@@ -238,11 +239,11 @@ def create_batch():
         })
         if key is not None:
             idempotency.finish(session, g.api_key_id, key, answer)
-    for status, count in by_status.items():
+    for count in by_status.values():
         metrics.MESSAGES_ACCEPTED.labels(kind=program.category).inc(count)
     for reason, count in result.refused_by_reason.items():
         metrics.MESSAGES_REFUSED.labels(reason=reason, stage="api").inc(count)
-    if by_status.get("queued"):
+    if by_status.get(Status.QUEUED):
         # One task fans the batch out, so this request does not spend its time on 100,000 enqueues.
         gateway.dispatcher.send(TaskNames.SEND_BATCH, result.batch_id)
     return jsonify(answer.body), answer.status_code

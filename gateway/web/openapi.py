@@ -11,11 +11,12 @@ from functools import lru_cache
 
 from flask import Blueprint, jsonify
 
-from gateway.services import batches
-from gateway.store import idempotency
 from gateway.domain.gate import Reason
 from gateway.domain.numbers import E164_PATTERN
+from gateway.domain.outbound import Status
 from gateway.domain.segments import MAX_BODY_CHARS
+from gateway.services import batches
+from gateway.store import idempotency
 from gateway.web.auth import public
 
 bp = Blueprint("openapi", __name__)
@@ -28,7 +29,8 @@ PHONE = {"type": "string", "minLength": 1, "maxLength": 64,
 E164 = {"type": "string", "pattern": f"^{E164_PATTERN}$", "examples": ["+14155552671"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-MESSAGE_STATUSES = ["queued", "deferred", "sending", "blocked", "sent", "delivered", "undelivered", "failed"]
+MESSAGE_STATUSES = [status.value for status in Status]
+ACCEPTED_STATUSES = [Status.QUEUED.value, Status.DEFERRED.value]  # what a message the gate allowed starts as
 CONSENT_STATUSES = ["pending", "opted_in", "opted_out", "expired"]
 
 
@@ -103,7 +105,7 @@ SCHEMAS = {
         "type": "object", "required": ["id", "status", "to", "program", "segments", "encoding"],
         "properties": {
             "id": {"type": "string", "pattern": "^msg_[0-9a-f]{32}$"},
-            "status": {"enum": ["queued", "deferred"]},
+            "status": {"enum": ACCEPTED_STATUSES},
             "to": E164, "program": {"type": "string"},
             "segments": {"type": "integer", "minimum": 1}, "encoding": {"enum": ["GSM-7", "UCS-2"]},
             "not_before": {**TIME, "description": "Deferred messages: the end of the recipient's quiet hours."},
@@ -150,7 +152,7 @@ SCHEMAS = {
             "program": {"type": "string"},
             "accepted": {"type": "integer", "minimum": 0},
             "by_status": {"type": "object", "additionalProperties": {"type": "integer"},
-                          "propertyNames": {"enum": ["queued", "deferred"]}},
+                          "propertyNames": {"enum": ACCEPTED_STATUSES}},
             "refused": {"type": "object", "additionalProperties": {"type": "integer"},
                         "propertyNames": {"enum": [*SEND_REFUSALS, batches.DUPLICATE, batches.INVALID,
                                                    batches.NOT_MOBILE]},

@@ -12,6 +12,7 @@ from gateway.domain.consent import Input, Source
 from gateway.services import consents
 from gateway.store.models import Consent, LedgerEvent, MessageEvent, OutboundMessage, PhoneNumber, Program, utcnow
 from gateway.domain.numbers import parse
+from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
 
 STATUS = "/webhooks/twilio/status"
 PERSON = "+14155552671"
@@ -184,16 +185,16 @@ def test_a_21610_with_odd_fields_still_records_the_carrier_opt_out(twilio_post, 
 
 def test_the_core_reports_what_it_did(gateway, db):
     sid = sent_message(db)
-    assert delivery.record(gateway, delivery.StatusCallback(sid, "delivered")) == delivery.Recorded(
+    assert delivery.record(gateway, DeliveryReport(sid, Status.DELIVERED)) == delivery.Recorded(
         True, "delivered", True)
-    assert delivery.record(gateway, delivery.StatusCallback(sid, "sent")) == delivery.Recorded(True, "delivered", False)
-    assert delivery.record(gateway, delivery.StatusCallback("SM" + "0" * 32, "sent")) == delivery.Recorded(False)
+    assert delivery.record(gateway, DeliveryReport(sid, Status.SENT)) == delivery.Recorded(True, "delivered", False)
+    assert delivery.record(gateway, DeliveryReport("SM" + "0" * 32, Status.SENT)) == delivery.Recorded(False)
 
 
 def test_a_landline_stays_a_landline(gateway, db):
     first, second = sent_message(db), sent_message(db)
-    delivery.record(gateway, delivery.StatusCallback(first, "failed", 30006))
-    delivery.record(gateway, delivery.StatusCallback(second, "undelivered", 30003))
+    delivery.record(gateway, DeliveryReport(first, Status.FAILED, 30006, error_kind=ErrorKind.NOT_MOBILE))
+    delivery.record(gateway, DeliveryReport(second, Status.UNDELIVERED, 30003, error_kind=ErrorKind.UNREACHABLE))
     with db.sessions() as session:
         assert session.scalars(select(PhoneNumber.reachability)).one() == "landline"
 

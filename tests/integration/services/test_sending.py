@@ -19,6 +19,7 @@ from gateway.services import consents
 from gateway.bootstrap import Gateway
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import parse
+from gateway.domain.outbound import DeliveryReport, Status
 from gateway.twilio.client import Provider
 from gateway.twilio.sandbox.models import SandboxMessage
 from tests.conftest import wait_for
@@ -339,7 +340,7 @@ def test_sent_never_undoes_a_status_callback_that_came_first(gateway, db):
         outbox.claim(session, message_id)
     # Twilio calls back (with our id on the URL) before the worker has written down its answer.
     sid = "SM" + "7" * 32
-    assert delivery.record(gateway, delivery.StatusCallback(sid, "delivered", message_id=message_id)).moved
+    assert delivery.record(gateway, DeliveryReport(sid, Status.DELIVERED, message_id=message_id)).moved
     with db.statements() as connection:
         assert not outbox.advance_by_id(connection, message_id, "sent", now=utcnow(), provider_sid=sid)
     found = message(db, message_id)

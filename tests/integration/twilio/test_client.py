@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from twilio.rest import Client
 
+from gateway.domain.outbound import ErrorKind, ProviderError
 from gateway.logs import MaskNumbers
-from gateway.twilio.client import ERROR_KINDS, ErrorKind, Provider, ProviderError, RedirectingHttpClient, our_status
+from gateway.twilio.client import Provider, RedirectingHttpClient
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, _free_port
 from tests.sandbox_support import (  # noqa: F401  (fixtures)
     instant_sandbox,
@@ -54,7 +55,7 @@ def test_send_from_a_number(provider, settings, db):
     sent = provider.send(to=HANDSET, sender=SENDER, body="Your order shipped")
 
     assert SID.match(sent.sid)
-    assert (sent.status, sent.twilio_status, sent.error_code) == ("sent", "queued", None)
+    assert (sent.status, sent.provider_status, sent.error_code) == ("sent", "queued", None)
     assert (sent.to, sent.sender, sent.body) == (HANDSET, SENDER, "Your order shipped")
     assert sent.date_created is not None and abs(sent.date_created - datetime.now(UTC)) < timedelta(seconds=10)
     stored = sandbox_message(db, sent.sid)
@@ -63,14 +64,14 @@ def test_send_from_a_number(provider, settings, db):
 
 def test_send_from_a_messaging_service(provider):
     sent = provider.send(to=HANDSET, sender=SERVICE, body="hi")
-    assert (sent.status, sent.twilio_status, sent.sender) == ("sent", "accepted", SERVICE)
+    assert (sent.status, sent.provider_status, sent.sender) == ("sent", "accepted", SERVICE)
 
 
 def test_fetch_follows_the_message_to_delivered(provider, db):
     sid = provider.send(to=HANDSET, sender=SENDER, body="hi").sid
     wait_for_sandbox_status(db, sid, "delivered")
     fetched = provider.fetch(sid)
-    assert (fetched.sid, fetched.status, fetched.twilio_status) == (sid, "delivered", "delivered")
+    assert (fetched.sid, fetched.status, fetched.provider_status) == (sid, "delivered", "delivered")
 
 
 def test_fetch_of_an_unknown_sid_is_permanent_20404(provider):
@@ -209,24 +210,6 @@ def test_answers_that_are_not_twilios_usual_are_classified(status, content_type,
     finally:
         impostor.close()
     assert (error.kind, error.code) == (kind, code)
-
-
-def test_every_error_kind_has_a_code_in_the_table():
-    assert set(ERROR_KINDS.values()) == set(ErrorKind) - {ErrorKind.PERMANENT}
-    assert ERROR_KINDS[21610] is ErrorKind.OPTED_OUT
-    assert ERROR_KINDS[21211] is ErrorKind.INVALID_NUMBER and ERROR_KINDS[30005] is ErrorKind.INVALID_NUMBER
-    assert ERROR_KINDS[21614] is ErrorKind.NOT_MOBILE and ERROR_KINDS[30006] is ErrorKind.NOT_MOBILE
-    assert ERROR_KINDS[20429] is ErrorKind.RETRYABLE
-
-
-@pytest.mark.parametrize(("twilio", "ours"), [
-    ("accepted", "sent"), ("scheduled", "sent"), ("queued", "sent"), ("sending", "sent"), ("sent", "sent"),
-    ("delivered", "delivered"), ("read", "delivered"), ("partially_delivered", "delivered"),
-    ("undelivered", "undelivered"), ("failed", "failed"), ("canceled", "failed"), ("DELIVERED", "delivered"),
-    ("receiving", None), ("received", None), ("", None),
-])
-def test_twilio_statuses_map_onto_ours(twilio, ours):
-    assert our_status(twilio) == ours
 
 
 def test_request_urls_the_client_logs_show_no_full_number():
