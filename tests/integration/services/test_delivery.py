@@ -5,14 +5,13 @@ import itertools
 import pytest
 from sqlalchemy import func, select
 
-from gateway.domain.gate import ALLOW, Kind
-from gateway.services import delivery, policy
-from gateway.store import outbox, programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import Consent, LedgerEvent, MessageEvent, OutboundMessage, PhoneNumber, Program, utcnow
+from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
+from gateway.services import consents, delivery, policy
+from gateway.store import outbox, programs
+from gateway.store.models import Consent, LedgerEvent, MessageEvent, OutboundMessage, PhoneNumber, Program, utcnow
 
 STATUS = "/webhooks/twilio/status"
 PERSON = "+14155552671"

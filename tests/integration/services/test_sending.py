@@ -10,16 +10,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.domain.gate import ALLOW, Decision, Kind, Reason
-from gateway.services import delivery, sending
-from gateway.store import outbox, programs
-from gateway.queue import throughput
-from gateway.domain.consent import Input, Source
-from gateway.services import consents
 from gateway.bootstrap import Gateway
-from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
+from gateway.domain.consent import Input, Source
+from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import DeliveryReport, Status
+from gateway.queue import throughput
+from gateway.services import consents, delivery, sending
+from gateway.store import outbox, programs
+from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.client import Provider
 from gateway.twilio.sandbox.models import SandboxMessage
 from tests.conftest import wait_for
