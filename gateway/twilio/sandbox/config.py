@@ -10,8 +10,7 @@ from pathlib import Path
 
 from gateway.config import CONFIG_DIR, ConfigError, _as_bool
 from gateway.domain.numbers import is_e164
-
-FINAL_STATUSES = ("delivered", "undelivered", "failed")
+from gateway.twilio.statuses import FINAL, TwilioStatus
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class TestNumber:
     create_error: int | None = None
     http_status: int = 400
     times: int | None = None  # refuse only the first `times` creates (a transient error)
-    final_status: str = "delivered"
+    final_status: str = TwilioStatus.DELIVERED
     error_code: int | None = None
 
 
@@ -70,10 +69,10 @@ def _test_number(raw: dict) -> TestNumber:
     entry = TestNumber(
         number=number, description=str(raw.get("description", "")), create_error=raw.get("create_error"),
         http_status=int(raw.get("http_status", 400)), times=raw.get("times"),
-        final_status=str(raw.get("final_status", "delivered")), error_code=raw.get("error_code"),
+        final_status=str(raw.get("final_status", TwilioStatus.DELIVERED.value)), error_code=raw.get("error_code"),
     )
-    if entry.final_status not in FINAL_STATUSES:
-        raise ConfigError(f"sandbox test number {number}: final_status must be one of {', '.join(FINAL_STATUSES)}")
+    if entry.final_status not in FINAL:
+        raise ConfigError(f"sandbox test number {number}: final_status must be one of {', '.join(FINAL)}")
     return entry
 
 

@@ -18,9 +18,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.domain.segments import MAX_BODY_CHARS
+from gateway.domain.segments import count as count_segments
 from gateway.twilio.sandbox.config import SandboxConfig
 from gateway.twilio.sandbox.models import SandboxEvent, SandboxMessage, SandboxOptOut, SandboxRefusal
-from gateway.domain.segments import MAX_BODY_CHARS, count as count_segments
+from gateway.twilio.statuses import TwilioStatus
 
 API_VERSION = "2010-04-01"
 SID_RE = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
@@ -146,14 +148,15 @@ def create(session: Session, config: SandboxConfig, account_sid: str, request: O
         to_number=handset, from_number=from_number, messaging_service_sid=service or None, body=request.body,
         num_segments=segments.segments, num_media=request.media_count,
         # Twilio answers "accepted" when a Messaging Service still has to pick the sender.
-        status="accepted" if service and not sender else "queued",
+        status=TwilioStatus.ACCEPTED if service and not sender else TwilioStatus.QUEUED,
         status_callback=request.status_callback.split("#", 1)[0] or None,
         date_created=now, date_updated=now,
     )
     session.add(message)
-    final_status, error_code = (test.final_status, test.error_code) if test else ("delivered", None)
-    steps = [("queued", None, 0.0), ("sent", None, config.sent_delay), (final_status, error_code, config.final_delay)]
-    if final_status == "failed":  # failed means it never left Twilio
+    final_status, error_code = (test.final_status, test.error_code) if test else (TwilioStatus.DELIVERED, None)
+    steps = [(TwilioStatus.QUEUED, None, 0.0), (TwilioStatus.SENT, None, config.sent_delay),
+             (final_status, error_code, config.final_delay)]
+    if final_status == TwilioStatus.FAILED:  # failed means it never left Twilio
         steps.pop(1)
     for status, code, delay in steps:
         session.add(SandboxEvent(message_sid=message.sid, kind="status", message_status=status, error_code=code,
@@ -233,7 +236,7 @@ def receive(session: Session, config: SandboxConfig, account_sid: str, *, handse
     message = SandboxMessage(
         sid=new_sid(), account_sid=account_sid, direction="inbound", origin="phone", handset=handset_e164,
         to_number=to_e164, from_number=handset_e164, messaging_service_sid=service, body=body,
-        num_segments=count_segments(body).segments, status="received", date_created=now, date_updated=now,
+        num_segments=count_segments(body).segments, status=TwilioStatus.RECEIVED, date_created=now, date_updated=now,
         date_sent=now,
     )
     session.add(message)
@@ -262,10 +265,11 @@ def _auto_reply(session: Session, config: SandboxConfig, inbound: SandboxMessage
         sid=new_sid(), account_sid=inbound.account_sid, direction="outbound-reply", origin="twilio",
         handset=inbound.handset, to_number=inbound.handset, from_number=inbound.to_number,
         messaging_service_sid=inbound.messaging_service_sid, body=text,
-        num_segments=count_segments(text).segments, status="queued", date_created=now, date_updated=now,
+        num_segments=count_segments(text).segments, status=TwilioStatus.QUEUED, date_created=now, date_updated=now,
     )
     session.add(message)
-    for status, delay in (("queued", 0.0), ("sent", config.sent_delay), ("delivered", config.final_delay)):
+    for status, delay in ((TwilioStatus.QUEUED, 0.0), (TwilioStatus.SENT, config.sent_delay),
+                          (TwilioStatus.DELIVERED, config.final_delay)):
         session.add(SandboxEvent(message_sid=message.sid, kind="status", message_status=status,
                                  due_at=now + timedelta(seconds=delay)))
 
@@ -273,7 +277,7 @@ def _auto_reply(session: Session, config: SandboxConfig, inbound: SandboxMessage
 def apply_status(message: SandboxMessage, status: str, error_code: int | None, now: datetime) -> None:
     """Move a message to the status a planned step names."""
     message.status, message.date_updated = status, now
-    if status == "sent":
+    if status == TwilioStatus.SENT:
         message.date_sent = now
     if error_code:
         message.error_code, message.error_message = error_code, DELIVERY_ERRORS.get(error_code, "Delivery failed")
@@ -290,7 +294,7 @@ def status_callback_params(message: SandboxMessage, now: datetime) -> dict[str, 
         params["MessagingServiceSid"] = message.messaging_service_sid
     if message.error_code:
         params["ErrorCode"] = str(message.error_code)
-    if message.status in ("delivered", "undelivered"):
+    if message.status in (TwilioStatus.DELIVERED, TwilioStatus.UNDELIVERED):
         params["RawDlrDoneDate"] = now.strftime("%y%m%d%H%M")
     return params
 
@@ -310,7 +314,7 @@ def inbound_params(message: SandboxMessage) -> dict[str, str]:
         "SmsMessageSid": message.sid, "SmsSid": message.sid, "MessageSid": message.sid,
         "AccountSid": message.account_sid, "From": message.from_number or "", "To": message.to_number,
         "Body": message.body, "NumMedia": "0", "NumSegments": str(message.num_segments),
-        "SmsStatus": "received", "ApiVersion": API_VERSION,
+        "SmsStatus": TwilioStatus.RECEIVED, "ApiVersion": API_VERSION,
     }
     if message.messaging_service_sid:
         params["MessagingServiceSid"] = message.messaging_service_sid
@@ -331,7 +335,7 @@ def resource(message: SandboxMessage) -> dict:
         "error_code": message.error_code,
         "error_message": message.error_message,
         # A Messaging Service has not picked the sender yet while the message is "accepted".
-        "from": None if message.status == "accepted" else message.from_number,
+        "from": None if message.status == TwilioStatus.ACCEPTED else message.from_number,
         "messaging_service_sid": message.messaging_service_sid,
         "num_media": str(message.num_media),
         "num_segments": str(message.num_segments),
