@@ -20,6 +20,7 @@ import phonenumbers
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from gateway.domain.consent import Status
+from gateway.domain.outbound import Reachability
 from gateway.domain.quiet_hours import QuietHours, Window
 
 
@@ -71,7 +72,7 @@ class Facts:
     copy with dataclasses.replace); not frozen only because a batch makes 100,000 of them."""
 
     e164: str
-    reachability: str = "ok"
+    reachability: str = Reachability.OK
     status: str | None = None
     expires_at: datetime | None = None
     suppressed: bool = False
@@ -166,10 +167,10 @@ def decide(facts: Facts, program: ProgramSettings, kind: Kind, now: datetime, ru
     status = facts.status
     if status == Status.OPTED_OUT:
         return REFUSED[Reason.OPTED_OUT]
-    if facts.reachability != "ok":
-        if facts.reachability == "landline":
+    if facts.reachability != Reachability.OK:
+        if facts.reachability == Reachability.LANDLINE:
             return REFUSED[Reason.LANDLINE]
-        if facts.reachability == "unreachable":
+        if facts.reachability == Reachability.UNREACHABLE:
             return REFUSED[Reason.UNREACHABLE]
     spec = program.settings.get("spec", {})
     allowed_countries = spec.get("allowed_countries")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import TextualSelect, bindparam, text
 
 from gateway.domain.gate import Facts, Kind
-from gateway.domain.outbound import Status
+from gateway.domain.outbound import Reachability, Status
 from gateway.store import bulk
 from gateway.store.database import Store, dialect_name, driver_sql, rows
 from gateway.store.models import Program, UTCDateTime
@@ -137,7 +137,7 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
                 expires_at = expires_at.astimezone(UTC)  # psycopg gives the server's zone
             found[e164] = (
                 None if number_id is None else Known(number_id, kind),
-                Facts(e164, reachability or "ok", status, expires_at, bool(suppressed), total or 0,
+                Facts(e164, reachability or Reachability.OK, status, expires_at, bool(suppressed), total or 0,
                       this_program or 0, region, kind),
             )
     return found

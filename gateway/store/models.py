@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway.domain.ledger import GENESIS_HASH
-from gateway.domain.outbound import Status
+from gateway.domain.outbound import Reachability, Status
 
 
 def utcnow() -> datetime:
@@ -77,8 +77,9 @@ class PhoneNumber(Base):
     kind: Mapped[str] = mapped_column(String(20), default="unknown")
     # ISO region phonenumbers places the number in ("US", "CA"), kept so the send gate need not re-parse it.
     region: Mapped[str | None] = mapped_column(String(3))
-    # ok | unreachable | landline: learnt from delivery failures; refused by the send gate.
-    reachability: Mapped[str] = mapped_column(String(20), default="ok")
+    # A domain.outbound.Reachability, learnt from the provider's answers (services.carrier); the send gate
+    # refuses a number that is not ok.
+    reachability: Mapped[str] = mapped_column(String(20), default=Reachability.OK)
     reachability_code: Mapped[int | None]
     ledger_seq: Mapped[int] = mapped_column(Integer, default=0)
     ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
