@@ -23,11 +23,12 @@ from tests.sandbox_support import sandbox_config
 STATUS = "/webhooks/twilio/status"
 _numbers = itertools.count(0)
 
-# code -> (the number's reachability after it, the send gate's refusal afterwards, or None: allowed)
+# code -> (the number's reachability after it, the send gate's refusal afterwards, or None: allowed;
+# the failed message's reason where the code says something about the recipient)
 LEARNT = {
-    30003: ("unreachable", "unreachable"),
-    21635: ("landline", "landline"),
-    21407: ("ok", None),
+    30003: ("unreachable", "unreachable", "unreachable"),
+    21635: ("landline", "landline", "landline"),
+    21407: ("ok", None, None),
 }
 
 
@@ -66,7 +67,7 @@ def learnt(db, gateway, phone: str, message_id: str):
         decision = policy.gate_of(gateway).may_send(session, number, programs.by_slug(session, "orders"),
                                                     Kind.TRANSACTIONAL, utcnow())
         refusal = None if decision.allowed else decision.reason.value
-        return number.reachability, (message.status, message.error_code), refusal
+        return number.reachability, (message.status, message.error_code, message.reason), refusal
 
 
 def refused_at_send(app, gateway, db, code: int):
@@ -98,8 +99,9 @@ def reported_by_callback(twilio_post, gateway, db, code: int):
 
 @pytest.mark.parametrize("code", sorted(LEARNT))
 def test_a_send_and_a_status_callback_learn_the_same_from_a_code(app, gateway, db, live_server, twilio_post, code):
-    reachability, refusal = LEARNT[code]
+    reachability, refusal, reason = LEARNT[code]
     at_send = refused_at_send(app, gateway, db, code)
     in_callback = reported_by_callback(twilio_post, gateway, db, code)
-    assert at_send == (reachability, (Status.FAILED, code), refusal)
-    assert in_callback == at_send
+    # A refusal that teaches nothing still fails the send it refused; a callback leaves no reason.
+    assert at_send == (reachability, (Status.FAILED, code, reason or "provider_error"), refusal)
+    assert in_callback == (reachability, (Status.FAILED, code, reason), refusal)
