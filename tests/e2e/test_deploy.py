@@ -79,8 +79,8 @@ def test_the_web_process_listens_where_the_settings_say(tmp_path):
         deadline, answer = time.monotonic() + 60, None
         while answer is None and time.monotonic() < deadline and process.poll() is None:
             try:
-                answer = requests.get(f"http://127.0.0.2:{port}/healthz", timeout=2)
-            except requests.ConnectionError:
+                answer = requests.get(f"http://127.0.0.2:{port}/healthz", timeout=5)
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or its worker still booting
                 time.sleep(0.2)
         assert answer is not None, (tmp_path / "web.log").read_text()[-3000:]
         assert answer.status_code == 200 and answer.json() == {"status": "ok"}

@@ -91,11 +91,12 @@ def deliver(gateway, message_id, now=None, attempts=20) -> sending.Outcome:
     return outcome
 
 
-def assert_paced(moments, per_second):
-    """No `per_second + 1` provider receipts within one second (less a little for HTTP jitter)."""
-    moments = sorted(moments)
-    for first, last in zip(moments, moments[per_second:]):
-        assert (last - first).total_seconds() > 0.8, moments
+def assert_paced(receipts, per_second):
+    """No `per_second + 1` provider receipts within one second. A receipt lands up to its send's
+    duration after the limiter let it go, so each window is short by the first send's duration."""
+    receipts = sorted(receipts)
+    for (first, lag), (last, _) in zip(receipts, receipts[per_second:]):
+        assert (last - first).total_seconds() > 1 - lag, receipts
 
 
 # --- throughput ------------------------------------------------------------------------------------
@@ -103,10 +104,23 @@ def assert_paced(moments, per_second):
 
 def test_a_burst_is_paced_to_the_senders_rate(gateway, db, live_server, instant_sandbox, burst):
     ids = accept(db, "burst", count=9)
-    outcomes = {message_id: sending.send(gateway, message_id) for message_id in ids}
+    took = {}  # body -> how long the send that reached the provider took
+
+    def timed_send(message_id, **options):
+        started = time.monotonic()
+        outcome = sending.send(gateway, message_id, **options)
+        if outcome.status == "sent":
+            took[message(db, message_id).body] = time.monotonic() - started
+        return outcome
+
+    started = time.monotonic()
+    outcomes = {message_id: timed_send(message_id) for message_id in ids}
+    # On a loaded machine the burst itself can take over a second; the rate bounds what went meanwhile.
+    allowed = 3 * (1 + int(time.monotonic() - started))
     busy = [i for i, o in outcomes.items() if o.reason == "sender_busy"]
     assert len(outcomes) - len(busy) == len(provider_texts(db))  # a busy sender is never called
-    assert 0 < len(busy) and len(provider_texts(db)) <= 3
+    assert len(provider_texts(db)) <= allowed and len(busy) >= len(ids) - allowed
+    assert busy
     for message_id in busy:
         waiting = message(db, message_id)
         # Still queued as it was: no claim, no step in its history, only held back.
@@ -119,12 +133,12 @@ def test_a_burst_is_paced_to_the_senders_rate(gateway, db, live_server, instant_
         for message_id in list(waited):
             if message(db, message_id).not_before <= utcnow():
                 waited[message_id] += 1
-                if sending.send(gateway, message_id, waited=waited[message_id]).status == "sent":
+                if timed_send(message_id, waited=waited[message_id]).status == "sent":
                     del waited[message_id]
         time.sleep(0.02)
     texts = provider_texts(db)
     assert sorted(t.body for t in texts) == sorted(f"Your order shipped {i}" for i in range(9))
-    assert_paced([t.date_created for t in texts], 3)
+    assert_paced([(t.date_created, took[t.body]) for t in texts], 3)
 
 
 def test_programs_on_one_sender_share_the_slowest_rate(db, example_programs):
