@@ -273,5 +273,34 @@ def ledger_rebuild(ctx: Context) -> None:
     click.echo(f"rebuilt {count} consents from the ledger")
 
 
+@main.group("inbound")
+def inbound_group() -> None:
+    """Inbound texts."""
+
+
+@inbound_group.command("replay")
+@click.option("--held", is_flag=True, help="Apply the held texts again instead (once their cause is fixed).")
+@pass_context
+def inbound_replay(ctx: Context, held: bool) -> None:
+    """Apply the texts the inbound journal holds (the web processes also do it on a timer)."""
+    import dataclasses
+
+    from gateway.services import inbound_journal
+    from gateway.web.app import create_app
+
+    # The web app's Gateway, so a join keyword's confirmation is enqueued as the webhook would; no timer.
+    app = create_app(dataclasses.replace(ctx.settings, inbound_journal_replay_seconds=0))
+    with app.app_context():
+        gateway = app.extensions["gateway"]
+        replayed = (inbound_journal.retry_held if held else inbound_journal.replay)(gateway)
+        gateway.db.dispose()
+    if replayed.busy:
+        raise click.ClickException("another replayer on this host is at work; try again in a moment")
+    click.echo(f"applied {replayed.applied}, already stored {replayed.duplicates}, newly held {replayed.newly_held}, "
+               f"waiting {replayed.waiting}, held {replayed.held}")
+    if replayed.waiting:
+        sys.exit(1)  # the store failed again: nothing after the first waiting text was tried
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -63,6 +63,8 @@ class Settings:
     # Per API key, whatever evidence.ip says; and how IPv6 clients are grouped for the per-client limit.
     confirmation_limit_per_key: str = "100 per hour"
     confirmation_client_ipv6_prefix: int = 64
+    # How often each web process replays the inbound journal (gateway/services/inbound_journal.py); 0: never.
+    inbound_journal_replay_seconds: int = 5
 
     @property
     def is_sqlite(self) -> bool:
@@ -293,4 +295,5 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         ledger_signing_key=_ledger_signing_key(str(raw["ledger_signing_key"]), var_dir),
         ledger_checkpoint_dir=checkpoint_dir,
         ledger_checkpoint_seconds=_as_int("ledger_checkpoint_seconds", raw["ledger_checkpoint_seconds"], minimum=1),
+        inbound_journal_replay_seconds=_as_int("inbound_journal_replay_seconds", raw["inbound_journal_replay_seconds"]),
     )

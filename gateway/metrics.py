@@ -9,6 +9,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -27,6 +28,14 @@ SUBSCRIPTION_REQUESTS = Counter("smsgate_subscription_requests_total",
                                 "Double opt-in requests from the form and the API, by outcome", ["source", "outcome"])
 CARRIER_OPT_OUTS = Counter("smsgate_carrier_opt_outs_total", "21610 opt-outs learnt from Twilio")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
+# The inbound journal (gateway/services/inbound_journal.py): one per host, so under gunicorn the most
+# recent count any worker took is the host's.
+INBOUND_JOURNAL_LENGTH = Gauge("smsgate_inbound_journal_length", "Inbound texts waiting in the journal for the store",
+                               multiprocess_mode="mostrecent")
+INBOUND_JOURNALED = Counter("smsgate_inbound_journaled_total", "Inbound texts journaled: the store could not take them")
+INBOUND_REPLAYED = Counter("smsgate_inbound_replayed_total", "Journaled texts applied to the store (or found there)")
+INBOUND_HELD = Counter("smsgate_inbound_held_total", "Journaled texts (or torn lines) held: they could not be applied",
+                       ["reason"])
 
 
 def render() -> tuple[bytes, str]:

@@ -80,6 +80,8 @@ def test_env(tmp_path_factory) -> dict[str, str]:
         "SANDBOX": "on",
         "VAR_DIR": str(tmp / "var"),
         "LOG_LEVEL": "INFO",
+        # The session's app replays no journal on its own: a test replays when it means to.
+        "INBOUND_JOURNAL_REPLAY_SECONDS": "0",
     }
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]

@@ -57,6 +57,10 @@ _SENDER = re.compile(rf"{E164_PATTERN}|MG[0-9a-fA-F]{{32}}")  # our number or Me
 _OPT_OUT_TYPES = {"STOP": Intent.OPT_OUT, "START": Intent.OPT_IN, "HELP": Intent.HELP}
 
 
+class Contended(RuntimeError):
+    """The number's ledger kept moving under every attempt: a store that cannot take the text now."""
+
+
 class BadInbound(ValueError):
     """A webhook request that is not a usable inbound text; `code` is stable, nothing was stored."""
 
@@ -79,6 +83,15 @@ class InboundText:
     # What Twilio sent as Body, when it held characters the store cannot hold (NUL, a lone surrogate):
     # `body` then has U+FFFD in their place. None: `body` is exactly what was sent.
     body_as_sent: str | None = None
+    # Where the text came from when not straight from Twilio's webhook ("journal": replayed from the
+    # inbound journal, its webhook answered long ago). Recorded in the evidence; no reply is stored.
+    origin: str | None = None
+
+    @property
+    def answered_elsewhere(self) -> bool:
+        """No reply of ours goes out: Twilio's Advanced Opt-Out replied, or the webhook was answered
+        (empty) when the text was journaled."""
+        return self.opt_out_type is not None or self.origin is not None
 
     @property
     def text_for_keywords(self) -> str:
@@ -187,7 +200,7 @@ def _evidence(text: InboundText, classification) -> consents.Evidence:
         key: value for key, value in {
             "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
             "keyword": classification.keyword, "language": classification.language,
-            "opt_out_type": text.opt_out_type,
+            "opt_out_type": text.opt_out_type, "origin": text.origin,
             "body_as_sent_escaped": None if text.body_as_sent is None else storable.escaped(text.body_as_sent),
         }.items() if value is not None
     })
@@ -202,7 +215,7 @@ def _inbound_row(text: InboundText, number_id: int, intent: Intent, reply: str |
 
 
 # How often a text is re-read when the number's ledger moved between our read and our write (another
-# text or an API call for the same number at the same moment); then Twilio's retry takes over.
+# text or an API call for the same number at the same moment); then the text goes to the inbound journal.
 _ATTEMPTS = 5
 
 
@@ -223,7 +236,7 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
             consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
             continue
         effect = act(_Read(state, on_sender, ended, evidence, now)) if act else _Effect()
-        if text.opt_out_type is not None:
+        if text.answered_elsewhere:
             effect.reply = None
         writes = effect.writes or Writes()
         reachable = carrier.reachability_columns(state.reachability, Reachability.OK)
@@ -232,7 +245,7 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
         writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
         if writes.execute(connection):
             return Handled(intent.value, effect.reply), effect
-    raise RuntimeError(f"inbound {text.message_sid}: the number's ledger kept moving; Twilio will retry")
+    raise Contended(f"inbound {text.message_sid}: the number's ledger kept moving")
 
 
 def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: list[str], on_sender: list[Program],
@@ -246,7 +259,7 @@ def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: l
         effect = _confirm(session, number, senders, evidence, now)
     else:
         effect = _join(session, gateway, number, on_sender, classification, evidence, now)
-    if text.opt_out_type is not None:
+    if text.answered_elsewhere:
         effect.reply = None
     session.flush()
     session.connection().execute(_INBOUND.insert(), _inbound_row(text, number.id, intent, effect.reply, now))
@@ -378,4 +391,4 @@ def reply_text(for_programs: list[Program], template: str) -> str:
     return combined.text(template)
 
 
-__all__ = ["BadInbound", "Handled", "InboundText", "handle", "reply_text"]
+__all__ = ["BadInbound", "Contended", "Handled", "InboundText", "handle", "reply_text"]

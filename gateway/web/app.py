@@ -34,4 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery = make_celery(app, settings)
     app.extensions["gateway"] = Gateway(settings=settings, db=Database(settings.database_url), dispatcher=Dispatcher(celery))
     web.register(app, sandbox=settings.sandbox)
+    if settings.inbound_journal_replay_seconds:
+        from gateway.services.inbound_journal import Replayer
+
+        app.extensions["inbound_journal_replayer"] = Replayer(
+            app.extensions["gateway"], settings.inbound_journal_replay_seconds, context=app.app_context).start()
     return app

@@ -1,7 +1,8 @@
 """Twilio's webhooks: inbound texts and status callbacks. Verify → parse → core → TwiML.
 
 Both routes are POST only (GET is 405) and signed (auth.twilio_signed, which also caps the body at
-64 kB). The core commits before we answer, so an opt-out is durable before Twilio hears back.
+64 kB). The core commits before we answer, so an opt-out is durable before Twilio hears back; when the
+store cannot take a text, it is journaled on disk first and answered with an empty TwiML (inbound_journal).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from gateway.bootstrap import current
-from gateway.services import delivery, inbound
+from gateway.services import delivery, inbound, inbound_journal
 from gateway.twilio import callbacks, twiml
 from gateway.web.auth import twilio_signed
 from gateway.web.errors import ApiError
@@ -29,7 +30,7 @@ def _answer(reply: str | None = None) -> Response:
 @twilio_signed
 def inbound_sms():
     try:
-        handled = inbound.handle(current(), inbound.InboundText.from_form(request.form))
+        handled = inbound_journal.receive(current(), inbound.InboundText.from_form(request.form))
     except inbound.BadInbound as problem:
         raise ApiError(422 if problem.code in _UNPROCESSABLE else 400, problem.code, str(problem)) from None
     return _answer(handled.reply)
