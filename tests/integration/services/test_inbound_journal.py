@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
@@ -177,25 +178,30 @@ def test_texts_arriving_while_the_journal_is_not_empty_queue_behind_it(broken_ap
 
 
 def test_while_the_store_is_still_down_replay_keeps_everything_in_order(broken_app, post, var_dir):
+    journaled_before = _sample("smsgate_inbound_journaled_total")
     for body in ("STOP", "START", "HELP"):
         post(broken_app, form(body))
+    assert _sample("smsgate_inbound_journaled_total") == journaled_before + 3
     before = Journal(var_dir).snapshot().records
     replayed = inbound_journal.replay(broken_app.extensions["gateway"])
     assert (replayed.applied, replayed.newly_held, replayed.waiting) == (0, 0, 3)
     assert Journal(var_dir).snapshot().records == before
+    assert _sample("smsgate_inbound_journal_length") == 3
+
+
+def _sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_a_text_that_cannot_be_applied_is_held_and_counted_never_dropped(broken_app, post, healthy, var_dir, db):
-    from gateway import metrics
-
-    held_before = metrics.INBOUND_HELD.labels(reason="unknown_sender")._value.get()
+    held_before = _sample("smsgate_inbound_held_total", reason="unknown_sender")
     post(broken_app, form("STOP", to="+15005550001"))  # not one of our senders: only the store knows that
     post(broken_app, form("STOP"))
     replayed = inbound_journal.replay(healthy)
     assert (replayed.applied, replayed.newly_held, replayed.waiting, replayed.held) == (1, 1, 0, 1)
     [held] = Journal(var_dir).held()
     assert held["reason"] == "unknown_sender" and held["entry"]["text"]["to"] == "+15005550001"
-    assert metrics.INBOUND_HELD.labels(reason="unknown_sender")._value.get() == held_before + 1
+    assert _sample("smsgate_inbound_held_total", reason="unknown_sender") == held_before + 1
     # Still refused when tried again: it stays held.
     again = inbound_journal.retry_held(healthy)
     assert (again.applied, again.held) == (0, 1)
