@@ -1,13 +1,14 @@
 """Inbound texts: one Twilio delivery is deduplicated, classified, applied and stored, once.
 
 `handle` is the whole path behind the SMS webhook, without Flask. STOP, START, HELP and plain text
-read the number's ledger head and consents in one statement, then write the consent change, its
-ledger events and the InboundMessage (with the reply chosen) together, as one statement on
-PostgreSQL: the write happens only if the head is still where it was read, otherwise the text is read
-again (consent.service.plan, gateway.db.Writes). YES and join keywords go through `subscriptions`
-in one transaction with the number's row locked, since they may queue a confirmation text (enqueued
-after the commit). Either way the opt-out is committed before we answer. The MessageSid is a unique
-key: a repeat writes nothing and gets the stored first reply.
+Every text, STOP or YES or chat, reads what the number holds in one statement, works out the change
+in Python (gateway/services/consents.py, with gateway/domain/subscriptions.py for join keywords and
+YES), then writes the consent change, its ledger events, a confirmation text for the outbox and the
+InboundMessage (with the reply chosen) together, as one statement on PostgreSQL: the write happens
+only if the number's ledger head is still where it was read, otherwise the text is read again
+(docs/decisions/0006). A confirmation text is enqueued after the commit. The opt-out is committed
+before we answer. The MessageSid is a unique key: a repeat writes nothing and gets the stored first
+reply.
 
 Decisions (see also bench/README.md for what the speed work changed):
 * START/UNSTOP with nothing to restore is stored as an opt-in that did nothing, with no reply
@@ -28,25 +29,25 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import phonenumbers
-from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from gateway import metrics
-from gateway.store import programs
-from gateway.domain import storable
-from gateway.services import carrier, subscriptions
-from gateway.services import consents
-from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.bootstrap import Gateway
-from gateway.store.database import Writes
+from gateway.domain import storable
+from gateway.domain.consent import IllegalTransition, Input, Source, Status
+from gateway.domain.gate import Facts, Kind
 from gateway.domain.keywords import Intent
-from gateway.domain.programs import spec_of
-from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
 from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164, mask
 from gateway.domain.numbers import parse as parse_number
-from gateway.domain.outbound import Reachability
+from gateway.domain.outbound import Reachability, reachability_after
+from gateway.domain.programs import spec_of
+from gateway.domain.subscriptions import plan_confirm, plan_start
+from gateway.services import carrier, consents, policy
+from gateway.store import consents as store_consents
+from gateway.store import outbox, programs
+from gateway.store.database import Writes
+from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +155,10 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
         # The MessageSid was processed before (or just now, by a concurrent delivery): its unique key
         # refused our insert, nothing this attempt wrote was kept, and the first answer stands.
         with gateway.db.statements() as connection:
-            first = _first_answer(connection, text.message_sid)
+            first = store_consents.first_answer(connection, text.message_sid)
         if first is None:
             raise
-        return first
+        return Handled(*first, duplicate=True)
     if handled.queued:
         gateway.dispatcher.send_messages(list(handled.queued))
     metrics.INBOUND.labels(intent=handled.intent).inc()
@@ -167,11 +168,6 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     log.log(logging.INFO if effect.events else logging.DEBUG, "inbound %s from %s: %s",
             text.message_sid, mask(text.from_), handled.intent)
     return handled
-
-
-def _first_answer(connection: Connection, message_sid: str) -> Handled | None:
-    row = connection.execute(_FIRST_ANSWER, {"message_sid": message_sid}).first()
-    return None if row is None else Handled(row.intent, row.reply, duplicate=True)
 
 
 # No look-up of the MessageSid first: a repeat is rare (Twilio's retry), and the unique key on
@@ -187,12 +183,7 @@ def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Ha
         # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
         if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
             intent = _OPT_OUT_TYPES[text.opt_out_type]
-        if intent not in _SUBSCRIBING:
-            return _record(connection, gateway, text, on_sender.programs, classification, intent, now)
-    # YES and join keywords go through subscriptions, which may queue a confirmation text: one
-    # transaction with the number's row locked.
-    with gateway.db.transaction() as session:
-        return _subscribe(session, gateway, text, senders, on_sender.programs, classification, intent, now)
+        return _record(connection, gateway, text, on_sender.programs, classification, intent, now)
 
 
 def _evidence(text: InboundText, classification) -> consents.Evidence:
@@ -221,21 +212,26 @@ _ATTEMPTS = 5
 
 def _record(connection: Connection, gateway: Gateway, text: InboundText, on_sender: list[Program],
             classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
-    """STOP, START, HELP and plain text: read the number and its consents in one statement, then write
-    the change, its ledger events and the text in one statement (one transaction on SQLite).
+    """Read the number and its consents in one statement, then write the change, its ledger events,
+    a confirmation text and the inbound text in one statement (one transaction on SQLite).
 
     No lock is held in between: the write happens only if the number's ledger head is still where we
     read it, and otherwise we read again. So two round trips on PostgreSQL, whatever the text.
     """
-    ended = programs.cached_on_senders(connection, programs.EVERY_PROGRAM).programs if intent is Intent.OPT_OUT_ALL else on_sender
+    everything = intent is Intent.OPT_OUT_ALL
+    ended = programs.cached_on_senders(connection, programs.EVERY_PROGRAM).programs if everything else on_sender
     act = _PLANS.get(intent)
     evidence = _evidence(text, classification)
+    joining = next((p for p in on_sender if p.slug == classification.program), None) if intent is Intent.JOIN else None
+    # A join keyword may text the number (the confirmation): the same read tells the gate whether it is suppressed.
+    digest = consents.suppression_digest(gateway.settings.suppression_key, text.from_) if joining else None
     for _ in range(_ATTEMPTS):
-        state = consents.held(connection, text.from_, [p.id for p in ended] if act else [])
+        state = store_consents.held(connection, text.from_, [p.id for p in ended] if act else [], digest=digest)
         if state is None:
-            consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
+            store_consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
             continue
-        effect = act(_Read(state, on_sender, ended, evidence, now)) if act else _Effect()
+        read = _Read(state, on_sender, ended, evidence, now, text.from_, text.to, joining, gateway)
+        effect = act(read) if act else _Effect()
         if text.answered_elsewhere:
             effect.reply = None
         writes = effect.writes or Writes()
@@ -244,34 +240,12 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
             writes.update(_NUMBERS, state.number_id, reachable)
         writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
         if writes.execute(connection):
-            return Handled(intent.value, effect.reply), effect
+            return Handled(intent.value, effect.reply, queued=effect.queued), effect
     raise Contended(f"inbound {text.message_sid}: the number's ledger kept moving")
 
 
-def _subscribe(session: Session, gateway: Gateway, text: InboundText, senders: list[str], on_sender: list[Program],
-               classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
-    number = session.scalars(_LOCK_NUMBER, {"e164": text.from_}).one_or_none()
-    if number is None:
-        number = consents.number_row(session, _number(text.from_, gateway.settings.default_region))
-    carrier.learn_reachability(number, Reachability.OK)
-    evidence = _evidence(text, classification)
-    if intent is Intent.CONFIRM:
-        effect = _confirm(session, number, senders, evidence, now)
-    else:
-        effect = _join(session, gateway, number, on_sender, classification, evidence, now)
-    if text.answered_elsewhere:
-        effect.reply = None
-    session.flush()
-    session.connection().execute(_INBOUND.insert(), _inbound_row(text, number.id, intent, effect.reply, now))
-    return Handled(intent.value, effect.reply, queued=effect.queued), effect
-
-
-# The statements of every request, built once: SQLAlchemy then only binds parameters (measurably
-# cheaper than building and cache-keying a new statement per request; see bench/README.md).
-_NUMBERS, _INBOUND, _PROGRAMS = PhoneNumber.__table__, InboundMessage.__table__, Program.__table__
-_FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
-_LOCK_NUMBER = (select(PhoneNumber).where(PhoneNumber.e164 == bindparam("e164")).with_for_update()
-                .execution_options(populate_existing=True))
+# Built once: the write's tables.
+_NUMBERS, _INBOUND = PhoneNumber.__table__, InboundMessage.__table__
 
 
 def _number(e164: str, region: str) -> Number:
@@ -293,11 +267,15 @@ def _number(e164: str, region: str) -> Number:
 class _Read:
     """What a text's effect is worked out from."""
 
-    state: consents.Held  # the number's ledger head and its consents, read in one statement
+    state: store_consents.Held  # the number's ledger head and its consents, read in one statement
     on_sender: list[Program]
     ended: list[Program]  # what an opt-out ends: the sender's programs, or all of them (STOPALL)
     evidence: consents.Evidence
     now: datetime
+    e164: str  # the number that texted
+    to: str  # the number texted (a Messaging Service may hold programs of other senders)
+    joining: Program | None  # the program whose join keyword this is
+    gateway: Gateway
 
 
 def _events(changes) -> tuple[tuple[str, str], ...]:
@@ -334,50 +312,62 @@ def _help(read: _Read) -> _Effect:
     return _Effect(spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
 
 
+def _confirm(read: _Read) -> _Effect:
+    """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
+    by_id = {p.id: p for p in read.on_sender}
+    # Those on the number texted first, then on its Messaging Service; each in the order asked.
+    held = sorted((row for row in read.state.consents.values() if row.program_id in by_id),
+                  key=lambda row: (read.to not in (by_id[row.program_id].sender,
+                                                   by_id[row.program_id].messaging_service_sid), row.id))
+    confirmed = [by_id[program_id] for program_id in plan_confirm(held, read.now)]
+    if not confirmed:
+        return _Effect()
+    planned = consents.plan(read.state, confirmed, Input.CONFIRM_YES, read.evidence, now=read.now)
+    return _Effect(reply_text(confirmed, "welcome"), events=_events(planned.changes), writes=planned.writes)
+
+
+def _join(read: _Read) -> _Effect:
+    """A program's join keyword: double opt-in asks for YES (a confirmation text through the outbox,
+    written with the request); single opt-in joins now."""
+    program, state = read.joining, read.state
+    try:
+        step = plan_start(consents.state_of(state.consents.get(program.id)), Input.KEYWORD_JOIN,
+                          double_opt_in=program.double_opt_in)
+    except IllegalTransition:
+        return _Effect()
+    if step is None:
+        return _Effect(reply_text([program], "welcome"))  # already subscribed: say so, change nothing
+    if step is Input.KEYWORD_JOIN_DIRECT:
+        planned = consents.plan(state, [program], step, read.evidence, now=read.now)
+        return _Effect(reply_text([program], "welcome"), events=_events(planned.changes), writes=planned.writes)
+    expires_at = read.now + timedelta(hours=read.gateway.settings.pending_ttl_hours)
+    # Ask the one gate about the state this request would create, before creating it, and about the
+    # number as this text leaves it (a text from an unreachable handset proves it reachable: the write
+    # records that too).
+    reachability = reachability_after(state.reachability, Reachability.OK)
+    facts = Facts(read.e164, reachability, Status.PENDING.value, expires_at, state.suppressed,
+                  region=state.region, kind=state.kind)
+    decision = policy.gate_of(read.gateway).decide(facts, program, Kind.CONFIRMATION, read.now)
+    if not decision.allowed:
+        return _Effect()  # suppressed, landline, country: nothing recorded, nothing said
+    body = spec_of(program).text("confirmation")
+    evidence = read.evidence
+    details = {**evidence.details, "confirmation_text": body, "program_version": program.version}
+    planned = consents.plan(state, [program], step, replace(evidence, details=details), now=read.now,
+                            expires_at=expires_at)
+    message_id = outbox.accept_into(planned.writes, number_id=state.number_id, program=program,
+                                    kind=Kind.CONFIRMATION, body=body, decision=decision, now=read.now)
+    return _Effect(queued=(message_id,), events=_events(planned.changes), writes=planned.writes)
+
+
 _PLANS = {
     Intent.OPT_OUT: _opt_out,
     Intent.OPT_OUT_ALL: _opt_out,
     Intent.OPT_IN: _opt_in,
     Intent.HELP: _help,
+    Intent.CONFIRM: _confirm,
+    Intent.JOIN: _join,
 }
-_SUBSCRIBING = frozenset({Intent.CONFIRM, Intent.JOIN})
-
-
-def _confirm(session: Session, number: PhoneNumber, senders: list[str], evidence: consents.Evidence,
-             now: datetime) -> _Effect:
-    """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
-    changes = []
-    for sender in senders:
-        changes += subscriptions.confirm(session, number=number, sender=sender, evidence=evidence, now=now)
-    confirmed = [change.program for change in changes]
-    return _Effect(reply_text(confirmed, "welcome") if confirmed else None, events=_events(changes))
-
-
-def _join(session: Session, gateway: Gateway, number: PhoneNumber, on_sender: list[Program], classification,
-          evidence: consents.Evidence, now: datetime) -> _Effect:
-    """A program's join keyword: double opt-in asks for YES (through the outbox); single opts in now."""
-    cached = next(p for p in on_sender if p.slug == classification.program)
-    program = session.merge(cached, load=False)  # into this session (a confirmation may be queued) without a query
-    settings = gateway.settings
-    before = consents.state_of(consents.consent_row(session, number, program)).status
-    try:
-        started = subscriptions.start(
-            session, number=number, program=program, input=Input.KEYWORD_JOIN, evidence=evidence,
-            now=now, ttl=timedelta(hours=settings.pending_ttl_hours),
-            suppression_key=settings.suppression_key, rules=gateway.quiet_hours,
-        )
-    except IllegalTransition:
-        return _Effect()
-    if started.refused is not None:
-        # The gate would refuse the confirmation text (suppressed, landline, country): nothing recorded.
-        return _Effect()
-    if started.status is Status.OPTED_IN:
-        # Joined at once (single opt-in), or already subscribed: either way, say so.
-        events = () if before is Status.OPTED_IN else (("opt_in", Source.SMS.value),)
-        return _Effect(reply_text([program], "welcome"), events=events)
-    # Pending: the confirmation text goes out through the outbox, enqueued after the commit.
-    queued = (started.confirmation.id,) if started.confirmation is not None else ()
-    return _Effect(queued=queued, events=(("request", Source.SMS.value),))
 
 
 def reply_text(for_programs: list[Program], template: str) -> str:

@@ -1,8 +1,8 @@
-"""Double opt-in: start a request (API, hosted form, join keyword) and confirm it with YES.
+"""Double opt-in requests from the API and the hosted form, and the consent text the form shows.
 
 Requests made anywhere but the handset always need the person's YES, whatever the program says:
-only a text from the phone proves that its holder asked (CTIA). `double_opt_in = false` lets a
-join keyword texted from the handset confirm at once.
+only a text from the phone proves that its holder asked (CTIA). The rules of a request and of a YES
+are gateway/domain/subscriptions.py; join keywords and YES arrive as texts (gateway/services/inbound.py).
 """
 
 from __future__ import annotations
@@ -11,21 +11,18 @@ import hashlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.services import abuse, policy
 from gateway import metrics
-from gateway.store import outbox, programs
-from gateway.services import consents
 from gateway.domain.consent import IllegalTransition, Input, Status
 from gateway.domain.gate import Kind, Reason
-from gateway.domain.programs import RATES, ProgramSpec, spec_of
-from gateway.store.models import Consent, OutboundMessage, PhoneNumber, Program
 from gateway.domain.numbers import Number
+from gateway.domain.programs import RATES, ProgramSpec, spec_of
 from gateway.domain.quiet_hours import QuietHours
-
-REQUEST_INPUTS = (Input.API_REQUEST, Input.WEB_REQUEST, Input.KEYWORD_JOIN)
+from gateway.domain.subscriptions import plan_start
+from gateway.services import abuse, consents, policy
+from gateway.store import outbox, programs
+from gateway.store.models import OutboundMessage, PhoneNumber, Program
 
 # The gate's refusals of a confirmation text, as the stable codes a requester gets back (the codes
 # sends get). A suppressed number (erased after opting out) is never texted again, whatever is asked.
@@ -76,18 +73,14 @@ def start(
     and the store has taken every write, so a request that sends nothing, or fails, takes none; it
     raises abuse.RateLimited, and the caller's rollback then undoes the writes.
     """
-    if input not in REQUEST_INPUTS:
-        raise ValueError(f"{input} does not start a subscription")
     current = consents.state_of(consents.consent_row(session, number, program))
-    if current.status is Status.OPTED_IN:
+    step = plan_start(current, input, double_opt_in=program.double_opt_in)
+    if step is None:
         # Never downgrade or re-text a confirmed number: a repeat request changes nothing.
         return Started(Status.OPTED_IN, None, None)
-    spec = spec_of(program)
-    if input is Input.KEYWORD_JOIN and not program.double_opt_in:
-        consents.apply(session, number, program, Input.KEYWORD_JOIN_DIRECT, evidence, now=now)
+    if step is Input.KEYWORD_JOIN_DIRECT:
+        consents.apply(session, number, program, step, evidence, now=now)
         return Started(Status.OPTED_IN, None, None)
-    if not consents.allowed(current, input):
-        raise IllegalTransition(current.status, input)
     expires_at = now + ttl
     # Ask the one gate about the state this request would create, before creating it.
     gate = policy.Gate(suppression_key, rules)
@@ -96,7 +89,7 @@ def start(
                         Kind.CONFIRMATION, now)
     if not would.allowed:
         return Started(current.status, None, None, would.reason)
-    text = spec.text("confirmation")
+    text = spec_of(program).text("confirmation")
     details = {**evidence.details, "confirmation_text": text, "program_version": program.version}
     consents.apply(session, number, program, input,
                   consents.Evidence(evidence.source, evidence.actor, evidence.reference, details),
@@ -200,27 +193,6 @@ def _refusal(code: str, program: Program) -> Refused:
     if code == "invalid_number":
         return Refused(code, "this number could not be reached by text before (reported as unknown or out of service)")
     return Refused(code, f"no confirmation text can be sent to this number now ({code.replace('_', ' ')})")
-
-
-def confirm(
-    session: Session, *, number: PhoneNumber, sender: str, evidence: consents.Evidence, now: datetime
-) -> list[consents.Change]:
-    """YES from `number` to `sender`: confirm its live pending requests on that sender's programs."""
-    on_sender = {p.id: p for p in programs.on_sender(session, sender)}
-    if not on_sender:
-        return []
-    pending = session.scalars(
-        select(Consent).where(
-            Consent.number_id == number.id,
-            Consent.program_id.in_(list(on_sender)),
-            Consent.status == Status.PENDING.value,
-            Consent.expires_at > now,
-        )
-    ).all()
-    return [
-        consents.apply(session, number, on_sender[c.program_id], Input.CONFIRM_YES, evidence, now=now)
-        for c in pending
-    ]
 
 
 # What a person is shown before they tick the box, by program category.

@@ -22,7 +22,7 @@ from gateway.domain.gate import Decision, Kind
 from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may_move
 from gateway.domain.segments import count as count_segments
 from gateway.store import bulk
-from gateway.store.database import Store, dialect_name, driver_sql, on_driver
+from gateway.store.database import Store, Writes, dialect_name, driver_sql, on_driver
 from gateway.store.models import (
     MessageEvent,
     OutboundMessage,
@@ -172,10 +172,7 @@ def accept_many(
                          batch_id, now, now, recheck_time(status, now, decision.not_before)))
         events.append((message_id, status, reason, now))
         accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
-    message_columns = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
-                       "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
-                       "updated_at", "recheck_at")
-    event_columns = ("message_id", "status", "reason", "occurred_at")
+    message_columns, event_columns = _MESSAGE_COLUMNS, _EVENT_COLUMNS
     if len(messages) == 1:
         if dialect_name(session) == "postgresql":
             # One message (the send API): both rows in one statement, one round trip fewer per send,
@@ -190,6 +187,30 @@ def accept_many(
     bulk.insert_rows(session, OutboundMessage.__table__, message_columns, messages)
     bulk.insert_rows(session, MessageEvent.__table__, event_columns, events)
     return accepted
+
+
+_MESSAGE_COLUMNS = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
+                    "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
+                    "updated_at", "recheck_at")
+_EVENT_COLUMNS = ("message_id", "status", "reason", "occurred_at")
+
+
+def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind, body: str, decision: Decision,
+                now: datetime) -> str:
+    """`accept` one message as rows of `writes`: stored with the change that asks for it (a double
+    opt-in request and its confirmation text), or not at all. Returns its id, to enqueue after commit."""
+    if not (decision.allowed or decision.deferred):
+        raise ValueError(f"the gate refused this message: {decision.reason}")
+    segments = count_segments(body)
+    message_id = new_message_id()
+    status = accepted_status(decision.deferred)
+    reason = decision.reason.value if decision.reason else None
+    recheck_at = recheck_time(status, now, decision.not_before)
+    writes.insert(OutboundMessage.__table__, dict(zip(_MESSAGE_COLUMNS, (
+        message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments, segments.encoding,
+        status, reason, decision.not_before, 0, None, None, None, now, now, recheck_at))))
+    writes.insert(MessageEvent.__table__, dict(zip(_EVENT_COLUMNS, (message_id, status, reason, now))))
+    return message_id
 
 
 _ACCEPT_ONE = text("""

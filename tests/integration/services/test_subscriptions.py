@@ -1,12 +1,13 @@
 """Double opt-in at the core, on a fixed clock: requests, confirmation texts, YES, expiry, limits."""
 
 import dataclasses
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-from gateway.services import abuse, sending, subscriptions
+from gateway.services import abuse, inbound, sending, subscriptions
 from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, spec_of
 from gateway.store import programs
 from gateway.config import ConfigError, load_settings
@@ -51,10 +52,17 @@ def request(gateway, slug="deals", phone=PHONE, guard=None, now=NOW):
 
 
 def confirm(gateway, phone=PHONE, sender=DEALS_SENDER, now=NOW):
-    with gateway.db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
-        return [(c.program.slug, c.before, c.after) for c in
-                subscriptions.confirm(session, number=row, sender=sender, evidence=YES, now=now)]
+    """The person texts YES to `sender`: (program, before, after) of each consent it confirmed."""
+    sid = f"SM{next(_SIDS):032x}"
+    inbound.handle(gateway, inbound.InboundText(sid, phone, sender, "YES"), now=now)
+    with gateway.db.sessions() as session:
+        return [tuple(row) for row in session.execute(
+            select(programs.Program.slug, LedgerEvent.status_before, LedgerEvent.status_after)
+            .join(programs.Program, programs.Program.id == LedgerEvent.program_id)
+            .where(LedgerEvent.reference == sid, LedgerEvent.type == "confirmation").order_by(LedgerEvent.seq))]
+
+
+_SIDS = itertools.count(1)
 
 
 def apply(gateway, slug, input, phone=PHONE, now=NOW):

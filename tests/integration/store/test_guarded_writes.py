@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, inbound
+from gateway.store import consents as store_consents
 from gateway.store import ledger, programs
 from gateway.store.database import Writes, _one_statement, on_driver
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
@@ -105,11 +106,11 @@ def test_when_one_part_fails_no_part_is_kept(db):
 
 def test_a_text_whose_number_changed_under_it_is_read_again_and_applied_once(gateway, db, monkeypatch):
     opted_in(db, "deals", "alerts")
-    read = consents.held
+    read = store_consents.held
     reads = []
 
-    def another_change_lands_after_the_first_read(connection, e164, program_ids):
-        state = read(connection, e164, program_ids)
+    def another_change_lands_after_the_first_read(connection, e164, program_ids, **options):
+        state = read(connection, e164, program_ids, **options)
         if not reads:
             # Someone else's HELP is written between our read and our write: our plan is stale.
             consents.plan_record(state, "help", consents.Evidence(Source.SMS, reference="SM" + "9" * 32),
@@ -117,7 +118,7 @@ def test_a_text_whose_number_changed_under_it_is_read_again_and_applied_once(gat
         reads.append(state.seq)
         return state
 
-    monkeypatch.setattr(consents, "held", another_change_lands_after_the_first_read)
+    monkeypatch.setattr(store_consents, "held", another_change_lands_after_the_first_read)
     handled = inbound.handle(gateway, inbound.InboundText("SM" + "2" * 32, PERSON, SENDER, "STOP"))
     assert handled.intent == "opt_out"
     assert reads[1] == reads[0] + 1  # read again, after the other change

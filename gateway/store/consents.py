@@ -1,0 +1,259 @@
+"""The consent store: a number's row, what it holds, and the writes of a consent change.
+
+One write path: a change is planned in Python from what was read (gateway/services/consents.py) and
+written as one guarded `Writes` (0006): the number's ledger head moves only from where it was read,
+and everything else is written only if it did. Inbound texts read without a lock (`held`) and read
+again when the head moved; other writers hold the number's row lock (`number_row`, `held_locked`),
+so for them the guard always holds (`write_locked`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from operator import attrgetter
+from typing import NamedTuple
+
+from sqlalchemy import bindparam, delete, exists, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
+
+from gateway.domain import ledger
+from gateway.domain.consent import State
+from gateway.domain.numbers import Number
+from gateway.store.database import Writes, driver_sql, rows
+from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
+
+NUMBERS, CONSENTS, EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerEvent.__table__
+_INBOUND, _SUPPRESSIONS = InboundMessage.__table__, Suppression.__table__
+
+
+def _insert_for(connection: Connection):
+    return pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+
+
+def create_number(connection: Connection, number: Number) -> None:
+    """Make the row for `number` unless it exists (a concurrent creator wins quietly)."""
+    connection.execute(
+        _insert_for(connection)(PhoneNumber)
+        .values(e164=number.e164, kind=number.kind, region=number.region, reachability="ok", ledger_seq=0,
+                ledger_head=ledger.GENESIS_HASH, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["e164"])
+    )
+
+
+def number_row(session: Session, number: Number, *, lock: bool = True) -> PhoneNumber:
+    """The row for `number`, created if new, locked for this transaction (serialises its chain)."""
+    session.flush()
+    create_number(session.connection(), number)
+    query = select(PhoneNumber).where(PhoneNumber.e164 == number.e164)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).one()
+
+
+def find_number(session: Session, e164: str) -> PhoneNumber | None:
+    return session.scalars(select(PhoneNumber).where(PhoneNumber.e164 == e164)).one_or_none()
+
+
+def consent_row(session: Session, number: PhoneNumber, program: Program) -> Consent | None:
+    return session.scalars(
+        select(Consent).where(Consent.number_id == number.id, Consent.program_id == program.id)
+    ).one_or_none()
+
+
+class HeldConsent(NamedTuple):
+    """One consent of a number as `held` reads it."""
+
+    id: int
+    program_id: int
+    status: str
+    restorable: bool
+    expires_at: datetime | None = None  # of a pending request
+
+
+@dataclass(frozen=True)
+class Held:
+    """A number's ledger head and its consents to some programs, read together: what a change follows.
+
+    `consents` maps program ids to rows with id, status and restorable (absent: no row). `kind`,
+    `region` and `suppressed` are what the send gate needs of the number to judge a confirmation
+    text (`suppressed` only when `held` was given the number's suppression digest).
+    """
+
+    number_id: int
+    seq: int
+    head: str
+    consents: Mapping[int, object]
+    reachability: str = "ok"
+    kind: str | None = None
+    region: str | None = None
+    suppressed: bool = False
+
+
+def held(connection: Connection, e164: str, program_ids: list[int], *, digest: str | None = None) -> Held | None:
+    """What `e164` holds now, in one statement (one snapshot), without a lock: a change planned from
+    it is written only if the head has not moved since. None: no such number.
+
+    `digest`: the number's suppression digest, when the change may text it (a join keyword).
+    """
+    # With programs asked about, all the number's consents come back (a handful at most) and are
+    # picked here, so each statement stays one text whatever the programs.
+    statement, sql = (_HELD, _HELD_SQL) if program_ids else (_HEAD, _HEAD_SQL)
+    found = rows(connection, statement, {"b_e164": e164, "b_digest": digest}, sql)
+    if not found:
+        return None
+    number_id, seq, head, reachability, kind, region, suppressed = found[0][:7]
+    wanted = set(program_ids)
+    consents = {row[8]: HeldConsent(*row[7:11], _utc(row[11])) for row in found if program_ids and row[8] in wanted}
+    return Held(number_id, seq, head, consents, reachability, kind, region, bool(suppressed))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)  # psycopg gives the server's zone
+
+
+def held_locked(session: Session, number: PhoneNumber, program_ids: list[int],
+                consents: Mapping[int, object | None] | None = None) -> Held:
+    """What a locked number holds, from its row and the consents given or looked up (one query)."""
+    known = dict(consents or {})
+    missing = [program_id for program_id in program_ids if program_id not in known]
+    if missing:
+        session.flush()  # consents the caller added through the session count
+        known.update({row.program_id: row for row in session.connection().execute(
+            _CONSENTS_OF, {"b_number_id": number.id, "b_program_ids": missing})})
+    return Held(number.id, number.ledger_seq, number.ledger_head,
+                {program_id: row for program_id, row in known.items() if row is not None}, number.reachability)
+
+
+@dataclass(frozen=True)
+class Move:
+    """What one (number, program) consent becomes."""
+
+    program_id: int
+    consent_id: int | None  # None: there is no row yet
+    after: State
+    expires_at: datetime | None
+
+
+def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: datetime) -> Writes:
+    """The writes of a change chained after the head as read: the head moved (only from where it was
+    read), the events, the consents' new states."""
+    last = events[-1]
+    writes = Writes().guarded_by(NUMBERS, state.number_id, {"ledger_seq": state.seq},
+                                 {"ledger_seq": last.seq, "ledger_head": last.hash})
+    for event in events:
+        writes.insert(EVENTS, vars(event))
+    for move in moves:
+        if move.after.status is None:
+            if move.consent_id is not None:
+                writes.delete(CONSENTS, move.consent_id)
+            continue
+        values = {"status": move.after.status.value, "restorable": move.after.restorable,
+                  "expires_at": move.expires_at, "updated_at": now}
+        if move.consent_id is None:
+            writes.insert(CONSENTS, {"number_id": state.number_id, "program_id": move.program_id, **values})
+        else:
+            writes.update(CONSENTS, move.consent_id, values)
+    return writes
+
+
+def mark_reachable(writes: Writes, number_id: int) -> None:
+    """A text from the handset proves it is reachable again (30003 is often transient)."""
+    writes.update(NUMBERS, number_id, {"reachability": "ok", "reachability_code": None})
+
+
+def store_inbound(writes: Writes, row: dict) -> None:
+    """The inbound text: its MessageSid is a unique key, so a repeat fails the whole write."""
+    writes.insert(_INBOUND, row)
+
+
+def first_answer(connection: Connection, message_sid: str) -> tuple[str, str | None] | None:
+    """(intent, reply) stored for a MessageSid, or None."""
+    row = connection.execute(_FIRST_ANSWER, {"message_sid": message_sid}).first()
+    return None if row is None else (row.intent, row.reply)
+
+
+def write_locked(session: Session, number: PhoneNumber, writes: Writes, events: list[ledger.Event],
+                 moves: list[Move]) -> None:
+    """Write a change in the session's transaction. The caller holds the number's row lock, so the
+    head cannot have moved. ORM objects the session holds for these rows are brought up to date
+    without a query (the rows were written in Core: building them through the unit of work cost
+    more than the rest of an opt-out, bench/README.md)."""
+    session.flush()  # whatever the caller added (a program, a number) exists before we refer to it
+    if not writes.execute(session.connection()):
+        raise RuntimeError(f"number {number.id}: its ledger head moved while its row was locked")
+    last = events[-1]
+    set_committed_value(number, "ledger_seq", last.seq)
+    set_committed_value(number, "ledger_head", last.hash)
+    for move in moves:
+        held_row = session.identity_map.get(identity_key(Consent, move.consent_id)) if move.consent_id else None
+        if held_row is None:
+            continue
+        if move.after.status is None:
+            session.expunge(held_row)
+            continue
+        for key, value in (("status", move.after.status.value), ("restorable", move.after.restorable),
+                           ("expires_at", move.expires_at), ("updated_at", last.occurred_at)):
+            set_committed_value(held_row, key, value)
+
+
+def rebuild(session: Session) -> int:
+    """Recompute every consent from the ledger alone; return how many consents result.
+
+    Replays each chain through the state machine (`ledger.replay`, the replay `ledger verify`
+    compares with), so a ledger that could not have happened (an illegal sequence) raises
+    IllegalTransition rather than being trusted.
+    """
+    session.execute(delete(Consent))
+    replayable = (select(EVENTS.c.number_id, EVENTS.c.program_id, EVENTS.c.input, EVENTS.c.expires_at,
+                         EVENTS.c.occurred_at, EVENTS.c.id, EVENTS.c.seq)
+                  .order_by(EVENTS.c.number_id, EVENTS.c.seq))
+    count, rebuilt = 0, []
+    for number_id, chain in groupby(session.execute(replayable).all(), key=attrgetter("number_id")):
+        for program_id, replayed in ledger.replay(chain).items():
+            if replayed.state.status is None:
+                continue
+            rebuilt.append({"number_id": number_id, "program_id": program_id, "status": replayed.state.status.value,
+                            "restorable": replayed.state.restorable, "expires_at": replayed.expires_at,
+                            "updated_at": replayed.updated_at})
+        if len(rebuilt) >= 1000:
+            count += _insert_consents(session, rebuilt)
+    return count + _insert_consents(session, rebuilt)
+
+
+def _insert_consents(session: Session, rebuilt: list[dict]) -> int:
+    if rebuilt:
+        session.execute(insert(CONSENTS), rebuilt)
+    written = len(rebuilt)
+    rebuilt.clear()
+    return written
+
+
+# Built once: SQLAlchemy then only binds parameters (measurably cheaper than building and
+# cache-keying a new statement per request; see bench/README.md).
+_CONSENTS_OF = select(CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, CONSENTS.c.restorable,
+                      CONSENTS.c.expires_at).where(
+    CONSENTS.c.number_id == bindparam("b_number_id"),
+    CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True)))
+_NUMBER_COLUMNS = (
+    NUMBERS.c.id, NUMBERS.c.ledger_seq, NUMBERS.c.ledger_head, NUMBERS.c.reachability, NUMBERS.c.kind,
+    NUMBERS.c.region,
+    # NULL when no digest was given: then nothing matches.
+    exists().where(_SUPPRESSIONS.c.digest == bindparam("b_digest")).label("suppressed"),
+)
+_HEAD = select(*_NUMBER_COLUMNS).where(NUMBERS.c.e164 == bindparam("b_e164"))
+_HELD = (
+    select(*_NUMBER_COLUMNS, CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, CONSENTS.c.restorable,
+           CONSENTS.c.expires_at)
+    .select_from(NUMBERS.outerjoin(CONSENTS, CONSENTS.c.number_id == NUMBERS.c.id))
+    .where(NUMBERS.c.e164 == bindparam("b_e164"))
+)
+_HEAD_SQL, _HELD_SQL = driver_sql(_HEAD), driver_sql(_HELD)
+_FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
