@@ -1,12 +1,19 @@
 """Inbound-webhook throughput: the gateway's POST /webhooks/twilio/sms against a bare baseline.
 
 Both run under gunicorn with config/gunicorn.conf.py (sync workers x4) on PostgreSQL, side by side in
-one run, driven by wrk over loopback with the same pre-signed bodies (bench/rotate.lua): STOP, START,
-HELP and other texts over 1,000 numbers opted in to two programs, every MessageSid new. The baseline
+one run, driven by wrk over loopback with the same pre-signed bodies (bench/rotate.lua), every
+MessageSid new. The texts are the mix people send: each of 1,000 numbers opted in to two programs
+texts STOP, then the join keyword DEALS (after its STOP), YES (confirming that request), HELP, a
+question, and START (restoring what the STOP ended), round after round. The baseline
 (bench/baseline_app.py) only validates the signature and does one INSERT and one UPDATE in one
 transaction. The gateway must reach at least 80% of the baseline's requests per second.
 
     .venv/bin/python bench/inbound_webhook.py [--duration 15] [--rounds 2] [--connections 8]
+    .venv/bin/python bench/inbound_webhook.py --only YES --numbers 5000   # one path
+
+With `--only`, each number texts once per run and the texts a path needs before it (STOP before a
+START or a join keyword; STOP and DEALS before a YES) are sent to every number before each of the
+gateway's runs, unmeasured, so every YES confirms a live request and every START restores something.
 
 Needs `wrk` (apt-get install -y wrk) and a PostgreSQL server; it recreates the database named by
 --database-url (default postgresql://postgres@127.0.0.1/bench_inbound). Not part of the test suite.
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -37,23 +45,29 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
-from gateway.domain.programs import load_file  # noqa: E402
-from gateway.store import programs  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.consent import Input, Source  # noqa: E402
-from gateway.services import consents
+from gateway.domain.numbers import parse  # noqa: E402
+from gateway.domain.programs import load_file  # noqa: E402
+from gateway.services import consents  # noqa: E402
+from gateway.store import programs  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import InboundMessage, utcnow  # noqa: E402
-from gateway.domain.numbers import parse  # noqa: E402
 
 PATH = "/webhooks/twilio/sms"
 PUBLIC_BASE_URL = "https://sms.bench.example"  # what Twilio would call; both servers check against it
 TOKEN = "bench-auth-token"
 SENDER = "+15005550006"  # deals and alerts, both double opt-in
 REQUIRED_RATIO = 0.80
-# Each number walks through these in turn, starting at a different one, so every stretch of the run
-# has the same mix: an opt-out of two programs, a restore of both (or nothing to restore), a HELP, a chat.
-BODIES = ("STOP", "START", "HELP", "what time do you open tomorrow?")
+# What each kind of text says. Each number walks through them in this order, from STOP at the start
+# of every run: the STOP ends both programs, DEALS asks to join one again (a confirmation text goes
+# out through the outbox), YES confirms it, HELP and a question change nothing, START restores the
+# other program. So every stretch of the run has the same mix, a sixth of each.
+KINDS = {"STOP": "STOP", "JOIN": "DEALS", "YES": "YES", "HELP": "HELP",
+         "CHAT": "what time do you open tomorrow?", "START": "START"}
+CYCLE = tuple(KINDS)
+# With --only: what a number must have texted before, for that text to do its real work.
+BEFORE = {"START": ("STOP",), "JOIN": ("STOP",), "YES": ("STOP", "JOIN")}
 
 
 def main() -> int:
@@ -64,9 +78,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--numbers", type=int, default=1000)
-    parser.add_argument("--per-run", type=int, default=40_000, help="distinct requests prepared per run")
-    parser.add_argument("--only", choices=BODIES, help="send only this body (to profile one path)")
+    parser.add_argument("--per-run", type=int, default=42_000,
+                        help="distinct requests prepared per run (the mix: rounded up to whole cycles)")
+    parser.add_argument("--only", choices=CYCLE, help="send only this kind of text (one path)")
     args = parser.parse_args()
+    cycle = len(CYCLE) * args.numbers
+    per_run = args.numbers if args.only else -(-args.per_run // cycle) * cycle
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
@@ -78,17 +95,22 @@ def main() -> int:
     _prepare_database(args.database_url, settings, args.numbers)
     requests_file = work / "requests.tsv"
     runs = args.rounds * 2 + 2  # a warm-up per server, then the measured rounds
-    _write_requests(requests_file, args.numbers, runs * args.per_run, (args.only,) if args.only else BODIES)
+    _write_requests(requests_file, args.numbers, runs, per_run, args.only)
+    prime = _primer(args.numbers, BEFORE.get(args.only, ()))
 
     servers = {}
     try:
         for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway.web.app:create_app()")):
             servers[name] = _start_gunicorn(name, app, env, work)
-        slices = itertools.count(0, args.per_run)
-        warm_up = {name: _wrk(servers[name], requests_file, next(slices), args.per_run, 3, args)  # imports, pools
-                   for name in servers}
-        results = measure_rounds(list(servers), args.rounds, lambda name: _wrk(
-            servers[name], requests_file, next(slices), args.per_run, args.duration, args))
+        slices = itertools.count(0, per_run)
+
+        def run(name: str, duration: int) -> dict:
+            if name == "gateway":
+                prime(servers[name]["url"])
+            return _wrk(servers[name], requests_file, next(slices), per_run, duration, args)
+
+        warm_up = {name: run(name, 3) for name in servers}  # imports, pools
+        results = measure_rounds(list(servers), args.rounds, lambda name: run(name, args.duration))
     finally:
         for server in servers.values():
             server["process"].send_signal(signal.SIGTERM)
@@ -107,6 +129,7 @@ def main() -> int:
     stored = _stored_inbound(settings)
     sent = warm_up["gateway"]["requests"] + sum(r["requests"] for r in results["gateway"])
     print()
+    print(f"texts: {args.only or 'the mix (' + ', '.join(CYCLE) + ')'}")
     print(f"baseline (signature + INSERT + UPDATE): {baseline:8.1f} req/s (median of {args.rounds})")
     print(f"gateway  (POST /webhooks/twilio/sms):   {gateway:8.1f} req/s (median of {args.rounds})")
     print(f"ratio per round: {', '.join(f'{r:.0%}' for r in ratios)}; median {ratio:.0%} "
@@ -181,21 +204,48 @@ def _number(index: int) -> str:
     return f"+1415555{index:04d}"
 
 
-def _write_requests(path: Path, numbers: int, total: int, bodies: tuple[str, ...] = BODIES) -> None:
-    """`total` signed requests: number i's round r sends bodies[(i + r) % 4]; every MessageSid new."""
-    validator = RequestValidator(TOKEN)
-    url = PUBLIC_BASE_URL + PATH
+_VALIDATOR = RequestValidator(TOKEN)
+
+
+def _signed(index: int, number: int, body: str) -> tuple[str, dict]:
+    """A real inbound webhook's fields, MessageSid from `index`, and Twilio's signature of them."""
+    sid = f"SM{index:032x}"
+    params = {
+        "ToCountry": "US", "ToState": "", "SmsMessageSid": sid, "NumMedia": "0",
+        "ToCity": "", "FromZip": "94105", "SmsSid": sid, "FromState": "CA",
+        "SmsStatus": "received", "FromCity": "SAN FRANCISCO", "Body": body,
+        "FromCountry": "US", "To": SENDER, "ToZip": "", "NumSegments": "1", "MessageSid": sid,
+        "AccountSid": "AC" + "2" * 32, "From": _number(number), "ApiVersion": "2010-04-01",
+    }
+    return _VALIDATOR.compute_signature(PUBLIC_BASE_URL + PATH, params), params
+
+
+def _write_requests(path: Path, numbers: int, runs: int, per_run: int, only: str | None) -> None:
+    """`runs` slices of `per_run` signed requests, every MessageSid new. In a slice, request i is
+    number i % numbers's text number i // numbers: the cycle from its start (the mix), or `only`."""
     with open(path, "w") as out:
-        for index in range(total):
-            number, round_ = index % numbers, index // numbers
-            params = {
-                "ToCountry": "US", "ToState": "", "SmsMessageSid": f"SM{index:032x}", "NumMedia": "0",
-                "ToCity": "", "FromZip": "94105", "SmsSid": f"SM{index:032x}", "FromState": "CA",
-                "SmsStatus": "received", "FromCity": "SAN FRANCISCO", "Body": bodies[(number + round_) % len(bodies)],
-                "FromCountry": "US", "To": SENDER, "ToZip": "", "NumSegments": "1", "MessageSid": f"SM{index:032x}",
-                "AccountSid": "AC" + "2" * 32, "From": _number(number), "ApiVersion": "2010-04-01",
-            }
-            out.write(f"{validator.compute_signature(url, params)}\t{urlencode(params)}\n")
+        for index in range(runs * per_run):
+            within = index % per_run
+            kind = only or CYCLE[(within // numbers) % len(CYCLE)]
+            signature, params = _signed(index, within % numbers, KINDS[kind])
+            out.write(f"{signature}\t{urlencode(params)}\n")
+
+
+def _primer(numbers: int, kinds: tuple[str, ...]):
+    """What sends `kinds` from every number, in order, before a run (unmeasured); MessageSids of
+    their own (from 2^64 up, far past the slices')."""
+    sids = itertools.count(1 << 64)
+
+    def prime(url: str) -> None:
+        with ThreadPoolExecutor(8) as pool, requests.Session() as session:
+            for kind in kinds:
+                def send(number: int, kind: str = kind) -> None:
+                    signature, params = _signed(next(sids), number, KINDS[kind])
+                    answer = session.post(url, data=params, headers={"X-Twilio-Signature": signature}, timeout=30)
+                    answer.raise_for_status()
+                list(pool.map(send, range(numbers)))
+
+    return prime
 
 
 def _free_port() -> int:

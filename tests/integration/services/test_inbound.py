@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from gateway.services import inbound
 from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, load_file
-from gateway.store import programs
+from gateway.store import ledger, programs
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, Program, utcnow
@@ -263,6 +263,58 @@ def test_concurrent_deliveries_of_one_message_are_processed_once(gateway, db):
     with db.sessions() as session:
         assert session.scalar(select(func.count()).where(LedgerEvent.type == "opt_out")) == 2
     assert count(db, InboundMessage) == 1
+
+
+def _at_once(gateway, *texts):
+    """Deliver `texts` from parallel threads; their answers, in the order given."""
+    answers, errors = {}, []
+
+    def deliver(index, inbound_text):
+        try:
+            answers[index] = inbound.handle(gateway, inbound_text)
+        except Exception as error:  # surfaced below: the test must see it
+            errors.append(error)
+
+    threads = [threading.Thread(target=deliver, args=pair) for pair in enumerate(texts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return [answers[index] for index in range(len(texts))]
+
+
+def test_two_join_keywords_of_one_number_at_once_each_ask_once(gateway, db):
+    deals, alerts = _at_once(gateway, text("DEALS"), text("ALERTS"))
+    assert statuses(db) == {"deals": "pending", "alerts": "pending"}
+    with db.sessions() as session:
+        queued = set(session.scalars(select(OutboundMessage.id).where(OutboundMessage.kind == "confirmation")))
+        chain = list(session.scalars(select(LedgerEvent.seq).order_by(LedgerEvent.id)))
+        assert [str(b) for b in ledger.verify(session)] == []
+    assert queued == {*deals.queued, *alerts.queued} and len(queued) == 2
+    assert chain == [1, 2]
+
+
+def test_yes_and_stop_of_one_number_at_once_both_land_on_one_chain(gateway, db):
+    give_consent(db, pending=("deals",))
+    confirmed, stopped = _at_once(gateway, text("YES"), text("STOP"))
+    assert stopped.intent == "opt_out" and statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}
+    with db.sessions() as session:
+        types = list(session.scalars(select(LedgerEvent.type).order_by(LedgerEvent.seq)))
+        assert [str(b) for b in ledger.verify(session)] == []
+    # Whichever was written first, both were applied once, one after the other.
+    if confirmed.reply is None:  # the STOP came first: nothing was pending any more
+        assert types == ["request", "opt_out", "opt_out"]
+    else:
+        assert types == ["request", "confirmation", "opt_out", "opt_out"]
+    assert count(db, InboundMessage) == 2
+
+
+def test_a_repeated_join_keyword_queues_one_confirmation(gateway, db):
+    first = inbound.handle(gateway, text("DEALS", sid="SM" + "d" * 32))
+    again = inbound.handle(gateway, text("DEALS", sid="SM" + "d" * 32))
+    assert again.duplicate and again.queued == () and len(first.queued) == 1
+    assert count(db, OutboundMessage) == 1 and count(db, LedgerEvent) == 1
 
 
 def test_an_unknown_sender_changes_nothing(gateway, db):
