@@ -8,13 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from gateway.services import inbound
-from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, load_file
-from gateway.store import ledger, programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, Program, utcnow
 from gateway.domain.numbers import parse
+from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, load_file
+from gateway.services import consents, inbound
+from gateway.store import ledger, programs
+from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, Program, utcnow
 
 PERSON = "+14155552671"
 SHARED_SENDER = "+15005550006"  # deals (marketing, double opt-in) and alerts (informational, double opt-in)

@@ -7,17 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from gateway.services import abuse, inbound, sending, subscriptions
-from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, spec_of
-from gateway.store import programs
 from gateway.config import ConfigError, load_settings
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.gate import Reason
-from gateway.services import expiry, consents
-from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.domain.numbers import parse
-from gateway.store.programs import by_slug
+from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, spec_of
 from gateway.queue.ratelimit import Limiter
+from gateway.services import abuse, consents, expiry, inbound, sending, subscriptions
+from gateway.store import programs
+from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
+from gateway.store.programs import by_slug
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 TTL = timedelta(hours=48)

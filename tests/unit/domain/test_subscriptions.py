@@ -51,7 +51,8 @@ def test_only_requests_start_a_subscription(input):
 
 
 def test_yes_confirms_every_live_pending_request_in_the_order_held():
-    held = [Held(3, "pending", NOW + timedelta(hours=1)), Held(1, "opted_in"), Held(2, "pending", NOW + timedelta(seconds=1))]
+    held = [Held(3, "pending", NOW + timedelta(hours=1)), Held(1, "opted_in"),
+            Held(2, "pending", NOW + timedelta(seconds=1))]
     assert plan_confirm(held, NOW) == [3, 2]
 
 
