@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from gateway import bootstrap
+from gateway.bootstrap import Gateway
 from gateway.services import keys, privacy
 from gateway.store import programs
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings
 from gateway.domain.consent import Source
 from gateway.store import checkpoints, ledger
 from gateway.domain.programs import ProgramError, load_file
@@ -20,24 +22,27 @@ from gateway.domain.numbers import InvalidNumber, mask, parse
 
 
 class Context:
+    """The command's Gateway, built by bootstrap when a command first needs it (`--help` needs none)."""
+
     def __init__(self):
-        self._settings: Settings | None = None
-        self._db: Database | None = None
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            try:
+                self._gateway = bootstrap.from_environment()
+            except ConfigError as error:
+                raise click.ClickException(f"configuration: {error}") from None
+        return self._gateway
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
-            try:
-                self._settings = load_settings()
-            except ConfigError as error:
-                raise click.ClickException(f"configuration: {error}") from None
-        return self._settings
+        return self.gateway.settings
 
     @property
     def db(self) -> Database:
-        if self._db is None:
-            self._db = Database(self.settings.database_url)
-        return self._db
+        return self.gateway.db
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)

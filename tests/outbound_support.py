@@ -13,7 +13,8 @@ import pytest
 from celery import Celery
 from kombu import Message
 
-from gateway.queue.app import ROUTES, Dispatcher, QueueNames
+from gateway.queue.app import ROUTES, QueueNames
+from gateway.queue.dispatcher import Dispatcher
 
 
 class CapturedQueue:

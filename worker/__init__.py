@@ -1,17 +1,17 @@
-"""The worker process: `celery -A worker worker`. Built from the same settings as the web app."""
+"""The worker process: `celery -A worker worker`. Its Gateway comes from bootstrap, as the web app's
+does; no Flask app is built here."""
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from gateway.web.app import create_app
-from gateway import logs
+from gateway import bootstrap, logs
 
-flask_app = create_app()
-celery = flask_app.extensions["celery"]
+gateway = bootstrap.from_environment()
+logs.configure(gateway.settings.log_level, gateway.settings.default_region)
+celery = gateway.dispatcher.celery
 # Beat keeps its schedule under VAR_DIR, not under the working directory: a fresh deployment (its
 # store and broker elsewhere, SUPPRESSION_KEY set) may not have a var/ yet, and beat dies without it.
-_var_dir = flask_app.extensions["gateway"].settings.var_dir
-_var_dir.mkdir(parents=True, exist_ok=True)
-celery.conf.beat_schedule_filename = str(_var_dir / "celerybeat-schedule")
+gateway.settings.var_dir.mkdir(parents=True, exist_ok=True)
+celery.conf.beat_schedule_filename = str(gateway.settings.var_dir / "celerybeat-schedule")
 
 import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
 
@@ -20,8 +20,7 @@ import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
 @after_setup_task_logger.connect
 def _mask_numbers(logger, **_):
     # `celery worker` replaces the root logger's handlers with its own (and gives task loggers theirs).
-    # Records made in this process are masked when created (logs.install, through create_app); the
+    # Records made in this process are masked when created (logs.install, through logs.configure); the
     # filter on Celery's handlers also masks records built elsewhere (makeLogRecord), so no number
     # reaches the worker's log in full (the twilio client logs To=%2B1415… in its request URLs).
     logs.mask_handlers(logger)
-

@@ -1,4 +1,7 @@
-"""Thin tasks: take ids, call the core, end in a terminal state. Names live in gateway.queue.app."""
+"""Thin tasks: take ids, call the core, end in a terminal state. Names live in gateway.queue.app.
+
+The Gateway is the worker's own, built by bootstrap when the `worker` package is imported.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ from sqlalchemy.exc import DBAPIError
 from gateway.services import batches, sending
 from gateway.store import checkpoints
 from gateway.services import expiry
-from gateway.bootstrap import current
 from gateway.queue.app import TaskNames
+from worker import gateway
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ log = logging.getLogger(__name__)
 @shared_task(name=TaskNames.EXPIRE_PENDING)
 def expire_pending() -> int:
     """Expire double opt-in requests past their deadline."""
-    with current().db.transaction() as session:
+    with gateway.db.transaction() as session:
         count = expiry.expire_pending(session)
     if count:
         log.info("expired %d pending requests", count)
@@ -32,7 +35,7 @@ def expire_pending() -> int:
              retry_backoff=2, retry_backoff_max=300, max_retries=8)
 def send_message(self, message_id: str) -> str:
     """Send one outbox message; the row, not this task, remembers what happened."""
-    outcome = sending.send(current(), message_id, waited=self.request.retries)
+    outcome = sending.send(gateway, message_id, waited=self.request.retries)
     if outcome.retry_in is not None:
         # Waiting for a busy sender or a provider backoff is not failing: it never uses up the
         # retries kept for an unreadable store (and the row remembers the provider's attempts).
@@ -43,26 +46,25 @@ def send_message(self, message_id: str) -> str:
 @shared_task(name=TaskNames.SEND_BATCH, acks_late=True)
 def send_batch(batch_id: str) -> int:
     """Enqueue one send task per ready message of a batch (deferred ones wait for the sweeper)."""
-    return batches.dispatch(current(), batch_id)
+    return batches.dispatch(gateway, batch_id)
 
 
 @shared_task(name=TaskNames.SWEEP_OUTBOX)
 def sweep_outbox() -> int:
     """Re-enqueue lost and due messages; settle claims whose worker died."""
-    return sending.sweep(current()).enqueued
+    return sending.sweep(gateway).enqueued
 
 
 @shared_task(name=TaskNames.RECONCILE_STATUSES)
 def reconcile_statuses() -> int:
     """Fetch final statuses Twilio never called back with."""
-    return sending.reconcile(current())
+    return sending.reconcile(gateway)
 
 
 @shared_task(name=TaskNames.CHECKPOINT_LEDGER)
 def checkpoint_ledger() -> str | None:
     """Sign every chain's head into the checkpoint log; refuse, loudly, where a chain lost what the
     last checkpoint signed (signing over it would make the tampering the new truth)."""
-    gateway = current()
     checkpoint_log, signer = checkpoints.from_settings(gateway.settings)
     try:
         with gateway.db.snapshot() as session:

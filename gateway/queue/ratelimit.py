@@ -7,12 +7,13 @@ same way. Rules are `limits` strings ("3/day", "1/second").
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+
+from gateway.services.ports import Verdict
 
 
 @lru_cache(maxsize=256)
@@ -21,13 +22,9 @@ def rule(text: str) -> RateLimitItem:
     return parse(text)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    retry_after: float  # seconds until a slot frees up (0 when allowed)
-
-
 class Limiter:
+    """The Limiter port over `limits`: Redis when given its URL, else this process's memory."""
+
     def __init__(self, redis_url: str | None, namespace: str = "smsgate"):
         self.storage = storage_from_string(redis_url) if redis_url else MemoryStorage()
         self.shared = redis_url is not None

@@ -16,7 +16,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-from gateway.queue.ratelimit import Limiter
+from gateway.services.ports import Limiter
 
 SCOPES = ("number", "client", "key", "program")
 

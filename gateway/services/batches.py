@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from gateway.store import outbox
-from gateway.services import policy
+from gateway.services import policy, unit_of_work
 from gateway.bootstrap import Gateway
 from gateway.store.models import Program, utcnow
 from gateway.domain.gate import Facts, Kind
@@ -122,8 +122,8 @@ def accept(
 def dispatch(gateway: Gateway, batch_id: str, now: datetime | None = None) -> int:
     """Enqueue a send task for each ready message of the batch; deferred ones wait for the sweeper."""
     now = now or utcnow()
-    with gateway.db.transaction() as session:
+    with unit_of_work.transaction(gateway) as (session, outgoing):
         ids = outbox.queued_in_batch(session, batch_id, now)
         outbox.mark_enqueued(session, ids, now)
-    gateway.dispatcher.send_messages(ids)
+        outgoing.send_messages(ids)
     return len(ids)

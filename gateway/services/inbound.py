@@ -43,7 +43,7 @@ from gateway.domain.numbers import parse as parse_number
 from gateway.domain.outbound import Reachability, reachability_after
 from gateway.domain.programs import spec_of
 from gateway.domain.subscriptions import plan_confirm, plan_start
-from gateway.services import carrier, consents, policy
+from gateway.services import carrier, consents, policy, unit_of_work
 from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.database import Writes
@@ -150,7 +150,10 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     if not is_e164(text.from_):
         raise BadInbound("invalid_number", "From is not an E.164 phone number")
     try:
-        handled, effect = _handle_once(gateway, text, now)
+        # _handle_once commits its own transaction; a confirmation it queued goes out after that.
+        with unit_of_work.after_commit(gateway) as outgoing:
+            handled, effect = _handle_once(gateway, text, now)
+            outgoing.send_messages(handled.queued)
     except IntegrityError:
         # The MessageSid was processed before (or just now, by a concurrent delivery): its unique key
         # refused our insert, nothing this attempt wrote was kept, and the first answer stands.
@@ -159,8 +162,6 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
         if first is None:
             raise
         return Handled(*first, duplicate=True)
-    if handled.queued:
-        gateway.dispatcher.send_messages(list(handled.queued))
     metrics.INBOUND.labels(intent=handled.intent).inc()
     for event_type, source in effect.events:
         metrics.CONSENT_EVENTS.labels(type=event_type, source=source).inc()

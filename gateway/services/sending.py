@@ -24,8 +24,7 @@ from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
-from gateway.queue import throughput
-from gateway.services import carrier, policy
+from gateway.services import carrier, policy, throughput, unit_of_work
 from gateway.services.consents import Evidence
 from gateway.store import outbox
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
@@ -66,7 +65,7 @@ def _prepare(gateway: Gateway, message_id: str, now: datetime, waited: int) -> o
 def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox.Claimed | Outcome:
     # A Core transaction: the statements here are prebuilt SQL, and a Session's unit of work would
     # cost more than they do.
-    with gateway.db.engine.begin() as connection:
+    with gateway.db.statements(atomic=True) as connection:
         claimed = outbox.claim(connection, message_id, now)
         if claimed is None:
             return SKIPPED
@@ -159,24 +158,25 @@ def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_0
     """Re-enqueue what no task will pick up, and settle claims whose worker died mid-send."""
     now = now or utcnow()
     found_sent = unresolved = 0
-    with gateway.db.sessions() as session:
+    with gateway.db.transaction() as session:
         stale = [m.id for m in outbox.stale_claims(session, now)]
     back_in_queue = []
-    for message_id in stale:
-        result = _settle_claim(gateway, message_id, now)
-        found_sent += result is _Settled.SENT
-        unresolved += result is _Settled.UNKNOWN
-        if result is _Settled.QUEUED:
-            back_in_queue.append(message_id)
+    # Each claim is settled in a transaction of its own (committed in _settle_claim).
+    with unit_of_work.after_commit(gateway) as outgoing:
+        for message_id in stale:
+            result = _settle_claim(gateway, message_id, now)
+            found_sent += result is _Settled.SENT
+            unresolved += result is _Settled.UNKNOWN
+            if result is _Settled.QUEUED:
+                back_in_queue.append(message_id)
+        outgoing.send_messages(back_in_queue)
     requeued = len(back_in_queue)
-    gateway.dispatcher.send_messages(back_in_queue)
     enqueued = requeued
     while enqueued < max_ids:
-        with gateway.db.transaction() as session:
+        with unit_of_work.transaction(gateway) as (session, outgoing):
             ids = outbox.due_ids(session, now, limit=min(5000, max_ids - enqueued))
             outbox.mark_enqueued(session, ids, now)
-        # After the commit: a task never runs ahead of the row it is about.
-        gateway.dispatcher.send_messages(ids)
+            outgoing.send_messages(ids)
         enqueued += len(ids)
         if len(ids) < 5000:
             break

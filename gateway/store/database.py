@@ -135,15 +135,21 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    # The three ways to work on the store: `statements` (Core, for the prebuilt SQL of the hot
+    # paths), `transaction` (the ORM) and `snapshot` (a consistent read of many batches).
+
     @contextmanager
-    def statements(self) -> Iterator[Connection]:
-        """A connection for work done as a few statements, each complete by itself.
+    def statements(self, *, atomic: bool = False) -> Iterator[Connection]:
+        """A Core connection for work done as a few prebuilt statements, where a Session's unit of
+        work would cost more than the SQL.
 
         On PostgreSQL each statement is its own transaction (autocommit): no BEGIN and COMMIT round
         trips, so work that reads once and then writes everything in one statement (`Writes`) costs
         two round trips. Elsewhere (SQLite) the block is one transaction, as `transaction` is.
+        `atomic`: the block is one transaction everywhere (committed at its end, rolled back if it
+        raises), for statements that must stand or fall together.
         """
-        if self._autocommit is not None:
+        if self._autocommit is not None and not atomic:
             with self._autocommit.connect() as connection:
                 yield connection
         else:

@@ -18,7 +18,7 @@ from gateway.store import programs
 from gateway.domain import storable
 from gateway.services import consents
 from gateway.domain.consent import Input, Source
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, Number
 from gateway.domain.numbers import parse as parse_number
@@ -95,7 +95,7 @@ def consent_document(session: Session, e164: str) -> dict:
 @api_key("read")
 def show(phone: str):
     number = _number(phone)
-    with current().db.sessions() as session:
+    with current().db.transaction() as session:
         return jsonify(consent_document(session, number.e164))
 
 

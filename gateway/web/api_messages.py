@@ -7,24 +7,23 @@ hours); the worker asks the gate again right before the provider call.
 from __future__ import annotations
 
 import re
-from contextlib import AbstractContextManager
 
 from flask import Blueprint, g, jsonify, request, url_for
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.routing import BaseConverter
 
 from gateway import metrics
-from gateway.bootstrap import current
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
 from gateway.domain.outbound import Status
 from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.queue.app import TaskNames
-from gateway.services import batches, policy
+from gateway.services import batches, policy, unit_of_work
 from gateway.store import idempotency, outbox, programs
 from gateway.store.models import OutboundMessage, Program, utcnow
 from gateway.web.auth import api_key
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body
 
@@ -132,16 +131,6 @@ def _begin(session, key: str | None, digest: str) -> idempotency.Answer | None:
                        "this idempotency key was used for a different request", field="idempotency_key") from None
 
 
-def _send_connection(database, keyed: bool) -> AbstractContextManager[Connection]:
-    """A Core connection for one send: the ORM session's unit of work would cost more than its SQL.
-
-    An unkeyed send is one read (the gate's facts) and one statement writing the message with its
-    first step, so it needs no transaction (`Database.statements`: on PostgreSQL that spares BEGIN
-    and COMMIT, two of its five round trips; under READ COMMITTED a transaction around them would
-    not make the read any more current). A keyed send takes its key and stores its answer in the
-    message's transaction.
-    """
-    return database.engine.begin() if keyed else database.statements()
 
 
 @bp.post("/v1/messages")
@@ -162,8 +151,12 @@ def create_message():
     program = _program(gateway.db, slug)
     kind = Kind(program.category)
     now = utcnow()
-    queued = None
-    with _send_connection(gateway.db, keyed=key is not None) as connection:
+    # A Core connection: the ORM session's unit of work would cost more than the SQL of one send.
+    # An unkeyed send is one read (the gate's facts) and one statement writing the message with its
+    # first step, so it needs no transaction (on PostgreSQL that spares BEGIN and COMMIT, two of its
+    # five round trips; under READ COMMITTED a transaction around them would not make the read any
+    # more current). A keyed send takes its key and stores its answer in the message's transaction.
+    with unit_of_work.statements(gateway, atomic=key is not None) as (connection, outgoing):
         if key is not None:
             e164 = given if isinstance(given, str) else given.e164
             replay = _begin(connection, key, idempotency.digest(
@@ -188,7 +181,8 @@ def create_message():
                 "segments": message.segments, "encoding": message.encoding,
                 **({"not_before": iso(message.not_before)} if message.not_before else {}),
             })
-            queued = message.id if message.status == Status.QUEUED else None
+            if message.status == Status.QUEUED:
+                outgoing.send_messages([message.id])
             metrics.MESSAGES_ACCEPTED.labels(kind=kind.value).inc()
         else:
             refusal = ApiError(409, decision.reason.value, REFUSALS[decision.reason], to=number.e164,
@@ -197,9 +191,6 @@ def create_message():
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="api").inc()
         if key is not None:
             idempotency.finish(connection, g.api_key_id, key, answer)
-    # After the commit: the task must find its row.
-    if queued:
-        gateway.dispatcher.send_messages([queued])
     headers = {"Location": url_for(".show_message", message_id=answer.body["id"])} if answer.status_code == 202 else {}
     return jsonify(answer.body), answer.status_code, headers
 
@@ -222,7 +213,7 @@ def create_batch():
     gateway = current()
     settings = gateway.settings
     program = _program(gateway.db, slug)  # before the transaction, as for one message
-    with gateway.db.transaction() as session:
+    with unit_of_work.transaction(gateway) as (session, outgoing):
         replay = _begin(session, key, idempotency.digest("/v1/messages/batch", {
             "recipients": recipients, "program": slug, "body": body}))
         if replay is not None:
@@ -239,13 +230,13 @@ def create_batch():
         })
         if key is not None:
             idempotency.finish(session, g.api_key_id, key, answer)
+        if by_status.get(Status.QUEUED):
+            # One task fans the batch out, so this request does not spend its time on 100,000 enqueues.
+            outgoing.send(TaskNames.SEND_BATCH, result.batch_id)
     for count in by_status.values():
         metrics.MESSAGES_ACCEPTED.labels(kind=program.category).inc(count)
     for reason, count in result.refused_by_reason.items():
         metrics.MESSAGES_REFUSED.labels(reason=reason, stage="api").inc(count)
-    if by_status.get(Status.QUEUED):
-        # One task fans the batch out, so this request does not spend its time on 100,000 enqueues.
-        gateway.dispatcher.send(TaskNames.SEND_BATCH, result.batch_id)
     return jsonify(answer.body), answer.status_code
 
 
@@ -253,7 +244,7 @@ def create_batch():
 @api_key("read", "send")
 def show_message(message_id: str):
     """A message's status, why it is there, and every step it took."""
-    with current().db.sessions() as session:
+    with current().db.transaction() as session:
         message = session.scalars(
             select(OutboundMessage).where(OutboundMessage.id == message_id)
             .options(selectinload(OutboundMessage.number), selectinload(OutboundMessage.program),

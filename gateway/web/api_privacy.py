@@ -9,7 +9,7 @@ from flask import Blueprint, g, jsonify
 from gateway.services import privacy
 from gateway.domain.consent import Source
 from gateway.services import consents
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.web.auth import api_key
 from gateway.web.errors import ApiError

@@ -10,11 +10,11 @@ from datetime import timedelta
 
 from flask import Blueprint, g, jsonify, request
 
-from gateway.services import abuse, subscriptions
+from gateway.services import abuse, subscriptions, unit_of_work
 from gateway.domain import storable
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.web.auth import api_key
@@ -77,12 +77,13 @@ def create_subscription():
                                     client=str(client_evidence.get("ip") or request.remote_addr),
                                     api_key=str(g.api_key_id))
     try:
-        with gateway.db.transaction() as session:
+        with unit_of_work.transaction(gateway) as (session, outgoing):
             program, started = subscriptions.request(
                 session, number=number, program_slug=slug, input=Input.API_REQUEST, evidence=evidence,
                 now=utcnow(), ttl=timedelta(hours=settings.pending_ttl_hours),
                 suppression_key=settings.suppression_key, rules=gateway.quiet_hours, guard=guard)
-            message_id = started.confirmation.id if started.confirmation else None
+            if started.confirmation:
+                outgoing.send_messages([started.confirmation.id])
     except subscriptions.Refused as refusal:
         status = 409 if refusal.code in ("opted_out", "suppressed") else 422
         raise ApiError(status, refusal.code, refusal.message, phone=number.e164, program=slug,
@@ -92,8 +93,6 @@ def create_subscription():
         response = jsonify(ApiError(429, "rate_limited", str(limited), scope=limited.scope,
                                     retry_after=retry_after).body())
         return response, 429, {"Retry-After": str(retry_after)}
-    if message_id:
-        gateway.dispatcher.send_messages([message_id])
     body = {"status": started.status.value, "phone": number.e164, "program": program.slug}
     if started.status.value == "pending":
         body["expires_at"] = iso(started.expires_at)

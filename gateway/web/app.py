@@ -11,11 +11,8 @@ from gateway.config import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the web app (and the Celery app the worker shares) from one set of settings."""
-    from gateway import logs, web
-    from gateway.bootstrap import Gateway
-    from gateway.store.database import Database
-    from gateway.queue.app import Dispatcher, make_celery
+    """Build the web app over the Gateway bootstrap builds from one set of settings."""
+    from gateway import bootstrap, logs, web
 
     settings = settings or load_settings()
     logs.configure(settings.log_level, settings.default_region)
@@ -31,8 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
-    celery = make_celery(app, settings)
-    app.extensions["gateway"] = Gateway(settings=settings, db=Database(settings.database_url), dispatcher=Dispatcher(celery))
+    app.extensions["gateway"] = bootstrap.build(settings)
     web.register(app, sandbox=settings.sandbox)
     if settings.inbound_journal_replay_seconds:
         from gateway.services.inbound_journal import Replayer

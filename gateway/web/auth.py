@@ -11,9 +11,9 @@ from functools import wraps
 from flask import g, request
 
 from gateway import metrics
-from gateway.bootstrap import current
 from gateway.services import keys
 from gateway.twilio import signatures
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 
 AUTH_ATTRIBUTE = "_auth"

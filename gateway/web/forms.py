@@ -14,11 +14,11 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, StringField
 
-from gateway.services import abuse, subscriptions
+from gateway.services import abuse, subscriptions, unit_of_work
 from gateway.store import programs
 from gateway.domain.consent import Input, Source
 from gateway.services import consents
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, mask, parse
 from gateway.domain.programs import spec_of
@@ -37,7 +37,7 @@ class SubscribeForm(FlaskForm):
 
 
 def _program(slug: str):
-    with current().db.sessions() as db_session:
+    with current().db.transaction() as db_session:
         program = programs.by_slug(db_session, slug)
         return (program, spec_of(program)) if program else (None, None)
 
@@ -113,14 +113,14 @@ def submit(slug: str):
         return _render(form, spec, disclosure, 429,
                        f"Too many requests. Please try again in {minutes} minute{'s' if minutes > 1 else ''}.",
                        headers={"Retry-After": str(max(1, math.ceil(limited.retry_after)))})
-    message_id = None
     try:
-        with gateway.db.transaction() as db_session:
+        with unit_of_work.transaction(gateway) as (db_session, outgoing):
             _, started = subscriptions.request(
                 db_session, number=number, program_slug=slug, input=Input.WEB_REQUEST, evidence=evidence, now=now,
                 ttl=timedelta(hours=settings.pending_ttl_hours), suppression_key=settings.suppression_key,
                 rules=gateway.quiet_hours, guard=guard.only("number"))
-            message_id = started.confirmation.id if started.confirmation else None
+            if started.confirmation:
+                outgoing.send_messages([started.confirmation.id])
     except abuse.RateLimited:
         # The number has had its confirmation texts for now. A 429 here would tell a stranger that
         # someone asked for this number before: the same page as every other outcome, and no text.
@@ -130,8 +130,6 @@ def submit(slug: str):
         # stranger whether a number is subscribed. That page says how to rejoin by text.
         if refusal.code not in ("opted_out", "suppressed"):
             return _render(form, spec, disclosure, 422, refusal.message + ".", "phone")
-    if message_id:
-        gateway.dispatcher.send_messages([message_id])
     session[_SENT] = {"number": mask(number.e164), "program": slug}
     return redirect(url_for("forms.sent", slug=slug), 303)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from gateway import metrics
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.web.auth import public
 
 bp = Blueprint("ops", __name__)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from gateway.bootstrap import current
 from gateway.services import delivery, inbound, inbound_journal
 from gateway.twilio import callbacks, twiml
 from gateway.web.auth import twilio_signed
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 
 bp = Blueprint("webhooks", __name__)

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from flask import jsonify, request
 
 from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.store.models import utcnow
 from gateway.twilio.sandbox import bp, current_sandbox, messages
 from gateway.twilio.sandbox.messages import API_VERSION, Filters, TwilioError

@@ -14,7 +14,7 @@ from flask import jsonify, render_template, request, send_from_directory
 from sqlalchemy import select
 
 from gateway.config import SANDBOX_ACCOUNT_SID
-from gateway.bootstrap import current
+from gateway.web.context import current
 from gateway.store.models import Program, utcnow
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.twilio.sandbox import bp, current_sandbox, messages

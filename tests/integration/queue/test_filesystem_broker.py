@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from kombu import Connection
 
-from gateway.web.app import create_app
+from gateway import bootstrap
 from gateway.queue import filesystem_broker
 from gateway.queue.app import broker_options
 
@@ -56,7 +56,7 @@ def test_the_app_uses_it_even_when_the_environment_names_the_broker(monkeypatch,
     # and the worker must still publish and consume through the atomic transport.
     url = f"filesystem://{tmp_path}"
     monkeypatch.setenv("CELERY_BROKER_URL", url)
-    celery = create_app(replace(settings, celery_broker_url=url)).extensions["celery"]
+    celery = bootstrap.build(replace(settings, celery_broker_url=url)).dispatcher.celery
     for connection in (celery.connection_for_write(), celery.connection_for_read()):
         with connection:
             assert isinstance(connection.transport, filesystem_broker.Transport)

@@ -10,13 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway.bootstrap import Gateway
 from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import DeliveryReport, Status
-from gateway.queue import throughput
-from gateway.services import consents, delivery, sending
+from gateway.services import consents, delivery, sending, throughput
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.client import Provider
@@ -268,9 +266,9 @@ def test_a_claim_is_left_alone_while_the_provider_cannot_be_asked(gateway, db, s
     claimed_at = utcnow()
     with db.transaction() as session:
         outbox.claim(session, message_id, claimed_at)
-    unreachable = Gateway(settings=settings, db=db, dispatcher=gateway.dispatcher)
-    unreachable.__dict__["provider"] = Provider(settings.twilio_account_sid, settings.twilio_auth_token,
-                                                api_base_url="http://127.0.0.1:9", status_callback="", timeout=2)
+    unreachable = replace(gateway, make_provider=lambda: Provider(
+        settings.twilio_account_sid, settings.twilio_auth_token, api_base_url="http://127.0.0.1:9", status_callback="",
+        timeout=2))
     result = sending.sweep(unreachable, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
     assert (result.unresolved, result.requeued, result.found_sent) == (1, 0, 0)
     assert message(db, message_id).status == "sending"
@@ -282,10 +280,9 @@ def test_a_claim_is_left_alone_while_the_provider_cannot_be_asked(gateway, db, s
 def _sent_without_callbacks(gateway, db, settings, phone=PHONE):
     """A message sent through a provider whose status callbacks go nowhere."""
     [message_id] = accept(db, phone=phone)
-    silent = Gateway(settings=settings, db=db, dispatcher=gateway.dispatcher)
-    silent.__dict__["provider"] = Provider(settings.twilio_account_sid, settings.twilio_auth_token,
-                                           api_base_url=settings.twilio_api_base_url,
-                                           status_callback="http://127.0.0.1:9/status")
+    silent = replace(gateway, make_provider=lambda: Provider(
+        settings.twilio_account_sid, settings.twilio_auth_token, api_base_url=settings.twilio_api_base_url,
+        status_callback="http://127.0.0.1:9/status"))
     assert deliver(silent, message_id).status == "sent"
     return message_id
 

@@ -409,8 +409,8 @@ def test_checkpoint_dir_must_be_a_directory(tmp_path):
                               "LEDGER_CHECKPOINT_SECONDS": "600"}).ledger_checkpoint_dir == tmp_path / "log"
 
 
-def test_beat_checkpoints_on_the_periodic_queue_at_the_configured_interval(app, gateway):
-    celery = app.extensions["celery"]
+def test_beat_checkpoints_on_the_periodic_queue_at_the_configured_interval(gateway):
+    celery = gateway.dispatcher.celery
     entry = celery.conf.beat_schedule["checkpoint-ledger"]
     assert entry == {"task": TaskNames.CHECKPOINT_LEDGER, "schedule": float(gateway.settings.ledger_checkpoint_seconds)}
     assert celery.amqp.router.route({}, TaskNames.CHECKPOINT_LEDGER)["queue"].name == QueueNames.PERIODIC

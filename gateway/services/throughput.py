@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.programs import spec_of
 from gateway.store import programs
-from gateway.queue.ratelimit import Limiter, Verdict
+from gateway.services.ports import Limiter, Verdict
 
 DEFAULT_MPS = 1
 # A busy sender's messages wait for a free slot plus a random share of this spread, which doubles

@@ -1,10 +1,11 @@
-"""The Dispatcher publishes what Celery's send_task would, to the queue the task is routed to."""
+"""The Dispatcher publishes what Celery's send_task does, to the queue the task is routed to."""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from gateway.queue.app import ROUTES, Dispatcher, QueueNames, TaskNames
+from gateway.queue.app import ROUTES, QueueNames, TaskNames
+from gateway.queue.dispatcher import Dispatcher
 from tests.outbound_support import CapturedQueue
 
 # Per message (or per thread) in both; everything else must match send_task's message.

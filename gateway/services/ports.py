@@ -1,0 +1,60 @@
+"""What the use cases need from the outside, as protocols: the services name these, never Celery,
+Redis or Twilio. The classes that fill them live in queue/ and twilio/ and are wired in bootstrap;
+tests can pass anything of the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.twilio.client import SentMessage
+
+
+class Dispatcher(Protocol):
+    """Hands work to the worker by task name; a task carries ids only, its row holds the rest."""
+
+    def send_messages(self, message_ids: list[str]) -> None:
+        """One send task per outbox message id."""
+
+    def send(self, task_name: str, *args: str) -> None:
+        """One task of any other kind."""
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raise unless the broker accepts a connection."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: float  # seconds until a slot frees up (0 when allowed)
+
+
+class Limiter(Protocol):
+    """Counts hits under `limits`-style rules ("3/day", "1/second"), shared by every process or not."""
+
+    def hit(self, limit: str, *keys: str) -> Verdict:
+        """Take one slot under `limit` for `keys` if one is free."""
+
+    def test(self, limit: str, *keys: str) -> bool:
+        """Would a hit be allowed now? (Takes nothing.)"""
+
+    def clear(self, limit: str, *keys: str) -> None: ...
+
+    def reset(self) -> None:
+        """Forget every counter (tests)."""
+
+
+class Provider(Protocol):
+    """Sends SMS and reports what became of them, in our terms (raising ProviderError when refused)."""
+
+    def send(self, *, to: str, sender: str, body: str, reference: str | None = None) -> SentMessage:
+        """Hand one message over; `reference` (our message id) comes back on its status callbacks."""
+
+    def fetch(self, sid: str) -> SentMessage:
+        """The provider's current view of one message."""
+
+    def messages_since(self, *, to: str, sender: str, since: datetime, limit: int = 100) -> list[SentMessage]:
+        """Messages to `to` from `sender` created since `since`, newest first."""

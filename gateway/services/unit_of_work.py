@@ -1,0 +1,67 @@
+"""The unit of work: the only place that hands queued message ids (and other tasks) to the worker.
+
+A message is a row before it is a task. Work that queues messages opens its transaction here and
+names what it queued on the `Outgoing` it is given; the ids are published only once the block has
+ended without raising, that is after its transaction committed:
+- if the work or the commit fails, nothing is published (a task never runs ahead of its row, and a
+  row that was never written is never sent);
+- if publishing fails after the commit (the broker is down), the rows stay `queued` and the sweeper
+  (`sending.sweep`) enqueues them on its next pass: late, never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from gateway.bootstrap import Gateway
+    from gateway.services.ports import Dispatcher
+
+
+class Outgoing:
+    """What a unit of work will enqueue once it has committed, in the Dispatcher's own terms."""
+
+    def __init__(self) -> None:
+        self._message_ids: list[str] = []
+        self._tasks: list[tuple[str, tuple[str, ...]]] = []
+
+    def send_messages(self, message_ids: Iterable[str]) -> None:
+        self._message_ids.extend(message_ids)
+
+    def send(self, task_name: str, *args: str) -> None:
+        self._tasks.append((task_name, args))
+
+    def publish(self, dispatcher: Dispatcher) -> None:
+        if self._message_ids:
+            dispatcher.send_messages(self._message_ids)
+        for task_name, args in self._tasks:
+            dispatcher.send(task_name, *args)
+
+
+@contextmanager
+def after_commit(gateway: Gateway) -> Iterator[Outgoing]:
+    """A block whose transactions commit inside it (one of the store's own, or several); what it
+    queued is published when it ends without raising."""
+    outgoing = Outgoing()
+    yield outgoing
+    # Read now, not when the block began: tests swap the dispatcher for one they can read.
+    outgoing.publish(gateway.dispatcher)
+
+
+@contextmanager
+def transaction(gateway: Gateway) -> Iterator[tuple[Session, Outgoing]]:
+    """An ORM session committed when the block ends, then what it queued published."""
+    with after_commit(gateway) as outgoing, gateway.db.transaction() as session:
+        yield session, outgoing
+
+
+@contextmanager
+def statements(gateway: Gateway, *, atomic: bool = False) -> Iterator[tuple[Connection, Outgoing]]:
+    """A Core connection (`Database.statements`), then what it queued published."""
+    with after_commit(gateway) as outgoing, gateway.db.statements(atomic=atomic) as connection:
+        yield connection, outgoing
