@@ -10,10 +10,9 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
-from gateway.services import batches, sending
-from gateway.store import checkpoints
-from gateway.services import expiry
 from gateway.queue.app import TaskNames
+from gateway.services import batches, expiry, sending
+from gateway.store import checkpoints
 from worker import gateway
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,14 @@ from contextlib import contextmanager
 from sqlalchemy import Table, insert, text
 from sqlalchemy.orm import Session
 
+from gateway.store import dialect
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 COPY_FROM = 20  # rows
 
 
 def _postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+    return dialect.is_postgresql(session)
 
 
 def _copy(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:

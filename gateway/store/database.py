@@ -35,6 +35,8 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.store import dialect
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -128,12 +130,12 @@ class Database:
         self.engine = _make_engine(url)
         # statements() on PostgreSQL: a pool of its own whose connections stay in autocommit, rather
         # than switching a pooled connection to autocommit and back on every use.
-        self._autocommit = _make_engine(url, "AUTOCOMMIT") if self.dialect == "postgresql" else None
+        self._autocommit = _make_engine(url, "AUTOCOMMIT") if dialect.is_postgresql(self.engine) else None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return dialect.name(self.engine)
 
     # The three ways to work on the store: `statements` (Core, for the prebuilt SQL of the hot
     # paths), `transaction` (the ORM) and `snapshot` (a consistent read of many batches).
@@ -168,9 +170,30 @@ class Database:
         in many batches, such as `ledger verify`). PostgreSQL: REPEATABLE READ; SQLite's transaction
         is one snapshot already."""
         with self.sessions() as session:
-            if self.dialect == "postgresql":
+            if dialect.is_postgresql(self.engine):
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
+
+    def reads_beside_writers(self) -> sessionmaker:
+        """Sessions for reads only, which never wait for a writer.
+
+        On SQLite every transaction here begins IMMEDIATE, which takes the database's write lock. A
+        reader that must answer whatever the caller's own transaction holds (the sandbox answering a
+        fetch the sweeper makes from inside one) reads through an engine of its own, whose deferred
+        transactions WAL lets run beside a writer. PostgreSQL needs nothing of the kind.
+        """
+        if dialect.name(self.engine) != "sqlite":
+            return self.sessions
+        engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA query_only=ON")
+            cursor.close()
+
+        return sessionmaker(engine, expire_on_commit=False)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -225,7 +248,7 @@ class Writes:
         return self
 
     def execute(self, connection: Connection) -> bool:
-        if connection.dialect.name == "postgresql":
+        if dialect.is_postgresql(connection):
             sql, params = _one_statement(self)
             return on_driver(connection, sql, params)[0][0] > 0
         return _in_order(self, connection)
@@ -239,10 +262,6 @@ class Writes:
 # Where the driver path reads: an ORM session, or a Core connection (one message in the send API, the
 # worker's claim, a webhook: a session's unit of work would cost more than the query).
 Store = Session | Connection
-
-
-def dialect_name(store: Store) -> str:
-    return store.dialect.name if isinstance(store, Connection) else store.get_bind().dialect.name
 
 
 def driver_sql(statement: Executable) -> str:
@@ -284,7 +303,7 @@ def on_driver(store: Store, sql: str, params: dict, *, returns_rows: bool = True
 def rows(store: Store, statement: Executable, params: dict, sql: str | None = None) -> list[tuple]:
     """The rows of `statement` as tuples: on the driver on PostgreSQL (`sql`: its `driver_sql`, kept
     by the caller), through SQLAlchemy elsewhere."""
-    if dialect_name(store) == "postgresql":
+    if dialect.is_postgresql(store):
         return on_driver(store, sql or driver_sql(statement), params)
     return [tuple(row) for row in store.execute(statement, params)]
 

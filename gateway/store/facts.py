@@ -17,7 +17,8 @@ from sqlalchemy import TextualSelect, bindparam, text
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.outbound import Reachability, Status
 from gateway.store import bulk
-from gateway.store.database import Store, dialect_name, driver_sql, rows
+from gateway.store import dialect
+from gateway.store.database import Store, driver_sql, rows
 from gateway.store.models import Program, UTCDateTime
 
 # Messages that count against frequency caps: everything not refused.
@@ -85,7 +86,7 @@ def by_e164(
         recent, counts = _recent(count_recent, exclude_message,
                                  f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 "
                                  f"ON n2.e164 = c2.e164) wanted")
-        if dialect_name(session) == "postgresql":
+        if dialect.is_postgresql(session):
             # Hash joins over a million numbers in memory rather than in batches on disk; this
             # transaction only.
             session.execute(text("SET LOCAL work_mem = '64MB'"))
@@ -128,7 +129,7 @@ def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[Textua
 def _facts(session: Store, query: TextualSelect, sql: str | None,
            params: dict) -> dict[str, tuple[Known | None, Facts]]:
     """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
-    on_postgresql = dialect_name(session) == "postgresql"
+    on_postgresql = dialect.is_postgresql(session)
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
         for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,

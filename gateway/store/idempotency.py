@@ -15,11 +15,10 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.store.models import IdempotencyRecord, utcnow
-from gateway.store.database import Store, dialect_name
+from gateway.store import dialect
+from gateway.store.database import Store
 
 MAX_KEY_LENGTH = 200
 
@@ -42,9 +41,8 @@ def digest(path: str, request: dict) -> str:
 
 def begin(session: Store, api_key_id: int, key: str, request_digest: str) -> Answer | None:
     """Take `key` for this request, or return the first answer given to it; raise KeyReused."""
-    insert = pg_insert if dialect_name(session) == "postgresql" else sqlite_insert
     taken = session.execute(
-        insert(IdempotencyRecord)
+        dialect.insert_for(session, IdempotencyRecord)
         .values(api_key_id=api_key_id, key=key, request_digest=request_digest, status_code=0, response={},
                 created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["api_key_id", "key"])

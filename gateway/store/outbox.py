@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from gateway.domain.gate import Decision, Kind
 from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may_move
 from gateway.domain.segments import count as count_segments
-from gateway.store import bulk
-from gateway.store.database import Store, Writes, dialect_name, driver_sql, on_driver
+from gateway.store import bulk, dialect
+from gateway.store.database import Store, Writes, driver_sql, on_driver
 from gateway.store.models import (
     MessageEvent,
     OutboundMessage,
@@ -174,7 +174,7 @@ def accept_many(
         accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
     message_columns, event_columns = _MESSAGE_COLUMNS, _EVENT_COLUMNS
     if len(messages) == 1:
-        if dialect_name(session) == "postgresql":
+        if dialect.is_postgresql(session):
             # One message (the send API): both rows in one statement, one round trip fewer per send,
             # and atomic without a transaction around it.
             on_driver(session, _ACCEPT_ONE_SQL, {**dict(zip(message_columns, messages[0])),
@@ -268,7 +268,7 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
     """
     now = now or utcnow()
     params = {"id": message_id, "now": now}
-    if dialect_name(session) == "postgresql":
+    if dialect.is_postgresql(session):
         row = session.execute(_CLAIM, params).one_or_none()
     else:
         moved = session.execute(_CLAIM_SQLITE, params).rowcount
@@ -338,7 +338,7 @@ def advance_by_id(
               "error_message": error_message[:500] if error_message is not None else None,
               "not_before": not_before, "recheck_at": recheck_time(status, now, not_before),
               "provider_sid": provider_sid}
-    if dialect_name(session) == "postgresql":
+    if dialect.is_postgresql(session):
         return session.execute(_advance_statement(status, "postgresql"), params).rowcount > 0
     if not session.execute(_advance_statement(status, "sqlite"), params).rowcount:
         return False

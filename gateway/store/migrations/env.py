@@ -3,8 +3,9 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from gateway.store.models import Base
 import gateway.twilio.sandbox.models  # noqa: E402,F401  (its tables exist whether or not SANDBOX is on)
+from gateway.store import dialect
+from gateway.store.models import Base
 
 config = context.config
 
@@ -16,7 +17,7 @@ def run_migrations() -> None:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=dialect.name(connection) == "sqlite",
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -13,7 +13,6 @@ from sqlalchemy.orm import sessionmaker
 
 from gateway.twilio.sandbox.callbacks import Courier
 from gateway.twilio.sandbox.config import SandboxConfig, load_sandbox_config
-from gateway.twilio.sandbox.store import read_sessions
 
 bp = Blueprint("sandbox", __name__, template_folder="templates")
 
@@ -36,7 +35,7 @@ def current_sandbox() -> Sandbox:
 def _set_up(state) -> None:
     app = state.app
     gateway = app.extensions["gateway"]
-    reads = read_sessions(gateway.db)
+    reads = gateway.db.reads_beside_writers()
     # The courier asks for the settings each time: whoever replaces them (tests) is heard at once.
     courier = Courier(gateway.db, gateway.settings, lambda: app.extensions["sandbox"].config, reads=reads)
     app.extensions["sandbox"] = Sandbox(config=load_sandbox_config(), courier=courier, reads=reads)

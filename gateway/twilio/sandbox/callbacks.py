@@ -21,18 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import requests
-from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import aliased, sessionmaker
 from twilio.request_validator import RequestValidator
 
 from gateway.config import SANDBOX_AUTH_TOKEN, Settings
+from gateway.store import dialect
 from gateway.store.database import Database
 from gateway.store.models import utcnow
 from gateway.domain.numbers import mask
 from gateway.twilio.sandbox import messages
 from gateway.twilio.sandbox.config import SandboxConfig
 from gateway.twilio.sandbox.models import SandboxEvent, SandboxMessage
-from gateway.twilio.sandbox.store import read_sessions
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Courier:
     def __init__(self, db: Database, settings: Settings, config: Callable[[], SandboxConfig], *,
                  reads: sessionmaker | None = None):
         self.db, self.settings, self.config = db, settings, config
-        self.reads = reads or read_sessions(db)
+        self.reads = reads or db.reads_beside_writers()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._http = requests.Session()
@@ -193,10 +193,9 @@ class Courier:
     @contextmanager
     def _transaction(self):
         with self.db.transaction() as session:
-            if self.db.dialect == "postgresql":
-                # Give way quickly to anything taking table locks (TRUNCATE in tests, migrations)
-                # instead of risking a deadlock with it; the step stays pending and is retried.
-                session.execute(text("SET LOCAL lock_timeout = '300ms'"))
+            # Give way quickly to anything taking table locks (TRUNCATE in tests, migrations)
+            # instead of risking a deadlock with it; the step stays pending and is retried.
+            dialect.give_way_to_locks(session, 300)
             yield session
 
     @staticmethod
