@@ -24,7 +24,7 @@ from gateway.domain.gate import Decision, Kind
 from gateway.domain.ledger import GENESIS_HASH, chain
 from gateway.domain.numbers import parse
 from gateway.domain.quiet_hours import default_rules
-from gateway.queue.app import QueueNames, TaskNames
+from gateway.queue.app import QueueNames, TaskNames, make_celery
 from gateway.services import consents, policy, privacy
 from gateway.store import checkpoints, ledger
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber
@@ -410,7 +410,7 @@ def test_checkpoint_dir_must_be_a_directory(tmp_path):
 
 
 def test_beat_checkpoints_on_the_periodic_queue_at_the_configured_interval(gateway):
-    celery = gateway.dispatcher.celery
+    celery = make_celery(gateway.settings)  # the worker's app (the test's dispatcher is an in-memory one)
     entry = celery.conf.beat_schedule["checkpoint-ledger"]
     assert entry == {"task": TaskNames.CHECKPOINT_LEDGER, "schedule": float(gateway.settings.ledger_checkpoint_seconds)}
     assert celery.amqp.router.route({}, TaskNames.CHECKPOINT_LEDGER)["queue"].name == QueueNames.PERIODIC
