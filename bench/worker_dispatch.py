@@ -179,8 +179,8 @@ def _wait_for_stub(count: int, timeout: float = 600) -> float:
 
 
 def _drain_gateway(database: Database, settings, count: int) -> float:
-    from gateway.queue.app import Dispatcher, make_celery  # the web side's enqueue, as the API does it
-    from flask import Flask
+    from gateway.queue.app import make_celery
+    from gateway.queue.dispatcher import Dispatcher  # the web side's enqueue, as the API does it
 
     now = utcnow()
     with database.transaction() as session:
@@ -189,7 +189,7 @@ def _drain_gateway(database: Database, settings, count: int) -> float:
         accepted = outbox.accept_many(session, program=program, kind=Kind.TRANSACTIONAL,
                                       body="Your order shipped", decisions=[(i, ALLOW) for i in ids], now=now)
     requests.post(f"http://127.0.0.1:{STUB_PORT}/reset", timeout=5)
-    Dispatcher(make_celery(Flask(__name__), settings)).send_messages([a.id for a in accepted])
+    Dispatcher(make_celery(settings)).send_messages([a.id for a in accepted])
     rate = _wait_for_stub(count)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the last "sent" is written just after the last provider call
