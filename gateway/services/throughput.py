@@ -19,8 +19,8 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway.domain.programs import spec_of
-from gateway.store import programs
 from gateway.services.ports import Limiter, Verdict
+from gateway.store import programs
 
 DEFAULT_MPS = 1
 # A busy sender's messages wait for a free slot plus a random share of this spread, which doubles

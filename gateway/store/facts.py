@@ -16,8 +16,7 @@ from sqlalchemy import TextualSelect, bindparam, text
 
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.outbound import Reachability, Status
-from gateway.store import bulk
-from gateway.store import dialect
+from gateway.store import bulk, dialect
 from gateway.store.database import Store, driver_sql, rows
 from gateway.store.models import Program, UTCDateTime
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from gateway import metrics
-from gateway.web.context import current
 from gateway.web.auth import public
+from gateway.web.context import current
 
 bp = Blueprint("ops", __name__)
 
