@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from gateway.twilio.client import SentMessage
+from gateway.domain.outbound import SentMessage
 
 
 class Dispatcher(Protocol):

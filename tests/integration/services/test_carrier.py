@@ -12,8 +12,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import Status
-from gateway.queue import throughput
-from gateway.services import consents, policy, sending
+from gateway.services import consents, policy, sending, throughput
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.config import TestNumber
