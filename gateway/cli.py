@@ -9,16 +9,14 @@ from pathlib import Path
 import click
 
 from gateway import bootstrap
-from gateway.bootstrap import Gateway
-from gateway.services import keys, privacy
-from gateway.store import programs
 from gateway.config import ConfigError, Settings
 from gateway.domain.consent import Source
-from gateway.store import checkpoints, ledger
-from gateway.domain.programs import ProgramError, load_file
-from gateway.services import consents
-from gateway.store.database import Database
 from gateway.domain.numbers import InvalidNumber, mask, parse
+from gateway.domain.programs import ProgramError, load_file
+from gateway.services import consents, keys, privacy
+from gateway.services.ports import Gateway
+from gateway.store import checkpoints, ledger, programs
+from gateway.store.database import Database
 
 
 class Context:
@@ -288,17 +286,10 @@ def inbound_group() -> None:
 @pass_context
 def inbound_replay(ctx: Context, held: bool) -> None:
     """Apply the texts the inbound journal holds (the web processes also do it on a timer)."""
-    import dataclasses
-
     from gateway.services import inbound_journal
-    from gateway.web.app import create_app
 
-    # The web app's Gateway, so a join keyword's confirmation is enqueued as the webhook would; no timer.
-    app = create_app(dataclasses.replace(ctx.settings, inbound_journal_replay_seconds=0))
-    with app.app_context():
-        gateway = app.extensions["gateway"]
-        replayed = (inbound_journal.retry_held if held else inbound_journal.replay)(gateway)
-        gateway.db.dispose()
+    # The same Gateway as the web process's, so a join keyword's confirmation is enqueued as the webhook would.
+    replayed = (inbound_journal.retry_held if held else inbound_journal.replay)(ctx.gateway)
     if replayed.busy:
         raise click.ClickException("another replayer on this host is at work; try again in a moment")
     click.echo(f"applied {replayed.applied}, already stored {replayed.duplicates}, newly held {replayed.newly_held}, "

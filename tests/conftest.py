@@ -21,12 +21,12 @@ from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
 from werkzeug.serving import make_server
 
-from gateway.web.app import create_app
-from gateway.services import keys
-from gateway.domain.programs import load_file
-from gateway.store import programs
 from gateway.config import ROOT, SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN, load_settings
+from gateway.domain.programs import load_file
+from gateway.services import keys
+from gateway.store import programs
 from gateway.store.models import Base
+from gateway.web.app import create_app
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture, used by the autouse below)
 
 # The session runs on the built-in sandbox, so with its published account and token (the only ones

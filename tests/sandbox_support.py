@@ -15,13 +15,12 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from gateway.store import outbox
-from gateway.domain.gate import Kind
-from gateway.services import policy
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import OutboundMessage, utcnow
+from gateway.domain.gate import Kind
 from gateway.domain.numbers import parse
+from gateway.services import consents, policy
+from gateway.store import outbox
+from gateway.store.models import OutboundMessage, utcnow
 from gateway.store.programs import by_slug
 from gateway.twilio.client import RedirectingHttpClient
 from gateway.twilio.sandbox.models import SandboxMessage

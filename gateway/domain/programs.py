@@ -69,7 +69,7 @@ class ProgramSpec:
     allowed_countries: tuple[str, ...] = ()
     daily_cap: int | None = None  # marketing messages per number per 24 h, on top of state rules
     # Messages per second the provider takes from this program's sender; a sender shared by several
-    # programs goes at the slowest of their rates (gateway/queue/throughput.py). None: the sender's default.
+    # programs goes at the slowest of their rates (gateway/services/throughput.py). None: the sender's default.
     mps: int | None = None
     # The numbers a Messaging Service program sends from, as far as the programs file says: they are
     # ours, and no one may subscribe them (a program with a `sender` has that one).

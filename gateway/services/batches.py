@@ -16,12 +16,12 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from gateway.store import outbox
-from gateway.services import policy, unit_of_work
-from gateway.bootstrap import Gateway
-from gateway.store.models import Program, utcnow
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.numbers import TEXTABLE, InvalidNumber, is_e164, parse
+from gateway.services import policy, unit_of_work
+from gateway.services.ports import Gateway
+from gateway.store import outbox
+from gateway.store.models import Program, utcnow
 
 MAX_RECIPIENTS = 100_000
 DUPLICATE = "duplicate"  # the same number more than once in one batch: it is texted once

@@ -15,12 +15,12 @@ from datetime import datetime
 from sqlalchemy import select
 
 from gateway import metrics
-from gateway.bootstrap import Gateway
 from gateway.domain.consent import Source
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
 from gateway.services import carrier
 from gateway.services.consents import Evidence
+from gateway.services.ports import Gateway
 from gateway.store import outbox
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 

@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.services import consents
 from gateway.domain.consent import Input, Source, Status
+from gateway.services import consents
 from gateway.store.models import Consent, PhoneNumber, utcnow
 
 

@@ -33,7 +33,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
-from gateway.bootstrap import Gateway
 from gateway.domain import storable
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.gate import Facts, Kind
@@ -44,6 +43,7 @@ from gateway.domain.outbound import Reachability, reachability_after
 from gateway.domain.programs import spec_of
 from gateway.domain.subscriptions import plan_confirm, plan_start
 from gateway.services import carrier, consents, policy, unit_of_work
+from gateway.services.ports import Gateway
 from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.database import Writes

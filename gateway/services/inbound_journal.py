@@ -35,9 +35,9 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, Inter
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gateway import metrics
-from gateway.bootstrap import Gateway
 from gateway.domain.numbers import is_e164, mask
 from gateway.services import inbound
+from gateway.services.ports import Gateway
 from gateway.store.journal import Journal
 from gateway.store.models import utcnow
 

@@ -25,7 +25,7 @@ from gateway.store.facts import Known
 from gateway.store.models import PhoneNumber, Program
 
 if TYPE_CHECKING:
-    from gateway.bootstrap import Gateway
+    from gateway.services.ports import Gateway
 
 K = TypeVar("K")
 

@@ -5,11 +5,17 @@ tests can pass anything of the same shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.domain.outbound import SentMessage
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.store.database import Database
 
 
 class Dispatcher(Protocol):
@@ -57,3 +63,32 @@ class Provider(Protocol):
 
     def messages_since(self, *, to: str, sender: str, since: datetime, limit: int = 100) -> list[SentMessage]:
         """Messages to `to` from `sender` created since `since`, newest first."""
+
+
+@dataclass
+class Gateway:
+    """What every adapter shares in one process: settings, the store, the queue, the limiter, the provider."""
+
+    settings: Settings
+    db: Database
+    dispatcher: Dispatcher
+    limiter: Limiter
+    make_provider: Callable[[], Provider]
+    extras: dict = field(default_factory=dict)
+
+    @cached_property
+    def provider(self) -> Provider:
+        # Built on first use: the web process never sends.
+        return self.make_provider()
+
+    @cached_property
+    def keywords(self):
+        from gateway.domain.keywords import default_engine
+
+        return default_engine()
+
+    @cached_property
+    def quiet_hours(self):
+        from gateway.domain.quiet_hours import default_rules
+
+        return default_rules()

@@ -11,12 +11,12 @@ from typing import IO
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from gateway.store import programs
 from gateway.domain import storable
-from gateway.services import consents
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
-from gateway.store.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.services import consents
+from gateway.store import programs
+from gateway.store.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 
 ERASED_BODY = "[erased]"
 

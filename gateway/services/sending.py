@@ -19,13 +19,13 @@ from enum import StrEnum
 from sqlalchemy import select
 
 from gateway import metrics
-from gateway.bootstrap import Gateway
 from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
 from gateway.services import carrier, policy, throughput, unit_of_work
 from gateway.services.consents import Evidence
+from gateway.services.ports import Gateway
 from gateway.store import outbox
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 

@@ -19,8 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from gateway.bootstrap import Gateway
-    from gateway.services.ports import Dispatcher
+    from gateway.services.ports import Dispatcher, Gateway
 
 
 class Outgoing:

@@ -17,8 +17,6 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, delete, exists, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -27,6 +25,7 @@ from sqlalchemy.orm.util import identity_key
 from gateway.domain import ledger
 from gateway.domain.consent import State
 from gateway.domain.numbers import Number
+from gateway.store import dialect
 from gateway.store.database import Writes, driver_sql, rows
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
 
@@ -34,14 +33,10 @@ NUMBERS, CONSENTS, EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerEven
 _INBOUND, _SUPPRESSIONS = InboundMessage.__table__, Suppression.__table__
 
 
-def _insert_for(connection: Connection):
-    return pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-
-
 def create_number(connection: Connection, number: Number) -> None:
     """Make the row for `number` unless it exists (a concurrent creator wins quietly)."""
     connection.execute(
-        _insert_for(connection)(PhoneNumber)
+        dialect.insert_for(connection, PhoneNumber)
         .values(e164=number.e164, kind=number.kind, region=number.region, reachability="ok", ledger_seq=0,
                 ledger_head=ledger.GENESIS_HASH, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["e164"])

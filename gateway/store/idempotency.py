@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from gateway.store.models import IdempotencyRecord, utcnow
 from gateway.store import dialect
 from gateway.store.database import Store
+from gateway.store.models import IdempotencyRecord, utcnow
 
 MAX_KEY_LENGTH = 200
 

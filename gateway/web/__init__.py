@@ -10,7 +10,7 @@ from gateway.web.auth import declared_auth
 
 
 def register(app: Flask, *, sandbox: bool) -> None:
-    from gateway.web import api_consents, api_messages, api_privacy, api_subscriptions, forms, ops, openapi, webhooks
+    from gateway.web import api_consents, api_messages, api_privacy, api_subscriptions, forms, openapi, ops, webhooks
 
     errors.register(app)
     headers.register(app)

@@ -14,15 +14,15 @@ from flask import Blueprint, g, jsonify, request
 from sqlalchemy.orm import Session
 
 from gateway import metrics
-from gateway.store import programs
 from gateway.domain import storable
-from gateway.services import consents
 from gateway.domain.consent import Input, Source
-from gateway.web.context import current
-from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, Number
 from gateway.domain.numbers import parse as parse_number
+from gateway.services import consents
+from gateway.store import programs
+from gateway.store.models import utcnow
 from gateway.web.auth import api_key
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body_salvaging
 

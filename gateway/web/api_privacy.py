@@ -6,12 +6,11 @@ import uuid
 
 from flask import Blueprint, g, jsonify
 
-from gateway.services import privacy
 from gateway.domain.consent import Source
-from gateway.services import consents
-from gateway.web.context import current
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.services import consents, privacy
 from gateway.web.auth import api_key
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 
 bp = Blueprint("api_privacy", __name__, url_prefix="/v1/consents")

@@ -10,14 +10,13 @@ from datetime import timedelta
 
 from flask import Blueprint, g, jsonify, request
 
-from gateway.services import abuse, subscriptions, unit_of_work
 from gateway.domain import storable
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.web.context import current
-from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.services import abuse, consents, subscriptions, unit_of_work
+from gateway.store.models import utcnow
 from gateway.web.auth import api_key
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body
 

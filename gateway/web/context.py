@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from gateway.bootstrap import Gateway
+from gateway.services.ports import Gateway
 
 
 def current() -> Gateway:

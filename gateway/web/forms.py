@@ -14,15 +14,14 @@ from flask import Blueprint, redirect, render_template, request, session, url_fo
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, StringField
 
-from gateway.services import abuse, subscriptions, unit_of_work
-from gateway.store import programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.web.context import current
-from gateway.store.models import utcnow
 from gateway.domain.numbers import InvalidNumber, mask, parse
 from gateway.domain.programs import spec_of
+from gateway.services import abuse, consents, subscriptions, unit_of_work
+from gateway.store import programs
+from gateway.store.models import utcnow
 from gateway.web.auth import public
+from gateway.web.context import current
 
 bp = Blueprint("forms", __name__)
 

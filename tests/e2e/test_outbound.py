@@ -15,16 +15,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from gateway.store import outbox, programs
-from gateway.services import sending
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import parse
+from gateway.services import consents, sending
+from gateway.store import outbox, programs
+from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage, SandboxRefusal
 from tests.conftest import wait_for
-from tests.sandbox_support import quick_sandbox  # noqa: F401  (a fixture)
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program
+from tests.sandbox_support import quick_sandbox  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.e2e
 EVIDENCE = consents.Evidence(Source.IMPORT, actor="test")

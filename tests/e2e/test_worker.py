@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import select
 
 from gateway.domain.consent import Input, Source
+from gateway.domain.numbers import parse
+from gateway.queue.app import TaskNames
 from gateway.services import consents
 from gateway.store.models import Consent, utcnow
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
-from gateway.queue.app import TaskNames
 from tests.conftest import wait_for
 
 

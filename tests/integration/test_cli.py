@@ -9,9 +9,9 @@ from sqlalchemy import update
 
 from gateway.config import ROOT
 from gateway.domain.consent import Input, Source
+from gateway.domain.numbers import parse
 from gateway.services import consents
 from gateway.store.models import LedgerEvent
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
 
 

@@ -13,11 +13,11 @@ from urllib.parse import urlencode
 from flask import jsonify, request
 
 from gateway.config import SANDBOX_ACCOUNT_SID, SANDBOX_AUTH_TOKEN
-from gateway.web.context import current
 from gateway.store.models import utcnow
 from gateway.twilio.sandbox import bp, current_sandbox, messages
 from gateway.twilio.sandbox.messages import API_VERSION, Filters, TwilioError
 from gateway.web.auth import public
+from gateway.web.context import current
 
 ACCOUNT = f"/{API_VERSION}/Accounts/<account_sid>"
 MAX_PAGE_SIZE = 1000

@@ -26,10 +26,10 @@ from sqlalchemy.orm import aliased, sessionmaker
 from twilio.request_validator import RequestValidator
 
 from gateway.config import SANDBOX_AUTH_TOKEN, Settings
+from gateway.domain.numbers import mask
 from gateway.store import dialect
 from gateway.store.database import Database
 from gateway.store.models import utcnow
-from gateway.domain.numbers import mask
 from gateway.twilio.sandbox import messages
 from gateway.twilio.sandbox.config import SandboxConfig
 from gateway.twilio.sandbox.models import SandboxEvent, SandboxMessage

@@ -14,11 +14,11 @@ from flask import jsonify, render_template, request, send_from_directory
 from sqlalchemy import select
 
 from gateway.config import SANDBOX_ACCOUNT_SID
-from gateway.web.context import current
-from gateway.store.models import Program, utcnow
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.store.models import Program, utcnow
 from gateway.twilio.sandbox import bp, current_sandbox, messages
 from gateway.web.auth import public
+from gateway.web.context import current
 from gateway.web.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

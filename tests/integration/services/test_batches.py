@@ -7,14 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event, func, insert, select
 
-from gateway.services import batches, policy
-from gateway.store import outbox, programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from gateway.domain.numbers import parse
-from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from gateway.services import batches, consents, policy
+from gateway.store import outbox, programs
+from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program
+from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
 
 EVIDENCE = consents.Evidence(Source.IMPORT, actor="test")
 OPTED_IN = ["+14155550141", "+14155550142", "+14155550143"]

@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from gateway.domain.consent import IllegalTransition, Input, Source, Status
-from gateway.services import expiry, consents
+from gateway.domain.consent import IllegalTransition, Input, Source
+from gateway.domain.numbers import parse
+from gateway.services import consents, expiry
 from gateway.store import ledger
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)

@@ -23,9 +23,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from gateway.bootstrap import Gateway
 from gateway.config import ROOT
 from gateway.services import inbound, inbound_journal
+from gateway.services.ports import Gateway
 from gateway.store.journal import Journal
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program
 from gateway.web.app import create_app
@@ -77,8 +77,7 @@ def _close(app):
 @pytest.fixture
 def healthy(gateway, var_dir) -> Gateway:
     """The session's store and queue, with this test's var directory (so its journal)."""
-    return Gateway(settings=dataclasses.replace(gateway.settings, var_dir=var_dir), db=gateway.db,
-                   dispatcher=gateway.dispatcher)
+    return dataclasses.replace(gateway, settings=dataclasses.replace(gateway.settings, var_dir=var_dir))
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from gateway.store import outbox, programs
-from gateway.services import policy
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.database import Database
 from gateway.domain.gate import ALLOW, Decision, Facts, Kind, Reason
 from gateway.domain.numbers import parse
+from gateway.services import consents, policy
+from gateway.store import outbox, programs
+from gateway.store.database import Database
 
 # 2026-03-04 is a Wednesday before the US moves its clocks (2026-03-08): New York is UTC-5.
 NOON_NY = datetime(2026, 3, 4, 17, 0, tzinfo=UTC)

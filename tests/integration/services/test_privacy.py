@@ -6,15 +6,14 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from gateway.domain.gate import Kind, Reason
-from gateway.services import policy, privacy
 from gateway.domain.consent import Input, Source
-from gateway.store import ledger
-from gateway.services import consents
-from gateway.store.models import LedgerEvent, PhoneNumber, Suppression
+from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import parse
-from gateway.store.programs import by_slug
 from gateway.domain.quiet_hours import default_rules
+from gateway.services import consents, policy, privacy
+from gateway.store import ledger
+from gateway.store.models import LedgerEvent, PhoneNumber, Suppression
+from gateway.store.programs import by_slug
 
 NOON = datetime(2026, 3, 4, 17, 0, tzinfo=UTC)  # 12:00 in New York
 PHONE = "+14155552671"

@@ -10,12 +10,11 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from gateway.services import inbound, policy
-from gateway.store import programs
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import IdempotencyRecord, MessageEvent, OutboundMessage, utcnow
 from gateway.domain.numbers import parse
+from gateway.services import consents, inbound, policy
+from gateway.store import programs
+from gateway.store.models import IdempotencyRecord, MessageEvent, OutboundMessage, utcnow
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
 
 PHONE = "+14155550131"

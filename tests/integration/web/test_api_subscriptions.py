@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.domain.consent import Input, Source
+from gateway.domain.numbers import parse
 from gateway.services import consents
 from gateway.store.models import ApiKey, Consent, LedgerEvent, OutboundMessage, PhoneNumber, Program
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
 
 PHONE = "+14155550123"

@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 
 from gateway.config import ROOT
 from gateway.domain.consent import Input, Source
+from gateway.domain.numbers import parse
 from gateway.services import consents
 from gateway.store.models import IdempotencyRecord, LedgerEvent, OutboundMessage, PhoneNumber
-from gateway.domain.numbers import parse
 from gateway.store.programs import by_slug
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
 

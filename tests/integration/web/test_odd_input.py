@@ -19,20 +19,19 @@ import os
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from hypothesis import example, given
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from gateway.store import outbox, programs
-from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.consent import Input, Source
-from gateway.services import consents
-from gateway.store.models import Base, Consent, PhoneNumber, utcnow
+from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
+from gateway.services import consents
+from gateway.store import outbox, programs
+from gateway.store.models import Base, Consent, PhoneNumber, utcnow
 from tests.conftest import AUTH_TOKEN
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
 
