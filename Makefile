@@ -34,8 +34,10 @@ run: migrate
 	@$(BIN)/python -m gateway.banner
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
-# The whole suite. PostgreSQL and Redis when TEST_DATABASE_URL/DATABASE_URL and REDIS_URL say so.
+# The linter first (a finding fails the run), then the whole suite: PostgreSQL and Redis when
+# TEST_DATABASE_URL/DATABASE_URL and REDIS_URL say so.
 test: install
+	$(BIN)/ruff check --output-format concise .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

@@ -39,13 +39,13 @@ import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from bench.twilio_stub import make_server  # noqa: E402
-from gateway.domain.programs import load_file  # noqa: E402
-from gateway.store import bulk, outbox, programs  # noqa: E402
-from gateway.domain.gate import ALLOW, Kind  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
+from gateway.domain.gate import ALLOW, Kind  # noqa: E402
+from gateway.domain.programs import load_file  # noqa: E402
+from gateway.queue.app import broker_options  # noqa: E402
+from gateway.store import bulk, outbox, programs  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, utcnow  # noqa: E402
-from gateway.queue.app import broker_options  # noqa: E402
 
 REQUIRED_RATIO = 0.75
 SENDER = "+18885550177"

@@ -81,7 +81,9 @@ def programs_load(ctx: Context, file: Path) -> None:
     with ctx.db.transaction() as session:
         programs.store(session, specs)
     for spec in specs:
-        click.echo(f"{spec.slug}: {spec.name} ({spec.category}, {'double' if spec.double_opt_in else 'single'} opt-in) from {spec.sender or spec.messaging_service}")
+        opt_in = "double" if spec.double_opt_in else "single"
+        click.echo(f"{spec.slug}: {spec.name} ({spec.category}, {opt_in} opt-in) "
+                   f"from {spec.sender or spec.messaging_service}")
 
 
 @main.group("keys")
@@ -141,9 +143,11 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
         events = consents.events(session, row) if row else []
         data = {
             "phone": parsed.e164,
-            "consents": [{"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat()} for c in rows],
+            "consents": [{"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat()}
+                         for c in rows],
             "events": [{"seq": e.seq, "type": e.type, "program": e.program.slug if e.program else None,
-                        "source": e.source, "occurred_at": e.occurred_at.isoformat(), "evidence": e.evidence} for e in events],
+                        "source": e.source, "occurred_at": e.occurred_at.isoformat(), "evidence": e.evidence}
+                       for e in events],
         }
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -155,7 +159,8 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
     for consent in data["consents"]:
         click.echo(f"  {consent['program']:<20} {consent['status']:<10} since {consent['updated_at']}")
     for event in data["events"]:
-        click.echo(f"  #{event['seq']:<4} {event['occurred_at']} {event['type']:<16} {event['program'] or '-':<12} via {event['source']}")
+        click.echo(f"  #{event['seq']:<4} {event['occurred_at']} {event['type']:<16} {event['program'] or '-':<12} "
+                   f"via {event['source']}")
 
 
 @consent_group.command("import")

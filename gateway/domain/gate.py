@@ -85,10 +85,10 @@ class Facts:
 class Places:
     """Where numbers are, for the rules that depend on it: the state window and cap, and quiet
     hours at one `now`. Parsing a number and scanning its zones costs more than the rest of a
-    decision (bench/README.md, batch filtering), so for 100,000 recipients answers are shared between numbers that the rules cannot tell apart:
-    the window depends only on the +1 area code, and phonenumbers takes a number's time zones from
-    its type, its country code and the longest prefix of it in its time-zone table. Numbers whose
-    type is not stored get an answer of their own.
+    decision (bench/README.md, batch filtering), so for 100,000 recipients answers are shared
+    between numbers that the rules cannot tell apart: the window depends only on the +1 area code,
+    and phonenumbers takes a number's time zones from its type, its country code and the longest
+    prefix of it in its time-zone table. Numbers whose type is not stored get an answer of their own.
     """
 
     def __init__(self, rules: QuietHours, now: datetime):

@@ -30,7 +30,8 @@ def create(session: Session, name: str, scopes: list[str]) -> tuple[ApiKey, str]
         raise KeyProblem("a key needs a name of 1-120 characters")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise KeyProblem(f"scopes must be some of {', '.join(SCOPES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        named = f"; unknown: {', '.join(unknown)}" if unknown else ""
+        raise KeyProblem(f"scopes must be some of {', '.join(SCOPES)}{named}")
     if session.scalars(select(ApiKey).where(ApiKey.name == name)).first():
         raise KeyProblem(f"a key named {name!r} exists already")
     prefix = secrets.token_hex(4)

@@ -31,7 +31,8 @@ def export(session: Session, number: PhoneNumber) -> dict:
     ).all()
     return {
         "phone": number.e164,
-        "number": {"kind": number.kind, "reachability": number.reachability, "created_at": number.created_at.isoformat()},
+        "number": {"kind": number.kind, "reachability": number.reachability,
+                   "created_at": number.created_at.isoformat()},
         "consents": [
             {"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat(),
              "expires_at": c.expires_at.isoformat() if c.expires_at else None}

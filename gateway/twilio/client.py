@@ -44,8 +44,8 @@ class RedirectingHttpClient(TwilioHttpClient):
 def _read_environment_once(session: requests.Session) -> None:
     """Make `session` read its proxy and CA-bundle settings from the environment once per host.
 
-    requests reads them again on every call (~0.1 ms of the worker's CPU a message: it scans the
-    environment and matches no_proxy); they do not change while the process runs. Explicit
+    requests reads them again on every call (a measurable share of the worker's CPU a message,
+    bench/README.md: it scans the environment and matches no_proxy); they do not change while the process runs. Explicit
     settings (the client passes none) still go through as they are.
     """
     merge = session.merge_environment_settings

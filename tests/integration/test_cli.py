@@ -47,7 +47,8 @@ def test_programs_load_stores_and_reports(smsgate, tmp_path, db):
 
 def test_programs_load_refuses_a_bad_file_naming_the_key(smsgate, tmp_path):
     file = tmp_path / "p.toml"
-    file.write_text('[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "spam"\nfrequency = "x"\nhelp = "y"\n')
+    file.write_text('[programs.news]\nname = "News"\nsender = "+15005550006"\ncategory = "spam"\nfrequency = "x"\n'
+                    'help = "y"\n')
     result = smsgate("programs", "load", str(file))
     assert result.returncode == 1
     assert "program 'news': category" in result.stderr

@@ -22,7 +22,8 @@ def run(db, *steps, number="+14155552671"):
     with db.transaction() as session:
         row = consents.number_row(session, parse(number))
         for slug, input in steps:
-            consents.apply(session, row, by_slug(session, slug), input, API, now=T0, expires_at=T0 + timedelta(hours=48))
+            consents.apply(session, row, by_slug(session, slug), input, API, now=T0,
+                           expires_at=T0 + timedelta(hours=48))
         return {c.program.slug: (c.status, c.restorable) for c in consents.consents(session, row)}
 
 

@@ -24,7 +24,8 @@ def consent(db, *steps, phone=PHONE):
         row = consents.number_row(session, parse(phone))
         for slug, input in steps:
             consents.apply(session, row, by_slug(session, slug), input,
-                          consents.Evidence(Source.SMS, reference="SM1", details={"body": "the person's words"}), now=NOON)
+                          consents.Evidence(Source.SMS, reference="SM1", details={"body": "the person's words"}),
+                          now=NOON)
 
 
 def test_export_holds_consents_and_evidence(db):
@@ -43,7 +44,8 @@ def test_erase_keeps_a_suppression_hash_only_for_opt_outs(db, settings):
     evidence = consents.Evidence(Source.API, actor="dpo")
     with db.transaction() as session:
         first = privacy.erase(session, consents.find_number(session, PHONE), settings.suppression_key, evidence)
-        second = privacy.erase(session, consents.find_number(session, "+14155552672"), settings.suppression_key, evidence)
+        second = privacy.erase(session, consents.find_number(session, "+14155552672"), settings.suppression_key,
+                               evidence)
     assert first.suppressed and not second.suppressed
     with db.sessions() as session:
         assert session.scalars(select(PhoneNumber.e164)).all() == [None, None]
@@ -95,7 +97,8 @@ def test_import_applies_rows_and_refuses_what_cannot_apply(db):
     assert [line for line, _ in report.refused] == [4, 5, 6, 7]
     assert "not allowed from opted_out" in report.refused[0][1]
     with db.sessions() as session:
-        event = session.scalars(select(LedgerEvent).where(LedgerEvent.source == "import").order_by(LedgerEvent.id)).first()
+        imported = select(LedgerEvent).where(LedgerEvent.source == "import").order_by(LedgerEvent.id)
+        event = session.scalars(imported).first()
         assert event.evidence == {"collected_at": "2025-01-02", "source_url": "https://acme.example/join"}
         assert event.actor == "ops" and event.reference == "line 2"
 

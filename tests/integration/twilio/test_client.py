@@ -229,4 +229,5 @@ def test_proxy_settings_from_the_environment_still_apply(monkeypatch):
     url = "https://api.twilio.com/2010-04-01/Accounts/AC/Messages.json"
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://proxy.example:3128"
     assert session.merge_environment_settings(url, {}, None, None, None)["proxies"]["https"] == "http://proxy.example:3128"
-    assert "https" not in session.merge_environment_settings("https://sandbox.example/x", {}, None, None, None)["proxies"]
+    merged = session.merge_environment_settings("https://sandbox.example/x", {}, None, None, None)
+    assert "https" not in merged["proxies"]

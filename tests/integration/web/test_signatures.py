@@ -156,7 +156,8 @@ def test_a_query_string_added_after_signing_is_refused(client, db, sign):
 
 def test_the_status_callback_is_signed_too(client):
     before = _rejected("/webhooks/twilio/status")
-    response = client.post("/webhooks/twilio/status", data={"MessageSid": "SM" + "2" * 32, "MessageStatus": "delivered"})
+    response = client.post("/webhooks/twilio/status",
+                           data={"MessageSid": "SM" + "2" * 32, "MessageStatus": "delivered"})
     assert response.status_code == 403
     assert _rejected("/webhooks/twilio/status") == before + 1
 
