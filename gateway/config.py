@@ -65,6 +65,9 @@ class Settings:
     confirmation_client_ipv6_prefix: int = 64
     # How often each web process replays the inbound journal (gateway/services/inbound_journal.py); 0: never.
     inbound_journal_replay_seconds: int = 5
+    # How often beat reads Twilio's message log for texts whose webhook never came
+    # (gateway/services/inbound_reconcile.py); 0: never.
+    inbound_reconcile_seconds: int = 300
 
     @property
     def is_sqlite(self) -> bool:
@@ -296,4 +299,5 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         ledger_checkpoint_dir=checkpoint_dir,
         ledger_checkpoint_seconds=_as_int("ledger_checkpoint_seconds", raw["ledger_checkpoint_seconds"], minimum=1),
         inbound_journal_replay_seconds=_as_int("inbound_journal_replay_seconds", raw["inbound_journal_replay_seconds"]),
+        inbound_reconcile_seconds=_as_int("inbound_reconcile_seconds", raw["inbound_reconcile_seconds"]),
     )

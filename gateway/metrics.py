@@ -37,6 +37,15 @@ INBOUND_REPLAYED = Counter("smsgate_inbound_replayed_total", "Journaled texts ap
 INBOUND_HELD = Counter("smsgate_inbound_held_total", "Journaled texts (or torn lines) held: they could not be applied",
                        ["reason"])
 
+# Inbound reconciliation from Twilio's message log (gateway/services/inbound_reconcile.py). The watermark
+# is a time, not an age: `time() - smsgate_inbound_reconciled_through_timestamp_seconds` keeps growing
+# when runs stop, where an age recorded by the last run would stand still.
+INBOUND_RECONCILED = Counter("smsgate_inbound_reconciled_total",
+                             "Inbound texts found in the provider's message log, not in the store, and applied")
+INBOUND_RECONCILED_THROUGH = Gauge("smsgate_inbound_reconciled_through_timestamp_seconds",
+                                   "The oldest sender's reconciliation watermark (Unix time): texts sent before it "
+                                   "were looked for", multiprocess_mode="mostrecent")
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text for /metrics."""

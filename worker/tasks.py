@@ -11,7 +11,7 @@ from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
 from gateway.queue.app import TaskNames
-from gateway.services import batches, expiry, sending
+from gateway.services import batches, expiry, inbound_reconcile, sending
 from gateway.store import checkpoints
 from worker import gateway
 
@@ -74,3 +74,9 @@ def checkpoint_ledger() -> str | None:
         return None
     log.info("ledger checkpoint of %s: %d chains in %s", written.created_at, written.size, written.path.name)
     return str(written.path)
+
+
+@shared_task(name=TaskNames.RECONCILE_INBOUND)
+def reconcile_inbound() -> int:
+    """Apply inbound texts Twilio logged whose webhook never reached us."""
+    return inbound_reconcile.reconcile(gateway).applied

@@ -22,6 +22,7 @@ class TaskNames:
     RECONCILE_STATUSES = "messages.reconcile"
     EXPIRE_PENDING = "consent.expire_pending"
     CHECKPOINT_LEDGER = "consent.checkpoint_ledger"
+    RECONCILE_INBOUND = "inbound.reconcile"
 
 
 class QueueNames:
@@ -39,6 +40,7 @@ ROUTES = {
     TaskNames.RECONCILE_STATUSES: {"queue": QueueNames.PERIODIC},
     TaskNames.EXPIRE_PENDING: {"queue": QueueNames.PERIODIC},
     TaskNames.CHECKPOINT_LEDGER: {"queue": QueueNames.PERIODIC},
+    TaskNames.RECONCILE_INBOUND: {"queue": QueueNames.PERIODIC},
 }
 
 
@@ -93,6 +95,8 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile-statuses": {"task": TaskNames.RECONCILE_STATUSES, "schedule": 300.0},
             "checkpoint-ledger": {"task": TaskNames.CHECKPOINT_LEDGER,
                                   "schedule": float(settings.ledger_checkpoint_seconds)},
-        },
+        } | ({"reconcile-inbound": {"task": TaskNames.RECONCILE_INBOUND,
+                                    "schedule": float(settings.inbound_reconcile_seconds)}}
+             if settings.inbound_reconcile_seconds else {}),
     )
     return celery

@@ -280,3 +280,14 @@ class Suppression(Base):
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboundWatermark(Base):
+    """How far inbound reconciliation has read the provider's message log, per sender (our number, or
+    a Messaging Service): every text sent before `listed_through` was looked at (services/inbound_reconcile.py)."""
+
+    __tablename__ = "inbound_watermarks"
+
+    sender: Mapped[str] = mapped_column(String(40), primary_key=True)
+    listed_through: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,6 +20,7 @@ from twilio.rest import Client
 
 from gateway import metrics
 from gateway.config import Settings
+from gateway.domain.message_log import LoggedText
 from gateway.domain.outbound import DeliveryReport, ErrorKind, ProviderError, SentMessage, Status
 from gateway.twilio.callbacks import fetched_report
 from gateway.twilio.errors import error_kind
@@ -120,6 +121,21 @@ class Provider:
             listed = [_sent(m) for m in self.client.messages.list(**filters, limit=limit)]
         return [m for m in listed if m.date_created is not None and m.date_created >= since]
 
+    def inbound_messages(self, *, to: str | None, since: datetime, page_size: int = 1000) -> list[LoggedText]:
+        """Every inbound text Twilio holds that was sent to `to` (None: to any of the account's numbers)
+        on or after `since`, following the list's pages to the end; newest first, as Twilio lists them.
+
+        Twilio's list has no direction filter: what we sent to `to` (nothing, for our own numbers; the
+        whole account's traffic, for `to=None`) is read and left out here.
+        """
+        filters = {"to": to} if to else {}
+        # The client writes the time as given with a Z: it must be UTC already.
+        since = since.astimezone(UTC)
+        with _translated():
+            return [_logged(m) for m in self.client.messages.stream(date_sent_after=since, page_size=page_size,
+                                                                     **filters)
+                    if m.direction == "inbound" and (m.date_sent or m.date_created) is not None]
+
 
 def _twilio_code(code: object) -> int | None:
     # The client puts the HTTP status in `code` when the body had none; Twilio's own codes are longer.
@@ -160,6 +176,14 @@ def _translated() -> Iterator[None]:
         raise ProviderError(ErrorKind.RETRYABLE, None, f"provider unreachable: {type(error).__name__}") from None
     except ValueError as error:  # a 2xx whose body is not JSON: whatever answered is not Twilio
         raise ProviderError(ErrorKind.RETRYABLE, None, f"unreadable provider answer: {error}") from None
+
+
+def _logged(message) -> LoggedText:
+    return LoggedText(
+        sid=message.sid, from_=getattr(message, "from_", None) or "", to=message.to or "", body=message.body or "",
+        date_sent=(message.date_sent or message.date_created).astimezone(UTC),
+        messaging_service_sid=message.messaging_service_sid, account_sid=message.account_sid,
+    )
 
 
 def _sent(message) -> SentMessage:

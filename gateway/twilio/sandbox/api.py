@@ -127,15 +127,20 @@ def list_messages(account_sid: str):
     )
     page_size = _int_arg("PageSize", 50, 1, MAX_PAGE_SIZE)
     page = _int_arg("Page", 0, 0, 1_000_000)
+    token = request.args.get("PageToken") or None
+    if token is not None and not (token.startswith("PA") and messages.SID_RE.match(token[2:])):
+        raise TwilioError(20001, message=f"Invalid PageToken value {token!r}")
     with current_sandbox().reads() as session:
         # One extra row tells whether there is a next page.
-        found = messages.find(session, account_sid, filters, offset=page * page_size, limit=page_size + 1)
+        found = messages.find(session, account_sid, filters, offset=page * page_size, limit=page_size + 1,
+                              after_sid=token[2:] if token else None)
         records = [messages.resource(m) for m in found[:page_size]]
     query = [(k, v) for k, v in request.args.items(multi=True) if k not in ("Page", "PageSize", "PageToken")]
     path = f"/{API_VERSION}/Accounts/{account_sid}/Messages.json"
 
-    def page_uri(number: int) -> str:
-        return f"{path}?{urlencode(query + [('PageSize', page_size), ('Page', number)])}"
+    def page_uri(number: int, page_token: str | None = None) -> str:
+        paging = [("PageSize", page_size), ("Page", number)] + ([("PageToken", page_token)] if page_token else [])
+        return f"{path}?{urlencode(query + paging)}"
 
     return jsonify({
         "messages": records,
@@ -143,10 +148,11 @@ def list_messages(account_sid: str):
         "end": page * page_size + max(len(records) - 1, 0),
         "page": page,
         "page_size": page_size,
-        "uri": page_uri(page),
+        "uri": page_uri(page, token),
         "first_page_uri": page_uri(0),
-        "next_page_uri": page_uri(page + 1) if len(found) > page_size else None,
-        "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+        # As Twilio does: the next page is named by the last message of this one ("PA" + its sid).
+        "next_page_uri": page_uri(page + 1, "PA" + found[page_size - 1].sid) if len(found) > page_size else None,
+        "previous_page_uri": page_uri(page - 1) if page > 0 and token is None else None,
     })
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from email.utils import format_datetime
 
 import phonenumbers
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.numbers import InvalidNumber, parse
@@ -220,9 +220,13 @@ def is_opted_out(session: Session, config: SandboxConfig, handset: str, from_num
 
 
 def receive(session: Session, config: SandboxConfig, account_sid: str, *, handset: str, to: str, body: str,
-            now: datetime) -> SandboxMessage:
+            now: datetime, webhook: bool = True) -> SandboxMessage:
     """A handset texts one of our numbers: store it, apply Twilio's STOP/START handling, and plan
-    the post to our inbound webhook. Raises ValueError when the text could not be sent."""
+    the post to our inbound webhook. Raises ValueError when the text could not be sent.
+
+    `webhook=False` keeps the text in the log without posting it: a webhook lost on the way (our web
+    process down, a deploy, a network fault), which only the message log still knows of.
+    """
     handset_e164, to_e164 = _e164(handset), _e164(to)
     if handset_e164 is None:
         raise ValueError("the phone's number is not a valid phone number")
@@ -240,7 +244,10 @@ def receive(session: Session, config: SandboxConfig, account_sid: str, *, handse
         date_sent=now,
     )
     session.add(message)
-    session.add(SandboxEvent(message_sid=message.sid, kind="inbound", due_at=now))
+    if webhook:
+        session.add(SandboxEvent(message_sid=message.sid, kind="inbound", due_at=now))
+    else:
+        message.webhook_note = "webhook lost (simulated): only the message log has this text"
     word = body.strip().upper()
     senders = [s for s in (to_e164, service) if s]
     reply = None
@@ -363,9 +370,18 @@ class Filters:
     sent_before: datetime | None = None  # inclusive
 
 
-def find(session: Session, account_sid: str, filters: Filters, *, offset: int, limit: int) -> list[SandboxMessage]:
-    """Messages matching Twilio's list filters, newest first."""
+def find(session: Session, account_sid: str, filters: Filters, *, offset: int, limit: int,
+         after_sid: str | None = None) -> list[SandboxMessage]:
+    """Messages matching Twilio's list filters, newest first; from `offset`, or after the message
+    `after_sid` (a page token: a message logged while a caller pages does not shift the pages)."""
     query = select(SandboxMessage).where(SandboxMessage.account_sid == account_sid)
+    if after_sid is not None:
+        last = session.get(SandboxMessage, after_sid)
+        if last is None:
+            return []
+        query = query.where(or_(SandboxMessage.date_created < last.date_created,
+                                and_(SandboxMessage.date_created == last.date_created, SandboxMessage.sid < last.sid)))
+        offset = 0
     if filters.to:
         query = query.where(SandboxMessage.to_number == (_e164(filters.to) or filters.to))
     if filters.sender:

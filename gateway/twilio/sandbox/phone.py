@@ -114,7 +114,8 @@ def _same_origin() -> bool:
 @bp.post("/phone/messages")
 @public
 def phone_send():
-    """The handset texts one of our numbers; the courier posts it to our webhook right after."""
+    """The handset texts one of our numbers; the courier posts it to our webhook right after, unless
+    the JSON says `"webhook": false` (a webhook lost on the way: the text is in the message log only)."""
     if not request.is_json or not _same_origin():
         raise ApiError(403, "forbidden", "the phone page posts JSON from its own origin only")
     data = request.get_json(silent=True)
@@ -125,7 +126,8 @@ def phone_send():
         try:
             message = messages.receive(session, sandbox.config, SANDBOX_ACCOUNT_SID,
                                        handset=str(data.get("from") or ""), to=str(data.get("to") or ""),
-                                       body=str(data.get("body") or ""), now=utcnow())
+                                       body=str(data.get("body") or ""), now=utcnow(),
+                                       webhook=data.get("webhook") is not False)
         except ValueError as error:
             raise ApiError(400, "bad_request", str(error)) from None
         sid = message.sid

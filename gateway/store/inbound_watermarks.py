@@ -1,0 +1,79 @@
+"""Inbound reconciliation's SQL: how far each sender's message log was read, which of the listed
+texts the store already holds, and which senders there are to read.
+
+A watermark only moves forward: two runs that overlap (a slow one and the next beat) cannot take it
+back, so the later one's reading is never undone by the earlier one finishing last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from gateway.store.database import Store, dialect_name
+from gateway.store.models import InboundMessage, InboundWatermark, Program, utcnow
+
+_WATERMARKS, _INBOUND = InboundWatermark.__table__, InboundMessage.__table__
+# The longest IN list we send at once (SQLite's default bound on parameters is far above it).
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Sender:
+    """One sender whose texts the provider logs: our number, or a Messaging Service with the numbers
+    its programs list (none: the service's texts are found among the whole account's)."""
+
+    key: str  # the number, or the service's MG… id: the watermark's key
+    numbers: tuple[str, ...] = ()
+    messaging_service_sid: str | None = None
+
+
+def senders(store: Store) -> list[Sender]:
+    """Every sender of every program, once each."""
+    found: dict[str, Sender] = {}
+    rows = store.execute(select(Program.sender, Program.messaging_service_sid, Program.settings).order_by(Program.id))
+    for sender, service, settings in rows:
+        if sender:
+            found.setdefault(sender, Sender(sender, (sender,)))
+        elif service:
+            listed = tuple((settings or {}).get("spec", {}).get("service_numbers", ()))
+            before = found.get(service)
+            numbers = tuple(dict.fromkeys((before.numbers if before else ()) + listed))
+            found[service] = Sender(service, numbers, service)
+    return list(found.values())
+
+
+def watermarks(store: Store, keys: Iterable[str]) -> dict[str, datetime]:
+    """How far each of `keys` was read; a key never read is missing."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    rows = store.execute(select(_WATERMARKS.c.sender, _WATERMARKS.c.listed_through)
+                         .where(_WATERMARKS.c.sender.in_(keys)))
+    return {row.sender: row.listed_through for row in rows}
+
+
+def advance(store: Store, key: str, listed_through: datetime) -> None:
+    """Move `key`'s watermark to `listed_through`, unless it is there or further already."""
+    insert = pg_insert if dialect_name(store) == "postgresql" else sqlite_insert
+    statement = insert(_WATERMARKS).values(sender=key, listed_through=listed_through, updated_at=utcnow())
+    store.execute(statement.on_conflict_do_update(
+        index_elements=[_WATERMARKS.c.sender],
+        set_={"listed_through": statement.excluded.listed_through, "updated_at": statement.excluded.updated_at},
+        where=_WATERMARKS.c.listed_through < statement.excluded.listed_through,
+    ))
+
+
+def known_message_sids(store: Store, sids: Iterable[str]) -> set[str]:
+    """Those of `sids` the store holds an inbound text for."""
+    sids = list(dict.fromkeys(sids))
+    known: set[str] = set()
+    for start in range(0, len(sids), _CHUNK):
+        chunk = sids[start:start + _CHUNK]
+        known.update(store.scalars(select(_INBOUND.c.message_sid).where(_INBOUND.c.message_sid.in_(chunk))))
+    return known
