@@ -308,20 +308,13 @@ def inbound_replay(ctx: Context, held: bool) -> None:
 def inbound_reconcile(ctx: Context) -> None:
     """Read Twilio's message log once for texts whose webhook never came, apply them, print the counts
     (beat does it every INBOUND_RECONCILE_SECONDS)."""
-    import dataclasses
-
     from gateway.services import inbound_reconcile
-    from gateway.web.app import create_app
 
-    # The web app's Gateway, so a join keyword's confirmation is enqueued as the webhook would; no timer.
-    app = create_app(dataclasses.replace(ctx.settings, inbound_journal_replay_seconds=0))
-    with app.app_context():
-        gateway = app.extensions["gateway"]
-        reconciled = inbound_reconcile.reconcile(gateway)
-        gateway.db.dispose()
+    # The same Gateway as the worker's, so a join keyword's confirmation is enqueued as the webhook would.
+    reconciled = inbound_reconcile.reconcile(ctx.gateway)
     click.echo(f"listed {reconciled.listed}, applied {reconciled.applied}, already stored {reconciled.stored}, "
-               f"left for the next run {reconciled.young}, refused {reconciled.refused}, "
-               f"failed senders {len(reconciled.failed)}")
+               f"overtaken {reconciled.overtaken}, left for the next run {reconciled.young}, "
+               f"refused {reconciled.refused}, failed senders {len(reconciled.failed)}")
     if reconciled.failed:
         sys.exit(1)  # those senders' logs were not read through: their watermarks stayed
 

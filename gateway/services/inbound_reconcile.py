@@ -11,6 +11,9 @@ Twilio's date_sent as their time and `origin: reconciled` in the evidence. No re
 the journal's reasons (docs/decisions/0013-inbound-journal.md); a join keyword's confirmation is an
 outbound message like any other and still goes through the gate.
 
+A consent text that a later change of the same consents overtook (a START whose webhook was lost,
+followed by a STOP that reached us) is stored as known but not applied: see `_record_if_overtaken`.
+
 Texts younger than SETTLE are left for the next run: their webhook may be on its way, and applying
 one first would leave the person without the reply the webhook gives. The overlap re-reads the last
 minutes of each sender's log every run, so a text Twilio indexed late, or a clock that disagrees with
@@ -27,16 +30,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy.exc import IntegrityError
+
 from gateway import metrics
 from gateway.bootstrap import Gateway
 from gateway.domain import storable
+from gateway.domain.keywords import Intent
 from gateway.domain.message_log import LoggedText
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ProviderError
 from gateway.services import inbound
-from gateway.store import inbound_watermarks
-from gateway.store.inbound_watermarks import Sender
+from gateway.store import programs, reconciliation
 from gateway.store.models import utcnow
+from gateway.store.reconciliation import Sender
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class Reconciled:
     stored: int = 0  # in the store already (their webhook came, or an earlier run applied them)
     young: int = 0  # younger than SETTLE: left for the next run
     refused: int = 0  # not a text we can apply (From is no phone number): counted, never applied
+    overtaken: int = 0  # a later word of the person's decided already: stored, not applied
     failed: list[str] = field(default_factory=list)  # senders whose run stopped (provider or store): retried next run
 
 
@@ -72,8 +79,8 @@ def reconcile(gateway: Gateway, message_log: MessageLog | None = None, *, now: d
     message_log = message_log or gateway.provider
     now = now or utcnow()
     with gateway.db.statements() as connection:
-        senders = inbound_watermarks.senders(connection)
-        marks = inbound_watermarks.watermarks(connection, [sender.key for sender in senders])
+        senders = reconciliation.senders(connection)
+        marks = reconciliation.watermarks(connection, [sender.key for sender in senders])
     counts = Reconciled()
     for sender in senders:
         try:
@@ -87,12 +94,13 @@ def reconcile(gateway: Gateway, message_log: MessageLog | None = None, *, now: d
             counts.failed.append(sender.key)
     if senders:
         with gateway.db.statements() as connection:
-            marks = inbound_watermarks.watermarks(connection, [sender.key for sender in senders])
+            marks = reconciliation.watermarks(connection, [sender.key for sender in senders])
         if len(marks) == len(senders):
             metrics.INBOUND_RECONCILED_THROUGH.set(min(marks.values()).timestamp())
-    if counts.applied or counts.refused or counts.failed:
-        log.info("inbound reconciliation: %d applied, %d already stored, %d left for the next run, %d refused, "
-                 "failed: %s", counts.applied, counts.stored, counts.young, counts.refused, counts.failed or "none")
+    if counts.applied or counts.refused or counts.overtaken or counts.failed:
+        log.info("inbound reconciliation: %d applied, %d already stored, %d overtaken, %d left for the next run, "
+                 "%d refused, failed: %s", counts.applied, counts.stored, counts.overtaken, counts.young,
+                 counts.refused, counts.failed or "none")
     return counts
 
 
@@ -105,9 +113,12 @@ def _reconcile_sender(gateway: Gateway, message_log: MessageLog, sender: Sender,
     ready = [text for text in logged if text.date_sent <= settled]
     counts.young += len(logged) - len(ready)
     with gateway.db.statements() as connection:
-        known = inbound_watermarks.known_message_sids(connection, [text.sid for text in ready])
+        known = reconciliation.known_message_sids(connection, [text.sid for text in ready])
     counts.stored += len(known)
     for text in _oldest_first(t for t in ready if t.sid not in known):
+        if _record_if_overtaken(gateway, text):
+            counts.overtaken += 1
+            continue
         try:
             handled = inbound.handle(gateway, _inbound_text(text), now=text.date_sent)
         except inbound.BadInbound as refused:
@@ -123,7 +134,53 @@ def _reconcile_sender(gateway: Gateway, message_log: MessageLog, sender: Sender,
             log.info("inbound reconciliation: %s from %s to %s applied (%s), sent at %s", text.sid,
                      mask(text.from_), text.to, handled.intent, text.date_sent.isoformat())
     with gateway.db.statements() as connection:
-        inbound_watermarks.advance(connection, sender.key, settled)
+        reconciliation.advance(connection, sender.key, settled)
+
+
+_OPT_OUTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL})
+_OPT_INS = frozenset({Intent.OPT_IN, Intent.CONFIRM, Intent.JOIN})
+_CONSENT_WORDS = frozenset(intent.value for intent in _OPT_OUTS | _OPT_INS)
+
+
+def _record_if_overtaken(gateway: Gateway, text: LoggedText) -> bool:
+    """Store, without applying it, a consent text that the person's later word overtook.
+
+    Applied now, it would be the newest event of the number's ledger although it is not the person's
+    latest word: a START whose webhook was lost, applied after a STOP that reached us later, would opt
+    them back in against it. So a START, YES or join keyword yields to any later change of the
+    sender's consents (a STOP, an opt-out by API or form). An opt-out yields only to a later consent
+    word the person texted to the same sender (START, YES, a join keyword, another STOP), stored
+    whether it changed anything or not (a START to a number our store still had opted in, its STOP
+    lost, changes nothing): no import or API call, which may not come from them, undoes an opt-out
+    that arrived late.
+    """
+    senders = (text.to,) + ((text.messaging_service_sid,) if text.messaging_service_sid else ())
+    with gateway.db.statements() as connection:
+        on_sender = programs.cached_on_senders(connection, senders)
+        if not on_sender.programs:
+            return False  # not ours: `inbound.handle` refuses it
+        intent = gateway.keywords.classify(storable.without_unstorable(text.body), on_sender.join_keywords).intent
+        if intent in _OPT_OUTS:
+            to = None if intent is Intent.OPT_OUT_ALL else senders
+            moved = bool(reconciliation.intents_texted_after(connection, text.from_, to, text.date_sent)
+                         & _CONSENT_WORDS)
+        elif intent in _OPT_INS:
+            moved = reconciliation.consent_moved_after(connection, text.from_, [p.id for p in on_sender.programs],
+                                                       text.date_sent)
+        else:
+            return False
+        if not moved:
+            return False
+        try:
+            reconciliation.record_overtaken(
+                connection, message_sid=text.sid, account_sid=text.account_sid, e164=text.from_, to=text.to,
+                messaging_service_sid=text.messaging_service_sid, body=storable.storable_text(text.body),
+                intent=intent.value, received_at=text.date_sent)
+        except IntegrityError:
+            return True  # its webhook arrived meanwhile and was applied as it came
+    log.warning("inbound reconciliation: %s from %s (%s, sent at %s) not applied: the person's later word on "
+                "that sender stands", text.sid, mask(text.from_), intent.value, text.date_sent.isoformat())
+    return True
 
 
 def _listed(message_log: MessageLog, sender: Sender, since: datetime) -> list[LoggedText]:

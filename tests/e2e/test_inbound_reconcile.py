@@ -23,7 +23,8 @@ from gateway.store.models import LedgerEvent
 from gateway.twilio.sandbox.models import SandboxMessage
 from tests.conftest import _free_port, wait_for
 from tests.e2e.test_deploy import VENV_BIN, procfile
-from tests.integration.services.test_inbound import give_consent, statuses
+from tests.integration.services.test_inbound import statuses
+from tests.integration.services.test_inbound_reconcile import consented_before
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +76,7 @@ def web_and_worker(test_env, tmp_path):
 
 def test_a_stop_whose_webhook_was_lost_is_in_the_store_within_an_interval(web_and_worker, db):
     base, worker_log = web_and_worker
-    give_consent(db, "deals", "alerts", number=PERSON)
+    consented_before(db, "deals", "alerts", number=PERSON)
     response = requests.post(f"{base}/sandbox/phone/messages", headers={"Origin": base}, timeout=10,
                              json={"from": PERSON, "to": SENDER, "body": "STOP", "webhook": False})
     assert response.status_code == 201, response.text

@@ -12,7 +12,7 @@ import itertools
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -20,11 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from gateway.config import ROOT, SANDBOX_ACCOUNT_SID, ConfigError, load_settings
+from gateway.domain.consent import Input, Source
 from gateway.domain.message_log import LoggedText
+from gateway.domain.numbers import parse
 from gateway.domain.outbound import ErrorKind, ProviderError
 from gateway.queue.app import QueueNames, TaskNames
-from gateway.services import inbound, inbound_reconcile
-from gateway.store import inbound_watermarks, programs
+from gateway.services import consents, inbound, inbound_reconcile
+from gateway.store import programs, reconciliation
 from gateway.store.models import InboundMessage, LedgerEvent, utcnow
 from gateway.twilio.sandbox import messages as sandbox_messages
 from gateway.twilio.sandbox.models import SandboxMessage
@@ -34,7 +36,8 @@ from tests.integration.services.test_inbound import give_consent, statuses, text
 PERSON = "+14155552671"
 SENDER = "+15005550006"  # deals and alerts
 ORDERS_SENDER = "+18885550199"
-NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+# Ahead of the clock: consents given in a test (at the clock's time) come before every text it logs.
+NOW = utcnow().replace(microsecond=0) + timedelta(hours=1)
 _sids = itertools.count(1)
 
 
@@ -60,6 +63,19 @@ class FakeLog:
         return sorted(found, key=lambda t: t.date_sent, reverse=True)
 
 
+def consented_before(db, *slugs: str, number: str = PERSON, ago: timedelta = timedelta(minutes=10)) -> None:
+    """Opt `number` in (request + YES) `ago`: before the texts a test logs now, which would otherwise
+    find the YES a later word of the person's."""
+    at = utcnow() - ago
+    with db.transaction() as session:
+        row = consents.number_row(session, parse(number))
+        for slug in slugs:
+            program = programs.by_slug(session, slug)
+            consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=at,
+                           expires_at=at + timedelta(hours=48))
+            consents.apply(session, row, program, Input.CONFIRM_YES, consents.Evidence(Source.SMS), now=at)
+
+
 def _events(db, sid: str) -> list[LedgerEvent]:
     with db.sessions() as session:
         return session.scalars(select(LedgerEvent).where(LedgerEvent.reference == sid).order_by(LedgerEvent.id)).all()
@@ -72,7 +88,7 @@ def _inbound(db, sid: str) -> InboundMessage | None:
 
 def _watermark(db, key: str) -> datetime | None:
     with db.statements() as connection:
-        return inbound_watermarks.watermarks(connection, [key]).get(key)
+        return reconciliation.watermarks(connection, [key]).get(key)
 
 
 def _sample(name: str) -> float:
@@ -153,6 +169,52 @@ def test_a_start_after_a_stop_is_applied_after_it(gateway, db):
     assert order == [(stop.sid, "opt_out"), (stop.sid, "opt_out"), (start.sid, "opt_in"), (start.sid, "opt_in")]
 
 
+def test_a_lost_start_the_person_followed_with_a_stop_that_reached_us_is_not_applied(gateway, db):
+    give_consent(db, "deals", "alerts")
+    inbound.handle(gateway, text("STOP"), now=NOW - timedelta(minutes=1))  # its webhook came
+    start = logged("START", ago=timedelta(minutes=2))  # sent before it, its webhook lost
+
+    reconciled = inbound_reconcile.reconcile(gateway, FakeLog(start), now=NOW)
+
+    assert (reconciled.applied, reconciled.overtaken) == (0, 1)
+    assert statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}  # the person's last word stands
+    assert _events(db, start.sid) == []
+    row = _inbound(db, start.sid)
+    assert (row.intent, row.reply, row.received_at, row.body) == ("opt_in", None, start.date_sent, "START")
+    again = inbound_reconcile.reconcile(gateway, FakeLog(start), now=NOW + timedelta(minutes=5))
+    assert (again.applied, again.overtaken, again.stored) == (0, 0, 1)
+
+
+def test_a_lost_start_yields_to_a_later_opt_out_by_api(gateway, db):
+    give_consent(db, "deals")
+    with db.transaction() as session:
+        consents.apply(session, consents.number_row(session, parse(PERSON)), programs.by_slug(session, "deals"),
+                       Input.API_OPT_OUT, consents.Evidence(Source.API), now=NOW - timedelta(minutes=1))
+    start = logged("START", ago=timedelta(minutes=2))
+    assert inbound_reconcile.reconcile(gateway, FakeLog(start), now=NOW).overtaken == 1
+    assert statuses(db)["deals"] == "opted_out"
+
+
+def test_a_lost_stop_yields_only_to_a_later_text_of_the_persons(gateway, db):
+    give_consent(db, "deals", "alerts")
+    stop = logged("STOP", ago=timedelta(minutes=5))
+    # Later: a HELP and a hello reach us (no consent moves), and an API call opts the number in again.
+    inbound.handle(gateway, text("HELP"), now=NOW - timedelta(minutes=4))
+    inbound.handle(gateway, text("hello"), now=NOW - timedelta(minutes=3))
+    reconciled = inbound_reconcile.reconcile(gateway, FakeLog(stop), now=NOW)
+    assert (reconciled.applied, reconciled.overtaken) == (1, 0)
+    assert statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}
+
+    # A STOP the person followed with a START that reached us: the START is their last word.
+    give_consent(db, "orders")
+    orders_stop = logged("STOP", ago=timedelta(minutes=2), to=ORDERS_SENDER)
+    inbound.handle(gateway, text("START", to=ORDERS_SENDER), now=NOW - timedelta(minutes=1))
+    assert statuses(db)["orders"] == "opted_in"
+    reconciled = inbound_reconcile.reconcile(gateway, FakeLog(orders_stop), now=NOW + timedelta(minutes=1))
+    assert (reconciled.applied, reconciled.overtaken) == (0, 1)
+    assert statuses(db)["orders"] == "opted_in"
+
+
 def test_the_first_run_looks_back_a_day_and_later_runs_from_the_watermark_less_the_overlap(gateway, db):
     log = FakeLog()
     inbound_reconcile.reconcile(gateway, log, now=NOW)
@@ -217,11 +279,11 @@ def test_a_text_from_no_phone_number_is_refused_and_the_rest_applied(gateway, db
 
 def test_a_watermark_only_moves_forward(db):
     with db.statements() as connection:
-        inbound_watermarks.advance(connection, SENDER, NOW)
-        inbound_watermarks.advance(connection, SENDER, NOW - timedelta(minutes=5))  # a slower, older run
+        reconciliation.advance(connection, SENDER, NOW)
+        reconciliation.advance(connection, SENDER, NOW - timedelta(minutes=5))  # a slower, older run
     assert _watermark(db, SENDER) == NOW
     with db.statements() as connection:
-        inbound_watermarks.advance(connection, SENDER, NOW + timedelta(minutes=5))
+        reconciliation.advance(connection, SENDER, NOW + timedelta(minutes=5))
     assert _watermark(db, SENDER) == NOW + timedelta(minutes=5)
 
 
@@ -229,9 +291,9 @@ def test_known_message_sids_finds_only_stored_texts(gateway, db):
     stored = text("hello")
     inbound.handle(gateway, stored)
     with db.statements() as connection:
-        assert inbound_watermarks.known_message_sids(connection, [stored.message_sid, "SM" + "f" * 32]) == {
+        assert reconciliation.known_message_sids(connection, [stored.message_sid, "SM" + "f" * 32]) == {
             stored.message_sid}
-        assert inbound_watermarks.known_message_sids(connection, []) == set()
+        assert reconciliation.known_message_sids(connection, []) == set()
 
 
 def test_senders_are_each_programs_number_or_service_once(gateway, db, example_programs):
@@ -242,7 +304,7 @@ def test_senders_are_each_programs_number_or_service_once(gateway, db, example_p
     with db.transaction() as session:
         programs.store(session, list(example_programs) + extra)
     with db.statements() as connection:
-        found = {sender.key: sender for sender in inbound_watermarks.senders(connection)}
+        found = {sender.key: sender for sender in reconciliation.senders(connection)}
     assert set(found) == {SENDER, ORDERS_SENDER, service}
     assert found[SENDER].numbers == (SENDER,) and found[SENDER].messaging_service_sid is None
     assert found[service].numbers == ("+15005550011",) and found[service].messaging_service_sid == service
@@ -276,7 +338,7 @@ def _lost_text(gateway, app, body: str, *, ago: timedelta, handset: str = PERSON
 
 
 def test_a_lost_stop_in_the_sandbox_log_is_applied_through_the_twilio_client(app, gateway, live_server, db):
-    give_consent(db, "deals", "alerts")
+    consented_before(db, "deals", "alerts")
     sid = _lost_text(gateway, app, "STOP", ago=timedelta(minutes=2))
 
     reconciled = inbound_reconcile.reconcile(gateway)
@@ -292,12 +354,12 @@ def test_a_lost_stop_in_the_sandbox_log_is_applied_through_the_twilio_client(app
 
 
 def test_smsgate_inbound_reconcile_prints_its_counts(app, gateway, live_server, test_env, db):
-    give_consent(db, "deals", "alerts")
+    consented_before(db, "deals", "alerts")
     _lost_text(gateway, app, "STOP", ago=timedelta(minutes=2))
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "inbound", "reconcile"], cwd=ROOT,
                             env={**os.environ, **test_env}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    counts = "listed 1, applied 1, already stored 0, left for the next run 0, refused 0, failed senders 0"
+    counts = "listed 1, applied 1, already stored 0, overtaken 0, left for the next run 0, refused 0, failed senders 0"
     assert counts in result.stdout
     assert statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}
 

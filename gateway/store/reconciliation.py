@@ -1,5 +1,6 @@
 """Inbound reconciliation's SQL: how far each sender's message log was read, which of the listed
-texts the store already holds, and which senders there are to read.
+texts the store already holds, which senders there are to read, whether a number's consents moved
+after a text was sent, and the record of a text a later move overtook.
 
 A watermark only moves forward: two runs that overlap (a slow one and the next beat) cannot take it
 back, so the later one's reading is never undone by the earlier one finishing last.
@@ -11,14 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.store.database import Store, dialect_name
-from gateway.store.models import InboundMessage, InboundWatermark, Program, utcnow
+from gateway.store.models import InboundMessage, InboundWatermark, LedgerEvent, PhoneNumber, Program, utcnow
 
 _WATERMARKS, _INBOUND = InboundWatermark.__table__, InboundMessage.__table__
+_LEDGER, _NUMBERS = LedgerEvent.__table__, PhoneNumber.__table__
 # The longest IN list we send at once (SQLite's default bound on parameters is far above it).
 _CHUNK = 500
 
@@ -77,3 +79,37 @@ def known_message_sids(store: Store, sids: Iterable[str]) -> set[str]:
         chunk = sids[start:start + _CHUNK]
         known.update(store.scalars(select(_INBOUND.c.message_sid).where(_INBOUND.c.message_sid.in_(chunk))))
     return known
+
+
+def consent_moved_after(store: Store, e164: str, program_ids: Iterable[int], after: datetime) -> bool:
+    """Whether a consent of `e164` on one of `program_ids` changed state after `after`. Records that
+    change nothing (a HELP) do not count."""
+    return store.execute(
+        select(_LEDGER.c.id).join(_NUMBERS, _NUMBERS.c.id == _LEDGER.c.number_id)
+        .where(_NUMBERS.c.e164 == e164, _LEDGER.c.program_id.in_(list(program_ids)), _LEDGER.c.occurred_at > after,
+               _LEDGER.c.status_after.is_not(None))
+        .limit(1)
+    ).first() is not None
+
+
+def intents_texted_after(store: Store, e164: str, senders: Iterable[str] | None, after: datetime) -> set[str]:
+    """The intents of the texts `e164` sent to `senders` (numbers or Messaging Services; None: to any
+    of ours) that the store holds with a receipt time after `after`."""
+    query = (select(_INBOUND.c.intent).distinct().join(_NUMBERS, _NUMBERS.c.id == _INBOUND.c.number_id)
+             .where(_NUMBERS.c.e164 == e164, _INBOUND.c.received_at > after))
+    if senders is not None:
+        senders = list(senders)
+        query = query.where(or_(_INBOUND.c.to_number.in_(senders), _INBOUND.c.messaging_service_sid.in_(senders)))
+    return set(store.scalars(query))
+
+
+def record_overtaken(store: Store, *, message_sid: str, account_sid: str | None, e164: str, to: str,
+                     messaging_service_sid: str | None, body: str, intent: str, received_at: datetime) -> None:
+    """Store a text whose effect a later move overtook: known from now on, changing nothing, no reply.
+    The number has a row (its consents moved later)."""
+    number_id = select(_NUMBERS.c.id).where(_NUMBERS.c.e164 == e164).scalar_subquery()
+    store.execute(insert(_INBOUND).values(
+        message_sid=message_sid, account_sid=account_sid, number_id=number_id, to_number=to,
+        messaging_service_sid=messaging_service_sid, body=body, intent=intent, opt_out_type=None, reply=None,
+        received_at=received_at,
+    ))
