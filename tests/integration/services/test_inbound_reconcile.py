@@ -43,7 +43,7 @@ _sids = itertools.count(1)
 
 def logged(body: str, *, ago: timedelta, to: str = SENDER, sender: str = PERSON, sid: str | None = None,
            service: str | None = None) -> LoggedText:
-    return LoggedText(sid=sid or f"SM{next(_sids):032x}", from_=sender, to=to, body=body, date_sent=NOW - ago,
+    return LoggedText(sid=sid or f"SMab{next(_sids):030x}", from_=sender, to=to, body=body, date_sent=NOW - ago,
                       messaging_service_sid=service, account_sid="AC" + "1" * 32)
 
 
@@ -275,39 +275,6 @@ def test_a_text_from_no_phone_number_is_refused_and_the_rest_applied(gateway, db
     reconciled = inbound_reconcile.reconcile(gateway, log, now=NOW)
     assert (reconciled.applied, reconciled.refused) == (1, 1)
     assert _watermark(db, SENDER) == NOW - inbound_reconcile.SETTLE
-
-
-def test_a_watermark_only_moves_forward(db):
-    with db.statements() as connection:
-        reconciliation.advance(connection, SENDER, NOW)
-        reconciliation.advance(connection, SENDER, NOW - timedelta(minutes=5))  # a slower, older run
-    assert _watermark(db, SENDER) == NOW
-    with db.statements() as connection:
-        reconciliation.advance(connection, SENDER, NOW + timedelta(minutes=5))
-    assert _watermark(db, SENDER) == NOW + timedelta(minutes=5)
-
-
-def test_known_message_sids_finds_only_stored_texts(gateway, db):
-    stored = text("hello")
-    inbound.handle(gateway, stored)
-    with db.statements() as connection:
-        assert reconciliation.known_message_sids(connection, [stored.message_sid, "SM" + "f" * 32]) == {
-            stored.message_sid}
-        assert reconciliation.known_message_sids(connection, []) == set()
-
-
-def test_senders_are_each_programs_number_or_service_once(gateway, db, example_programs):
-    service = "MG" + "d" * 32
-    extra = [dataclasses.replace(example_programs[0], slug="svc-a", sender=None, messaging_service=service,
-                     service_numbers=("+15005550011",)),
-             dataclasses.replace(example_programs[0], slug="svc-b", sender=None, messaging_service=service)]
-    with db.transaction() as session:
-        programs.store(session, list(example_programs) + extra)
-    with db.statements() as connection:
-        found = {sender.key: sender for sender in reconciliation.senders(connection)}
-    assert set(found) == {SENDER, ORDERS_SENDER, service}
-    assert found[SENDER].numbers == (SENDER,) and found[SENDER].messaging_service_sid is None
-    assert found[service].numbers == ("+15005550011",) and found[service].messaging_service_sid == service
 
 
 def test_a_service_without_listed_numbers_is_read_from_the_whole_account(gateway, db, example_programs):
