@@ -28,18 +28,17 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 
 from gateway import metrics
-from gateway.bootstrap import Gateway
 from gateway.domain import storable
 from gateway.domain.keywords import Intent
 from gateway.domain.message_log import LoggedText
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ProviderError
 from gateway.services import inbound
+from gateway.services.ports import Gateway, Provider
 from gateway.store import programs, reconciliation
 from gateway.store.models import utcnow
 from gateway.store.reconciliation import Sender
@@ -55,12 +54,6 @@ FIRST_LOOK_BACK = timedelta(hours=24)
 SETTLE = timedelta(seconds=30)
 
 
-class MessageLog(Protocol):
-    """The provider's log of inbound texts (gateway.twilio.client.Provider)."""
-
-    def inbound_messages(self, *, to: str | None, since: datetime) -> list[LoggedText]: ...
-
-
 @dataclass
 class Reconciled:
     """One run's counts, over every sender."""
@@ -74,8 +67,9 @@ class Reconciled:
     failed: list[str] = field(default_factory=list)  # senders whose run stopped (provider or store): retried next run
 
 
-def reconcile(gateway: Gateway, message_log: MessageLog | None = None, *, now: datetime | None = None) -> Reconciled:
-    """Read every sender's message log since its watermark and apply what the store lacks."""
+def reconcile(gateway: Gateway, message_log: Provider | None = None, *, now: datetime | None = None) -> Reconciled:
+    """Read every sender's message log since its watermark and apply what the store lacks (through
+    the gateway's provider, or `message_log`: anything with its `inbound_messages`)."""
     message_log = message_log or gateway.provider
     now = now or utcnow()
     with gateway.db.statements() as connection:
@@ -104,7 +98,7 @@ def reconcile(gateway: Gateway, message_log: MessageLog | None = None, *, now: d
     return counts
 
 
-def _reconcile_sender(gateway: Gateway, message_log: MessageLog, sender: Sender, watermark: datetime | None,
+def _reconcile_sender(gateway: Gateway, message_log: Provider, sender: Sender, watermark: datetime | None,
                       now: datetime, counts: Reconciled) -> None:
     since = watermark - OVERLAP if watermark else now - FIRST_LOOK_BACK
     settled = now - SETTLE
@@ -183,7 +177,7 @@ def _record_if_overtaken(gateway: Gateway, text: LoggedText) -> bool:
     return True
 
 
-def _listed(message_log: MessageLog, sender: Sender, since: datetime) -> list[LoggedText]:
+def _listed(message_log: Provider, sender: Sender, since: datetime) -> list[LoggedText]:
     if sender.numbers:
         listed = [text for number in sender.numbers for text in message_log.inbound_messages(to=number, since=since)]
         # A number of the service's: its texts are the service's even where the log does not say so.
@@ -209,4 +203,4 @@ def _inbound_text(text: LoggedText) -> inbound.InboundText:
     )
 
 
-__all__ = ["FIRST_LOOK_BACK", "ORIGIN", "OVERLAP", "SETTLE", "MessageLog", "Reconciled", "reconcile"]
+__all__ = ["FIRST_LOOK_BACK", "ORIGIN", "OVERLAP", "SETTLE", "Reconciled", "reconcile"]

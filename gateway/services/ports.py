@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.domain.message_log import LoggedText
 from gateway.domain.outbound import SentMessage
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class Provider(Protocol):
 
     def messages_since(self, *, to: str, sender: str, since: datetime, limit: int = 100) -> list[SentMessage]:
         """Messages to `to` from `sender` created since `since`, newest first."""
+
+    def inbound_messages(self, *, to: str | None, since: datetime) -> list[LoggedText]:
+        """Inbound texts the provider logged to `to` (None: to any of ours) sent since `since`, newest first."""
 
 
 @dataclass

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from gateway.store.database import Store, dialect_name
+from gateway.store import dialect
+from gateway.store.database import Store
 from gateway.store.models import InboundMessage, InboundWatermark, LedgerEvent, PhoneNumber, Program, utcnow
 
 _WATERMARKS, _INBOUND = InboundWatermark.__table__, InboundMessage.__table__
@@ -62,8 +61,8 @@ def watermarks(store: Store, keys: Iterable[str]) -> dict[str, datetime]:
 
 def advance(store: Store, key: str, listed_through: datetime) -> None:
     """Move `key`'s watermark to `listed_through`, unless it is there or further already."""
-    insert = pg_insert if dialect_name(store) == "postgresql" else sqlite_insert
-    statement = insert(_WATERMARKS).values(sender=key, listed_through=listed_through, updated_at=utcnow())
+    statement = dialect.insert_for(store, _WATERMARKS).values(sender=key, listed_through=listed_through,
+                                                              updated_at=utcnow())
     store.execute(statement.on_conflict_do_update(
         index_elements=[_WATERMARKS.c.sender],
         set_={"listed_through": statement.excluded.listed_through, "updated_at": statement.excluded.updated_at},

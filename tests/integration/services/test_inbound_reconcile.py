@@ -24,13 +24,12 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.message_log import LoggedText
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import ErrorKind, ProviderError
-from gateway.queue.app import QueueNames, TaskNames
+from gateway.queue.app import QueueNames, TaskNames, make_celery
 from gateway.services import consents, inbound, inbound_reconcile
 from gateway.store import programs, reconciliation
 from gateway.store.models import InboundMessage, LedgerEvent, utcnow
 from gateway.twilio.sandbox import messages as sandbox_messages
 from gateway.twilio.sandbox.models import SandboxMessage
-from gateway.web.app import create_app
 from tests.integration.services.test_inbound import give_consent, statuses, text
 
 PERSON = "+14155552671"
@@ -331,16 +330,13 @@ def test_smsgate_inbound_reconcile_prints_its_counts(app, gateway, live_server, 
     assert statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}
 
 
-def test_beat_reconciles_on_the_periodic_queue_at_the_configured_interval_and_not_at_0(app, settings):
-    celery = app.extensions["celery"]
+def test_beat_reconciles_on_the_periodic_queue_at_the_configured_interval_and_not_at_0(settings):
+    celery = make_celery(settings)  # the worker's app (the test's dispatcher is an in-memory one)
     entry = celery.conf.beat_schedule["reconcile-inbound"]
     assert entry == {"task": TaskNames.RECONCILE_INBOUND, "schedule": float(settings.inbound_reconcile_seconds)}
     assert celery.amqp.router.route({}, TaskNames.RECONCILE_INBOUND)["queue"].name == QueueNames.PERIODIC
-    off = create_app(dataclasses.replace(settings, inbound_reconcile_seconds=0))
-    try:
-        assert "reconcile-inbound" not in off.extensions["celery"].conf.beat_schedule
-    finally:
-        off.extensions["gateway"].db.dispose()
+    off = make_celery(dataclasses.replace(settings, inbound_reconcile_seconds=0))
+    assert "reconcile-inbound" not in off.conf.beat_schedule
 
 
 def test_the_interval_is_a_setting_300_by_default(tmp_path):
