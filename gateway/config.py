@@ -68,6 +68,11 @@ class Settings:
     # How often beat reads Twilio's message log for texts whose webhook never came
     # (gateway/services/inbound_reconcile.py); 0: never.
     inbound_reconcile_seconds: int = 300
+    # Recovery of outbox messages whose task died (docs/decisions/0015-quick-recovery.md): how often
+    # beat sweeps, how long a queued message's task has to take it, how long a claim is a worker's.
+    outbox_sweep_seconds: int = 10
+    outbox_lost_task_seconds: int = 30
+    outbox_claim_lease_seconds: int = 40
 
     @property
     def is_sqlite(self) -> bool:
@@ -300,4 +305,10 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         ledger_checkpoint_seconds=_as_int("ledger_checkpoint_seconds", raw["ledger_checkpoint_seconds"], minimum=1),
         inbound_journal_replay_seconds=_as_int("inbound_journal_replay_seconds", raw["inbound_journal_replay_seconds"]),
         inbound_reconcile_seconds=_as_int("inbound_reconcile_seconds", raw["inbound_reconcile_seconds"]),
+        outbox_sweep_seconds=_as_int("outbox_sweep_seconds", raw["outbox_sweep_seconds"], minimum=1),
+        outbox_lost_task_seconds=_as_int("outbox_lost_task_seconds", raw["outbox_lost_task_seconds"], minimum=1),
+        # A worker calls the provider only in the first half of its lease, and the call gives up after
+        # the provider client's 10 s: at 20 s it has ended before the sweeper may ask about it.
+        outbox_claim_lease_seconds=_as_int("outbox_claim_lease_seconds", raw["outbox_claim_lease_seconds"],
+                                           minimum=20),
     )

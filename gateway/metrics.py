@@ -27,6 +27,16 @@ DELIVERY_STATUS = Counter("smsgate_delivery_status_total", "Status callbacks by 
 SUBSCRIPTION_REQUESTS = Counter("smsgate_subscription_requests_total",
                                 "Double opt-in requests from the form and the API, by outcome", ["source", "outcome"])
 CARRIER_OPT_OUTS = Counter("smsgate_carrier_opt_outs_total", "21610 opt-outs learnt from Twilio")
+# The outbox sweeper (gateway/services/sending.py), in the worker running beat: what it recovered.
+MESSAGES_RECOVERED = Counter(
+    "smsgate_messages_recovered_total",
+    "Messages whose task died, recovered by the sweeper: lost_task (queued, enqueued again), claim_sent "
+    "(a dead worker's claim the provider had: recorded, not resent), claim_requeued (one it never saw)",
+    ["how"])
+for _how in ("lost_task", "claim_sent", "claim_requeued"):
+    MESSAGES_RECOVERED.labels(how=_how)  # shown at 0 from the start: a recovery is a change to see
+STALE_CLAIMS_UNRESOLVED = Counter("smsgate_stale_claims_unresolved_total",
+                                  "Dead workers' claims left for the next sweep: the provider could not be asked")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
 # The inbound journal (gateway/services/inbound_journal.py): one per host, so under gunicorn the most
 # recent count any worker took is the host's.

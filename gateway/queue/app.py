@@ -91,7 +91,7 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         beat_schedule={
             "expire-pending": {"task": TaskNames.EXPIRE_PENDING, "schedule": 60.0},
-            "sweep-outbox": {"task": TaskNames.SWEEP_OUTBOX, "schedule": 30.0},
+            "sweep-outbox": {"task": TaskNames.SWEEP_OUTBOX, "schedule": float(settings.outbox_sweep_seconds)},
             "reconcile-statuses": {"task": TaskNames.RECONCILE_STATUSES, "schedule": 300.0},
             "checkpoint-ledger": {"task": TaskNames.CHECKPOINT_LEDGER,
                                   "schedule": float(settings.ledger_checkpoint_seconds)},

@@ -12,6 +12,7 @@ callback left behind.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -93,9 +94,12 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
     `waited`: how many times this message has already been retried (its wait for a busy sender grows).
     """
     now = now or utcnow()
+    started = time.monotonic()
     prepared = _prepare(gateway, message_id, now, waited)
     if isinstance(prepared, Outcome):
         return prepared
+    if time.monotonic() - started > claim_lease(gateway).total_seconds() / 2:
+        return _give_back_late_claim(gateway, prepared)
     try:
         sent = gateway.provider.send(to=prepared.number.e164, sender=prepared.sender, body=prepared.body,
                                      reference=prepared.id)
@@ -108,6 +112,24 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
         outbox.advance_by_id(connection, prepared.id, Status.SENT, now=utcnow(), provider_sid=sent.sid)
     metrics.MESSAGES_SENT.labels(kind=prepared.kind).inc()
     return Outcome(Status.SENT)
+
+
+def claim_lease(gateway: Gateway) -> timedelta:
+    """How long a claim is its worker's; past it the sweeper asks the provider what became of it."""
+    return timedelta(seconds=gateway.settings.outbox_claim_lease_seconds)
+
+
+def _give_back_late_claim(gateway: Gateway, claimed: outbox.Claimed) -> Outcome:
+    """The claim took half its lease to commit (a stalled store): too late to call the provider.
+
+    A call made now could still be under way when the lease ends and the sweeper asks the provider
+    about the message, find nothing, and queue it again: a second send. The provider is called only
+    in the first half of a lease, so the call (bounded by its timeout) has ended before then.
+    """
+    with gateway.db.statements() as connection:
+        outbox.advance_by_id(connection, claimed.id, Status.QUEUED, now=utcnow(), reason="claim_late")
+    log.warning("claim of %s took too long to call the provider now: queued again", claimed.id)
+    return Outcome(Status.QUEUED, "claim_late", retry_in=timedelta(seconds=1))
 
 
 def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderError) -> Outcome:
@@ -152,19 +174,21 @@ class Sweep:
     found_sent: int  # dead workers' claims the provider had sent after all: recorded, not resent
     requeued: int  # dead workers' claims the provider never saw: queued again
     unresolved: int  # dead workers' claims we could not ask the provider about: next sweep
+    lost: int = 0  # of `enqueued`, queued messages whose task never took them
 
 
 def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_000) -> Sweep:
     """Re-enqueue what no task will pick up, and settle claims whose worker died mid-send."""
     now = now or utcnow()
-    found_sent = unresolved = 0
+    found_sent = unresolved = lost = 0
+    lease, lost_after = claim_lease(gateway), timedelta(seconds=gateway.settings.outbox_lost_task_seconds)
     with gateway.db.transaction() as session:
-        stale = [m.id for m in outbox.stale_claims(session, now)]
+        stale = [m.id for m in outbox.stale_claims(session, now, lease)]
     back_in_queue = []
     # Each claim is settled in a transaction of its own (committed in _settle_claim).
     with unit_of_work.after_commit(gateway) as outgoing:
         for message_id in stale:
-            result = _settle_claim(gateway, message_id, now)
+            result = _settle_claim(gateway, message_id, now, lease)
             found_sent += result is _Settled.SENT
             unresolved += result is _Settled.UNKNOWN
             if result is _Settled.QUEUED:
@@ -174,16 +198,27 @@ def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_0
     enqueued = requeued
     while enqueued < max_ids:
         with unit_of_work.transaction(gateway) as (session, outgoing):
-            ids = outbox.due_ids(session, now, limit=min(5000, max_ids - enqueued))
-            outbox.mark_enqueued(session, ids, now)
+            due = outbox.due_ids(session, now, lost_after, limit=min(5000, max_ids - enqueued))
+            ids = [message_id for message_id, _ in due]
+            outbox.mark_enqueued(session, ids, now, outbox.REQUEUE_HOLD)
             outgoing.send_messages(ids)
         enqueued += len(ids)
+        lost += sum(status == Status.QUEUED for _, status in due)
         if len(ids) < 5000:
             break
+    _count_recovered(lost, found_sent, requeued, unresolved)
     if enqueued or stale:
-        log.info("sweep: %d enqueued, %d stale claims (%d sent, %d requeued, %d unresolved)",
-                 enqueued, len(stale), found_sent, requeued, unresolved)
-    return Sweep(enqueued, found_sent, requeued, unresolved)
+        log.info("sweep: %d enqueued (%d lost tasks), %d stale claims (%d sent, %d requeued, %d unresolved)",
+                 enqueued, lost, len(stale), found_sent, requeued, unresolved)
+    return Sweep(enqueued, found_sent, requeued, unresolved, lost)
+
+
+def _count_recovered(lost: int, found_sent: int, requeued: int, unresolved: int) -> None:
+    for how, count in (("lost_task", lost), ("claim_sent", found_sent), ("claim_requeued", requeued)):
+        if count:
+            metrics.MESSAGES_RECOVERED.labels(how=how).inc(count)
+    if unresolved:
+        metrics.STALE_CLAIMS_UNRESOLVED.inc(unresolved)
 
 
 class _Settled(StrEnum):
@@ -193,7 +228,7 @@ class _Settled(StrEnum):
     UNKNOWN = "unknown"  # the provider could not be asked: the next sweep tries again
 
 
-def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> _Settled:
+def _settle_claim(gateway: Gateway, message_id: str, now: datetime, lease: timedelta) -> _Settled:
     """Ask the provider whether a dead worker's claimed message went out; record what it says.
 
     No transaction is held during the provider call (on SQLite it would stop every writer); the
@@ -205,7 +240,7 @@ def _settle_claim(gateway: Gateway, message_id: str, now: datetime) -> _Settled:
             select(OutboundMessage).where(OutboundMessage.id == message_id).with_for_update(skip_locked=True)
             .execution_options(populate_existing=True)
         ).one_or_none()
-        if message is None or message.status != Status.SENDING or message.claimed_at > now - outbox.CLAIM_TIMEOUT:
+        if message is None or message.status != Status.SENDING or message.claimed_at > now - lease:
             return None  # another sweeper has it, or it moved on since we looked
         return message
 

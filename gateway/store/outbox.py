@@ -4,8 +4,9 @@ A message is a row before it is a task: `accept` stores it, the caller enqueues 
 `claim` lets exactly one worker take it, and `advance` is the only writer of its status.
 
 `recheck_at` says when the sweeper should look at a message again if nothing has moved it by then:
-a queued message whose task was lost, a deferred one now due, a sent one whose final status never
-came. Every step sets it, so the sweeper's queries are one index range each.
+a deferred one now due, a sent one whose final status never came; for a queued one, when its task
+should have started, and the sweeper calls the task lost once the lost-task time has passed since.
+Every step sets it, so the sweeper's queries are index ranges.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from gateway.domain.gate import Decision, Kind
@@ -33,11 +34,13 @@ from gateway.store.models import (
     utcnow,
 )
 
-# A claim older than this is presumed to belong to a dead worker (see `claim` and the sweeper).
-CLAIM_TIMEOUT = timedelta(minutes=5)
 MAX_ATTEMPTS = 6
-# A queued message nobody has touched for this long has lost its task; the sweeper enqueues it again.
-LOST_TASK_AFTER = timedelta(minutes=10)
+# How long a claim is a worker's, and how long a queued message's task has to take it before the
+# sweeper calls it lost, are settings (OUTBOX_CLAIM_LEASE_SECONDS, OUTBOX_LOST_TASK_SECONDS): the
+# callers pass them in. A message the sweeper enqueued again is not enqueued again for this long
+# (plus the lost-task time): in a long backlog its task is merely waiting, and a duplicate task every
+# sweep would multiply the queue.
+REQUEUE_HOLD = timedelta(minutes=10)
 # A sent message without a final status after this long: ask the provider (then less and less often).
 RECONCILE_AFTER = timedelta(minutes=30)
 # ... until it is this old: Twilio settles a status within 72 hours, after that we stop asking.
@@ -47,7 +50,7 @@ RECONCILE_FOR = timedelta(days=3)
 def recheck_time(status: Status, now: datetime, not_before: datetime | None) -> datetime | None:
     """When the sweeper should look at a message that has just moved to `status`."""
     if status == Status.QUEUED:
-        return max(now, not_before or now) + LOST_TASK_AFTER
+        return max(now, not_before or now)  # the sweeper adds the lost-task time (`due_ids`)
     if status == Status.DEFERRED:
         return not_before or now
     if status == Status.SENT:
@@ -366,30 +369,39 @@ def _advance_statement(status: Status, dialect: str):
                                          for name in ("now", "not_before", "recheck_at")))
 
 
-def stale_claims(session: Session, now: datetime, limit: int = 500) -> list[OutboundMessage]:
-    """Messages a worker claimed and never finished: it died between claim and result."""
+def stale_claims(session: Session, now: datetime, lease: timedelta, limit: int = 500) -> list[OutboundMessage]:
+    """Messages a worker claimed and never finished: it died between claim and result.
+
+    Few rows are ever "sending" (one per send in flight): the status prefix of the recheck index
+    finds them.
+    """
     return list(session.scalars(
         select(OutboundMessage)
-        .where(OutboundMessage.status == Status.SENDING, OutboundMessage.claimed_at < now - CLAIM_TIMEOUT)
+        .where(OutboundMessage.status == Status.SENDING, OutboundMessage.claimed_at < now - lease)
         .order_by(OutboundMessage.claimed_at).limit(limit).with_for_update(skip_locked=True)
     ))
 
 
-def due_ids(session: Session, now: datetime, limit: int = 5000) -> list[str]:
-    """Ids to (re-)enqueue: deferred messages now due, and queued ones whose task seems lost."""
-    return list(session.scalars(
-        select(OutboundMessage.id)
-        .where(OutboundMessage.status.in_(WAITING), OutboundMessage.recheck_at <= now)
+def due_ids(session: Session, now: datetime, lost_after: timedelta, limit: int = 5000) -> list[tuple[str, Status]]:
+    """(id, status) to (re-)enqueue: deferred messages now due, and queued ones whose task has had
+    `lost_after` to take them and has not. Two ranges of the (status, recheck_at) index."""
+    return [(id_, Status(status)) for id_, status in session.execute(
+        select(OutboundMessage.id, OutboundMessage.status)
+        .where(or_(and_(OutboundMessage.status == Status.DEFERRED, OutboundMessage.recheck_at <= now),
+                   and_(OutboundMessage.status == Status.QUEUED, OutboundMessage.recheck_at <= now - lost_after)))
         .order_by(OutboundMessage.recheck_at).limit(limit)
-    ))
+    )]
 
 
-def mark_enqueued(session: Session, ids: Sequence[str], now: datetime) -> None:
-    """A task for each of `ids` is on its way: look at them again only if it gets lost too."""
+def mark_enqueued(session: Session, ids: Sequence[str], now: datetime, hold: timedelta = timedelta(0)) -> None:
+    """A task for each of `ids` is on its way from `now`: look at them again only if it gets lost too.
+
+    `hold`: how much longer than a first task's to give this one (the sweeper's REQUEUE_HOLD).
+    """
     for chunk in chunks(ids, 5000):
         session.execute(
             update(OutboundMessage).where(OutboundMessage.id.in_(chunk))
-            .values(recheck_at=now + LOST_TASK_AFTER).execution_options(synchronize_session=False)
+            .values(recheck_at=now + hold).execution_options(synchronize_session=False)
         )
 
 
@@ -401,7 +413,7 @@ def postpone(session: Session, message_id: str, not_before: datetime) -> None:
     session.execute(
         update(OutboundMessage)
         .where(OutboundMessage.id == message_id, OutboundMessage.status.in_(WAITING))
-        .values(not_before=not_before, recheck_at=not_before + LOST_TASK_AFTER)
+        .values(not_before=not_before, recheck_at=not_before)
         .execution_options(synchronize_session=False)
     )
 

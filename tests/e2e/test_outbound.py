@@ -139,8 +139,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_sends_nothing_twice(worker_
         # or the dead worker's database session still held the row (sweeps skip locked rows).
         settled, sweeps = 0, []
         for _ in range(10):
-            sweeps.append(sending.sweep(gateway, utcnow() + max(outbox.CLAIM_TIMEOUT, outbox.LOST_TASK_AFTER)
-                                        + timedelta(seconds=1)))
+            sweeps.append(sending.sweep(gateway, utcnow() + max(sending.claim_lease(gateway), timedelta(
+                                            seconds=gateway.settings.outbox_lost_task_seconds)) + timedelta(seconds=1)))
             settled += sweeps[-1].found_sent + sweeps[-1].requeued
             if settled >= killed_at.get("sending", 0):
                 break

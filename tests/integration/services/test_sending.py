@@ -123,7 +123,8 @@ def test_a_burst_is_paced_to_the_senders_rate(gateway, db, live_server, instant_
         waiting = message(db, message_id)
         # Still queued as it was: no claim, no step in its history, only held back.
         assert (waiting.status, waiting.attempts, [e.status for e in waiting.events]) == ("queued", 0, ["queued"])
-        assert waiting.not_before is not None and waiting.recheck_at > waiting.not_before
+        # The sweeper takes its task for lost only once the lost-task time has passed since then.
+        assert waiting.not_before is not None and waiting.recheck_at == waiting.not_before
     # Run what waits when it is due, as the task retries do, until everything went.
     waited = {message_id: 0 for message_id in busy}
     deadline = time.monotonic() + 30
@@ -164,10 +165,10 @@ def test_waits_for_a_busy_sender_spread_out_as_they_repeat():
 def test_a_lost_task_is_enqueued_again(gateway, db, queue):
     [message_id] = accept(db)
     assert sending.sweep(gateway).enqueued == 0  # its task is presumed on its way
-    later = utcnow() + outbox.LOST_TASK_AFTER + timedelta(seconds=1)
-    assert sending.sweep(gateway, later).enqueued == 1
+    later = utcnow() + timedelta(seconds=gateway.settings.outbox_lost_task_seconds + 1)
+    assert sending.sweep(gateway, later) == sending.Sweep(1, 0, 0, 0, lost=1)
     assert queue.ids() == [message_id]
-    assert message(db, message_id).recheck_at == later + outbox.LOST_TASK_AFTER
+    assert message(db, message_id).recheck_at == later + outbox.REQUEUE_HOLD
     assert sending.sweep(gateway, later).enqueued == 0  # not again until that task is lost too
 
 
@@ -200,10 +201,10 @@ def test_a_message_the_workers_gate_defers_waits_as_deferred_not_as_a_claim(gate
     outcome = sending.send(gateway, message_id, now=night)
     assert (outcome.status, outcome.reason) == ("deferred", "quiet_hours")
     found = message(db, message_id)
-    # Not left "sending" for the dead-claim sweep to find five minutes later: deferred, until opening.
+    # Not left "sending" for the dead-claim sweep to find once its lease ends: deferred, until opening.
     assert (found.status, found.not_before, found.claimed_at) == ("deferred", opening, None)
     assert [step.status for step in outbox.history(found)][-2:] == ["sending", "deferred"]
-    assert sending.sweep(gateway, night + outbox.CLAIM_TIMEOUT + timedelta(seconds=1)).enqueued == 0
+    assert sending.sweep(gateway, night + sending.claim_lease(gateway) + timedelta(seconds=1)).enqueued == 0
     assert sending.sweep(gateway, opening).enqueued == 1
     assert queue.ids() == [message_id]
 
@@ -217,8 +218,8 @@ def test_a_dead_workers_claim_that_was_sent_is_recorded_not_resent(gateway, db, 
     # The worker called the provider, then died before writing down the result.
     sid = gateway.provider.send(to=to, sender=sender, body=body).sid
     wait_for(lambda: provider_texts(db)[0].date_sent is not None)
-    assert sending.sweep(gateway, claimed_at + timedelta(minutes=1)) == sending.Sweep(0, 0, 0, 0)  # not stale yet
-    result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
+    assert sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) / 2) == sending.Sweep(0, 0, 0, 0)  # not stale yet
+    result = sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) + timedelta(seconds=1))
     assert (result.found_sent, result.requeued) == (1, 0)
     found = message(db, message_id)
     assert (found.status, found.provider_sid, found.reason) == ("sent", sid, "recovered")
@@ -236,7 +237,7 @@ def test_a_dead_workers_claim_that_twilio_accepted_but_has_not_sent_is_not_sent_
     with sandbox_config(app, sent_delay=600.0, final_delay=600.0):
         sid = gateway.provider.send(to=to, sender=sender, body=body).sid
         assert provider_texts(db)[0].date_sent is None
-        result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
+        result = sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) + timedelta(seconds=1))
     assert (result.found_sent, result.requeued) == (1, 0)
     found = message(db, message_id)
     assert (found.status, found.provider_sid, found.reason) == ("sent", sid, "recovered")
@@ -251,7 +252,7 @@ def test_a_dead_workers_claim_that_never_went_is_queued_again(gateway, db, live_
         claimed = outbox.claim(session, second, claimed_at)
     # Another message with the same text went out before: it is not this one.
     assert deliver(gateway, accept(db, body=claimed.body)[0]).status == "sent"
-    result = sending.sweep(gateway, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
+    result = sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) + timedelta(seconds=1))
     assert (result.found_sent, result.requeued, result.enqueued) == (0, 2, 2)
     assert sorted(queue.ids()) == sorted([first, second])
     found = message(db, second)
@@ -269,7 +270,7 @@ def test_a_claim_is_left_alone_while_the_provider_cannot_be_asked(gateway, db, s
     unreachable = replace(gateway, make_provider=lambda: Provider(
         settings.twilio_account_sid, settings.twilio_auth_token, api_base_url="http://127.0.0.1:9", status_callback="",
         timeout=2))
-    result = sending.sweep(unreachable, claimed_at + outbox.CLAIM_TIMEOUT + timedelta(seconds=1))
+    result = sending.sweep(unreachable, claimed_at + sending.claim_lease(unreachable) + timedelta(seconds=1))
     assert (result.unresolved, result.requeued, result.found_sent) == (1, 0, 0)
     assert message(db, message_id).status == "sending"
 
