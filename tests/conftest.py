@@ -227,14 +227,14 @@ def live_server(app, settings) -> Iterator[str]:
 class WorkerProcess:
     """A real `celery -A worker worker` subprocess sharing the test environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path, self.process = env, log_path, None
+    def __init__(self, env: dict[str, str], log_path: Path, *extra_args: str):
+        self.env, self.log_path, self.process, self.extra_args = env, log_path, None, extra_args
 
     def start(self, timeout: float = 60.0) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool=threads", "--concurrency=4",
-             "-Q", "sends,status,periodic", "--without-gossip", "--without-mingle", "-l", "INFO"],
+             "-Q", "sends,status,periodic", "--without-gossip", "--without-mingle", "-l", "INFO", *self.extra_args],
             cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
