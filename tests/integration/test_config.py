@@ -30,6 +30,13 @@ def test_defaults_need_no_services(tmp_path):
     assert (settings.web_host, settings.port) == ("127.0.0.1", 5000)
 
 
+def test_a_message_whose_task_died_is_recovered_within_a_minute_by_default(tmp_path):
+    settings = load_settings(env={"VAR_DIR": str(tmp_path), "SANDBOX": "on"})
+    # The worst case: the threshold passes just after a sweep, and the next sweep finds it.
+    assert settings.outbox_lost_task_seconds + settings.outbox_sweep_seconds < 60
+    assert settings.outbox_claim_lease_seconds + settings.outbox_sweep_seconds < 60
+
+
 def test_the_sandbox_is_off_unless_asked(tmp_path):
     with pytest.raises(ConfigError, match="TWILIO_AUTH_TOKEN: required when SANDBOX is off"):
         load_settings(env={"VAR_DIR": str(tmp_path)})
@@ -126,6 +133,10 @@ def test_environment_overrides_defaults(tmp_path):
         ({"PORT": "http"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
         ({"PORT": "0"}, "PORT"),
+        ({"OUTBOX_SWEEP_SECONDS": "0"}, "OUTBOX_SWEEP_SECONDS"),
+        ({"OUTBOX_LOST_TASK_SECONDS": "0"}, "OUTBOX_LOST_TASK_SECONDS"),
+        # Under twice the provider call's timeout, a call could outlast the half-lease it starts in.
+        ({"OUTBOX_CLAIM_LEASE_SECONDS": "19"}, "OUTBOX_CLAIM_LEASE_SECONDS"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_setting(tmp_path, overrides, named):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -218,7 +219,8 @@ def test_a_dead_workers_claim_that_was_sent_is_recorded_not_resent(gateway, db, 
     # The worker called the provider, then died before writing down the result.
     sid = gateway.provider.send(to=to, sender=sender, body=body).sid
     wait_for(lambda: provider_texts(db)[0].date_sent is not None)
-    assert sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) / 2) == sending.Sweep(0, 0, 0, 0)  # not stale yet
+    not_stale_yet = claimed_at + sending.claim_lease(gateway) / 2
+    assert sending.sweep(gateway, not_stale_yet) == sending.Sweep(0, 0, 0, 0)
     result = sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) + timedelta(seconds=1))
     assert (result.found_sent, result.requeued) == (1, 0)
     found = message(db, message_id)
@@ -260,6 +262,23 @@ def test_a_dead_workers_claim_that_never_went_is_queued_again(gateway, db, live_
         "queued", "claim_expired", ["queued", "sending", "queued"])
     assert deliver(gateway, second).status == "sent"
     assert sorted(t.body for t in provider_texts(db)) == sorted([claimed.body, claimed.body])
+
+
+def test_a_claim_too_slow_to_commit_never_calls_the_provider(gateway, db, live_server, instant_sandbox,
+                                                              monkeypatch):
+    # The claim's transaction took half the lease (a stalled store): a call now could outlast the
+    # lease, and the sweeper, finding nothing at the provider yet, would queue it for a second send.
+    [message_id] = accept(db)
+    clock = iter([0.0, sending.claim_lease(gateway).total_seconds() / 2 + 1])
+    monkeypatch.setattr(sending, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    outcome = sending.send(gateway, message_id)
+    assert (outcome.status, outcome.reason, outcome.retry_in) == ("queued", "claim_late", timedelta(seconds=1))
+    found = message(db, message_id)
+    assert (found.status, [e.status for e in found.events]) == ("queued", ["queued", "sending", "queued"])
+    assert provider_texts(db) == []
+    monkeypatch.undo()
+    assert deliver(gateway, message_id).status == "sent"
+    assert len(provider_texts(db)) == 1
 
 
 def test_a_claim_is_left_alone_while_the_provider_cannot_be_asked(gateway, db, settings):
