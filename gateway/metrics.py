@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +15,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from gateway import worker_metrics
 
 WEBHOOK_REJECTED = Counter("smsgate_webhook_rejected_total", "Webhooks refused for a bad or missing signature",
                            ["path"])
@@ -57,10 +60,23 @@ INBOUND_RECONCILED_THROUGH = Gauge("smsgate_inbound_reconciled_through_timestamp
                                    "were looked for", multiprocess_mode="mostrecent")
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text for /metrics."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def render(var_dir: Path | None = None) -> tuple[bytes, str]:
+    """The exposition text for /metrics: under gunicorn, its workers' counts and the worker's
+    (gateway/worker_metrics.py) added up; otherwise this process's own."""
+    web_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if web_dir:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_CountFiles([Path(web_dir)] + ([worker_metrics.counts_dir(var_dir)] if var_dir else [])))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class _CountFiles:
+    """prometheus-client's multiprocess collector over the files of several directories."""
+
+    def __init__(self, directories: list[Path]):
+        self.directories = directories
+
+    def collect(self):
+        files = [str(path) for directory in self.directories for path in sorted(directory.glob("*.db"))]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)

@@ -3,7 +3,13 @@ does; no Flask app is built here."""
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from gateway import bootstrap, logs
+from gateway import worker_metrics
+from gateway.config import load_settings
+
+# First: the worker's counts go to files the web's /metrics reads (before anything imports the metrics).
+worker_metrics.count_into_files(load_settings().var_dir)
+
+from gateway import bootstrap, logs  # noqa: E402
 
 gateway = bootstrap.from_environment()
 logs.configure(gateway.settings.log_level, gateway.settings.default_region)

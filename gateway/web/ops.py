@@ -37,5 +37,5 @@ def readyz():
 @bp.get("/metrics")
 @public
 def prometheus():
-    body, content_type = metrics.render()
+    body, content_type = metrics.render(current().settings.var_dir)
     return Response(body, content_type=content_type)

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.twilio.sandbox import api as sandbox_api
 from gateway.twilio.sandbox.messages import TwilioError
@@ -40,8 +41,22 @@ def headers(make_key):
     return {"Authorization": f"Bearer {make_key('send', 'read')}"}
 
 
+def recovered(client, how: str) -> float:
+    """The web's /metrics, as under gunicorn: the count of recoveries `how`, the worker's included."""
+    for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+        for sample in family.samples:
+            if sample.name == "smsgate_messages_recovered_total" and sample.labels == {"how": how}:
+                return sample.value
+    return 0.0
+
+
 def test_a_message_whose_task_was_lost_is_sent_within_a_minute(client, headers, db, captured_queue,
-                                                                recovering_worker, quick_sandbox):
+                                                                recovering_worker, quick_sandbox, monkeypatch,
+                                                                tmp_path):
+    # /metrics reads its counts from files, as under gunicorn (whose own directory is empty here).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gunicorn-metrics"))
+    (tmp_path / "gunicorn-metrics").mkdir()
+    counted_before = recovered(client, "lost_task")
     phone = "+14155550181"
     opted_in(db, "orders", phone)
     accepted_at = time.monotonic()
@@ -57,6 +72,8 @@ def test_a_message_whose_task_was_lost_is_sent_within_a_minute(client, headers, 
     print(f"sent {took:.1f} s after acceptance")
     assert [m.body for m in at_provider(db, to=phone)] == ["Your order shipped"]
     assert b"1 lost tasks" in recovering_worker.log_path.read_bytes()
+    # The worker's count, in the web's /metrics.
+    assert recovered(client, "lost_task") == counted_before + 1
 
 
 class HeldCall:
