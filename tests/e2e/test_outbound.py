@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, sending
-from gateway.store import outbox, programs
+from gateway.store import programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage, SandboxRefusal
 from tests.conftest import wait_for

@@ -10,7 +10,7 @@ from sqlalchemy import event, func, insert, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import batches, consents, policy
-from gateway.store import outbox, programs
+from gateway.store import programs
 from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
