@@ -1,18 +1,43 @@
-"""Enqueueing by task name through Celery's own `send_task`, so the web process never imports the
-worker's code and a Celery upgrade changes the message format in one place: Celery's.
+"""Enqueueing by task name, so the web process never imports the worker's code.
 
-Each task is published straight to the queue its route names (the default exchange, the queue's name
-as routing key: what Celery itself does for a direct route) with nothing to declare: the worker
-declares its queues when it starts, and kombu's check that an entity was declared costs more than the
-rest of a publish. A batch of ids goes out on one producer (one broker connection) from Celery's pool.
-What this costs against the hand-built message it replaced is in bench/README.md.
+Celery's public `send_task` costs several times the CPU of what is below (bench/README.md,
+"Enqueue cost": it routes, builds and repr-s the message, acquires a pooled producer and checks the
+queue was declared, on every call), and the send API and the join keyword's confirmation enqueue on
+every request. So the parts that never change for a task name (its queue, the protocol-2 headers
+Celery builds) are worked out once, through Celery's own `router.route` and `amqp.as_task_v2`, and
+each thread keeps one producer on its own broker connection: a publish is then the id, a JSON body
+and the broker write, published to the queue by name on the default exchange as Celery does for a
+direct route, with Celery's publish retry policy.
+
+Written against Celery 5.7.0 and kombu 5.7.0 (task protocol 2). tests/unit/queue/test_dispatcher.py
+holds the contract: the message published here equals, header by header, the one `send_task` builds
+with the installed Celery, so an upgrade that changes the format fails that test, not production.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+import json
+import os
+import threading
+import uuid
+from typing import NamedTuple
 
-from gateway.queue.app import ROUTES, QueueNames, TaskNames
+from celery import Celery
+from celery.utils.saferepr import saferepr
+from kombu import Producer, Queue
+
+from gateway.queue.app import TaskNames
+
+ARGSREPR_MAXSIZE = 1024  # Celery's default for the argsrepr header
+# Protocol 2's third body element: no callbacks, errbacks, chain or chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class _Route(NamedTuple):
+    queue: Queue
+    headers: dict  # Celery's protocol-2 headers for the task; id, root_id, parent_id, argsrepr per message
+    delivery_mode: int
+    retry_policy: dict
 
 
 class Dispatcher:
@@ -20,25 +45,65 @@ class Dispatcher:
 
     def __init__(self, celery: Celery):
         self.celery = celery
+        self._routes: dict[str, _Route] = {}
+        self._local = threading.local()
 
     def send_messages(self, message_ids: list[str]) -> None:
         if not message_ids:
             return
-        with self.celery.producer_or_acquire() as producer:
-            for message_id in message_ids:
-                self._publish(TaskNames.SEND_MESSAGE, [message_id], producer)
+        # One producer (one broker connection) for the lot: a batch can enqueue 100,000 ids.
+        producer = self._producer()
+        for message_id in message_ids:
+            self._publish(producer, TaskNames.SEND_MESSAGE, [message_id])
 
     def send(self, task_name: str, *args: str) -> None:
-        with self.celery.producer_or_acquire() as producer:
-            self._publish(task_name, list(args), producer)
+        self._publish(self._producer(), task_name, list(args))
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise unless the broker accepts a connection."""
         with self.celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
 
-    def _publish(self, task_name: str, args: list, producer) -> None:
-        queue = ROUTES.get(task_name, {}).get("queue", QueueNames.SENDS)
-        # argsrepr given: ids are short strings, for which Celery's saferepr gives the same at more cost.
-        self.celery.send_task(task_name, args=args, producer=producer, exchange="", routing_key=queue,
-                              declare=[], argsrepr=repr(args), kwargsrepr="{}")
+    def _producer(self) -> Producer:
+        """This thread's producer; a forked child opens its own connection, never its parent's."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.producer = Producer(self.celery.connection_for_write(), auto_declare=False)
+            local.pid, local.declared = os.getpid(), set()
+        return local.producer
+
+    def _route(self, task_name: str) -> _Route:
+        """Where the task goes and the headers Celery would give it, worked out once per task name."""
+        route = self._routes.get(task_name)
+        if route is None:
+            conf = self.celery.conf
+            queue = self.celery.amqp.router.route({}, task_name)["queue"]
+            headers, _properties, _body, _event = self.celery.amqp.as_task_v2(
+                "", task_name, args=(), ignore_result=conf.task_ignore_result)
+            route = self._routes[task_name] = _Route(
+                queue, headers, queue.exchange.delivery_mode or conf.task_default_delivery_mode,
+                dict(conf.task_publish_retry_policy))
+        return route
+
+    def _publish(self, producer: Producer, task_name: str, args: list) -> None:
+        route = self._route(task_name)
+        task_id = str(uuid.uuid4())
+        root_id = parent_id = None
+        parent = self.celery.current_worker_task  # enqueued by a task: keep the trail, as send_task does
+        if parent is not None:
+            root_id, parent_id = parent.request.root_id or parent.request.id, parent.request.id
+        argsrepr = repr(args)  # ids: short strings, for which saferepr gives the same at more cost
+        if len(argsrepr) > ARGSREPR_MAXSIZE:
+            argsrepr = saferepr(args, ARGSREPR_MAXSIZE)
+        declared = self._local.declared
+        if route.queue.name not in declared:
+            producer.maybe_declare(route.queue, retry=True, **route.retry_policy)
+            declared.add(route.queue.name)
+        producer.publish(
+            json.dumps([args, {}, _EMBED]), exchange="", routing_key=route.queue.name,
+            content_type="application/json", content_encoding="utf-8",
+            headers={**route.headers, "id": task_id, "root_id": root_id or task_id, "parent_id": parent_id,
+                     "argsrepr": argsrepr},
+            correlation_id=task_id, reply_to=self.celery.thread_oid, delivery_mode=route.delivery_mode,
+            retry=True, retry_policy=route.retry_policy,
+        )
