@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from gateway.config import ROOT, SANDBOX_AUTH_TOKEN
-from gateway.store.models import Consent, OutboundMessage, PhoneNumber
+from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber
 from gateway.twilio.sandbox.models import SandboxMessage
 
 SMS = "/webhooks/twilio/sms"
@@ -249,3 +249,39 @@ def sweep_as_if_late(gateway, db, ids, attempts: int = 20) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"claims left unsettled: {dict(statuses(db, ids))}")
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class LateSends:
+    """Receipts at the provider for a number after its STOP was answered."""
+
+    after_the_answer: int  # every such receipt
+    claimed_after_the_answer: int  # of those, the ones whose claim began after the answer: a broken promise
+
+    def line(self) -> str:
+        return (f"at the provider after the STOP was answered {self.after_the_answer} "
+                f"(claimed after it {self.claimed_after_the_answer})")
+
+
+def late_sends(db, sender: str, answered: dict[str, datetime], accepted: dict[str, str]) -> LateSends:
+    """A claim asks the gate in its own transaction, so a send claimed before the opt-out committed may
+    reach the provider a moment after the STOP was answered; one claimed after the answer must not."""
+    message_of = {body: message_id for message_id, body in accepted.items()}
+    with db.sessions() as session:
+        claimed = dict(session.execute(select(MessageEvent.message_id, func.max(MessageEvent.occurred_at))
+                                       .where(MessageEvent.status == "sending",
+                                              MessageEvent.message_id.in_(list(accepted)))
+                                       .group_by(MessageEvent.message_id)).all())
+    after = claimed_after = 0
+    for receipt in receipts(db, sender):
+        stopped = answered.get(receipt.to_number)
+        if stopped is None or _aware(receipt.date_created) <= stopped:
+            continue
+        after += 1
+        claim = claimed.get(message_of.get(receipt.body))
+        claimed_after += claim is None or _aware(claim) > stopped
+    return LateSends(after, claimed_after)

@@ -20,17 +20,30 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu import Producer, Queue
+from kombu.exceptions import OperationalError
 
 from gateway.queue.app import TaskNames
+from gateway.services.ports import DispatchFailed
 
 ARGSREPR_MAXSIZE = 1024  # Celery's default for the argsrepr header
 # Protocol 2's third body element: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@contextmanager
+def _broker_faults_as_dispatch_failed() -> Iterator[None]:
+    # kombu wraps a refused or lost broker connection, after its publish retries, as OperationalError.
+    try:
+        yield
+    except (OperationalError, OSError) as error:
+        raise DispatchFailed(str(error)) from error
 
 
 class _Route(NamedTuple):
@@ -53,11 +66,13 @@ class Dispatcher:
             return
         # One producer (one broker connection) for the lot: a batch can enqueue 100,000 ids.
         producer = self._producer()
-        for message_id in message_ids:
-            self._publish(producer, TaskNames.SEND_MESSAGE, [message_id])
+        with _broker_faults_as_dispatch_failed():
+            for message_id in message_ids:
+                self._publish(producer, TaskNames.SEND_MESSAGE, [message_id])
 
     def send(self, task_name: str, *args: str) -> None:
-        self._publish(self._producer(), task_name, list(args))
+        with _broker_faults_as_dispatch_failed():
+            self._publish(self._producer(), task_name, list(args))
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise unless the broker accepts a connection."""

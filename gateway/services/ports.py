@@ -19,8 +19,13 @@ if TYPE_CHECKING:
     from gateway.store.database import Database
 
 
+class DispatchFailed(Exception):
+    """The broker did not take a task (down, restarting, unreachable)."""
+
+
 class Dispatcher(Protocol):
-    """Hands work to the worker by task name; a task carries ids only, its row holds the rest."""
+    """Hands work to the worker by task name; a task carries ids only, its row holds the rest.
+    Raises DispatchFailed when the broker does not take it."""
 
     def send_messages(self, message_ids: list[str]) -> None:
         """One send task per outbox message id."""

@@ -6,11 +6,14 @@ ended without raising, that is after its transaction committed:
 - if the work or the commit fails, nothing is published (a task never runs ahead of its row, and a
   row that was never written is never sent);
 - if publishing fails after the commit (the broker is down), the rows stay `queued` and the sweeper
-  (`sending.sweep`) enqueues them on its next pass: late, never lost.
+  (`sending.sweep`) enqueues them on its next pass: late, never lost. The block's caller carries on
+  as if it had been published: a send answered with an error after its row was committed would be
+  sent anyway, and the client that retried it would send it twice.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -18,8 +21,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from gateway.services.ports import DispatchFailed
+
 if TYPE_CHECKING:
     from gateway.services.ports import Dispatcher, Gateway
+
+log = logging.getLogger(__name__)
 
 
 class Outgoing:
@@ -36,10 +43,16 @@ class Outgoing:
         self._tasks.append((task_name, args))
 
     def publish(self, dispatcher: Dispatcher) -> None:
-        if self._message_ids:
-            dispatcher.send_messages(self._message_ids)
-        for task_name, args in self._tasks:
-            dispatcher.send(task_name, *args)
+        """Hand over what was queued; what the broker did not take is left to the sweeper, whose
+        rows say when to look (a queued message's `recheck_at`, a batch's queued rows)."""
+        try:
+            if self._message_ids:
+                dispatcher.send_messages(self._message_ids)
+            for task_name, args in self._tasks:
+                dispatcher.send(task_name, *args)
+        except DispatchFailed as error:
+            log.warning("broker did not take %d messages and %d tasks, the sweeper will enqueue them: %s",
+                        len(self._message_ids), len(self._tasks), error)
 
 
 @contextmanager

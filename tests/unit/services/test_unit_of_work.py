@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.services import unit_of_work
+from gateway.services.ports import DispatchFailed
 
 
 class RecordingDispatcher:
@@ -79,3 +80,18 @@ def test_a_block_that_queues_nothing_publishes_nothing():
     with unit_of_work.after_commit(gateway) as outgoing:
         outgoing.send_messages([])
     assert events == []
+
+
+def test_a_broker_that_does_not_take_the_ids_leaves_them_to_the_sweeper(caplog):
+    """The rows are committed and will be sent: the caller must not answer as if they had failed."""
+    gateway, events = _gateway()
+
+    def refuse(*_):
+        raise DispatchFailed("Connection refused")
+
+    gateway.dispatcher.send_messages = gateway.dispatcher.send = refuse
+    with unit_of_work.transaction(gateway) as (_, outgoing):
+        outgoing.send_messages(["msg_1"])
+        outgoing.send("messages.send_batch", "batch_1")
+    assert events == [("committed",)]
+    assert "the sweeper will enqueue them" in caplog.text
