@@ -234,17 +234,16 @@ def wait_settled(db, ids, timeout: float) -> float:
 
 
 def sweep_as_if_late(gateway, db, ids, attempts: int = 20) -> None:
-    """The beat's sweep, on a clock past every threshold: dead claims settled (the provider asked
+    """The beat's sweep, on a clock past its thresholds (a claim's lease, a lost task's wait, the hold
+    on a message it enqueued again: ten minutes at most): dead claims settled (the provider asked
     first), lost tasks enqueued again. Only while no live worker holds a claim of these messages: on
     this clock a live claim would look dead too. Swept again while a claim is unsettled (the dead
     worker's session may still hold its row for a moment)."""
     from gateway.services import sending
-    from gateway.store import outbox as outbox_store
     from gateway.store.models import utcnow
 
-    later = max(outbox_store.CLAIM_TIMEOUT, outbox_store.LOST_TASK_AFTER) + timedelta(seconds=1)
     for _ in range(attempts):
-        sending.sweep(gateway, utcnow() + later)
+        sending.sweep(gateway, utcnow() + timedelta(minutes=11))
         if not statuses(db, ids).get("sending"):
             return
         time.sleep(0.5)
