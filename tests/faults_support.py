@@ -260,10 +260,11 @@ class LateSends:
 
     after_the_answer: int  # every such receipt
     claimed_after_the_answer: int  # of those, the ones whose claim began after the answer: a broken promise
+    latest: float  # seconds after the answer, at most
 
     def line(self) -> str:
         return (f"at the provider after the STOP was answered {self.after_the_answer} "
-                f"(claimed after it {self.claimed_after_the_answer})")
+                f"(claimed after it {self.claimed_after_the_answer}; {self.latest * 1000:.0f} ms after it at most)")
 
 
 def late_sends(db, sender: str, answered: dict[str, datetime], accepted: dict[str, str]) -> LateSends:
@@ -276,11 +277,13 @@ def late_sends(db, sender: str, answered: dict[str, datetime], accepted: dict[st
                                               MessageEvent.message_id.in_(list(accepted)))
                                        .group_by(MessageEvent.message_id)).all())
     after = claimed_after = 0
+    latest = 0.0
     for receipt in receipts(db, sender):
         stopped = answered.get(receipt.to_number)
         if stopped is None or _aware(receipt.date_created) <= stopped:
             continue
         after += 1
+        latest = max(latest, (_aware(receipt.date_created) - stopped).total_seconds())
         claim = claimed.get(message_of.get(receipt.body))
         claimed_after += claim is None or _aware(claim) > stopped
-    return LateSends(after, claimed_after)
+    return LateSends(after, claimed_after, latest)
