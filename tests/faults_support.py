@@ -225,6 +225,11 @@ def count_sends(db, sender: str, accepted: dict[str, str]) -> SendCounts:
         statuses=dict(Counter(m.status for m in rows.values())))
 
 
+def quiet(db, broker: Broker, ids) -> bool:
+    """No claim among these messages and no task waiting in the broker: what is queued now, stays."""
+    return not statuses(db, ids).get("sending") and not redis.Redis.from_url(broker.url).llen("sends")
+
+
 def wait_settled(db, ids, timeout: float) -> float:
     """Wait until every message is sent or final; returns how long that took."""
     started = time.monotonic()

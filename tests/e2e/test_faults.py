@@ -34,8 +34,8 @@ from tests.faults_support import (
     late_sends,
     opted_out,
     post_stop,
+    quiet,
     receipts,
-    statuses,
     sweep_as_if_late,
     wait_settled,
 )
@@ -197,13 +197,6 @@ def test_the_broker_killed_while_sends_are_accepted_loses_no_accepted_message(
     # took the task (answered 500 before, and sent all the same: a client's retry would send it twice).
     assert not refused
     assert (counts.at_provider, counts.sent_twice, counts.lost) == (len(accepted), 0, 0)
-
-
-def quiet(db, broker, ids) -> bool:
-    """No claim among these messages and no task waiting in the broker: what is queued now, stays."""
-    import redis
-
-    return not statuses(db, ids).get("sending") and not redis.Redis.from_url(broker.url).llen("sends")
 
 
 def test_two_web_and_two_worker_processes_send_nothing_after_an_answered_stop(
