@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -225,9 +225,11 @@ def count_sends(db, sender: str, accepted: dict[str, str]) -> SendCounts:
         statuses=dict(Counter(m.status for m in rows.values())))
 
 
-def quiet(db, broker: Broker, ids) -> bool:
-    """No claim among these messages and no task waiting in the broker: what is queued now, stays."""
-    return not statuses(db, ids).get("sending") and not redis.Redis.from_url(broker.url).llen("sends")
+def claims(db, ids) -> list[str]:
+    """Those of these messages that a worker holds (`sending`)."""
+    with db.sessions() as session:
+        return list(session.scalars(select(OutboundMessage.id).where(OutboundMessage.id.in_(list(ids)),
+                                                                     OutboundMessage.status == "sending")))
 
 
 def wait_settled(db, ids, timeout: float) -> float:
@@ -236,23 +238,6 @@ def wait_settled(db, ids, timeout: float) -> float:
     _until(lambda: sum(n for s, n in statuses(db, ids).items() if s in FINAL_OR_SENT) == len(ids), timeout,
            f"{len(ids)} messages sent or final: {dict(statuses(db, ids))}", interval=0.25)
     return time.monotonic() - started
-
-
-def sweep_as_if_late(gateway, db, ids, attempts: int = 20) -> None:
-    """The beat's sweep, on a clock past its thresholds (a claim's lease, a lost task's wait, the hold
-    on a message it enqueued again: ten minutes at most): dead claims settled (the provider asked
-    first), lost tasks enqueued again. Only while no live worker holds a claim of these messages: on
-    this clock a live claim would look dead too. Swept again while a claim is unsettled (the dead
-    worker's session may still hold its row for a moment)."""
-    from gateway.services import sending
-    from gateway.store.models import utcnow
-
-    for _ in range(attempts):
-        sending.sweep(gateway, utcnow() + timedelta(minutes=11))
-        if not statuses(db, ids).get("sending"):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"claims left unsettled: {dict(statuses(db, ids))}")
 
 
 def _aware(moment: datetime) -> datetime:
