@@ -82,6 +82,26 @@ class Broker:
             self.process.wait()
 
 
+def children_of(pid: int) -> set[int]:
+    """The processes `pid` started (a worker's embedded beat), from /proc."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def kill_with_children(process: subprocess.Popen, children: set[int]) -> None:
+    """SIGKILL a process and the ones it started, as a host or container dying does: a worker's
+    embedded beat, left alive, would go on scheduling beside the next worker's."""
+    for pid in children | children_of(process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
 class WebProcess:
     """gunicorn as the Procfile runs it, in a session of its own so that a kill takes master and workers."""
 
