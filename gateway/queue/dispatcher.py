@@ -21,7 +21,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
 from celery import Celery
@@ -35,15 +35,6 @@ from gateway.services.ports import DispatchFailed
 ARGSREPR_MAXSIZE = 1024  # Celery's default for the argsrepr header
 # Protocol 2's third body element: no callbacks, errbacks, chain or chord.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-@contextmanager
-def _broker_faults_as_dispatch_failed() -> Iterator[None]:
-    # kombu wraps a refused or lost broker connection, after its publish retries, as OperationalError.
-    try:
-        yield
-    except (OperationalError, OSError) as error:
-        raise DispatchFailed(str(error)) from error
 
 
 class _Route(NamedTuple):
@@ -66,18 +57,34 @@ class Dispatcher:
             return
         # One producer (one broker connection) for the lot: a batch can enqueue 100,000 ids.
         producer = self._producer()
-        with _broker_faults_as_dispatch_failed():
+        with self._broker_faults_as_dispatch_failed():
             for message_id in message_ids:
                 self._publish(producer, TaskNames.SEND_MESSAGE, [message_id])
 
     def send(self, task_name: str, *args: str) -> None:
-        with _broker_faults_as_dispatch_failed():
+        with self._broker_faults_as_dispatch_failed():
             self._publish(self._producer(), task_name, list(args))
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise unless the broker accepts a connection."""
         with self.celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
+
+    @contextmanager
+    def _broker_faults_as_dispatch_failed(self) -> Iterator[None]:
+        """A broker that refused or lost the connection, after the publish retries: the thread's producer
+        is dropped, so the next publish opens a new connection. Once its connection was lost, kombu's
+        Redis channel keeps a connection of None and fails every publish after with AttributeError,
+        the broker back or not: kept, it answered every later send 500 until the process restarted
+        (tests/e2e/test_faults.py)."""
+        try:
+            yield
+        except (OperationalError, OSError, AttributeError) as error:
+            producer, self._local.pid = getattr(self._local, "producer", None), None
+            if producer is not None:
+                with suppress(Exception):  # a connection already gone has nothing to close
+                    producer.connection.close()
+            raise DispatchFailed(f"{type(error).__name__}: {error}") from error
 
     def _producer(self) -> Producer:
         """This thread's producer; a forked child opens its own connection, never its parent's."""
