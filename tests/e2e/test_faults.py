@@ -21,6 +21,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import WorkerProcess, wait_for
 from tests.e2e.test_outbound import opted_in, own_program
@@ -67,10 +71,10 @@ def processes(test_env, broker, tmp_path):
     environment = {**test_env, "CELERY_BROKER_URL": broker.url, "VAR_DIR": str(tmp_path / "var"),
                    "INBOUND_JOURNAL_REPLAY_SECONDS": "1"}
 
-    def start(kind: str, *, beat: bool = False) -> WebProcess | WorkerProcess:
+    def start(kind: str, *, beat: bool = False, **overrides: str) -> WebProcess | WorkerProcess:
         name = f"{kind}-{len(started)}"
         if kind == "web":
-            process = WebProcess(environment, tmp_path / f"{name}.log")
+            process = WebProcess(environment | overrides, tmp_path / f"{name}.log")
         else:
             # The worker calls the sandbox where the session serves it, and its callbacks come back there.
             # With beat, it sweeps on the recovery tests' short thresholds (tests/e2e/test_recovery.py).
@@ -260,3 +264,66 @@ def test_two_web_and_two_worker_processes_send_nothing_after_an_answered_stop(
     assert late.claimed_after_the_answer == 0
     assert opted_out(db, numbers) == set(answered)
     assert (counts.sent_twice, counts.lost) == (0, 0)
+
+
+def test_connections_killed_mid_transaction_lose_no_answered_opt_out(processes, test_env, settings, db, live_server):
+    """PostgreSQL ends the web process's connections again and again (pg_terminate_backend) while STOPs
+    flood in: a text whose statement dies with its connection is journaled and replayed, one between
+    statements finds its pooled connection ended and connects again. Every STOP answered 200 ends up
+    an opt-out, and none is answered otherwise."""
+    if settings.is_sqlite:
+        pytest.skip("only a database server ends connections; the embedded SQLite store has none")
+    url = make_url(test_env["DATABASE_URL"])
+    # Named, so that only the web process's backends are ended, not the test's or the sandbox's.
+    web_url = url.update_query_dict({"application_name": "faults-web"}).render_as_string(hide_password=False)
+    numbers = [f"+141556{n:05d}" for n in range(300 * SCALE)]
+    opted_in(db, "deals", *numbers)
+    web = processes("web", DATABASE_URL=web_url)
+    delivery, lock, pending = Delivery(), threading.Lock(), list(enumerate(numbers))
+    give_up_at = time.monotonic() + 60 * SCALE
+
+    def flood() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                n, number = pending.pop()
+            post_stop(web, number, f"SM{n + 500_000:032x}", DEALS_SENDER, delivery, lock, give_up_at)
+
+    ended, flooding = [], threading.Event()
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+
+    def end_connections() -> None:
+        with admin.connect() as connection:
+            while flooding.is_set():
+                ended.append(connection.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'faults-web'")).scalar_one())
+                time.sleep(random.uniform(0.005, 0.05))
+
+    flooding.set()
+    killer = threading.Thread(target=end_connections)
+    killer.start()
+    threads = [threading.Thread(target=flood) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        flooding.clear()
+        killer.join()
+        admin.dispose()
+    answered = set(delivery.answered)
+    try:
+        wait_for(lambda: answered <= opted_out(db, numbers), timeout=15)
+    finally:
+        lost = answered - opted_out(db, numbers)
+    journaled = sum(float(line.split()[-1]) for line in requests.get(f"{web.base}/metrics", timeout=5).text.splitlines()
+                    if line.startswith("smsgate_inbound_journaled_total"))
+    print(f"\nconnections ended {sum(ended)} times under {len(numbers)} STOPs: answered 200 {len(answered)}, "
+          f"journaled {journaled:.0f}, other answers {dict(delivery.other)}, unanswered {len(delivery.unanswered)}, "
+          f"lost {len(lost)}")
+    assert sum(ended) > 0, "the test ended no connection: it showed nothing"
+    assert not delivery.other, f"answered other than 200: {delivery.other}"
+    assert answered == set(numbers) and not lost

@@ -78,9 +78,13 @@ def test_inbound_texts_are_listed_with_twilios_filters(app, live_server, instant
     assert listed[0].date_sent == now - timedelta(minutes=5) and listed[0].from_ == HANDSET
     assert [m.sid for m in twilio_client.messages.list(from_=OTHER_HANDSET)] == [other]
     assert [m.sid for m in twilio_client.messages.list(to=SENDER, date_sent_after=now - timedelta(hours=1))] == [recent]
-    assert [m.sid for m in twilio_client.messages.list(date_sent_before=now - timedelta(hours=1))] == [old]
+    # Scoped to this test's numbers: the session's other tests log texts of their own in these minutes.
+    assert [m.sid for m in twilio_client.messages.list(to=SENDER, date_sent_before=now - timedelta(hours=1))] == [old]
     # The DateSent> bound is inclusive, to the second, as the client sends it.
-    assert [m.sid for m in twilio_client.messages.list(date_sent_after=now - timedelta(minutes=4))] == [other]
+    assert [m.sid for m in twilio_client.messages.list(from_=OTHER_HANDSET, to=OTHER_SENDER,
+                                                       date_sent_after=now - timedelta(minutes=4))] == [other]
+    assert [m.sid for m in twilio_client.messages.list(from_=OTHER_HANDSET, to=OTHER_SENDER,
+                                                       date_sent_after=now - timedelta(minutes=3))] == []
     on_the_day = list_page(live_server, DateSent=(now - timedelta(minutes=4)).date().isoformat())["messages"]
     assert other in {m["sid"] for m in on_the_day}
 
