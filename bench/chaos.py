@@ -28,9 +28,11 @@ SCENARIOS = {
     "worker killed mid-batch": "a_worker_killed_mid_batch",
     "broker killed and restarted": "the_broker_killed",
     "two web and two workers": "two_web_and_two_worker",
+    "connections killed mid-transaction": "connections_killed_mid_transaction",
 }
 # What each test prints: a line that starts with one of these.
-COUNTS = re.compile(r"^(web SIGKILLed|worker SIGKILLed|broker killed|\d+ numbers, 5 sends).*$", re.MULTILINE)
+COUNTS = re.compile(r"^(web SIGKILLed|worker SIGKILLed|broker killed|\d+ numbers, 5 sends|connections ended).*$",
+                    re.MULTILINE)
 
 
 def run(name: str, selector: str, environment: dict[str, str]) -> bool:
