@@ -271,15 +271,15 @@ def worker_process(app, live_server, test_env, tmp_path_factory) -> Iterator[Wor
     worker.stop()
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy; fail the test on timeout."""
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str | None = None):
+    """Poll `predicate` until it returns something truthy; fail the test on timeout, naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+    pytest.fail(f"condition not met within {timeout}s: {what or getattr(predicate, '__name__', predicate)}")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,35 +28,18 @@ from twilio.request_validator import RequestValidator
 from gateway.config import ROOT, SANDBOX_AUTH_TOKEN
 from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber
 from gateway.twilio.sandbox.models import SandboxMessage
+from tests.conftest import _free_port, wait_for
+from tests.e2e.test_deploy import VENV_BIN, procfile
 
 SMS = "/webhooks/twilio/sms"
-VENV_BIN = Path(sys.executable).parent
 FINAL_OR_SENT = ("sent", "delivered", "undelivered", "failed", "blocked")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 class Broker:
     """`redis-server` on a port of its own, nothing persisted: a kill loses every task it held."""
 
     def __init__(self, log_path: Path):
-        self.port, self.log_path, self.process = free_port(), log_path, None
+        self.port, self.log_path, self.process = _free_port(), log_path, None
 
     @property
     def url(self) -> str:
@@ -74,7 +56,7 @@ class Broker:
                 return client.ping()
             return False
 
-        _until(answers, 10, "the broker answers")
+        wait_for(answers, 10, what="the broker answers")
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -106,7 +88,7 @@ class WebProcess:
     """gunicorn as the Procfile runs it, in a session of its own so that a kill takes master and workers."""
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2):
-        self.port = free_port()
+        self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path, self.process = log_path, None
         self.env = {**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -115,8 +97,6 @@ class WebProcess:
 
     def start(self) -> float:
         """Start and wait until it answers; returns how long that took."""
-        from tests.e2e.test_deploy import procfile
-
         started = time.monotonic()
         self.process = subprocess.Popen(procfile()["web"], cwd=ROOT, env=self.env, stdout=self.log_path.open("ab"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -127,7 +107,7 @@ class WebProcess:
                 return requests.get(f"{self.base}/healthz", timeout=2).status_code == 200
             return False
 
-        _until(healthy, 60, "the web process answers")
+        wait_for(healthy, 60, what="the web process answers")
         return time.monotonic() - started
 
     def kill(self) -> None:
@@ -255,8 +235,8 @@ def claims(db, ids) -> list[str]:
 def wait_settled(db, ids, timeout: float) -> float:
     """Wait until every message is sent or final; returns how long that took."""
     started = time.monotonic()
-    _until(lambda: sum(n for s, n in statuses(db, ids).items() if s in FINAL_OR_SENT) == len(ids), timeout,
-           f"{len(ids)} messages sent or final: {dict(statuses(db, ids))}", interval=0.25)
+    wait_for(lambda: sum(n for s, n in statuses(db, ids).items() if s in FINAL_OR_SENT) == len(ids), timeout,
+             interval=0.25, what=f"{len(ids)} messages sent or final: {dict(statuses(db, ids))}")
     return time.monotonic() - started
 
 

@@ -12,9 +12,7 @@ covers the journal there with a store that cannot be opened.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
 import time
 from urllib.parse import urlencode
 
@@ -24,11 +22,10 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from twilio.request_validator import RequestValidator
 
-from gateway.config import ROOT
 from gateway.store.journal import Journal
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber
-from tests.conftest import AUTH_TOKEN, _free_port, wait_for
-from tests.e2e.test_deploy import VENV_BIN, procfile
+from tests.conftest import AUTH_TOKEN, wait_for
+from tests.faults_support import WebProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -65,32 +62,13 @@ def connections_refused(database_url: str):
 @pytest.fixture
 def web_process(test_env, tmp_path):
     """gunicorn as the Procfile runs it, two workers, replaying the journal every second."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, **test_env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "PORT": str(port), "PUBLIC_BASE_URL": base, "WEB_CONCURRENCY": "2",
-                   "VAR_DIR": str(tmp_path / "var"), "INBOUND_JOURNAL_REPLAY_SECONDS": "1"}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = tmp_path / "web.log"
-    process = subprocess.Popen(procfile()["web"], cwd=ROOT, env=environment, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT)
+    web = WebProcess({**test_env, "VAR_DIR": str(tmp_path / "var"), "INBOUND_JOURNAL_REPLAY_SECONDS": "1"},
+                     tmp_path / "web.log", workers=2)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the web process did not start:\n{log.read_text()[-3000:]}")
-        yield base, tmp_path / "var", log
+        web.start()
+        yield web.base, tmp_path / "var", web.log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        web.stop()
 
 
 def _text(base: str, sender: str, body: str, sid: str) -> requests.Response:

@@ -8,8 +8,6 @@ Today's code never looks at the log: the text stays unknown to the store for goo
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 import time
 from datetime import timedelta
@@ -21,8 +19,9 @@ from sqlalchemy import select
 from gateway.config import ROOT
 from gateway.store.models import LedgerEvent
 from gateway.twilio.sandbox.models import SandboxMessage
-from tests.conftest import _free_port, wait_for
-from tests.e2e.test_deploy import VENV_BIN, procfile
+from tests.conftest import wait_for
+from tests.e2e.test_deploy import _stop, procfile
+from tests.faults_support import WebProcess
 from tests.integration.services.test_inbound import statuses
 from tests.integration.services.test_inbound_reconcile import consented_before
 
@@ -32,46 +31,24 @@ PERSON = "+14155552671"
 SENDER = "+15005550006"  # deals and alerts
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture
 def web_and_worker(test_env, tmp_path):
     """gunicorn and `celery worker --beat` from the Procfile, reconciling inbound texts every second."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, **test_env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "PORT": str(port), "PUBLIC_BASE_URL": base, "WEB_CONCURRENCY": "1",
-                   "VAR_DIR": str(tmp_path / "var"), "INBOUND_RECONCILE_SECONDS": "1",
-                   # A wrong webhook URL: nothing the sandbox posts could reach the gateway.
-                   "SANDBOX_SMS_URL": "http://127.0.0.1:9/sms"}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
-    web = subprocess.Popen(procfile()["web"], cwd=ROOT, env=environment, stdout=web_log.open("wb"),
-                           stderr=subprocess.STDOUT)
-    worker = subprocess.Popen(procfile()["worker"], cwd=ROOT, env=environment, stdout=worker_log.open("wb"),
-                              stderr=subprocess.STDOUT)
+    web = WebProcess({**test_env, "VAR_DIR": str(tmp_path / "var"), "INBOUND_RECONCILE_SECONDS": "1",
+                      # A wrong webhook URL: nothing the sandbox posts could reach the gateway.
+                      "SANDBOX_SMS_URL": "http://127.0.0.1:9/sms"}, tmp_path / "web.log", workers=1)
+    worker_log, worker = tmp_path / "worker.log", None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and web.poll() is None:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the web process did not start:\n{web_log.read_text()[-3000:]}")
+        web.start()
+        worker = subprocess.Popen(procfile()["worker"], cwd=ROOT, env=web.env, stdout=worker_log.open("wb"),
+                                  stderr=subprocess.STDOUT)
         wait_for(lambda: b" ready." in worker_log.read_bytes() or worker.poll() is not None, timeout=60)
         assert worker.poll() is None, worker_log.read_text()[-3000:]
-        yield base, worker_log
+        yield web.base, worker_log
     finally:
-        _stop(worker)
-        _stop(web)
+        if worker is not None:
+            _stop(worker)
+        web.stop()
 
 
 def test_a_stop_whose_webhook_was_lost_is_in_the_store_within_an_interval(web_and_worker, db):
