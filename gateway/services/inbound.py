@@ -47,7 +47,7 @@ from gateway.services.ports import Gateway
 from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.database import Writes
-from gateway.store.models import InboundMessage, PhoneNumber, Program, utcnow
+from gateway.store.models import Program, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +238,12 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
         writes = effect.writes or Writes()
         reachable = carrier.reachability_columns(state.reachability, Reachability.OK)
         if reachable is not None:
-            writes.update(_NUMBERS, state.number_id, reachable)
-        writes.insert(_INBOUND, _inbound_row(text, state.number_id, intent, effect.reply, now))
+            store_consents.update_number(writes, state.number_id, reachable)
+        store_consents.store_inbound(writes, _inbound_row(text, state.number_id, intent, effect.reply, now))
         if writes.execute(connection):
             return Handled(intent.value, effect.reply, queued=effect.queued), effect
     raise Contended(f"inbound {text.message_sid}: the number's ledger kept moving")
 
-
-# Built once: the write's tables.
-_NUMBERS, _INBOUND = PhoneNumber.__table__, InboundMessage.__table__
 
 
 def _number(e164: str, region: str) -> Number:

@@ -159,9 +159,9 @@ def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: 
     return writes
 
 
-def mark_reachable(writes: Writes, number_id: int) -> None:
-    """A text from the handset proves it is reachable again (30003 is often transient)."""
-    writes.update(NUMBERS, number_id, {"reachability": "ok", "reachability_code": None})
+def update_number(writes: Writes, number_id: int, columns: dict) -> None:
+    """Columns of the number's row (its reachability, as services/carrier.py learns it), in the same write."""
+    writes.update(NUMBERS, number_id, columns)
 
 
 def store_inbound(writes: Writes, row: dict) -> None:
