@@ -4,17 +4,23 @@ Both run under gunicorn with config/gunicorn.conf.py (sync workers x4) on Postgr
 one run, driven by wrk over loopback with the same pre-signed bodies (bench/rotate.lua), every
 MessageSid new. The texts are the mix people send: each of 1,000 numbers opted in to two programs
 texts STOP, then the join keyword DEALS (after its STOP), YES (confirming that request), HELP, a
-question, and START (restoring what the STOP ended), round after round. The baseline
-(bench/baseline_app.py) only validates the signature and does one INSERT and one UPDATE in one
-transaction. The gateway must reach at least 80% of the baseline's requests per second.
+question, and START (restoring what the STOP ended), round after round, each number starting at its
+own place in that cycle, so any stretch of the run holds a sixth of each kind, however fast or slow
+the run. The baseline (bench/baseline_app.py) only validates the signature and does one INSERT and
+one UPDATE in one transaction. The gateway must reach at least 80% of the baseline's requests per
+second.
 
     .venv/bin/python bench/inbound_webhook.py [--duration 15] [--rounds 2] [--connections 8]
     .venv/bin/python bench/inbound_webhook.py --only YES --numbers 5000   # one path
 
-With `--only`, the texts a path needs before it (STOP before a START or a join keyword; STOP and
-DEALS before a YES) are sent from every number before each of the gateway's runs, unmeasured, so
-every YES confirms a live request and every START restores something, as long as the gateway's run
-takes no more texts than there are numbers (it warns if it did: pass more --numbers).
+The gateway reads the file of requests from a cursor that moves by what each run took, so a
+number's texts reach it in their order across runs; the baseline takes a new slice of the file each
+run. Before the gateway's first
+run every number sends, unmeasured, the part of the cycle before its starting place. With `--only`,
+the texts a path needs before it (STOP before a START or a join keyword; STOP and DEALS before a
+YES) are sent from every number before each of the gateway's runs, unmeasured, so every YES
+confirms a live request and every START restores something, as long as the gateway's run takes no
+more texts than there are numbers (it warns if it did: pass more --numbers).
 
 Needs `wrk` (apt-get install -y wrk) and a PostgreSQL server; it recreates the database named by
 --database-url (default postgresql://postgres@127.0.0.1/bench_inbound). Not part of the test suite.
@@ -60,10 +66,10 @@ PUBLIC_BASE_URL = "https://sms.bench.example"  # what Twilio would call; both se
 TOKEN = "bench-auth-token"
 SENDER = "+15005550006"  # deals and alerts, both double opt-in
 REQUIRED_RATIO = 0.80
-# What each kind of text says. Each number walks through them in this order, from STOP at the start
-# of every run: the STOP ends both programs, DEALS asks to join one again (a confirmation text goes
-# out through the outbox), YES confirms it, HELP and a question change nothing, START restores the
-# other program. So every stretch of the run has the same mix, a sixth of each.
+# What each kind of text says. Each number walks through them in this order, round after round: the
+# STOP ends both programs, DEALS asks to join one again (a confirmation text goes out through the
+# outbox), YES confirms it, HELP and a question change nothing, START restores the other program.
+# Number n starts at CYCLE[n % 6], so every stretch of the run has the same mix, a sixth of each.
 KINDS = {"STOP": "STOP", "JOIN": "DEALS", "YES": "YES", "HELP": "HELP",
          "CHAT": "what time do you open tomorrow?", "START": "START"}
 CYCLE = tuple(KINDS)
@@ -79,12 +85,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--numbers", type=int, default=1000)
-    parser.add_argument("--per-run", type=int, default=42_000,
-                        help="distinct requests prepared per run (the mix: rounded up to whole cycles)")
+    parser.add_argument("--per-run", type=int, default=42_000, help="distinct requests prepared per run")
     parser.add_argument("--only", choices=CYCLE, help="send only this kind of text (one path)")
     args = parser.parse_args()
-    cycle = len(CYCLE) * args.numbers
-    per_run = -(-args.per_run // cycle) * cycle
+    per_run = args.per_run
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
@@ -95,20 +99,27 @@ def main() -> int:
     print(f"preparing {settings.database_url.split('@')[-1]}: schema, programs, {args.numbers} numbers")
     _prepare_database(args.database_url, settings, args.numbers)
     requests_file = work / "requests.tsv"
-    runs = args.rounds * 2 + 2  # a warm-up per server, then the measured rounds
-    _write_requests(requests_file, args.numbers, runs, per_run, args.only)
-    prime = _primer(args.numbers, BEFORE.get(args.only, ()))
+    runs = args.rounds + 1  # a warm-up, then the measured rounds: each server reads the file once
+    _write_requests(requests_file, args.numbers, runs * per_run, args.only)
+    prime = _primer(args.numbers, lambda number: BEFORE.get(args.only, ()))
 
     servers = {}
     try:
         for name, app in (("baseline", "bench.baseline_app:create_app()"), ("gateway", "gateway.web.app:create_app()")):
             servers[name] = _start_gunicorn(name, app, env, work)
-        slices = itertools.count(0, per_run)
+        cursors = dict.fromkeys(servers, 0)
+        if not args.only:  # each number's texts before its place in the cycle
+            _primer(args.numbers, lambda number: CYCLE[:number % len(CYCLE)])(servers["gateway"]["url"])
 
         def run(name: str, duration: int) -> dict:
-            if name == "gateway":
+            if name == "gateway" and args.only:
                 prime(servers[name]["url"])
-            result = _wrk(servers[name], requests_file, next(slices), per_run, duration, args)
+            result = _wrk(servers[name], requests_file, cursors[name], per_run, duration, args)
+            # The gateway's next run goes on from here, so each number's texts stay in order (the few
+            # in flight at wrk's deadline come again, answered as duplicates). The baseline refuses a
+            # repeated MessageSid and does not care what the texts say: each of its runs takes a
+            # slice of its own.
+            cursors[name] += result["requests"] if name == "gateway" else per_run
             if name == "gateway" and args.only in BEFORE and result["requests"] > args.numbers:
                 print(f"  warning: {result['requests']} texts from {args.numbers} numbers: some found nothing to do")
             return result
@@ -224,31 +235,37 @@ def _signed(index: int, number: int, body: str) -> tuple[str, dict]:
     return _VALIDATOR.compute_signature(PUBLIC_BASE_URL + PATH, params), params
 
 
-def _write_requests(path: Path, numbers: int, runs: int, per_run: int, only: str | None) -> None:
-    """`runs` slices of `per_run` signed requests, every MessageSid new. In a slice, request i is
-    number i % numbers's text number i // numbers: the cycle from its start (the mix), or `only`
-    (the baseline may take more texts in a run than there are numbers: it does not care)."""
+def kind_of(index: int, numbers: int, only: str | None = None) -> tuple[int, str]:
+    """(number, kind) of request `index`: number i % numbers's text i // numbers, that number going
+    round the cycle from its own place in it (number n from CYCLE[n % 6]), or always `only`."""
+    number, turn = index % numbers, index // numbers
+    return number, only or CYCLE[(turn + number) % len(CYCLE)]
+
+
+def _write_requests(path: Path, numbers: int, count: int, only: str | None) -> None:
+    """`count` signed requests (`kind_of`), every MessageSid new (the baseline does not care what the
+    texts say)."""
     with open(path, "w") as out:
-        for index in range(runs * per_run):
-            within = index % per_run
-            kind = only or CYCLE[(within // numbers) % len(CYCLE)]
-            signature, params = _signed(index, within % numbers, KINDS[kind])
+        for index in range(count):
+            number, kind = kind_of(index, numbers, only)
+            signature, params = _signed(index, number, KINDS[kind])
             out.write(f"{signature}\t{urlencode(params)}\n")
 
 
-def _primer(numbers: int, kinds: tuple[str, ...]):
-    """What sends `kinds` from every number, in order, before a run (unmeasured); MessageSids of
-    their own (from 2^64 up, far past the slices')."""
+def _primer(numbers: int, kinds_of):
+    """What sends `kinds_of(number)` from every number, in order, before a run (unmeasured);
+    MessageSids of their own (from 2^64 up, far past the file's)."""
     sids = itertools.count(1 << 64)
 
     def prime(url: str) -> None:
+        def send(number: int) -> None:
+            for kind in kinds_of(number):
+                signature, params = _signed(next(sids), number, KINDS[kind])
+                answer = session.post(url, data=params, headers={"X-Twilio-Signature": signature}, timeout=30)
+                answer.raise_for_status()
+
         with ThreadPoolExecutor(8) as pool, requests.Session() as session:
-            for kind in kinds:
-                def send(number: int, kind: str = kind) -> None:
-                    signature, params = _signed(next(sids), number, KINDS[kind])
-                    answer = session.post(url, data=params, headers={"X-Twilio-Signature": signature}, timeout=30)
-                    answer.raise_for_status()
-                list(pool.map(send, range(numbers)))
+            list(pool.map(send, range(numbers)))
 
     return prime
 

@@ -81,7 +81,7 @@ def main() -> int:
     key = _api_key(settings)
     runs = args.rounds * 2 + 2  # a warm-up per server, then the measured rounds
     baseline_file, sends_file = work / "webhooks.tsv", work / "sends.jsonl"
-    _write_requests(baseline_file, BASELINE_NUMBERS, runs, args.per_run, None)
+    _write_requests(baseline_file, BASELINE_NUMBERS, runs * args.per_run, None)
     with open(sends_file, "w") as out:
         for index in range(runs * args.per_run):
             out.write(json.dumps({"to": _send_number(index % args.numbers), "program": args.program,
