@@ -81,10 +81,14 @@ def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event
     Pure: the caller holds the number's row lock and writes the events and the new head together.
     """
     events = []
+    digests: dict[int, str] = {}  # one opt-out's events share one evidence: hashed once
     for draft in drafts:
         seq += 1
-        placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head,
-                      evidence_digest=evidence_digest(draft["evidence"]))
+        evidence = draft["evidence"]
+        digest = digests.get(id(evidence))
+        if digest is None:
+            digest = digests[id(evidence)] = evidence_digest(evidence)
+        placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head, evidence_digest=digest)
         head = _content_hash(placed)
         events.append(Event(**placed, hash=head))
     return events

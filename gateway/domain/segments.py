@@ -7,6 +7,7 @@ alphabet forces the whole body to UCS-2: 70 UTF-16 code units in one SMS, 67 per
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,12 @@ _GSM7_BASIC = frozenset(
 # Reached through the escape, so each costs two septets. \f is the spec's page break.
 _GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
 
+# The same alphabets as patterns: every body sent is checked, and a regular expression walks a
+# 160-character body several times faster than a Python loop over its characters.
+_GSM7_ONLY = re.compile("[" + re.escape("".join(sorted(_GSM7_BASIC | _GSM7_EXTENSION))) + "]*")
+_GSM7_ESCAPED = re.compile("[" + re.escape("".join(sorted(_GSM7_EXTENSION))) + "]")
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")  # beyond the BMP: a surrogate pair in UTF-16
+
 _LIMITS: dict[Encoding, tuple[int, int]] = {
     # encoding: (units in a single SMS, units per part of a concatenated SMS)
     "GSM-7": (160, 153),
@@ -44,19 +51,18 @@ class Segments:
 
 def count(body: str) -> Segments:
     """Encoding, length in units and number of SMS parts needed to send `body`."""
-    if all(char in _GSM7_BASIC or char in _GSM7_EXTENSION for char in body):
+    if _GSM7_ONLY.fullmatch(body):
         encoding: Encoding = "GSM-7"
-        costs = [2 if char in _GSM7_EXTENSION else 1 for char in body]
+        doubled = _GSM7_ESCAPED
     else:
         encoding = "UCS-2"
-        # Characters beyond the Basic Multilingual Plane (most emoji) are surrogate pairs.
-        costs = [2 if ord(char) > 0xFFFF else 1 for char in body]
-    units = sum(costs)
+        doubled = _ASTRAL  # most emoji
+    units = len(body) + len(doubled.findall(body))
     single, per_part = _LIMITS[encoding]
     # An empty body still occupies one SMS, and counting it as one never under-counts a cap.
     if units <= single:
         return Segments(encoding, units, 1)
-    return Segments(encoding, units, _pack(costs, per_part))
+    return Segments(encoding, units, _pack([2 if doubled.match(char) else 1 for char in body], per_part))
 
 
 def _pack(costs: list[int], capacity: int) -> int:

@@ -16,7 +16,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, insert, select
+from sqlalchemy import bindparam, delete, exists, false, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -100,7 +100,7 @@ def held(connection: Connection, e164: str, program_ids: list[int], *, digest: s
     """
     # With programs asked about, all the number's consents come back (a handful at most) and are
     # picked here, so each statement stays one text whatever the programs.
-    statement, sql = (_HELD, _HELD_SQL) if program_ids else (_HEAD, _HEAD_SQL)
+    statement, sql = _READS[bool(program_ids), digest is not None]
     found = rows(connection, statement, {"b_e164": e164, "b_digest": digest}, sql)
     if not found:
         return None
@@ -237,18 +237,27 @@ _CONSENTS_OF = select(CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, C
                       CONSENTS.c.expires_at).where(
     CONSENTS.c.number_id == bindparam("b_number_id"),
     CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True)))
-_NUMBER_COLUMNS = (
-    NUMBERS.c.id, NUMBERS.c.ledger_seq, NUMBERS.c.ledger_head, NUMBERS.c.reachability, NUMBERS.c.kind,
-    NUMBERS.c.region,
-    # NULL when no digest was given: then nothing matches.
-    exists().where(_SUPPRESSIONS.c.digest == bindparam("b_digest")).label("suppressed"),
-)
-_HEAD = select(*_NUMBER_COLUMNS).where(NUMBERS.c.e164 == bindparam("b_e164"))
-_HELD = (
-    select(*_NUMBER_COLUMNS, CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, CONSENTS.c.restorable,
-           CONSENTS.c.expires_at)
-    .select_from(NUMBERS.outerjoin(CONSENTS, CONSENTS.c.number_id == NUMBERS.c.id))
-    .where(NUMBERS.c.e164 == bindparam("b_e164"))
-)
-_HEAD_SQL, _HELD_SQL = driver_sql(_HEAD), driver_sql(_HELD)
+
+
+def _read(consents: bool, suppression: bool):
+    """`held`'s statement: the number's row, with its consents and whether its digest is suppressed
+    when asked. Four fixed statements, not one with a NULL digest: PostgreSQL re-plans a prepared
+    statement whose best plan depends on a parameter being NULL on every execution (it did, for
+    every plain text)."""
+    suppressed = (exists().where(_SUPPRESSIONS.c.digest == bindparam("b_digest")) if suppression
+                  else false()).label("suppressed")
+    columns = (NUMBERS.c.id, NUMBERS.c.ledger_seq, NUMBERS.c.ledger_head, NUMBERS.c.reachability, NUMBERS.c.kind,
+               NUMBERS.c.region, suppressed)
+    if not consents:
+        statement = select(*columns).where(NUMBERS.c.e164 == bindparam("b_e164"))
+    else:
+        statement = (select(*columns, CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, CONSENTS.c.restorable,
+                            CONSENTS.c.expires_at)
+                     .select_from(NUMBERS.outerjoin(CONSENTS, CONSENTS.c.number_id == NUMBERS.c.id))
+                     .where(NUMBERS.c.e164 == bindparam("b_e164")))
+    return statement, driver_sql(statement)
+
+
+_READS = {(consents, suppression): _read(consents, suppression) for consents in (False, True)
+          for suppression in (False, True)}
 _FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
