@@ -319,5 +319,63 @@ def inbound_reconcile(ctx: Context) -> None:
         sys.exit(1)  # those senders' logs were not read through: their watermarks stayed
 
 
+@main.command("status")
+@pass_context
+def status(ctx: Context) -> None:
+    """How the gateway is doing: store, broker, the worker's heartbeat, the outbox's backlog, the
+    last text in and out, the last ledger checkpoint. Exits 1 naming what is wrong (a stale worker,
+    a backlog older than OUTBOX_BACKLOG_MAX_SECONDS, an unreachable store or broker).
+
+    \b
+    Example:
+      smsgate status || page-the-on-call
+    """
+    from gateway.services import operations
+
+    health = operations.read(ctx.gateway, broker=True)
+    settings = ctx.settings
+
+    def ago(moment) -> str:
+        seconds = health.age(moment)
+        return "never" if seconds is None else f"{_duration(seconds)} ago ({moment:%Y-%m-%d %H:%M:%S} UTC)"
+
+    lines = [
+        ("store", health.store_error or f"ok ({ctx.db.dialect})"),
+        ("broker", health.broker_error or "ok"),
+    ]
+    if health.store_error is None:
+        worker = f"{health.heartbeat[0]}, {ago(health.heartbeat[1])}" if health.heartbeat else "never"
+        waiting = ", ".join(f"{count} {status}" for status, count in health.backlog.by_status.items())
+        oldest = health.oldest_queued_age
+        lines += [
+            ("worker heartbeat", worker),
+            ("backlog", f"{waiting}; {health.backlog.deferred_due} deferred now due"),
+            ("oldest queued", "none waiting" if oldest is None else _duration(oldest)),
+            ("pending confirmations", str(health.pending_requests)),
+            ("last inbound text", ago(health.last_inbound)),
+            ("last message sent", ago(health.last_sent)),
+        ]
+    lines += [("inbound journal", f"{health.journal_length} waiting"),
+              ("last ledger checkpoint", ago(health.last_checkpoint))]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        click.echo(f"{label:<{width}}  {value}")
+    problems = health.problems(settings)
+    for problem in problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

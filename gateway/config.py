@@ -73,6 +73,13 @@ class Settings:
     outbox_sweep_seconds: int = 10
     outbox_lost_task_seconds: int = 30
     outbox_claim_lease_seconds: int = 40
+    # Operating the gateway (docs/operations.md): the worker's own /metrics port (0: none), on WEB_HOST;
+    # how often beat has a worker write its heartbeat; when `smsgate status` and the alerts call the
+    # worker stale, and the oldest queued message too old.
+    worker_metrics_port: int = 9101
+    worker_heartbeat_seconds: int = 10
+    worker_stale_seconds: int = 60
+    outbox_backlog_max_seconds: int = 300
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,6 +108,13 @@ def _as_bool(name: str, value: object) -> bool:
     if text in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name.upper()}: expected on/off, got {value!r}")
+
+
+def _port(name: str, value: object, minimum: int) -> int:
+    number = _as_int(name, value, minimum)
+    if number > 65535:
+        raise ConfigError(f"{name.upper()}: expected a TCP port up to 65535, got {number}")
+    return number
 
 
 def _as_int(name: str, value: object, minimum: int = 0) -> int:
@@ -266,9 +280,7 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
     web_host = str(raw["web_host"]).strip()
     if not WEB_HOST_RE.match(web_host):
         raise ConfigError(f"WEB_HOST: expected an IP address or host name such as 0.0.0.0, got {web_host!r}")
-    port = _as_int("port", raw["port"], minimum=1)
-    if port > 65535:
-        raise ConfigError(f"PORT: expected a TCP port up to 65535, got {port}")
+    port = _port("port", raw["port"], minimum=1)
 
     broker = str(raw["celery_broker_url"]) or f"filesystem://{var_dir / 'broker'}"
     checkpoint_dir = (_path(str(raw["ledger_checkpoint_dir"])) if raw["ledger_checkpoint_dir"]
@@ -311,4 +323,9 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         # the provider client's 10 s: at 20 s it has ended before the sweeper may ask about it.
         outbox_claim_lease_seconds=_as_int("outbox_claim_lease_seconds", raw["outbox_claim_lease_seconds"],
                                            minimum=20),
+        worker_metrics_port=_port("worker_metrics_port", raw["worker_metrics_port"], minimum=0),
+        worker_heartbeat_seconds=_as_int("worker_heartbeat_seconds", raw["worker_heartbeat_seconds"], minimum=1),
+        worker_stale_seconds=_as_int("worker_stale_seconds", raw["worker_stale_seconds"], minimum=1),
+        outbox_backlog_max_seconds=_as_int("outbox_backlog_max_seconds", raw["outbox_backlog_max_seconds"],
+                                           minimum=1),
     )

@@ -1,22 +1,23 @@
-"""Prometheus metrics. Under gunicorn, PROMETHEUS_MULTIPROC_DIR makes every worker's counts add up."""
+"""Prometheus metrics. Each process counts its own: the web's /metrics (under gunicorn,
+PROMETHEUS_MULTIPROC_DIR adds its workers' counts up) and the worker's own endpoint
+(WORKER_METRICS_PORT, started by worker/__init__.py). The web's /metrics also carries gauges read from
+the store at scrape time (`HealthGauges`): the backlog, the worker's heartbeat, the journal."""
 
 from __future__ import annotations
 
+import math
 import os
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
-
-from gateway import worker_metrics
+from prometheus_client.core import GaugeMetricFamily
 
 WEBHOOK_REJECTED = Counter("smsgate_webhook_rejected_total", "Webhooks refused for a bad or missing signature",
                            ["path"])
@@ -41,42 +42,74 @@ for _how in ("lost_task", "claim_sent", "claim_requeued"):
 STALE_CLAIMS_UNRESOLVED = Counter("smsgate_stale_claims_unresolved_total",
                                   "Dead workers' claims left for the next sweep: the provider could not be asked")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
-# The inbound journal (gateway/services/inbound_journal.py): one per host, so under gunicorn the most
-# recent count any worker took is the host's.
-INBOUND_JOURNAL_LENGTH = Gauge("smsgate_inbound_journal_length", "Inbound texts waiting in the journal for the store",
-                               multiprocess_mode="mostrecent")
+# The inbound journal (gateway/services/inbound_journal.py); its length is a gauge of HealthGauges.
 INBOUND_JOURNALED = Counter("smsgate_inbound_journaled_total", "Inbound texts journaled: the store could not take them")
 INBOUND_REPLAYED = Counter("smsgate_inbound_replayed_total", "Journaled texts applied to the store (or found there)")
 INBOUND_HELD = Counter("smsgate_inbound_held_total", "Journaled texts (or torn lines) held: they could not be applied",
                        ["reason"])
 
-# Inbound reconciliation from Twilio's message log (gateway/services/inbound_reconcile.py). The watermark
-# is a time, not an age: `time() - smsgate_inbound_reconciled_through_timestamp_seconds` keeps growing
-# when runs stop, where an age recorded by the last run would stand still.
+# Inbound reconciliation from Twilio's message log (gateway/services/inbound_reconcile.py); how far
+# behind its watermark is, is a gauge of HealthGauges.
 INBOUND_RECONCILED = Counter("smsgate_inbound_reconciled_total",
                              "Inbound texts found in the provider's message log, not in the store, and applied")
-INBOUND_RECONCILED_THROUGH = Gauge("smsgate_inbound_reconciled_through_timestamp_seconds",
-                                   "The oldest sender's reconciliation watermark (Unix time): texts sent before it "
-                                   "were looked for", multiprocess_mode="mostrecent")
+HEARTBEATS = Counter("smsgate_worker_heartbeats_total", "Heartbeats this worker wrote")
 
 
-def render(var_dir: Path | None = None) -> tuple[bytes, str]:
-    """The exposition text for /metrics: under gunicorn, its workers' counts and the worker's
-    (gateway/worker_metrics.py) added up; otherwise this process's own."""
-    web_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if web_dir:
-        registry = CollectorRegistry()
-        registry.register(_CountFiles([Path(web_dir)] + ([worker_metrics.counts_dir(var_dir)] if var_dir else [])))
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def render(*collectors) -> tuple[bytes, str]:
+    """The exposition text for /metrics: this process's counts (under gunicorn, all its workers'),
+    and what `collectors` read at scrape time."""
+    registry = CollectorRegistry()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    registry.register(multiprocess.MultiProcessCollector(None, directory) if directory
+                      else _ThisProcess())
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-class _CountFiles:
-    """prometheus-client's multiprocess collector over the files of several directories."""
-
-    def __init__(self, directories: list[Path]):
-        self.directories = directories
+class _ThisProcess:
+    """The default registry's metrics, inside a registry of the scrape's own."""
 
     def collect(self):
-        files = [str(path) for directory in self.directories for path in sorted(directory.glob("*.db"))]
-        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        yield from REGISTRY.collect()
+
+
+class HealthGauges:
+    """Gauges read when /metrics is scraped, from `read()` (gateway/services/operations.py Health):
+    ages keep growing while nothing happens, which a value set by the work itself cannot do."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def collect(self):
+        health = self.read()
+        store_up = health.store_error is None
+        yield GaugeMetricFamily("smsgate_store_up", "1 when the store answered this scrape's reads",
+                                value=int(store_up))
+        yield GaugeMetricFamily("smsgate_inbound_journal_length", "Inbound texts waiting in the journal for the store",
+                                value=health.journal_length)
+        if health.last_checkpoint is not None:
+            yield GaugeMetricFamily("smsgate_ledger_checkpoint_age_seconds", "Age of the newest ledger checkpoint",
+                                    value=health.age(health.last_checkpoint))
+        if not store_up:
+            return
+        backlog = GaugeMetricFamily("smsgate_outbox_messages",
+                                    "Messages not yet with the provider, by status", labels=["status"])
+        for status, count in health.backlog.by_status.items():
+            backlog.add_metric([status], count)
+        yield backlog
+        yield GaugeMetricFamily("smsgate_outbox_oldest_queued_seconds",
+                                "How long the oldest queued message has waited for a worker (0: none waits)",
+                                value=health.oldest_queued_age or 0.0)
+        yield GaugeMetricFamily("smsgate_outbox_deferred_due", "Deferred messages whose time has come",
+                                value=health.backlog.deferred_due)
+        yield GaugeMetricFamily("smsgate_pending_confirmations", "Double opt-in requests waiting for YES",
+                                value=health.pending_requests)
+        age = health.heartbeat_age
+        yield GaugeMetricFamily("smsgate_worker_heartbeat_age_seconds",
+                                "Seconds since a worker last wrote its heartbeat (+Inf: never)",
+                                value=math.inf if age is None else age)
+        if health.watermark is not None:
+            yield GaugeMetricFamily("smsgate_inbound_reconcile_watermark_age_seconds",
+                                    "How far behind inbound reconciliation's furthest-behind sender is",
+                                    value=health.age(health.watermark))

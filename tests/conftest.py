@@ -82,6 +82,8 @@ def test_env(tmp_path_factory) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         # The session's app replays no journal on its own: a test replays when it means to.
         "INBOUND_JOURNAL_REPLAY_SECONDS": "0",
+        # The worker's own /metrics: a free port, so test sessions side by side do not collide.
+        "WORKER_METRICS_PORT": str(_free_port()),
     }
     if os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = os.environ["REDIS_URL"]

@@ -1,15 +1,11 @@
 """The worker process: `celery -A worker worker`. Its Gateway comes from bootstrap, as the web app's
 does; no Flask app is built here."""
 
-from celery.signals import after_setup_logger, after_setup_task_logger
+import logging
 
-from gateway import worker_metrics
-from gateway.config import load_settings
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 
-# First: the worker's counts go to files the web's /metrics reads (before anything imports the metrics).
-worker_metrics.count_into_files(load_settings().var_dir)
-
-from gateway import bootstrap, logs  # noqa: E402
+from gateway import bootstrap, logs
 
 gateway = bootstrap.from_environment()
 logs.configure(gateway.settings.log_level, gateway.settings.default_region)
@@ -20,6 +16,28 @@ gateway.settings.var_dir.mkdir(parents=True, exist_ok=True)
 celery.conf.beat_schedule_filename = str(gateway.settings.var_dir / "celerybeat-schedule")
 
 import worker.tasks  # noqa: E402,F401  (registers the tasks on `celery`)
+
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def _serve_metrics(**_):
+    """The worker's own /metrics (WORKER_METRICS_PORT on WEB_HOST): its sends, provider calls, carrier
+    opt-outs and recoveries are counted in this process. The Procfile's thread pool keeps every task
+    in this one process; a prefork pool's children would count where this endpoint cannot see."""
+    port = gateway.settings.worker_metrics_port
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=gateway.settings.web_host)
+    except OSError as error:
+        # A busy port must not stop the sends: say so loudly, and keep working.
+        log.error("worker metrics: cannot listen on %s:%d (%s); this worker's metrics are not served",
+                  gateway.settings.web_host, port, error)
+        return
+    log.info("worker metrics on http://%s:%d/metrics", gateway.settings.web_host, port)
 
 
 @after_setup_logger.connect

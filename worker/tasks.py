@@ -10,8 +10,9 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
+from gateway import metrics
 from gateway.queue.app import TaskNames
-from gateway.services import batches, expiry, inbound_reconcile, sending
+from gateway.services import batches, expiry, inbound_reconcile, operations, sending
 from gateway.store import checkpoints
 from worker import gateway
 
@@ -80,3 +81,10 @@ def checkpoint_ledger() -> str | None:
 def reconcile_inbound() -> int:
     """Apply inbound texts Twilio logged whose webhook never reached us."""
     return inbound_reconcile.reconcile(gateway).applied
+
+
+@shared_task(name=TaskNames.HEARTBEAT, bind=True)
+def heartbeat(self) -> None:
+    """Record that this worker takes tasks: a frozen or dead worker stops moving its row."""
+    operations.beat(gateway, self.request.hostname or "worker")
+    metrics.HEARTBEATS.inc()

@@ -23,6 +23,7 @@ class TaskNames:
     EXPIRE_PENDING = "consent.expire_pending"
     CHECKPOINT_LEDGER = "consent.checkpoint_ledger"
     RECONCILE_INBOUND = "inbound.reconcile"
+    HEARTBEAT = "worker.heartbeat"
 
 
 class QueueNames:
@@ -41,6 +42,7 @@ ROUTES = {
     TaskNames.EXPIRE_PENDING: {"queue": QueueNames.PERIODIC},
     TaskNames.CHECKPOINT_LEDGER: {"queue": QueueNames.PERIODIC},
     TaskNames.RECONCILE_INBOUND: {"queue": QueueNames.PERIODIC},
+    TaskNames.HEARTBEAT: {"queue": QueueNames.PERIODIC},
 }
 
 
@@ -95,6 +97,9 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile-statuses": {"task": TaskNames.RECONCILE_STATUSES, "schedule": 300.0},
             "checkpoint-ledger": {"task": TaskNames.CHECKPOINT_LEDGER,
                                   "schedule": float(settings.ledger_checkpoint_seconds)},
+            # A heartbeat that waited longer than its interval says nothing about now: dropped, not run.
+            "heartbeat": {"task": TaskNames.HEARTBEAT, "schedule": float(settings.worker_heartbeat_seconds),
+                          "options": {"expires": float(settings.worker_heartbeat_seconds)}},
         } | ({"reconcile-inbound": {"task": TaskNames.RECONCILE_INBOUND,
                                     "schedule": float(settings.inbound_reconcile_seconds)}}
              if settings.inbound_reconcile_seconds else {}),

@@ -127,7 +127,6 @@ def replay(gateway: Gateway) -> Replayed:
             if outcome.remaining:
                 break  # the store failed: try again at the next round
         waiting, held = len(journal.snapshot().records), len(journal.held())
-    metrics.INBOUND_JOURNAL_LENGTH.set(waiting)
     if applied or duplicates or newly_held:
         log.info("inbound journal: %d applied, %d already stored, %d held, %d waiting", applied, duplicates,
                  newly_held, waiting)

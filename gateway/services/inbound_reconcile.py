@@ -86,11 +86,6 @@ def reconcile(gateway: Gateway, message_log: Provider | None = None, *, now: dat
             # A store fault, or a bug: the watermark stays, so the next run reads the same span again.
             log.exception("inbound reconciliation of %s stopped; next run", sender.key)
             counts.failed.append(sender.key)
-    if senders:
-        with gateway.db.statements() as connection:
-            marks = reconciliation.watermarks(connection, [sender.key for sender in senders])
-        if len(marks) == len(senders):
-            metrics.INBOUND_RECONCILED_THROUGH.set(min(marks.values()).timestamp())
     if counts.applied or counts.refused or counts.overtaken or counts.failed:
         log.info("inbound reconciliation: %d applied, %d already stored, %d overtaken, %d left for the next run, "
                  "%d refused, failed: %s", counts.applied, counts.stored, counts.overtaken, counts.young,

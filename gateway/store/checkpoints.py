@@ -122,6 +122,22 @@ class BadCheckpoint(ValueError):
     pass
 
 
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The checkpoint files in `directory`, oldest first (their names sort by time)."""
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if _NAME.match(path.name))
+
+
+def newest_taken_at(directory: Path) -> datetime | None:
+    """When the newest checkpoint in `directory` was taken, by its file's name (unverified: `ledger
+    verify` checks its signature)."""
+    files = checkpoint_files(directory)
+    if not files:
+        return None
+    return datetime.strptime(_NAME.match(files[-1].name).group(1), "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+
+
 class CheckpointLog:
     """The directory of checkpoint files, read with our public key."""
 
@@ -131,9 +147,7 @@ class CheckpointLog:
 
     def files(self) -> list[Path]:
         """Checkpoint files, oldest first (their names sort by time); temporary files are not listed."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(path for path in self.directory.iterdir() if _NAME.match(path.name))
+        return checkpoint_files(self.directory)
 
     def newest(self) -> tuple[Checkpoint | None, list[LogProblem]]:
         """The newest checkpoint that our key signed and whose heads match its root, and every newer

@@ -61,6 +61,10 @@ class Journal:
         except FileNotFoundError:
             return True
 
+    def length(self) -> int:
+        """How many texts wait to be replayed (an empty journal is not read)."""
+        return 0 if self.is_empty() else len(self.snapshot().records)
+
     def snapshot(self) -> Snapshot:
         with self._locked():
             data = _read(self.path)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -123,7 +124,10 @@ class Consent(Base):
 
     __tablename__ = "consents"
     # Its index also serves every look-up by number (number_id comes first): no index of its own.
-    __table_args__ = (UniqueConstraint("number_id", "program_id"),)
+    # The pending requests, few among many consents: counted on every /metrics scrape, expired each minute.
+    __table_args__ = (UniqueConstraint("number_id", "program_id"),
+                      Index("ix_consents_pending_expires_at", "expires_at", postgresql_where=text("status = 'pending'"),
+                            sqlite_where=text("status = 'pending'")))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
@@ -291,3 +295,13 @@ class InboundWatermark(Base):
     sender: Mapped[str] = mapped_column(String(40), primary_key=True)
     listed_through: Mapped[datetime]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """When each worker last ran the heartbeat task beat schedules (services/operations.py): a worker
+    that stops taking tasks, frozen or gone, stops moving its row."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery's node name, celery@host
+    beat_at: Mapped[datetime]

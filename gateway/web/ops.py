@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from gateway import metrics
+from gateway.services import operations
 from gateway.web.auth import public
 from gateway.web.context import current
 
@@ -37,5 +38,6 @@ def readyz():
 @bp.get("/metrics")
 @public
 def prometheus():
-    body, content_type = metrics.render(current().settings.var_dir)
+    gateway = current()
+    body, content_type = metrics.render(metrics.HealthGauges(lambda: operations.read(gateway)))
     return Response(body, content_type=content_type)
