@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+HTTP_RESPONSES = Counter("smsgate_http_responses_total", "HTTP answers of the web process, by route and status",
+                         ["endpoint", "status"])
 WEBHOOK_REJECTED = Counter("smsgate_webhook_rejected_total", "Webhooks refused for a bad or missing signature",
                            ["path"])
 INBOUND = Counter("smsgate_inbound_messages_total", "Inbound texts by intent", ["intent"])
@@ -78,10 +80,20 @@ class HealthGauges:
     """Gauges read when /metrics is scraped, from `read()` (gateway/services/operations.py Health):
     ages keep growing while nothing happens, which a value set by the work itself cannot do."""
 
-    def __init__(self, read):
-        self.read = read
+    def __init__(self, read, settings):
+        self.read, self.settings = read, settings
 
     def collect(self):
+        # The thresholds `smsgate status` judges by, so that alert rules compare with the same numbers
+        # (config/prometheus/alerts.yml) instead of copies of them.
+        settings = self.settings
+        for name, help_text, value in (
+                ("smsgate_worker_stale_threshold_seconds", "WORKER_STALE_SECONDS", settings.worker_stale_seconds),
+                ("smsgate_outbox_backlog_max_seconds", "OUTBOX_BACKLOG_MAX_SECONDS",
+                 settings.outbox_backlog_max_seconds),
+                ("smsgate_ledger_checkpoint_interval_seconds", "LEDGER_CHECKPOINT_SECONDS",
+                 settings.ledger_checkpoint_seconds)):
+            yield GaugeMetricFamily(name, f"The setting {help_text}", value=value)
         health = self.read()
         store_up = health.store_error is None
         yield GaugeMetricFamily("smsgate_store_up", "1 when the store answered this scrape's reads",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask, abort, request
 from flask.sessions import SecureCookieSessionInterface
 
+from gateway import metrics
 from gateway.web import errors, headers
 from gateway.web.auth import declared_auth
 
@@ -22,6 +23,12 @@ def register(app: Flask, *, sandbox: bool) -> None:
         from gateway.twilio import sandbox as sandbox_module
 
         app.register_blueprint(sandbox_module.bp, url_prefix="/sandbox")
+
+    @app.after_request
+    def _count_response(response):
+        # By route, not path: a path holds ids and numbers. Unmatched paths share one label.
+        metrics.HTTP_RESPONSES.labels(endpoint=request.endpoint or "unmatched", status=response.status_code).inc()
+        return response
 
     @app.before_request
     def _refuse_undeclared():

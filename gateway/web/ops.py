@@ -39,5 +39,5 @@ def readyz():
 @public
 def prometheus():
     gateway = current()
-    body, content_type = metrics.render(metrics.HealthGauges(lambda: operations.read(gateway)))
+    body, content_type = metrics.render(metrics.HealthGauges(lambda: operations.read(gateway), gateway.settings))
     return Response(body, content_type=content_type)

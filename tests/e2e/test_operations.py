@@ -1,6 +1,7 @@
-"""A frozen worker, seen from outside as an operator sees it: `smsgate status`, the web's gauges and
-the worker's own /metrics, with real processes (gunicorn as the Procfile runs it, a Celery worker with
-beat, a broker of their own).
+"""A frozen worker, seen from outside as an operator sees it: `smsgate status`, the web's gauges, the
+worker's own /metrics and the alert a real Prometheus fires from config/prometheus/alerts.yml, with
+real processes (gunicorn as the Procfile runs it, a Celery worker with beat, a broker of their own,
+Debian's Prometheus scraping both).
 
 Before: with the worker stopped (SIGSTOP), sends were answered 202 and stayed queued, while every
 signal an operator had said all was well.
@@ -28,6 +29,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
+def prometheus_installed():
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+
+
+@pytest.fixture
 def broker(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: the test runs a broker of its own")
@@ -35,6 +42,41 @@ def broker(tmp_path):
     broker.start()
     yield broker
     broker.kill()
+
+
+class Prometheus:
+    """A Prometheus server scraping `targets` every second and evaluating the repository's alert rules."""
+
+    def __init__(self, directory, targets: dict[str, str]):
+        self.port, self.directory = _free_port(), directory
+        jobs = "\n".join(f"  - job_name: {job}\n    static_configs: [{{targets: ['{target}']}}]"
+                          for job, target in targets.items())
+        (directory / "prometheus.yml").write_text(
+            f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
+            f"rule_files: ['{ROOT / 'config' / 'prometheus' / 'alerts.yml'}']\n"
+            f"scrape_configs:\n{jobs}\n")
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=(directory / "prometheus.log").open("ab"), stderr=subprocess.STDOUT)
+
+    def firing(self) -> set[str]:
+        answer = requests.get(f"http://127.0.0.1:{self.port}/api/v1/alerts", timeout=5).json()
+        return {alert["labels"]["alertname"] for alert in answer["data"]["alerts"] if alert["state"] == "firing"}
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, (self.directory / "prometheus.log").read_text()[-3000:]
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -47,8 +89,8 @@ def total(scraped: dict, name: str) -> float:
     return sum(value for (sample, _), value in scraped.items() if sample == name)
 
 
-def test_a_frozen_worker_is_named_by_status_gauges_and_metrics_then_recovers(
-        test_env, broker, tmp_path, live_server, db, make_key):
+def test_a_frozen_worker_is_named_by_status_gauges_metrics_and_alert_then_recovers(
+        test_env, broker, prometheus_installed, tmp_path, live_server, db, make_key):
     environment = {**test_env, "CELERY_BROKER_URL": broker.url, "VAR_DIR": str(tmp_path / "var"),
                    "WORKER_HEARTBEAT_SECONDS": "1", "WORKER_STALE_SECONDS": "4",
                    "WORKER_METRICS_PORT": str(_free_port())}
@@ -66,8 +108,13 @@ def test_a_frozen_worker_is_named_by_status_gauges_and_metrics_then_recovers(
     opted_in(db, "orders", "+14155550401")
     web.start()
     worker.start()
+    (tmp_path / "prometheus").mkdir()
+    prometheus = Prometheus(tmp_path / "prometheus", {
+        "smsgate-web": web.base.removeprefix("http://"),
+        "smsgate-worker": f"127.0.0.1:{environment['WORKER_METRICS_PORT']}"})
     frozen: list[int] = []
     try:
+        wait_for(prometheus.ready, timeout=30, what="Prometheus is ready")
         healthy = wait_for(lambda: (result := status()).returncode == 0 and result, timeout=30,
                            what="smsgate status passes once the worker beats")
         heartbeat_line = next(line for line in healthy.stdout.splitlines() if line.startswith("worker heartbeat"))
@@ -93,6 +140,8 @@ def test_a_frozen_worker_is_named_by_status_gauges_and_metrics_then_recovers(
         assert gauges[("smsgate_worker_heartbeat_age_seconds", ())] > 4
         assert gauges[("smsgate_outbox_messages", (("status", "queued"),))] == 1
         assert gauges[("smsgate_outbox_oldest_queued_seconds", ())] > 0
+        wait_for(lambda: "SmsgateWorkerStale" in prometheus.firing(), timeout=20,
+                 what="Prometheus fires SmsgateWorkerStale")
 
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
@@ -100,9 +149,12 @@ def test_a_frozen_worker_is_named_by_status_gauges_and_metrics_then_recovers(
         wait_for(lambda: message_row(db, second.json()["id"]).status in ("sent", "delivered"), timeout=30)
         wait_for(lambda: status().returncode == 0, timeout=20, what="smsgate status passes again")
         assert scrape(f"{web.base}/metrics")[("smsgate_worker_heartbeat_age_seconds", ())] < 4
+        wait_for(lambda: "SmsgateWorkerStale" not in prometheus.firing(), timeout=20,
+                 what="the alert clears once the worker beats again")
     finally:
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
+        prometheus.stop()
         web.stop()
         children = children_of(worker.process.pid) if worker.process else set()
         worker.stop()
