@@ -80,6 +80,8 @@ class Settings:
     worker_heartbeat_seconds: int = 10
     worker_stale_seconds: int = 60
     outbox_backlog_max_seconds: int = 300
+    # `text` (one line a record) or `json` (one object a line, event fields as keys): LOG_FORMAT.
+    log_format: str = "text"
 
     @property
     def is_sqlite(self) -> bool:
@@ -272,6 +274,9 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
     log_level = str(raw["log_level"]).upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    log_format = str(raw["log_format"]).strip().lower()
+    if log_format not in {"text", "json"}:
+        raise ConfigError(f"LOG_FORMAT: expected text or json, got {log_format!r}")
 
     programs_file = _path(str(raw["programs_file"]))
     if not programs_file.is_file():
@@ -328,4 +333,5 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         worker_stale_seconds=_as_int("worker_stale_seconds", raw["worker_stale_seconds"], minimum=1),
         outbox_backlog_max_seconds=_as_int("outbox_backlog_max_seconds", raw["outbox_backlog_max_seconds"],
                                            minimum=1),
+        log_format=log_format,
     )

@@ -117,16 +117,47 @@ def install() -> None:
     logging.setLogRecordFactory(masked_record)
 
 
-def configure(level: str, region: str = "US") -> None:
+_TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The twilio client logs every request and response at INFO (URLs, form fields): only when debugging.
+_CHATTY = ("twilio.http_client",)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """LOG_FORMAT's formatter: `text`, one line per record, or `json`, one JSON object per line with
+    the event fields of `event` as keys of their own."""
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+    return logging.Formatter(_TEXT)
+
+
+def configure(level: str, region: str = "US", log_format: str = "text") -> None:
     set_region(region)
     install()
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     root = logging.getLogger()
-    if any(getattr(handler, "_smsgate", False) for handler in root.handlers):
+    ours = [handler for handler in root.handlers if getattr(handler, "_smsgate", False)]
+    if ours:
+        for handler in ours:
+            handler.setFormatter(formatter(log_format))
         root.setLevel(level)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler._smsgate = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter(log_format))
     handler.addFilter(MaskNumbers())
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """One INFO line for a compliance-relevant event (an opt-out, a carrier opt-out, a blocked send, a
+    journaled text): `event=NAME key=value ...`, and with LOG_FORMAT=json the same fields as keys.
+    A field named `number` is masked here; the rest are ids and reasons."""
+    shown = {key: (mask(str(value)) if key == "number" else value) for key, value in fields.items()
+             if value is not None}
+    logger.log(level, "event=%s %s", name, " ".join(f"{key}={value}" for key, value in shown.items()),
+               extra={"event": name, **shown})

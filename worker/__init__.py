@@ -8,7 +8,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_r
 from gateway import bootstrap, logs
 
 gateway = bootstrap.from_environment()
-logs.configure(gateway.settings.log_level, gateway.settings.default_region)
+logs.configure(gateway.settings.log_level, gateway.settings.default_region, gateway.settings.log_format)
 celery = gateway.dispatcher.celery
 # Beat keeps its schedule under VAR_DIR, not under the working directory: a fresh deployment (its
 # store and broker elsewhere, SUPPRESSION_KEY set) may not have a var/ yet, and beat dies without it.
@@ -48,3 +48,6 @@ def _mask_numbers(logger, **_):
     # filter on Celery's handlers also masks records built elsewhere (makeLogRecord), so no number
     # reaches the worker's log in full (the twilio client logs To=%2B1415… in its request URLs).
     logs.mask_handlers(logger)
+    if gateway.settings.log_format == "json":
+        for handler in logger.handlers:
+            handler.setFormatter(logs.formatter("json"))

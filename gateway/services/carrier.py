@@ -7,22 +7,26 @@ callback are the same fact, kept the same way.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.domain.consent import Input
 from gateway.domain.outbound import Reachability, reachability_after
 from gateway.services import consents
 from gateway.store import programs
 from gateway.store.models import PhoneNumber
 
+log = logging.getLogger(__name__)
+
 
 def record_opt_out(
-    session: Session, number: PhoneNumber, sender: str, evidence: consents.Evidence, now: datetime | None = None
+    session: Session, number: PhoneNumber, sender: str, evidence: consents.Evidence, now: datetime | None = None,
+    *, message_id: str | None = None,
 ) -> list[consents.Change]:
-    """Opt `number` out of every program on `sender`.
+    """Opt `number` out of every program on `sender` (Twilio refused `message_id` with 21610).
 
     Twilio blocks per sender (number or Messaging Service), so the opt-out is scoped to that sender's
     programs, not to every program we run: other senders may still hold the person's consent.
@@ -30,7 +34,13 @@ def record_opt_out(
     changes = consents.opt_out(session, number, programs.on_sender(session, sender), Input.CARRIER_OPT_OUT,
                               evidence, now=now)
     metrics.CARRIER_OPT_OUTS.inc()
+    logs.event(log, "carrier_opt_out", message_id=message_id, number=number.e164, sender=sender,
+               stage=evidence.details.get("stage"), programs=_slugs(changes))
     return changes
+
+
+def _slugs(changes: list[consents.Change]) -> str:
+    return ",".join(change.program.slug for change in changes if change.program is not None)
 
 
 def reachability_columns(current: str, heard: Reachability, code: int | None = None) -> dict | None:

@@ -16,7 +16,6 @@ from sqlalchemy import select
 
 from gateway import metrics
 from gateway.domain.consent import Source
-from gateway.domain.numbers import mask
 from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
 from gateway.services import carrier
 from gateway.services.consents import Evidence
@@ -76,9 +75,7 @@ def _learn_about_number(session, message: OutboundMessage, report: DeliveryRepor
         carrier.record_opt_out(session, number, message.sender, Evidence(
             source=Source.CARRIER, actor="twilio", reference=report.sid,
             details={**(report.fields or {}), "stage": "status_callback", "message_id": message.id},
-        ), now=now)
-        log.info("carrier opt-out of %s on %s (%s in a status callback)", mask(number.e164), message.sender,
-                 report.error_code)
+        ), now=now, message_id=message.id)
     else:
         carrier.learn_reachability(number, kind.reachability, report.error_code)
 

@@ -32,7 +32,7 @@ import phonenumbers
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.domain import storable
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.gate import Facts, Kind
@@ -165,9 +165,13 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     metrics.INBOUND.labels(intent=handled.intent).inc()
     for event_type, source in effect.events:
         metrics.CONSENT_EVENTS.labels(type=event_type, source=source).inc()
-    # Consent changes are worth a line each; chit-chat is not.
-    log.log(logging.INFO if effect.events else logging.DEBUG, "inbound %s from %s: %s",
-            text.message_sid, mask(text.from_), handled.intent)
+    # Consent changes are worth a line each (an opt-out an event line of its own); chit-chat is not.
+    if effect.events and handled.intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL):
+        logs.event(log, "opt_out", message_sid=text.message_sid, number=text.from_, source="sms", to=text.to,
+                   ended=len(effect.events))
+    else:
+        log.log(logging.INFO if effect.events else logging.DEBUG, "inbound %s from %s: %s",
+                text.message_sid, mask(text.from_), handled.intent)
     return handled
 
 

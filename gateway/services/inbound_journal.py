@@ -34,8 +34,8 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gateway import metrics
-from gateway.domain.numbers import is_e164, mask
+from gateway import logs, metrics
+from gateway.domain.numbers import is_e164
 from gateway.services import inbound
 from gateway.services.ports import Gateway
 from gateway.store.journal import Journal
@@ -81,14 +81,15 @@ def receive(gateway: Gateway, text: inbound.InboundText) -> inbound.Handled:
     except Exception as error:
         if not is_store_fault(error):
             raise
-        log.warning("inbound %s from %s: the store cannot take it (%s); journaled", text.message_sid,
-                    mask(text.from_), type(error).__name__)
         return _journaled(journal, text, received_at, type(error).__name__)
 
 
 def _journaled(journal: Journal, text: inbound.InboundText, received_at: datetime, because: str) -> inbound.Handled:
     journal.append({"v": _FORMAT, "received_at": received_at.isoformat(), "because": because,
                     "text": dataclasses.asdict(text)})
+    # The text is safe on disk and answered; the store will have it when it answers again.
+    logs.event(log, "inbound_journaled", level=logging.WARNING, message_sid=text.message_sid, number=text.from_,
+               because=because)
     metrics.INBOUND_JOURNALED.inc()
     return inbound.Handled("journaled")
 

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from sqlalchemy import select
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
@@ -79,7 +79,8 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
         if not decision.allowed:
             outbox.advance_by_id(connection, claimed.id, Status.BLOCKED, now=now, reason=decision.reason.value)
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
-            log.info("blocked %s to %s: %s", claimed.id, mask(claimed.number.e164), decision.reason.value)
+            logs.event(log, "send_blocked", message_id=claimed.id, number=claimed.number.e164,
+                       reason=decision.reason.value, stage="worker")
             return Outcome(Status.BLOCKED, decision.reason.value)
         mps = throughput.sender_mps(connection, claimed.sender)
         verdict = throughput.take(gateway.limiter, claimed.sender, mps)
@@ -154,7 +155,7 @@ def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderEr
             carrier.record_opt_out(session, number, message.sender, Evidence(
                 source=Source.CARRIER, actor="twilio", reference=message.id,
                 details={"error_code": error.code, "error_message": error.message, "stage": "send"},
-            ), now=now)
+            ), now=now, message_id=message.id)
             return Outcome(Status.BLOCKED, error.kind.reason)
         reason = error.kind.reason or "provider_error"
         if error.kind.reachability is not None:

@@ -7,13 +7,14 @@ as binding as a STOP and carries the API key's name as its actor.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 
 from flask import Blueprint, g, jsonify, request
 from sqlalchemy.orm import Session
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.domain import storable
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import InvalidNumber, Number
@@ -25,6 +26,8 @@ from gateway.web.auth import api_key
 from gateway.web.context import current
 from gateway.web.errors import ApiError
 from gateway.web.json_body import json_body_salvaging
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api_consents", __name__)
 
@@ -145,6 +148,8 @@ def opt_out(phone: str):
         document = consent_document(session, number.e164)
     for change in changes:
         metrics.CONSENT_EVENTS.labels(type=change.event.type, source=change.event.source).inc()
+    logs.event(log, "opt_out", request_id=reference, number=number.e164, source="api", key=g.api_key_name,
+               programs=",".join(change.program.slug for change in changes if change.program is not None))
     if left_out:
         document["warnings"] = [
             {"code": "evidence_not_kept", "field": note["field"],

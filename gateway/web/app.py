@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from gateway import bootstrap, logs, web
 
     settings = settings or load_settings()
-    logs.configure(settings.log_level, settings.default_region)
+    logs.configure(settings.log_level, settings.default_region, settings.log_format)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_content_length,
