@@ -319,6 +319,66 @@ def inbound_reconcile(ctx: Context) -> None:
         sys.exit(1)  # those senders' logs were not read through: their watermarks stayed
 
 
+@main.group("proof")
+def proof_group() -> None:
+    """Proof bundles: a number's consent history that anyone can check offline (docs/proofs.md)."""
+
+
+@proof_group.command("export")
+@click.argument("number")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the bundle here (default: standard output)")
+@pass_context
+def proof_export(ctx: Context, number: str, output: Path | None) -> None:
+    """Write NUMBER's proof bundle: its ledger events as hashed, the chain's head, and the newest
+    signed checkpoint covering it with the Merkle proof of its place there.
+
+    \b
+    Example:
+      smsgate proof export "(415) 555-0147" -o proof-4155550147.json
+    """
+    from gateway.services import proofs
+
+    parsed = _number(ctx, number)
+    with ctx.db.snapshot() as session:
+        row = consents.find_number(session, parsed.e164)
+        if row is None:
+            raise click.ClickException("nothing is held about that number")
+        document = proofs.bundle(session, row, ctx.settings)
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}: {len(document['events'])} events", err=True)
+    if document["checkpoint"] is None:
+        click.echo("warning: no signed checkpoint covers this number yet, so the bundle proves the chain only "
+                   "against itself; run `smsgate ledger checkpoint` and export again", err=True)
+
+
+@proof_group.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", help="the ledger public key to trust (default: this deployment's)")
+@pass_context
+def proof_verify(ctx: Context, file: Path, public_key: str | None) -> None:
+    """Check a proof bundle as tools/verify_proof.py does (the same code): hashes, links, head, the
+    checkpoint's signature and the chain's place in it. Exits 1 naming what does not hold.
+
+    \b
+    Example:
+      smsgate proof verify proof-4155550147.json
+    """
+    import importlib.util
+
+    from gateway.config import ROOT
+
+    spec = importlib.util.spec_from_file_location("verify_proof", ROOT / "tools" / "verify_proof.py")
+    verifier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verifier)
+    key = public_key or checkpoints.from_settings(ctx.settings)[1].public_key
+    sys.exit(verifier.main([str(file), "--public-key", key]))
+
+
 @main.command("status")
 @pass_context
 def status(ctx: Context) -> None:

@@ -46,6 +46,15 @@ def event_hash(event) -> str:
     return _content_hash({name: getattr(event, name) for name in _HASHED})
 
 
+def hashed_content(event) -> dict:
+    """Exactly what an event's hash covers, times as ISO text: what a proof bundle carries, so that
+    anyone can recompute the hash (tools/verify_proof.py)."""
+    content = {name: getattr(event, name) for name in _HASHED}
+    content["expires_at"] = _iso(content["expires_at"])
+    content["occurred_at"] = _iso(content["occurred_at"])
+    return content
+
+
 def _content_hash(fields: dict) -> str:
     content = {name: fields[name] for name in _HASHED}
     content["expires_at"] = _iso(content["expires_at"])

@@ -11,7 +11,7 @@ from typing import IO
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from gateway.domain import storable
+from gateway.domain import ledger, storable
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.services import consents
@@ -53,12 +53,10 @@ def export(session: Session, number: PhoneNumber) -> dict:
 
 
 def event_json(event: LedgerEvent) -> dict:
-    return {
-        "seq": event.seq, "type": event.type, "program": event.program.slug if event.program else None,
-        "source": event.source, "actor": event.actor, "reference": event.reference,
-        "occurred_at": event.occurred_at.isoformat(), "evidence": event.evidence,
-        "status_before": event.status_before, "status_after": event.status_after, "hash": event.hash,
-    }
+    """An event as exports show it: every field its hash covers, exactly as hashed (so a proof can be
+    recomputed from an export, docs/proofs.md), its evidence, its hash and its program's slug."""
+    return {**ledger.hashed_content(event), "evidence": event.evidence, "hash": event.hash,
+            "program": event.program.slug if event.program else None}
 
 
 @dataclass(frozen=True)
