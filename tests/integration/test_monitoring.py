@@ -13,6 +13,8 @@ import pytest
 from gateway.config import ROOT
 from gateway.store import checkpoints, reconciliation
 from gateway.store.models import utcnow
+from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from tests.sandbox_support import instant_sandbox, opt_in  # noqa: F401  (a fixture)
 
 RULES = ROOT / "config" / "prometheus"
 DASHBOARD = ROOT / "config" / "grafana" / "smsgate.json"
@@ -82,3 +84,62 @@ def test_every_alert_names_an_exported_metric(client, worked):
     assert len(expressions) == 8
     missing = {name for expr in expressions for name in METRIC.findall(expr)} - exported(client)
     assert not missing, f"alert rules compare metrics nobody exports: {sorted(missing)}"
+
+
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def test_every_metric_the_docs_list_appears_after_the_work_that_produces_it(
+        client, gateway, db, live_server, instant_sandbox, twilio_post, make_key, captured_queue, worked):
+    """The work of a day in small: a refused webhook, a STOP, a double opt-in request, a send that the
+    worker's code takes to the sandbox and whose delivery is called back, a send refused, a carrier
+    opt-out; then every metric docs/operations.md lists is on the scrape, and those this work makes
+    have samples."""
+    from gateway.domain.gate import ALLOW, Kind
+    from gateway.services import consents, sending
+    from gateway.store import outbox, programs
+    from gateway.store.models import OutboundMessage
+
+    listed = set(METRIC.findall(OPERATIONS.read_text()))
+    assert len(listed) >= 25
+    opt_in(db, "+14155550171", "orders")
+    opt_in(db, "+14155550172", "deals", "alerts")
+    assert client.post("/webhooks/twilio/sms", data={"From": "+14155550172"}).status_code == 403
+    assert twilio_post("/webhooks/twilio/sms", {"MessageSid": "SM" + "a1" * 16, "From": "+14155550172",
+                                                "To": "+15005550006", "Body": "STOP"}).status_code == 200
+    subscribe = {"Authorization": f"Bearer {make_key('subscribe')}"}
+    assert client.post("/v1/subscriptions", headers=subscribe, json={
+        "phone": "+14155550173", "program": "alerts", "evidence": {"ip": "203.0.113.9"}}).status_code == 202
+    send = {"Authorization": f"Bearer {make_key('send')}"}
+    sent = client.post("/v1/messages", headers=send, json={"to": "+14155550171", "program": "orders",
+                                                           "body": "Your order shipped"})
+    assert sent.status_code == 202
+    assert client.post("/v1/messages", headers=send, json={"to": "+14155550172", "program": "deals",
+                                                           "body": "20% off"}).status_code == 409
+    assert sending.send(gateway, sent.json["id"]).status in ("sent", "delivered")
+    with db.sessions() as session:
+        provider_sid = session.get(OutboundMessage, sent.json["id"]).provider_sid
+    assert twilio_post("/webhooks/twilio/status", {"MessageSid": provider_sid, "MessageStatus": "delivered",
+                                                   "To": "+14155550171", "From": "+15005550006"}).status_code == 200
+    # A message Twilio refuses with 21610 in its callback: the person opted out at Twilio.
+    with db.transaction() as session:
+        program = programs.by_slug(session, "orders")
+        refused = outbox.accept(session, number=consents.find_number(session, "+14155550171"), program=program,
+                                kind=Kind.TRANSACTIONAL, body="Shipped", decision=ALLOW)
+        refused.provider_sid, refused.status = "SM" + "b2" * 16, "sent"
+    assert twilio_post("/webhooks/twilio/status", {"MessageSid": "SM" + "b2" * 16, "MessageStatus": "undelivered",
+                                                   "ErrorCode": "21610", "To": "+14155550171",
+                                                   "From": "+15005550006"}).status_code == 200
+
+    exposition = client.get("/metrics").get_data(as_text=True)
+    declared = exported(client)
+    assert listed <= declared, f"docs/operations.md lists metrics the scrape lacks: {sorted(listed - declared)}"
+    with_samples = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in exposition.splitlines()
+                    if line and not line.startswith("#")}
+    produced = {"smsgate_http_responses_total", "smsgate_webhook_rejected_total", "smsgate_inbound_messages_total",
+                "smsgate_consent_events_total", "smsgate_subscription_requests_total",
+                "smsgate_messages_accepted_total", "smsgate_messages_refused_total", "smsgate_messages_sent_total",
+                "smsgate_provider_seconds_count", "smsgate_delivery_status_total", "smsgate_carrier_opt_outs_total",
+                "smsgate_worker_heartbeat_age_seconds", "smsgate_outbox_messages", "smsgate_pending_confirmations",
+                "smsgate_inbound_reconcile_watermark_age_seconds", "smsgate_ledger_checkpoint_age_seconds"}
+    assert produced <= with_samples, f"no samples after the work: {sorted(produced - with_samples)}"
