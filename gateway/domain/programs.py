@@ -22,6 +22,7 @@ import phonenumbers
 from gateway.domain.keywords import Intent, default_engine
 from gateway.domain.numbers import is_e164
 from gateway.domain.segments import count as count_segments
+from gateway.domain.twilio_filter import Filtering, OptOutHandling
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,24 @@ class ProgramSpec:
     # The numbers a Messaging Service program sends from, as far as the programs file says: they are
     # ours, and no one may subscribe them (a program with a `sender` has that one).
     service_numbers: tuple[str, ...] = ()
+    # How opt-outs are handled at Twilio for this program's sender (gateway/domain/twilio_filter.py);
+    # every program on one sender declares the same. The keyword lists: Advanced Opt-Out's only.
+    opt_out_handling: str = OptOutHandling.TWILIO_DEFAULT.value
+    twilio_opt_out_keywords: tuple[str, ...] = ()
+    twilio_opt_in_keywords: tuple[str, ...] = ()
+    twilio_help_keywords: tuple[str, ...] = ()
     templates: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def filtering(self) -> Filtering:
+        """Twilio's opt-out filtering on this program's sender."""
+        return Filtering.of(self.opt_out_handling, self.twilio_opt_out_keywords, self.twilio_opt_in_keywords,
+                            self.twilio_help_keywords)
+
+    @property
+    def sender_key(self) -> str:
+        return self.sender or self.messaging_service or ""
 
     def text(self, template: str) -> str:
         """Render one of the program's message templates."""
@@ -88,13 +105,19 @@ class ProgramSpec:
     def version(self) -> str:
         """A digest of the whole definition: evidence cites it as the version of what was shown."""
         definition = asdict(self)
-        if not definition["service_numbers"]:
-            del definition["service_numbers"]  # added later: programs without it keep their version
+        for added_later, default in _ADDED_LATER.items():
+            if definition[added_later] == default:
+                del definition[added_later]  # programs that do not use it keep their version
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
+# Keys added after programs were first stored, with their defaults: left out of `version` at the default.
+_ADDED_LATER = {"service_numbers": (), "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value,
+                "twilio_opt_out_keywords": (), "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
+_TWILIO_KEYWORD_LISTS = ("twilio_opt_out_keywords", "twilio_opt_in_keywords", "twilio_help_keywords")
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
-          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "service_numbers", "templates"}
+          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "service_numbers", "templates",
+          "opt_out_handling", *_TWILIO_KEYWORD_LISTS}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -138,6 +161,19 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
     mps = raw.get("mps")
     if mps is not None and (isinstance(mps, bool) or not isinstance(mps, int) or not 1 <= mps <= 10_000):
         raise fail("mps", "a whole number of messages per second, 1 to 10000")
+    handling = raw.get("opt_out_handling", OptOutHandling.TWILIO_DEFAULT.value)
+    if handling not in {mode.value for mode in OptOutHandling}:
+        raise fail("opt_out_handling", "one of " + ", ".join(mode.value for mode in OptOutHandling)
+                   + " (how Twilio handles STOP/START/HELP on this sender)")
+    twilio_keywords = {}
+    for key in _TWILIO_KEYWORD_LISTS:
+        words = raw.get(key, [])
+        if not isinstance(words, list) or not all(isinstance(w, str) and KEYWORD.match(w.upper()) for w in words):
+            raise fail(key, "a list of single words, 2-16 letters or digits")
+        if words and handling != OptOutHandling.TWILIO_ADVANCED:
+            raise fail(key, "only with opt_out_handling = \"twilio_advanced\" (the keywords configured in "
+                            "Advanced Opt-Out)")
+        twilio_keywords[key] = tuple(dict.fromkeys(w.upper() for w in words))
     templates = dict(DEFAULT_TEMPLATES)
     overrides = raw.get("templates", {})
     if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
@@ -151,7 +187,7 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
         double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps,
-        service_numbers=tuple(service_numbers), templates=templates,
+        service_numbers=tuple(service_numbers), opt_out_handling=handling, **twilio_keywords, templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
     for template in templates:
@@ -184,7 +220,14 @@ def load_file(path: Path) -> list[ProgramSpec]:
         raise ProgramError(f"{path}: no [programs.<slug>] tables")
     specs = [_spec(slug, raw) for slug, raw in programs.items()]
     seen: dict[tuple[str, str], str] = {}
+    handling_of: dict[str, ProgramSpec] = {}
     for spec in specs:
+        # Opt-out handling belongs to the sender at Twilio: its programs cannot disagree about it.
+        first = handling_of.setdefault(spec.sender_key, spec)
+        if spec.filtering != first.filtering:
+            raise ProgramError(f"program {spec.slug!r}: opt_out_handling and the twilio_*_keywords must be the same "
+                               f"for every program on {spec.sender_key} (program {first.slug!r} declares "
+                               f"{first.opt_out_handling}); Twilio handles opt-outs per sender")
         for keyword in spec.join_keywords:
             meaning = default_engine().classify(keyword).intent
             if meaning is not Intent.OTHER:
@@ -210,4 +253,6 @@ def spec_of(program: StoredProgram) -> ProgramSpec:
     data["join_keywords"] = tuple(data["join_keywords"])
     data["allowed_countries"] = tuple(data["allowed_countries"])
     data["service_numbers"] = tuple(data.get("service_numbers", ()))
+    for key in _TWILIO_KEYWORD_LISTS:
+        data[key] = tuple(data.get(key, ()))
     return ProgramSpec(**data)

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from gateway import logs, metrics
+from gateway.domain import twilio_filter
 from gateway.domain.consent import Input
 from gateway.domain.outbound import Reachability, reachability_after
 from gateway.services import consents
@@ -41,6 +42,30 @@ def record_opt_out(
 
 def _slugs(changes: list[consents.Change]) -> str:
     return ",".join(change.program.slug for change in changes if change.program is not None)
+
+
+# The reason a message refused with 21610 is stored with when the gateway knew Twilio blocks the pair:
+# an expected refusal, not news about the person.
+TWILIO_BLOCKED = "twilio_blocked"
+
+
+def learn_refusal_21610(
+    session: Session, number: PhoneNumber, sender: str, evidence: consents.Evidence, now: datetime | None = None,
+    *, message_id: str | None = None,
+) -> bool:
+    """Twilio refused a message to `number` from `sender` because the person opted out there (21610).
+
+    When the gateway already knows Twilio blocks the pair (it saw the STOP), that is the block it knew
+    of: nothing new is learnt, and the caller records the refusal on the message only. Otherwise it is
+    an opt-out made at Twilio that we never saw: every program on the sender ends (record_opt_out) and
+    the block is kept, so the next refusal is an expected one. True: a new carrier opt-out was recorded.
+    `number` is locked by the caller.
+    """
+    if twilio_filter.is_blocked(number.twilio_blocks, (sender,)):
+        return False
+    record_opt_out(session, number, sender, evidence, now=now, message_id=message_id)
+    number.twilio_blocks = twilio_filter.with_block(number.twilio_blocks, (sender,), True)
+    return True
 
 
 def reachability_columns(current: str, heard: Reachability, code: int | None = None) -> dict | None:

@@ -68,8 +68,16 @@ class Plan:
 def plan(state: Held, programs: list[Program], input: Input, evidence: Evidence, *, now: datetime,
          expires_at: datetime | None = None) -> Plan:
     """Move (number, program) by `input` for each program; raise IllegalTransition for any (nothing planned)."""
+    return plan_steps(state, [(program, input) for program in programs], evidence, now=now, expires_at=expires_at)
+
+
+def plan_steps(state: Held, steps: list[tuple[Program, Input]], evidence: Evidence, *, now: datetime,
+               expires_at: datetime | None = None) -> Plan:
+    """`plan` with an input of its own for each program (one text can restore one program and confirm
+    another), chained as one change; IllegalTransition for any plans nothing."""
+    programs = [program for program, _ in steps]
     befores, moves, drafts = [], [], []
-    for program in programs:
+    for program, input in steps:
         row = state.consents.get(program.id)
         before = state_of(row)
         after = transition(before, input)
@@ -232,6 +240,6 @@ def is_suppressed(session: Session, key: bytes, e164: str) -> bool:
 __all__ = [
     "Change", "Evidence", "Held", "IllegalTransition", "Plan", "allowed", "apply", "apply_many", "consent_row",
     "consents", "create_number", "events", "find_number", "held",
-    "is_suppressed", "number_row", "opt_out", "plan", "plan_record", "rebuild", "record", "suppress",
+    "is_suppressed", "number_row", "opt_out", "plan", "plan_record", "plan_steps", "rebuild", "record", "suppress",
     "suppression_digest", "suppression_digests",
 ]

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from gateway import metrics
 from gateway.domain.consent import Source
+from gateway.domain.numbers import mask
 from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
 from gateway.services import carrier
 from gateway.services.consents import Evidence
@@ -72,10 +73,14 @@ def _learn_about_number(session, message: OutboundMessage, report: DeliveryRepor
         .execution_options(populate_existing=True)
     ).one()
     if kind is ErrorKind.OPTED_OUT:
-        carrier.record_opt_out(session, number, message.sender, Evidence(
+        learnt = carrier.learn_refusal_21610(session, number, message.sender, Evidence(
             source=Source.CARRIER, actor="twilio", reference=report.sid,
             details={**(report.fields or {}), "stage": "status_callback", "message_id": message.id},
         ), now=now, message_id=message.id)
+        if not learnt:
+            message.reason = carrier.TWILIO_BLOCKED  # the block we knew of: the refusal is expected
+            log.info("%s refused with %s: Twilio's known block of %s on %s", message.id, report.error_code,
+                     mask(number.e164), message.sender)
     else:
         carrier.learn_reachability(number, kind.reachability, report.error_code)
 

@@ -17,6 +17,12 @@ Decisions (see also bench/README.md for what the speed work changed):
 * HELP answers with the program the number is most involved with on that sender (opted in, then
   pending), else the sender's first program.
 * A text from a number marked unreachable (30003/30005) marks it reachable again.
+* Twilio's own filtering (gateway/domain/twilio_filter.py): the number's row keeps the senders Twilio
+  blocks it on, read and written with the rest. No reply goes out while Twilio blocks the pair (it
+  would be refused with 21610): not our STOP confirmation, not HELP. A START, UNSTOP or YES that
+  lifts Twilio's block restores what was confirmed before and confirms the requests made since, as
+  Twilio has just told the person "re-subscribed". A join keyword while blocked records the request
+  without a confirmation text; the YES/START that lifts the block confirms it.
 * An E.164 sender that phonenumbers calls invalid (but whose country it knows) is kept: see _number.
 """
 
@@ -33,7 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import logs, metrics
-from gateway.domain import storable
+from gateway.domain import storable, twilio_filter
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.keywords import Intent
@@ -42,6 +48,7 @@ from gateway.domain.numbers import parse as parse_number
 from gateway.domain.outbound import Reachability, reachability_after
 from gateway.domain.programs import spec_of
 from gateway.domain.subscriptions import plan_confirm, plan_start
+from gateway.domain.twilio_filter import Reaction
 from gateway.services import carrier, consents, policy, unit_of_work
 from gateway.services.ports import Gateway
 from gateway.store import consents as store_consents
@@ -186,9 +193,31 @@ def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Ha
         classification = gateway.keywords.classify(text.text_for_keywords, on_sender.join_keywords)
         intent = classification.intent
         # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
-        if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL):
+        # (A join keyword configured there as an opt-in word stays a join: the block it lifts is handled below.)
+        if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL) \
+                and not (text.opt_out_type == "START" and intent is Intent.JOIN):
             intent = _OPT_OUT_TYPES[text.opt_out_type]
-        return _record(connection, gateway, text, on_sender.programs, classification, intent, now)
+        twilio = _TwilioSide.of(on_sender, text)
+        # A word Twilio blocks on is an opt-out here too, whatever our packs call it (an Advanced Opt-Out
+        # keyword we do not know, in a text replayed without its OptOutType).
+        if twilio.filtering.reaction(text.text_for_keywords, False, text.opt_out_type) is Reaction.BLOCK \
+                and not classification.is_opt_out and intent not in (Intent.OPT_OUT, Intent.OPT_OUT_ALL):
+            intent = Intent.OPT_OUT
+        return _record(connection, gateway, text, on_sender.programs, classification, intent, now, twilio)
+
+
+@dataclass(frozen=True)
+class _TwilioSide:
+    """Twilio's filtering where this text arrived, and the senders a block there covers."""
+
+    filtering: twilio_filter.Filtering
+    scope: tuple[str, ...]  # the number texted, and its Messaging Service (Twilio blocks the whole service)
+
+    @classmethod
+    def of(cls, on_sender: programs.OnSenders, text: InboundText) -> _TwilioSide:
+        scope = (text.to, text.messaging_service_sid) if text.messaging_service_sid else (text.to,)
+        declared = [on_sender.filtering[s] for s in reversed(scope) if s in on_sender.filtering]
+        return cls(declared[0] if declared else twilio_filter.Filtering(), scope)
 
 
 def _evidence(text: InboundText, classification) -> consents.Evidence:
@@ -216,7 +245,7 @@ _ATTEMPTS = 5
 
 
 def _record(connection: Connection, gateway: Gateway, text: InboundText, on_sender: list[Program],
-            classification, intent: Intent, now: datetime) -> tuple[Handled, _Effect]:
+            classification, intent: Intent, now: datetime, twilio: _TwilioSide) -> tuple[Handled, _Effect]:
     """Read the number and its consents in one statement, then write the change, its ledger events,
     a confirmation text and the inbound text in one statement (one transaction on SQLite).
 
@@ -230,16 +259,31 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
     joining = next((p for p in on_sender if p.slug == classification.program), None) if intent is Intent.JOIN else None
     # A join keyword may text the number (the confirmation): the same read tells the gate whether it is suppressed.
     digest = consents.suppression_digest(gateway.settings.suppression_key, text.from_) if joining else None
+    body = text.text_for_keywords
+    # A word that would lift Twilio's block needs the sender's consents read, whatever our packs call it.
+    may_unblock = twilio.filtering.reaction(body, True, text.opt_out_type) is Reaction.UNBLOCK
     for _ in range(_ATTEMPTS):
-        state = store_consents.held(connection, text.from_, [p.id for p in ended] if act else [], digest=digest)
+        state = store_consents.held(connection, text.from_, [p.id for p in ended] if act or may_unblock else [],
+                                    digest=digest)
         if state is None:
             store_consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
             continue
-        read = _Read(state, on_sender, ended, evidence, now, text.from_, text.to, joining, gateway)
-        effect = act(read) if act else _Effect()
-        if text.answered_elsewhere:
-            effect.reply = None
+        blocked = twilio_filter.is_blocked(state.twilio_blocks, twilio.scope)
+        at_twilio = twilio_filter.handle(twilio.filtering, body, blocked, text.opt_out_type)
+        read = _Read(state, on_sender, ended, evidence, now, text.from_, text.to, joining, gateway, at_twilio)
+        if at_twilio.reaction is Reaction.UNBLOCK:
+            # Twilio has just told the person "re-subscribed": make it true here (and a join keyword
+            # configured at Twilio as an opt-in word also asks to join).
+            effect = _resubscribe(read)
+        else:
+            effect = act(read) if act else _Effect()
+        if text.answered_elsewhere or not at_twilio.replies_carried:
+            effect.reply = None  # Twilio answered already, or would refuse our reply (21610)
         writes = effect.writes or Writes()
+        blocks = twilio_filter.with_block(state.twilio_blocks, twilio.scope, at_twilio.blocked_after) \
+            if at_twilio.blocked_after != blocked else state.twilio_blocks
+        if blocks != state.twilio_blocks:
+            store_consents.set_twilio_blocks(writes, state, blocks)
         reachable = carrier.reachability_columns(state.reachability, Reachability.OK)
         if reachable is not None:
             store_consents.update_number(writes, state.number_id, reachable)
@@ -278,6 +322,7 @@ class _Read:
     to: str  # the number texted (a Messaging Service may hold programs of other senders)
     joining: Program | None  # the program whose join keyword this is
     gateway: Gateway
+    twilio: twilio_filter.Outcome  # what Twilio did with this text: whether a text from this sender gets through
 
 
 def _events(changes) -> tuple[tuple[str, str], ...]:
@@ -293,10 +338,7 @@ def _opt_out(read: _Read) -> _Effect:
 
 def _opt_in(read: _Read) -> _Effect:
     """START / UNSTOP: restore exactly the programs this number had confirmed before opting out here."""
-    restorable = [
-        p for p in read.on_sender
-        if consents.allowed(consents.state_of(read.state.consents.get(p.id)), Input.KEYWORD_START)
-    ]
+    restorable = _restorable(read)
     if not restorable:
         # Nothing to restore: Twilio lifts its own block anyway; we record nothing and say nothing.
         return _Effect()
@@ -314,34 +356,76 @@ def _help(read: _Read) -> _Effect:
     return _Effect(spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
 
 
-def _confirm(read: _Read) -> _Effect:
-    """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
+def _pending(read: _Read) -> list[Program]:
+    """The programs on this sender with a live pending request: those on the number texted first, then
+    on its Messaging Service; each in the order asked."""
     by_id = {p.id: p for p in read.on_sender}
-    # Those on the number texted first, then on its Messaging Service; each in the order asked.
     held = sorted((row for row in read.state.consents.values() if row.program_id in by_id),
                   key=lambda row: (read.to not in (by_id[row.program_id].sender,
                                                    by_id[row.program_id].messaging_service_sid), row.id))
-    confirmed = [by_id[program_id] for program_id in plan_confirm(held, read.now)]
+    return [by_id[program_id] for program_id in plan_confirm(held, read.now)]
+
+
+def _confirm(read: _Read) -> _Effect:
+    """YES: confirm this number's live pending requests on this sender; otherwise it is plain text."""
+    confirmed = _pending(read)
     if not confirmed:
         return _Effect()
     planned = consents.plan(read.state, confirmed, Input.CONFIRM_YES, read.evidence, now=read.now)
     return _Effect(reply_text(confirmed, "welcome"), events=_events(planned.changes), writes=planned.writes)
 
 
-def _join(read: _Read) -> _Effect:
+def _restorable(read: _Read) -> list[Program]:
+    return [p for p in read.on_sender
+            if consents.allowed(consents.state_of(read.state.consents.get(p.id)), Input.KEYWORD_START)]
+
+
+def _resubscribe(read: _Read) -> _Effect:
+    """START, UNSTOP or YES (or an opt-in word of Advanced Opt-Out) that lifted Twilio's block: Twilio
+    has told the person they are re-subscribed, so every program they had confirmed on this sender
+    before the opt-out is restored and every request made since is confirmed, this text the evidence
+    of both. A join keyword among those words also asks to join its program."""
+    restored, confirmed = _restorable(read), _pending(read)
+    steps = [(p, Input.KEYWORD_START) for p in restored] + [(p, Input.CONFIRM_YES) for p in confirmed]
+    joining = read.joining
+    if joining is not None and joining not in restored and joining not in confirmed:
+        return _join(read, also=steps)
+    if not steps:
+        # Nothing was ever confirmed here: Twilio lifted its block, and that is all there is to it.
+        return _Effect()
+    evidence = read.evidence
+    evidence = replace(evidence, details={**evidence.details, "twilio": "unblocked: the person was told "
+                                          "they are re-subscribed"})
+    planned = consents.plan_steps(read.state, steps, evidence, now=read.now)
+    programs_ = restored + confirmed
+    reply = reply_text(programs_, "welcome" if confirmed else "opt_in")
+    return _Effect(reply, events=_events(planned.changes), writes=planned.writes)
+
+
+def _join(read: _Read, also: list[tuple[Program, Input]] | None = None) -> _Effect:
     """A program's join keyword: double opt-in asks for YES (a confirmation text through the outbox,
-    written with the request); single opt-in joins now."""
-    program, state = read.joining, read.state
+    written with the request); single opt-in joins now.
+
+    While Twilio blocks the number here, the request is recorded but nothing is texted (Twilio would
+    refuse it): the YES or START that lifts the block confirms it. `also`: steps planned with it (what
+    a join keyword that lifted Twilio's block restores and confirms).
+    """
+    program, state, also = read.joining, read.state, also or []
+    carried = read.twilio.replies_carried
     try:
         step = plan_start(consents.state_of(state.consents.get(program.id)), Input.KEYWORD_JOIN,
-                          double_opt_in=program.double_opt_in)
+                          double_opt_in=program.double_opt_in or not carried)
     except IllegalTransition:
-        return _Effect()
-    if step is None:
-        return _Effect(reply_text([program], "welcome"))  # already subscribed: say so, change nothing
+        step = False
+    if step is None or step is False:
+        if also:
+            return _resubscribe_only(read, also)
+        # Already subscribed: say so, change nothing (said only if Twilio carries it).
+        return _Effect(reply_text([program], "welcome") if step is None else None)
     if step is Input.KEYWORD_JOIN_DIRECT:
-        planned = consents.plan(state, [program], step, read.evidence, now=read.now)
-        return _Effect(reply_text([program], "welcome"), events=_events(planned.changes), writes=planned.writes)
+        planned = consents.plan_steps(state, [*also, (program, step)], read.evidence, now=read.now)
+        joined = [p for p, _ in also] + [program]
+        return _Effect(reply_text(joined, "welcome"), events=_events(planned.changes), writes=planned.writes)
     expires_at = read.now + timedelta(hours=read.gateway.settings.pending_ttl_hours)
     # Ask the one gate about the state this request would create, before creating it, and about the
     # number as this text leaves it (a text from an unreachable handset proves it reachable: the write
@@ -351,15 +435,30 @@ def _join(read: _Read) -> _Effect:
                   region=state.region, kind=state.kind)
     decision = policy.gate_of(read.gateway).decide(facts, program, Kind.CONFIRMATION, read.now)
     if not decision.allowed:
-        return _Effect()  # suppressed, landline, country: nothing recorded, nothing said
+        # suppressed, landline, country: nothing recorded for the join, nothing said
+        return _resubscribe_only(read, also) if also else _Effect()
     body = spec_of(program).text("confirmation")
     evidence = read.evidence
+    if not carried:
+        details = {**evidence.details, "program_version": program.version,
+                   "confirmation_not_sent": "Twilio blocks this number on this sender since its opt-out; "
+                                            "the YES, START or UNSTOP that lifts the block confirms this request"}
+        planned = consents.plan(state, [program], step, replace(evidence, details=details), now=read.now,
+                                expires_at=expires_at)
+        return _Effect(events=_events(planned.changes), writes=planned.writes)
     details = {**evidence.details, "confirmation_text": body, "program_version": program.version}
-    planned = consents.plan(state, [program], step, replace(evidence, details=details), now=read.now,
-                            expires_at=expires_at)
+    planned = consents.plan_steps(state, [*also, (program, step)], replace(evidence, details=details),
+                                  now=read.now, expires_at=expires_at)
     message_id = outbox.accept_into(planned.writes, number_id=state.number_id, program=program,
                                     kind=Kind.CONFIRMATION, body=body, decision=decision, now=read.now)
-    return _Effect(queued=(message_id,), events=_events(planned.changes), writes=planned.writes)
+    reply = reply_text([p for p, _ in also], "opt_in") if also else None
+    return _Effect(reply, queued=(message_id,), events=_events(planned.changes), writes=planned.writes)
+
+
+def _resubscribe_only(read: _Read, steps: list[tuple[Program, Input]]) -> _Effect:
+    planned = consents.plan_steps(read.state, steps, read.evidence, now=read.now)
+    return _Effect(reply_text([p for p, _ in steps], "opt_in"), events=_events(planned.changes),
+                   writes=planned.writes)
 
 
 _PLANS = {

@@ -150,13 +150,14 @@ def _record_failure(gateway: Gateway, request: outbox.Claimed, error: ProviderEr
                            error_code=error.code, error_message=error.message)
             return Outcome(Status.FAILED, "provider_unavailable")
         if error.kind is ErrorKind.OPTED_OUT:
-            outbox.advance(session, message, Status.BLOCKED, now=now, reason=error.kind.reason, error_code=error.code,
-                           error_message=error.message)
-            carrier.record_opt_out(session, number, message.sender, Evidence(
+            learnt = carrier.learn_refusal_21610(session, number, message.sender, Evidence(
                 source=Source.CARRIER, actor="twilio", reference=message.id,
                 details={"error_code": error.code, "error_message": error.message, "stage": "send"},
             ), now=now, message_id=message.id)
-            return Outcome(Status.BLOCKED, error.kind.reason)
+            reason = error.kind.reason if learnt else carrier.TWILIO_BLOCKED
+            outbox.advance(session, message, Status.BLOCKED, now=now, reason=reason, error_code=error.code,
+                           error_message=error.message)
+            return Outcome(Status.BLOCKED, reason)
         reason = error.kind.reason or "provider_error"
         if error.kind.reachability is not None:
             carrier.learn_reachability(number, error.kind.reachability, error.code)

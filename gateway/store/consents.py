@@ -90,6 +90,7 @@ class Held:
     kind: str | None = None
     region: str | None = None
     suppressed: bool = False
+    twilio_blocks: str = ""  # the senders Twilio blocks the number on (domain/twilio_filter.py)
 
 
 def held(connection: Connection, e164: str, program_ids: list[int], *, digest: str | None = None) -> Held | None:
@@ -104,10 +105,10 @@ def held(connection: Connection, e164: str, program_ids: list[int], *, digest: s
     found = rows(connection, statement, {"b_e164": e164, "b_digest": digest}, sql)
     if not found:
         return None
-    number_id, seq, head, reachability, kind, region, suppressed = found[0][:7]
+    number_id, seq, head, reachability, kind, region, suppressed, blocks = found[0][:8]
     wanted = set(program_ids)
-    consents = {row[8]: HeldConsent(*row[7:11], _utc(row[11])) for row in found if program_ids and row[8] in wanted}
-    return Held(number_id, seq, head, consents, reachability, kind, region, bool(suppressed))
+    consents = {row[9]: HeldConsent(*row[8:12], _utc(row[12])) for row in found if program_ids and row[9] in wanted}
+    return Held(number_id, seq, head, consents, reachability, kind, region, bool(suppressed), blocks or "")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -124,7 +125,8 @@ def held_locked(session: Session, number: PhoneNumber, program_ids: list[int],
         known.update({row.program_id: row for row in session.connection().execute(
             _CONSENTS_OF, {"b_number_id": number.id, "b_program_ids": missing})})
     return Held(number.id, number.ledger_seq, number.ledger_head,
-                {program_id: row for program_id, row in known.items() if row is not None}, number.reachability)
+                {program_id: row for program_id, row in known.items() if row is not None}, number.reachability,
+                twilio_blocks=number.twilio_blocks or "")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,15 @@ def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: 
 def update_number(writes: Writes, number_id: int, columns: dict) -> None:
     """Columns of the number's row (its reachability, as services/carrier.py learns it), in the same write."""
     writes.update(NUMBERS, number_id, columns)
+
+
+def set_twilio_blocks(writes: Writes, state: Held, blocks: str) -> None:
+    """The senders Twilio blocks the number on, in the same write, and only if they are still what
+    `state` read (a concurrent text's change is not overwritten: the write fails and is read again)."""
+    if writes.guard is None:
+        writes.guarded_by(NUMBERS, state.number_id, {"ledger_seq": state.seq}, {})
+    writes.guard[2]["twilio_blocks"] = state.twilio_blocks
+    writes.update(NUMBERS, state.number_id, {"twilio_blocks": blocks})
 
 
 def store_inbound(writes: Writes, row: dict) -> None:
@@ -247,7 +258,7 @@ def _read(consents: bool, suppression: bool):
     suppressed = (exists().where(_SUPPRESSIONS.c.digest == bindparam("b_digest")) if suppression
                   else false()).label("suppressed")
     columns = (NUMBERS.c.id, NUMBERS.c.ledger_seq, NUMBERS.c.ledger_head, NUMBERS.c.reachability, NUMBERS.c.kind,
-               NUMBERS.c.region, suppressed)
+               NUMBERS.c.region, suppressed, NUMBERS.c.twilio_blocks)
     if not consents:
         statement = select(*columns).where(NUMBERS.c.e164 == bindparam("b_e164"))
     else:

@@ -82,6 +82,9 @@ class PhoneNumber(Base):
     # refuses a number that is not ok.
     reachability: Mapped[str] = mapped_column(String(20), default=Reachability.OK)
     reachability_code: Mapped[int | None]
+    # The senders (our numbers, Messaging Services) Twilio itself blocks this number on, as the texts we saw
+    # say (a STOP word blocks, START/UNSTOP/YES unblocks): space-separated, sorted; domain/twilio_filter.py.
+    twilio_blocks: Mapped[str] = mapped_column(Text, default="", server_default="")
     ledger_seq: Mapped[int] = mapped_column(Integer, default=0)
     ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from gateway.domain.programs import ProgramSpec
+from gateway.domain.programs import ProgramSpec, spec_of
+from gateway.domain.twilio_filter import Filtering
 from gateway.store.database import Database, Store
 from gateway.store.models import Program
 
@@ -133,6 +134,8 @@ class OnSenders:
 
     programs: list[Program]  # detached copies: merge them into a session before use there
     join_keywords: dict[str, str]  # keyword -> program slug
+    # sender (our number or Messaging Service) -> Twilio's opt-out filtering there, as its programs declare
+    filtering: dict[str, Filtering] = field(default_factory=dict)
 
 
 def cached_on_senders(store: Store, senders: tuple[str, ...]) -> OnSenders:
@@ -143,6 +146,7 @@ def cached_on_senders(store: Store, senders: tuple[str, ...]) -> OnSenders:
         if senders != EVERY_PROGRAM:
             query = query.where(or_(_PROGRAMS.c.sender.in_(senders), _PROGRAMS.c.messaging_service_sid.in_(senders)))
         copies = [_detached(row) for row in store.execute(query)]
-        return OnSenders(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords})
+        return OnSenders(copies, {keyword: p.slug for p in copies for keyword in p.join_keywords},
+                         {p.sender_key: spec_of(p).filtering for p in reversed(copies)})
 
     return _cached(("senders", senders), load)

@@ -17,9 +17,13 @@ import phonenumbers
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
+from gateway.domain import twilio_filter
 from gateway.domain.numbers import InvalidNumber, parse
+from gateway.domain.programs import spec_of
 from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.domain.segments import count as count_segments
+from gateway.domain.twilio_filter import TWILIO_REPLIES, Filtering, OptOutHandling, Reaction
+from gateway.store import programs
 from gateway.twilio.sandbox.config import SandboxConfig
 from gateway.twilio.sandbox.models import SandboxEvent, SandboxMessage, SandboxOptOut, SandboxRefusal
 from gateway.twilio.statuses import TwilioStatus
@@ -29,15 +33,10 @@ SID_RE = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
 MESSAGING_SERVICE_RE = re.compile(r"^MG[0-9a-fA-F]{32}$")
 ALPHANUMERIC_SENDER_RE = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 
-# Twilio's default STOP filtering on long codes and toll-free numbers: whole body, one word, any case.
-OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
-OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
-AUTO_REPLIES = {
-    "opt_out": "You have successfully been unsubscribed. You will not receive any more messages from this "
-               "number. Reply START to resubscribe.",
-    "opt_in": "You have successfully been re-subscribed to messages from this number. Reply HELP for help. "
-              "Reply STOP to unsubscribe. Msg&Data Rates May Apply.",
-}
+# Twilio's own opt-out filtering, per sender, in the mode the sender's programs declare
+# (`opt_out_handling`): the same model the gateway keeps (gateway/domain/twilio_filter.py), so the
+# sandbox behaves as an account configured the way the programs file says.
+_OPT_OUT_TYPES = {Reaction.BLOCK: "STOP", Reaction.UNBLOCK: "START", Reaction.HELP: "HELP"}
 
 # code -> (HTTP status, message template), worded as Twilio words them.
 ERRORS: dict[int, tuple[int, str]] = {
@@ -248,26 +247,38 @@ def receive(session: Session, config: SandboxConfig, account_sid: str, *, handse
         session.add(SandboxEvent(message_sid=message.sid, kind="inbound", due_at=now))
     else:
         message.webhook_note = "webhook lost (simulated): only the message log has this text"
-    word = body.strip().upper()
     senders = [s for s in (to_e164, service) if s]
-    reply = None
-    if word in OPT_OUT_WORDS:
+    filtering = filtering_of(session, senders)
+    blocked = is_opted_out(session, config, handset_e164, to_e164, service)
+    reaction = twilio_filter.handle(filtering, body, blocked).reaction
+    if reaction is Reaction.BLOCK:
         for sender in senders:
             if session.get(SandboxOptOut, (handset_e164, sender)) is None:
-                session.add(SandboxOptOut(handset=handset_e164, sender=sender, keyword=word, created_at=now))
-        reply = "opt_out"
-    elif word in OPT_IN_WORDS and is_opted_out(session, config, handset_e164, to_e164, service):
+                session.add(SandboxOptOut(handset=handset_e164, sender=sender, keyword=twilio_filter.keyword_of(body),
+                                          created_at=now))
+    elif reaction is Reaction.UNBLOCK:
         session.execute(delete(SandboxOptOut).where(SandboxOptOut.handset == handset_e164,
                                                     SandboxOptOut.sender.in_(senders)))
-        reply = "opt_in"
-    if reply and config.auto_replies:
-        _auto_reply(session, config, message, AUTO_REPLIES[reply], now + timedelta(milliseconds=1))
+    if filtering.handling is OptOutHandling.TWILIO_ADVANCED and reaction is not Reaction.NONE:
+        message.opt_out_type = _OPT_OUT_TYPES[reaction]
+    if reaction is not Reaction.NONE and config.auto_replies:
+        _auto_reply(session, config, message, TWILIO_REPLIES[reaction], now + timedelta(milliseconds=1))
     session.flush()
     return message
 
 
+def filtering_of(session: Session, senders: list[str]) -> Filtering:
+    """How the sender handles opt-outs, as its programs declare (a Messaging Service's setting covers
+    its numbers); Twilio's default where no program says."""
+    for sender in reversed(senders):
+        declared = programs.on_sender(session, sender)
+        if declared:
+            return spec_of(declared[0]).filtering
+    return Filtering()
+
+
 def _auto_reply(session: Session, config: SandboxConfig, inbound: SandboxMessage, text: str, now: datetime) -> None:
-    """Twilio's own answer to a STOP or START word; it goes out whatever the block list says."""
+    """Twilio's own answer to a STOP, START or HELP word; it goes out whatever the block list says."""
     message = SandboxMessage(
         sid=new_sid(), account_sid=inbound.account_sid, direction="outbound-reply", origin="twilio",
         handset=inbound.handset, to_number=inbound.handset, from_number=inbound.to_number,
@@ -325,6 +336,8 @@ def inbound_params(message: SandboxMessage) -> dict[str, str]:
     }
     if message.messaging_service_sid:
         params["MessagingServiceSid"] = message.messaging_service_sid
+    if message.opt_out_type:
+        params["OptOutType"] = message.opt_out_type
     return params
 
 

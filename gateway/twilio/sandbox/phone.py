@@ -69,7 +69,9 @@ def _senders(session, config, conversation: list[messages.Entry], opted_out: set
             add(entry.our_number, "", entry.messaging_service_sid)
     return [
         {"number": s["number"], "label": ", ".join(s["labels"]), "messaging_service_sid": s["messaging_service_sid"],
-         "opted_out": s["number"] in opted_out or (s["messaging_service_sid"] or "") in opted_out}
+         "opted_out": s["number"] in opted_out or (s["messaging_service_sid"] or "") in opted_out,
+         "opt_out_handling": messages.filtering_of(
+             session, [s["number"], *([s["messaging_service_sid"]] if s["messaging_service_sid"] else [])]).handling}
         for s in senders.values()
     ]
 

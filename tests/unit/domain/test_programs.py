@@ -5,6 +5,7 @@ Storing programs, and the cache of them, is tests/integration/store/test_program
 
 import hashlib
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -86,8 +87,68 @@ def test_bad_toml_and_empty_files(tmp_path):
         load_file(write(tmp_path, "title = 'x'"))
 
 
+LATER_KEYS = ("service_numbers", "opt_out_handling", "twilio_opt_out_keywords", "twilio_opt_in_keywords",
+              "twilio_help_keywords")
+
+
 def test_programs_without_service_numbers_keep_their_version(tmp_path):
-    """The key came later: a definition that does not use it digests as it did before."""
+    """The keys came later: a definition that does not use them digests as it did before."""
     (spec,) = load_file(write(tmp_path, VALID))
-    before = {k: v for k, v in asdict(spec).items() if k != "service_numbers"}
+    before = {k: v for k, v in asdict(spec).items() if k not in LATER_KEYS}
     assert spec.version == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    (advanced,) = load_file(write(tmp_path, VALID + '\nopt_out_handling = "twilio_advanced"\n'))
+    assert advanced.version != spec.version  # a key in use is part of the definition
+
+
+# --- opt-out handling at Twilio, per sender ---------------------------------------------------------
+
+def test_opt_out_handling_defaults_to_twilios_default_filtering(tmp_path):
+    (spec,) = load_file(write(tmp_path, VALID))
+    assert spec.opt_out_handling == "twilio_default"
+    assert spec.filtering.handling == "twilio_default" and "STOP" in spec.filtering.opt_out
+
+
+def test_advanced_opt_out_keywords_are_read_upper_case_and_keep_what_twilio_cannot_remove(tmp_path):
+    (spec,) = load_file(write(tmp_path, VALID + '''
+opt_out_handling = "twilio_advanced"
+twilio_opt_out_keywords = ["stop", "alto"]
+twilio_opt_in_keywords = ["start", "deals"]
+'''))
+    assert spec.twilio_opt_out_keywords == ("STOP", "ALTO")
+    filtering = spec.filtering
+    assert filtering.opt_out == {"STOP", "ALTO"} and filtering.opt_in == {"START", "DEALS"}
+    assert filtering.help == {"HELP", "INFO"}  # not configured: Twilio's defaults
+    (minimal,) = load_file(write(tmp_path, VALID + 'opt_out_handling = "twilio_advanced"\n'
+                                              'twilio_opt_in_keywords = ["DEALS"]\n'))
+    assert minimal.filtering.opt_in == {"START", "DEALS"}  # START cannot be removed at Twilio
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('opt_out_handling = "twilio"', "opt_out_handling: one of twilio_default, twilio_advanced, none"),
+    ("opt_out_handling = true", "opt_out_handling: one of"),
+    ('twilio_opt_in_keywords = ["DEALS"]', 'only with opt_out_handling = "twilio_advanced"'),
+    ('opt_out_handling = "none"\ntwilio_opt_out_keywords = ["ALTO"]', "only with opt_out_handling"),
+    ('opt_out_handling = "twilio_advanced"\ntwilio_opt_out_keywords = ["OPT OUT"]', "single words"),
+    ('opt_out_handling = "twilio_advanced"\ntwilio_help_keywords = "HELP"', "a list of single words"),
+])
+def test_a_bad_opt_out_handling_is_refused_with_the_key_named(tmp_path, extra, message):
+    with pytest.raises(ProgramError, match=f"program 'deals': .*{re.escape(message)}"):
+        load_file(write(tmp_path, VALID + extra + "\n"))
+
+
+def test_programs_on_one_sender_must_agree_on_its_opt_out_handling(tmp_path):
+    second = '''
+[programs.alerts]
+name = "Acme Alerts"
+sender = "+15005550006"
+category = "informational"
+frequency = "Msg frequency varies"
+help = "Acme Alerts: help at acme.example. Reply STOP to cancel."
+opt_out_handling = "none"
+'''
+    with pytest.raises(ProgramError, match="program 'alerts': opt_out_handling .* same for every program on "
+                                           r"\+15005550006 \(program 'deals' declares twilio_default\)"):
+        load_file(write(tmp_path, VALID + second))
+    # On another sender, another handling is fine.
+    specs = load_file(write(tmp_path, VALID + second.replace("+15005550006", "+15005550007")))
+    assert [s.opt_out_handling for s in specs] == ["twilio_default", "none"]

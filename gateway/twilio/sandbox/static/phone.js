@@ -20,6 +20,8 @@
   var bodyInput = document.getElementById("body");
   var sendButton = document.getElementById("send");
   var sendError = document.getElementById("send-error");
+  var blockedNote = document.getElementById("blocked-note");
+  var currentSenders = [];
   var testNumbers = document.getElementById("test-numbers");
 
   var number = numberInput.value.trim();
@@ -39,6 +41,13 @@
   }
 
   var ORIGINS = { twiml: "reply (TwiML)", twilio: "Twilio auto-reply", api: "", phone: "" };
+  // Twilio refuses every text from a sender this number texted STOP to (21610) until it texts START,
+  // UNSTOP or YES: that refusal is Twilio doing what it promised, not a fault.
+  var OPTED_OUT_AT_TWILIO = 21610;
+
+  function expectedRefusal(message) {
+    return message.status === "refused" && message.error_code === OPTED_OUT_AT_TWILIO;
+  }
 
   function describeOut(message) {
     var parts = [];
@@ -60,7 +69,8 @@
   }
 
   function renderMessage(message) {
-    var item = element("li", "msg " + message.direction + " origin-" + message.origin + " status-" + message.status);
+    var item = element("li", "msg " + message.direction + " origin-" + message.origin + " status-" + message.status +
+      (expectedRefusal(message) ? " expected" : ""));
     item.dataset.id = message.id;
     item.dataset.direction = message.direction;
     item.dataset.status = message.status;
@@ -68,9 +78,13 @@
     item.appendChild(element("span", "body", message.body));
     var meta = element("span", "meta");
     if (message.direction === "out") {
-      var status = element("span", "status", message.status);
-      meta.appendChild(status);
-      if (message.error_code) meta.appendChild(document.createTextNode(" · error " + message.error_code +
+      if (expectedRefusal(message)) {
+        meta.appendChild(element("span", "status", "refused by Twilio as expected: this number texted STOP to this " +
+          "sender (error 21610)"));
+      } else {
+        meta.appendChild(element("span", "status", message.status));
+      }
+      if (message.error_code && !expectedRefusal(message)) meta.appendChild(document.createTextNode(" · error " + message.error_code +
         (message.error_message ? " " + message.error_message : "")));
       var about = describeOut(message);
       if (about) meta.appendChild(document.createTextNode(" · " + about));
@@ -94,13 +108,24 @@
     senders.forEach(function (sender) {
       var label = sender.number + (sender.label ? " — " + sender.label : "") +
         (sender.messaging_service_sid ? " (" + sender.messaging_service_sid + ")" : "") +
-        (sender.opted_out ? " · you opted out at Twilio" : "");
+        (sender.opted_out ? " · you opted out at Twilio" : "") +
+        (sender.opt_out_handling === "none" ? " · no Twilio filtering" :
+          sender.opt_out_handling === "twilio_advanced" ? " · Advanced Opt-Out" : "");
       var option = element("option", "", label);
       option.value = sender.number;
       toSelect.appendChild(option);
     });
     if (chosen && senders.some(function (s) { return s.number === chosen; })) toSelect.value = chosen;
+    currentSenders = senders;
+    renderBlockedNote();
   }
+
+  function renderBlockedNote() {
+    var chosen = currentSenders.filter(function (s) { return s.number === toSelect.value; })[0];
+    blockedNote.hidden = !(chosen && chosen.opted_out);
+  }
+
+  toSelect.addEventListener("change", renderBlockedNote);
 
   function renderNumbers(state) {
     knownNumbers.textContent = "";
