@@ -237,7 +237,8 @@ class Courier:
                 url, params = message.status_callback, messages.status_callback_params(message, now)
             else:
                 url = self.config().sms_url or self.settings.public_url("/webhooks/twilio/sms")
-                params = messages.inbound_params(message)
+                senders = [s for s in (message.to_number, message.messaging_service_sid) if s]
+                params = messages.inbound_params(message, messages.filtering_of(session, senders))
             event.url = url
             return Delivery(event.id, event.kind, message.sid, url, params)
 

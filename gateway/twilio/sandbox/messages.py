@@ -36,7 +36,6 @@ ALPHANUMERIC_SENDER_RE = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 # Twilio's own opt-out filtering, per sender, in the mode the sender's programs declare
 # (`opt_out_handling`): the same model the gateway keeps (gateway/domain/twilio_filter.py), so the
 # sandbox behaves as an account configured the way the programs file says.
-_OPT_OUT_TYPES = {Reaction.BLOCK: "STOP", Reaction.UNBLOCK: "START", Reaction.HELP: "HELP"}
 
 # code -> (HTTP status, message template), worded as Twilio words them.
 ERRORS: dict[int, tuple[int, str]] = {
@@ -259,8 +258,6 @@ def receive(session: Session, config: SandboxConfig, account_sid: str, *, handse
     elif reaction is Reaction.UNBLOCK:
         session.execute(delete(SandboxOptOut).where(SandboxOptOut.handset == handset_e164,
                                                     SandboxOptOut.sender.in_(senders)))
-    if filtering.handling is OptOutHandling.TWILIO_ADVANCED and reaction is not Reaction.NONE:
-        message.opt_out_type = _OPT_OUT_TYPES[reaction]
     if reaction is not Reaction.NONE and config.auto_replies:
         _auto_reply(session, config, message, TWILIO_REPLIES[reaction], now + timedelta(milliseconds=1))
     session.flush()
@@ -324,8 +321,9 @@ def _country(e164: str) -> str:
         return ""
 
 
-def inbound_params(message: SandboxMessage) -> dict[str, str]:
-    """The form Twilio posts to a number's incoming-message webhook."""
+def inbound_params(message: SandboxMessage, filtering: Filtering | None = None) -> dict[str, str]:
+    """The form Twilio posts to a number's incoming-message webhook. With Advanced Opt-Out
+    (`filtering`), a text that is one of its keywords carries the keyword's class as OptOutType."""
     params = {
         "ToCountry": _country(message.to_number), "ToState": "", "ToCity": "", "ToZip": "",
         "FromCountry": _country(message.from_number or ""), "FromState": "", "FromCity": "", "FromZip": "",
@@ -336,8 +334,12 @@ def inbound_params(message: SandboxMessage) -> dict[str, str]:
     }
     if message.messaging_service_sid:
         params["MessagingServiceSid"] = message.messaging_service_sid
-    if message.opt_out_type:
-        params["OptOutType"] = message.opt_out_type
+    if filtering is not None and filtering.handling is OptOutHandling.TWILIO_ADVANCED:
+        word = twilio_filter.keyword_of(message.body)
+        for opt_out_type, words in (("STOP", filtering.opt_out), ("START", filtering.opt_in), ("HELP", filtering.help)):
+            if word in words:
+                params["OptOutType"] = opt_out_type
+                break
     return params
 
 

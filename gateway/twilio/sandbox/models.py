@@ -41,9 +41,6 @@ class SandboxMessage(Base):
     webhook_status: Mapped[int | None]
     webhook_error_code: Mapped[int | None]
     webhook_note: Mapped[str | None] = mapped_column(Text)
-    # Inbound only, on a sender with Advanced Opt-Out: what Twilio did with the text (STOP, START, HELP),
-    # posted to our webhook as OptOutType.
-    opt_out_type: Mapped[str | None] = mapped_column(String(10))
 
 
 class SandboxRefusal(Base):

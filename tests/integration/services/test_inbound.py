@@ -65,12 +65,21 @@ def test_stop_ends_every_program_on_the_sender_with_the_text_as_evidence(gateway
 
 
 def test_one_combined_opt_out_confirmation_without_marketing(gateway, db):
-    handled = inbound.handle(gateway, text("unsubscribe"))
+    # A revocation Twilio's filtering does not catch: our reply is the person's only confirmation.
+    handled = inbound.handle(gateway, text("please unsubscribe me"))
     assert handled.reply == (
         "Acme Deals & Acme Service Alerts: you're unsubscribed and will get no more messages. "
         "Reply START to resubscribe."
     )
     assert count(db, OutboundMessage) == 0  # the TwiML answer is the one and only text
+
+
+def test_a_stop_word_twilio_answers_itself_gets_no_reply_of_ours(gateway, db):
+    # Twilio's default filtering blocks the sender and sends its own confirmation: ours would be refused.
+    handled = inbound.handle(gateway, text("unsubscribe"))
+    assert (handled.intent, handled.reply) == ("opt_out", None)
+    assert statuses(db) == {"deals": "opted_out", "alerts": "opted_out"}
+    assert count(db, OutboundMessage) == 0
 
 
 def test_stop_from_a_stranger_still_blocks_later_requests(gateway, db):
@@ -327,12 +336,14 @@ def test_a_messaging_service_sender_resolves_its_programs(gateway, db):
     service_sid = "MG" + "a" * 32
     spec = ProgramSpec(slug="news", name="Acme News", category="informational",
                                 frequency="Weekly", help="Acme News: help at acme.example/help.",
-                                messaging_service=service_sid, templates=dict(DEFAULT_TEMPLATES))
+                                messaging_service=service_sid, templates=dict(DEFAULT_TEMPLATES),
+                                opt_out_handling="none")
     with db.transaction() as session:
         programs.store(session, [spec])
     give_consent(db, "news")
     handled = inbound.handle(gateway, text("STOP", to="+14155550100", messaging_service_sid=service_sid))
     assert statuses(db) == {"news": "opted_out"}
+    # The service filters nothing at Twilio: our confirmation is the one the person gets.
     assert handled.reply.startswith("Acme News: you're unsubscribed")
 
 

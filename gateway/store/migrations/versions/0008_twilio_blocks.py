@@ -1,5 +1,4 @@
-"""The senders Twilio itself blocks a number on (its own STOP filtering), kept on the number's row;
-and the sandbox's Advanced Opt-Out type of an inbound text.
+"""The senders Twilio itself blocks a number on (its own STOP filtering), kept on the number's row.
 
 Revision ID: 0008
 Revises: 0007
@@ -17,12 +16,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('numbers') as batch:
         batch.add_column(sa.Column('twilio_blocks', sa.Text(), nullable=False, server_default=''))
-    with op.batch_alter_table('sandbox_messages') as batch:
-        batch.add_column(sa.Column('opt_out_type', sa.String(length=10), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('sandbox_messages') as batch:
-        batch.drop_column('opt_out_type')
     with op.batch_alter_table('numbers') as batch:
         batch.drop_column('twilio_blocks')
