@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from twilio.base.exceptions import TwilioRestException
 
 from tests.sandbox_support import opt_in, queue, quick_sandbox  # noqa: F401  (fixtures)
 
@@ -83,3 +84,27 @@ def test_the_phone_shows_twilio_blocking_after_stop(page, live_server, gateway, 
     expect(page.locator("li.msg.in", has_text="STOP")).to_be_visible()
     expect(page.locator("li.msg.out[data-origin='twilio']")).to_contain_text("successfully been unsubscribed")
     expect(page.locator("#to option[value='+15005550006']")).to_contain_text("you opted out at Twilio")
+
+    # Twilio blocks the sender now: the gateway's own confirmation was not sent (it would be refused),
+    # the page says how to come back, and HELP is answered by Twilio alone.
+    expect(page.locator("#blocked-note")).to_be_visible()
+    expect(page.locator("#blocked-note")).to_contain_text("Text START, UNSTOP or YES to rejoin")
+    page.fill("#body", "HELP")
+    page.keyboard.press("Enter")
+    expect(page.locator("li.msg.out[data-origin='twilio']")).to_have_count(2)
+    expect(page.locator("li.msg.out[data-origin='twilio']").last).to_contain_text("Reply STOP to unsubscribe")
+    expect(page.locator("li.msg.in", has_text="HELP").locator(".webhook")).to_contain_text("HTTP 200")
+    assert page.locator("li.msg.out[data-origin='twiml']").count() == 0
+    assert page.locator("li.msg.status-refused").count() == 0
+
+    # A send Twilio refuses because of that STOP is shown as the expected refusal it is, not as an error.
+    with pytest.raises(TwilioRestException) as refused:
+        gateway.provider.client.messages.create(to=HANDSET, from_="+15005550006", body="Acme Deals: 20% off")
+    assert refused.value.code == 21610
+    refusal = page.locator("li.msg.status-refused.expected")
+    expect(refusal).to_contain_text("refused by Twilio as expected: this number texted STOP to this sender")
+
+    # START lifts the block: the note goes.
+    page.fill("#body", "START")
+    page.keyboard.press("Enter")
+    expect(page.locator("#blocked-note")).to_be_hidden(timeout=15_000)

@@ -400,3 +400,63 @@ def test_a_reloaded_program_is_used_at_once(gateway, db, example_programs):
     with db.transaction() as session:
         programs.store(session, [changed])
     assert inbound.handle(gateway, text("HELP")).reply == "Acme Deals: new help text. Reply STOP to cancel."
+
+
+# --- in step with Twilio's own filtering (gateway/domain/twilio_filter.py) -------------------------
+
+def _blocks(db, number=PERSON):
+    with db.sessions() as session:
+        return consents.find_number(session, number).twilio_blocks
+
+
+def test_a_single_opt_in_join_keyword_while_twilio_blocks_is_a_request_until_start(gateway, db):
+    inbound.handle(gateway, text("STOP", to=ORDERS_SENDER))
+    assert _blocks(db) == ORDERS_SENDER
+    joined = inbound.handle(gateway, text("ORDERS", to=ORDERS_SENDER))
+    # No welcome could reach the person: recorded as a request, nothing said, nothing queued.
+    assert (joined.reply, joined.queued) == (None, ())
+    assert statuses(db) == {"orders": "pending"}
+    started = inbound.handle(gateway, text("start", to=ORDERS_SENDER))
+    assert statuses(db) == {"orders": "opted_in"} and _blocks(db) == ""
+    assert started.reply.startswith("Acme Orders: you're subscribed")
+
+
+def test_help_while_twilio_blocks_is_recorded_without_a_reply(gateway, db):
+    give_consent(db, "alerts")
+    inbound.handle(gateway, text("STOP"))
+    handled = inbound.handle(gateway, text("HELP"))
+    assert (handled.intent, handled.reply) == ("help", None)
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEvent).where(LedgerEvent.type == "help")) == 1
+
+
+def test_a_block_on_one_sender_leaves_replies_on_another_alone(gateway, db):
+    inbound.handle(gateway, text("STOP"))
+    assert inbound.handle(gateway, text("HELP", to=ORDERS_SENDER)).reply.startswith("Acme Orders")
+
+
+def test_start_from_a_number_twilio_does_not_block_restores_but_confirms_nothing(gateway, db):
+    give_consent(db, "deals", pending=("alerts",))
+    inbound.handle(gateway, text("please stop texting me"))  # Twilio does not block on this one
+    assert _blocks(db) == ""
+    asked = inbound.handle(gateway, text("ALERTS"))  # not blocked: the confirmation goes
+    assert len(asked.queued) == 1
+    inbound.handle(gateway, text("START"))
+    assert statuses(db) == {"deals": "opted_in", "alerts": "pending"}
+
+
+def test_a_replayed_advanced_opt_out_word_blocks_and_opts_out_without_its_opt_out_type(gateway, db):
+    service_sid = "MG" + "c" * 32
+    spec = ProgramSpec(slug="club", name="Acme Club", category="informational", frequency="Weekly",
+                       help="Acme Club: help at acme.example/help.", messaging_service=service_sid,
+                       templates=dict(DEFAULT_TEMPLATES), opt_out_handling="twilio_advanced",
+                       twilio_opt_out_keywords=("STOP", "BASTAYA"))
+    with db.transaction() as session:
+        programs.store(session, [spec])
+    give_consent(db, "club")
+    # A text from the journal or the reconciler carries no OptOutType: our copy of the keywords decides.
+    handled = inbound.handle(gateway, text("bastaya", to="+14155550100", messaging_service_sid=service_sid,
+                                           origin="journal"))
+    assert handled.intent == "opt_out"
+    assert statuses(db) == {"club": "opted_out"}
+    assert _blocks(db) == f"+14155550100 {service_sid}"

@@ -157,3 +157,32 @@ def test_a_change_to_two_consents_finds_them_by_index_not_by_scanning_the_table(
 
     read_from_consents = {kind for kind, relation in scans(plan[0]["Plan"]) if relation == "consents"} - {"ModifyTable"}
     assert read_from_consents and "Seq Scan" not in read_from_consents  # an index scan of some kind
+
+
+def _blocks():
+    return select(PhoneNumber.twilio_blocks).where(PhoneNumber.e164 == PERSON)
+
+
+def test_twilios_block_is_written_with_the_change_and_only_over_what_was_read(db):
+    opted_in(db, "deals")
+    (deals, _) = on_sender(db)
+    with db.statements() as connection:
+        state = consents.held(connection, PERSON, [deals.id])
+    assert state.twilio_blocks == ""
+    # With a consent change (the guard is the ledger head), and alone (a START with nothing to restore).
+    planned = consents.plan(state, [deals], Input.KEYWORD_STOP, SMS, now=utcnow())
+    store_consents.set_twilio_blocks(planned.writes, state, SENDER)
+    with db.statements() as connection:
+        assert planned.writes.execute(connection) is True
+        assert connection.scalar(_blocks()) == SENDER
+        state = consents.held(connection, PERSON, [deals.id])
+    alone = Writes()
+    store_consents.set_twilio_blocks(alone, state, "")
+    # Meanwhile another text from the number blocked it on a Messaging Service too: the write planned
+    # from the old list writes nothing (the webhook reads again) rather than lose that block.
+    with db.transaction() as session:
+        session.scalars(select(PhoneNumber).where(PhoneNumber.e164 == PERSON)).one().twilio_blocks = \
+            f"{SENDER} MG{'0' * 32}"
+    with db.statements() as connection:
+        assert alone.execute(connection) is False
+        assert connection.scalar(_blocks()) == f"{SENDER} MG{'0' * 32}"
