@@ -476,6 +476,48 @@ def test_a_twiml_reply_to_an_opted_out_pair_is_refused_21610(app, live_server, r
     assert (refusal.error_code, refusal.origin, refusal.body) == (21610, "twiml", "You are unsubscribed.")
 
 
+def _program_on(db, sender_key: str, **definition) -> None:
+    from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec
+    from gateway.store import programs
+
+    where = {"messaging_service": sender_key} if sender_key.startswith("MG") else {"sender": sender_key}
+    spec = ProgramSpec(slug="filtered", name="Filtered", category="informational", frequency="Weekly",
+                       help="Filtered: help.", templates=dict(DEFAULT_TEMPLATES), **where, **definition)
+    with db.transaction() as session:
+        programs.store(session, [spec])
+
+
+def _blocked_on(db) -> list[str]:
+    with db.sessions() as session:
+        return messages.opted_out_senders(session, HANDSET)
+
+
+def test_advanced_opt_out_posts_its_opt_out_type_and_blocks_on_its_own_words(app, live_server, receiver, db):
+    _program_on(db, SERVICE, opt_out_handling="twilio_advanced", twilio_opt_out_keywords=["ALTO"],
+                twilio_opt_in_keywords=["VUELVO"])
+    with sandbox_config(app, sms_url=receiver.url("/sms"), messaging_services={SERVICE: ("+15005550011",)}):
+        posted = {}
+        for body in ("alto", "CANCEL", "HELP", "vuelvo"):
+            sid = phone_text(live_server, HANDSET, "+15005550011", body).json()["sid"]
+            wait_for(lambda sid=sid: receiver.for_message(sid))
+            posted[body] = receiver.for_message(sid)[0].params.get("OptOutType")
+            if body == "alto":
+                assert _blocked_on(db) == ["+15005550011", SERVICE]
+    assert posted == {"alto": "STOP", "CANCEL": None, "HELP": "HELP", "vuelvo": "START"}
+    assert _blocked_on(db) == []
+
+
+def test_with_no_filtering_the_sandbox_blocks_nothing_and_answers_nothing(app, live_server, receiver, db):
+    _program_on(db, "+15005550007", opt_out_handling="none")
+    with sandbox_config(app, sms_url=receiver.url("/sms")):
+        sid = phone_text(live_server, HANDSET, "+15005550007", "STOP").json()["sid"]
+        wait_for(lambda: sandbox_message(db, sid).webhook_status == 200)
+    assert "OptOutType" not in receiver.for_message(sid)[0].params
+    assert [m.origin for m in conversation_messages(db, HANDSET)] == ["phone"]  # no Twilio auto-reply
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(SandboxOptOut)) == 0
+
+
 @pytest.mark.parametrize(("answer", "status", "code"), [
     ((404, "text/html", "<h1>Not Found</h1>"), 404, 11200),
     ((500, "text/plain", "boom"), 500, 11200),
