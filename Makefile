@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 # (honcho hands each process its own PORT: 5000 web, 5100 worker). The Procfile names its commands
 # plainly, as Procfile hosts expect; the venv goes first on PATH instead. Set for `run` and `migrate`
 # only (and what they run): the tests build their own settings.
-run migrate: export SANDBOX ?= on
-run migrate: export PORT ?= 5000
-run migrate: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
+run migrate preflight: export SANDBOX ?= on
+run migrate preflight: export PORT ?= 5000
+run migrate preflight: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 
-.PHONY: run test install migrate clean
+.PHONY: run test install migrate preflight clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ migrate: install
 	$(BIN)/smsgate db upgrade
 	$(BIN)/smsgate programs load $${PROGRAMS_FILE:-config/programs.example.toml}
 
+# Refuse before anything starts or is migrated when a gateway already runs on this VAR_DIR or PORT
+# (the web process checks again itself: config/gunicorn.conf.py).
+preflight: install
+	@$(BIN)/python -m gateway.banner --check
+
 # Web + worker (+ beat) with the embedded SQLite store, embedded broker and the Twilio sandbox.
-run: migrate
+run: preflight migrate
 	@$(BIN)/python -m gateway.banner
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 

@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gateway import logs
+from gateway import logs, run_lock
 from gateway.config import load_settings
 
 # WEB_HOST and PORT from the same settings every process reads (a bad value stops start-up here,
@@ -26,7 +26,17 @@ logs.install()
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.var_dir / "prometheus")))
 
 
+_run_lock = None  # VAR_DIR's web lock, held by the master for its life (gateway/run_lock.py)
+
+
 def on_starting(server):
+    # Refuse before clearing anything: a second start beside a running one used to empty the first's
+    # metrics directory and only then fail on the busy port. RuntimeError: gunicorn prints it and exits 1.
+    global _run_lock
+    if server.master_pid:  # a USR2 re-exec: the old master holds the lock and shares these metrics
+        return
+    _run_lock = run_lock.lock(_settings.var_dir, _settings.port)
+    run_lock.check_port(_settings.web_host, _settings.port)
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     _metrics_dir.mkdir(parents=True, exist_ok=True)
 

@@ -129,6 +129,11 @@ class QuietHours:
                 area_codes[code] = key
         return cls(default, states, area_codes, _zones(data["fallback_zones"]))
 
+    @property
+    def default_window(self) -> Window:
+        """The window every number gets before a state rule tightens it."""
+        return self._default
+
     def window_for(self, number: phonenumbers.PhoneNumber | str) -> Window:
         """The strictest window that applies: the default, tightened by a state rule for +1 area codes."""
         parsed = _parse(number)
