@@ -12,8 +12,8 @@ from gateway import bootstrap
 from gateway.config import ConfigError, Settings
 from gateway.domain.consent import Source
 from gateway.domain.numbers import InvalidNumber, mask, parse
-from gateway.domain.programs import ProgramError, load_file
-from gateway.services import consents, keys, privacy
+from gateway.domain.programs import ProgramError, load_file, spec_of
+from gateway.services import consents, keys, privacy, subscriptions
 from gateway.services.ports import Gateway
 from gateway.store import checkpoints, ledger, programs
 from gateway.store.database import Database
@@ -46,34 +46,71 @@ class Context:
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # children inherit -h
+@click.version_option(package_name="sms-consent-gateway", prog_name="smsgate")
 def main() -> None:
-    """SMS consent gateway: operate the consent store."""
+    """SMS consent gateway: operate the consent store.
+
+    Reads the same settings (environment variables) as the web and worker processes.
+
+    \b
+    Example, a first start:
+      smsgate db upgrade
+      smsgate programs load config/programs.example.toml
+      smsgate keys create crm --scope send
+    """
 
 
 @main.group()
 def db() -> None:
-    """The database schema."""
+    """The database schema.
+
+    \b
+    Example:
+      smsgate db upgrade
+    """
 
 
 @db.command("upgrade")
 @pass_context
 def db_upgrade(ctx: Context) -> None:
-    """Apply every migration."""
+    """Create the database's tables, or apply the migrations it lacks.
+
+    \b
+    Example:
+      smsgate db upgrade
+    """
+    before = ctx.db.revisions()
     ctx.db.upgrade()
-    click.echo("database is up to date")
+    after = ", ".join(ctx.db.revisions())
+    if not before:
+        click.echo(f"created the database (schema {after})")
+    elif ", ".join(before) != after:
+        click.echo(f"upgraded the database from schema {', '.join(before)} to {after}")
+    else:
+        click.echo(f"the database is up to date (schema {after})")
 
 
 @main.group("programs")
 def programs_group() -> None:
-    """Messaging programs."""
+    """Messaging programs: what each texts, from which sender, how often.
+
+    \b
+    Example:
+      smsgate programs list
+    """
 
 
 @programs_group.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_context
 def programs_load(ctx: Context, file: Path) -> None:
-    """Validate FILE and store its programs (insert or update by slug)."""
+    """Validate FILE and store its programs (insert or update by slug).
+
+    \b
+    Example:
+      smsgate programs load config/programs.example.toml
+    """
     try:
         specs = load_file(file)
     except ProgramError as error:
@@ -84,20 +121,97 @@ def programs_load(ctx: Context, file: Path) -> None:
         opt_in = "double" if spec.double_opt_in else "single"
         click.echo(f"{spec.slug}: {spec.name} ({spec.category}, {opt_in} opt-in) "
                    f"from {spec.sender or spec.messaging_service}")
+    click.echo(f"loaded {len(specs)} program(s) from {file}; `smsgate programs show SLUG` shows one's disclosure")
+
+
+@programs_group.command("list")
+@pass_context
+def programs_list(ctx: Context) -> None:
+    """Every stored program: slug, name, category, sender and join keywords.
+
+    \b
+    Example:
+      smsgate programs list
+    """
+    with ctx.db.transaction() as session:
+        specs = [spec_of(program) for program in programs.all_programs(session)]
+    if not specs:
+        click.echo("no programs yet: `smsgate programs load config/programs.example.toml` loads the examples")
+        return
+    for spec in sorted(specs, key=lambda spec: spec.slug):
+        keywords = ", ".join(spec.join_keywords) or "-"
+        click.echo(f"{spec.slug:<16} {spec.name:<28} {spec.category:<14} from {spec.sender or spec.messaging_service}"
+                   f"  keywords: {keywords}")
+
+
+@programs_group.command("show")
+@click.argument("slug")
+@pass_context
+def programs_show(ctx: Context, slug: str) -> None:
+    """One program's disclosure: sender, category, frequency, keywords, the hosted form's words and every
+    text it sends.
+
+    \b
+    Example:
+      smsgate programs show deals
+    """
+    with ctx.db.transaction() as session:
+        program = programs.by_slug(session, slug)
+        known = sorted(row.slug for row in programs.all_programs(session)) if program is None else []
+        spec = spec_of(program) if program is not None else None
+    if spec is None:
+        raise click.ClickException(f"no program {slug!r}; known: {', '.join(known) or 'none (load a programs file)'}")
+    lines = [
+        f"{spec.slug}: {spec.name}",
+        f"  category:        {spec.category}",
+        f"  sender:          {spec.sender or 'Messaging Service ' + str(spec.messaging_service)}",
+        f"  frequency:       {spec.frequency}",
+        f"  opt-in:          {'double (the person replies YES)' if spec.double_opt_in else 'single'}",
+        f"  join keywords:   {', '.join(spec.join_keywords) or '-'}",
+        f"  countries:       {', '.join(spec.allowed_countries) or 'the sender' + chr(39) + 's'}",
+        f"  daily cap:       {spec.daily_cap if spec.daily_cap is not None else 'state rules only'}",
+        f"  terms:           {spec.terms_url or '-'}",
+        f"  privacy:         {spec.privacy_url or '-'}",
+        f"  hosted form:     {ctx.settings.public_url('/subscribe/' + spec.slug)}",
+        "  disclosure (the hosted form's words, recorded with each request):",
+        f"    {subscriptions.disclosure(spec).text}",
+        "  texts:",
+        f"    reply to HELP: {spec.help}",
+    ]
+    for name in sorted(spec.templates):
+        lines.append(f"    {name}: {spec.text(name)}")
+    click.echo("\n".join(lines))
 
 
 @main.group("keys")
 def keys_group() -> None:
-    """API keys."""
+    """API keys: who may call the /v1 API, and for what.
+
+    \b
+    Example:
+      smsgate keys list
+    """
 
 
 @keys_group.command("create")
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(keys.SCOPES),
-              help="Repeat for several scopes.")
+              help="What the key may do; repeat for several scopes.")
 @pass_context
 def keys_create(ctx: Context, name: str, scopes: tuple[str, ...]) -> None:
-    """Create a key; it is printed once, alone on the last line."""
+    """Create a key named NAME; it is printed once, alone on the last line (only its SHA-256 is kept).
+
+    \b
+    Scopes:
+      send       POST /v1/messages and /v1/messages/batch; read a message's status
+      subscribe  start double opt-in (POST /v1/subscriptions); record an opt-out
+      read       GET /v1/consents/{phone} and a message's status
+      admin      everything above, and export or erase a number's data
+
+    \b
+    Example:
+      smsgate keys create crm --scope send --scope read
+    """
     try:
         with ctx.db.transaction() as session:
             row, key = keys.create(session, name, list(scopes))
@@ -107,11 +221,37 @@ def keys_create(ctx: Context, name: str, scopes: tuple[str, ...]) -> None:
     click.echo(key)
 
 
+@keys_group.command("list")
+@pass_context
+def keys_list(ctx: Context) -> None:
+    """Every key: name, scopes, created, revoked (never the key: it is not kept).
+
+    When a key was last used is not recorded (it would be a write on every API request).
+
+    \b
+    Example:
+      smsgate keys list
+    """
+    with ctx.db.transaction() as session:
+        rows = keys.listed(session)
+    if not rows:
+        click.echo("no keys yet: `smsgate keys create NAME --scope send` makes one")
+        return
+    for row in rows:
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        click.echo(f"{row.name:<24} {','.join(row.scopes):<24} created {row.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
 @keys_group.command("revoke")
 @click.argument("name")
 @pass_context
 def keys_revoke(ctx: Context, name: str) -> None:
-    """Revoke a key by name."""
+    """Revoke the key named NAME: every process refuses it within 10 seconds.
+
+    \b
+    Example:
+      smsgate keys revoke crm
+    """
     with ctx.db.transaction() as session:
         if not keys.revoke(session, name):
             raise click.ClickException(f"no key named {name!r}")
@@ -120,7 +260,12 @@ def keys_revoke(ctx: Context, name: str) -> None:
 
 @main.group("consent")
 def consent_group() -> None:
-    """Consent records."""
+    """Consent records: a number's consents and their history; imports.
+
+    \b
+    Example:
+      smsgate consent show +14155552671
+    """
 
 
 def _number(ctx: Context, raw: str):
@@ -135,7 +280,12 @@ def _number(ctx: Context, raw: str):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def consent_show(ctx: Context, number: str, as_json: bool) -> None:
-    """Current consents and the ledger of NUMBER."""
+    """Current consents and the ledger of NUMBER.
+
+    \b
+    Example:
+      smsgate consent show "(415) 555-2671"
+    """
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
         row = consents.find_number(session, parsed.e164)
@@ -167,7 +317,12 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
 @click.argument("file", type=click.File("r", encoding="utf-8-sig"))
 @pass_context
 def consent_import(ctx: Context, file) -> None:
-    """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns."""
+    """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns.
+
+    \b
+    Example:
+      smsgate consent import crm-export.csv
+    """
     try:
         with ctx.db.transaction() as session:
             report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import",
@@ -187,7 +342,12 @@ def consent_import(ctx: Context, file) -> None:
 @click.argument("number")
 @pass_context
 def export(ctx: Context, number: str) -> None:
-    """Everything held about NUMBER, as JSON."""
+    """Everything held about NUMBER, as JSON.
+
+    \b
+    Example:
+      smsgate export +14155552671 > number.json
+    """
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
         row = consents.find_number(session, parsed.e164)
@@ -201,7 +361,12 @@ def export(ctx: Context, number: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_context
 def erase(ctx: Context, number: str, yes: bool) -> None:
-    """Erase personal data about NUMBER, keeping a suppression hash if it opted out."""
+    """Erase personal data about NUMBER, keeping a suppression hash if it opted out.
+
+    \b
+    Example:
+      smsgate erase +14155552671
+    """
     parsed = _number(ctx, number)
     if not yes:
         click.confirm(f"Erase everything about {mask(parsed.e164)}?", abort=True)
@@ -217,13 +382,29 @@ def erase(ctx: Context, number: str, yes: bool) -> None:
 
 @main.group("ledger")
 def ledger_group() -> None:
-    """The consent ledger."""
+    """The consent ledger: every consent event, hash-chained per number.
+
+    \b
+    Example:
+      smsgate ledger verify
+    """
 
 
 @ledger_group.command("verify")
+@click.option("--number", "number", metavar="NUMBER", help="Check only this number's chain.")
 @pass_context
-def ledger_verify(ctx: Context) -> None:
-    """Check every chain, the consents and the newest checkpoint; exit 1 naming each disagreement."""
+def ledger_verify(ctx: Context, number: str | None) -> None:
+    """Check every chain, the consents and the newest checkpoint; exit 1 naming each disagreement
+    (numbers masked).
+
+    \b
+    Examples:
+      smsgate ledger verify
+      smsgate ledger verify --number +14155552671
+    """
+    if number is not None:
+        _verify_one(ctx, _number(ctx, number).e164)
+        return
     log, _ = checkpoints.from_settings(ctx.settings)
     # The checkpoint is chosen before the store is read: every head it signed is then older than
     # the snapshot verified, so a checkpoint written meanwhile cannot look ahead of the chains.
@@ -249,10 +430,36 @@ def ledger_verify(ctx: Context) -> None:
                    f"checkpoint of {checkpoint.created_at} signed ({checkpoint.size} chains)")
 
 
+def _verify_one(ctx: Context, e164: str) -> None:
+    log, _ = checkpoints.from_settings(ctx.settings)
+    checkpoint, log_problems = log.newest()
+    for problem in log_problems:  # a bad checkpoint log is every number's problem
+        click.echo(f"BROKEN {problem}", err=True)
+    with ctx.db.snapshot() as session:
+        found = consents.find_number(session, e164)
+        if found is None:
+            raise click.ClickException(f"no ledger for {mask(e164)}: nothing is held about that number")
+        tally = ledger.Tally()
+        problems = list(ledger.verify(session, checkpoint=checkpoint, tally=tally, number_id=found.id))
+    for problem in problems:
+        click.echo(f"BROKEN {problem}", err=True)
+    if problems or log_problems:
+        click.echo(f"{len(problems) + len(log_problems)} problem(s) in {mask(e164)}'s chain ({tally.events} events)",
+                   err=True)
+        sys.exit(1)
+    signed = f"; it holds what the checkpoint of {checkpoint.created_at} signed" if checkpoint else ""
+    click.echo(f"{mask(e164)}: chain intact, {tally.events} events; its consents agree with them{signed}")
+
+
 @ledger_group.command("checkpoint")
 @pass_context
 def ledger_checkpoint(ctx: Context) -> None:
-    """Sign every chain's head and add the checkpoint to the checkpoint log."""
+    """Sign every chain's head and add the checkpoint to the checkpoint log.
+
+    \b
+    Example:
+      smsgate ledger checkpoint
+    """
     log, signer = checkpoints.from_settings(ctx.settings)
     try:
         with ctx.db.snapshot() as session:
@@ -268,14 +475,24 @@ def ledger_checkpoint(ctx: Context) -> None:
 @ledger_group.command("public-key")
 @pass_context
 def ledger_public_key(ctx: Context) -> None:
-    """The public key that verifies our checkpoints (hex), for whoever checks them."""
+    """The public key that verifies our checkpoints (hex), for whoever checks them.
+
+    \b
+    Example:
+      smsgate ledger public-key > checkpoint-key.hex
+    """
     click.echo(checkpoints.Signer(ctx.settings.ledger_signing_key).public_key)
 
 
 @ledger_group.command("rebuild")
 @pass_context
 def ledger_rebuild(ctx: Context) -> None:
-    """Recompute every consent from the ledger alone."""
+    """Recompute every consent from the ledger alone.
+
+    \b
+    Example:
+      smsgate ledger rebuild
+    """
     with ctx.db.transaction() as session:
         count = consents.rebuild(session)
     click.echo(f"rebuilt {count} consents from the ledger")
@@ -283,14 +500,24 @@ def ledger_rebuild(ctx: Context) -> None:
 
 @main.group("inbound")
 def inbound_group() -> None:
-    """Inbound texts."""
+    """Inbound texts: the journal of texts the database could not take, and reconciliation.
+
+    \b
+    Example:
+      smsgate inbound replay
+    """
 
 
 @inbound_group.command("replay")
 @click.option("--held", is_flag=True, help="Apply the held texts again instead (once their cause is fixed).")
 @pass_context
 def inbound_replay(ctx: Context, held: bool) -> None:
-    """Apply the texts the inbound journal holds (the web processes also do it on a timer)."""
+    """Apply the texts the inbound journal holds (the web processes also do it on a timer).
+
+    \b
+    Example:
+      smsgate inbound replay --held
+    """
     from gateway.services import inbound_journal
 
     # The same Gateway as the web process's, so a join keyword's confirmation is enqueued as the webhook would.
@@ -307,7 +534,12 @@ def inbound_replay(ctx: Context, held: bool) -> None:
 @pass_context
 def inbound_reconcile(ctx: Context) -> None:
     """Read Twilio's message log once for texts whose webhook never came, apply them, print the counts
-    (beat does it every INBOUND_RECONCILE_SECONDS)."""
+    (beat does it every INBOUND_RECONCILE_SECONDS).
+
+    \b
+    Example:
+      smsgate inbound reconcile
+    """
     from gateway.services import inbound_reconcile
 
     # The same Gateway as the worker's, so a join keyword's confirmation is enqueued as the webhook would.

@@ -50,6 +50,11 @@ def authenticate(session: Session, key: str) -> ApiKey | None:
     return row
 
 
+def listed(session: Session) -> list[ApiKey]:
+    """Every key, oldest first (a row holds only the key's hash, never the key)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
 def revoke(session: Session, name: str) -> bool:
     row = session.scalars(select(ApiKey).where(ApiKey.name == name)).one_or_none()
     if row is None:

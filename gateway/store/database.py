@@ -199,6 +199,13 @@ class Database:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
+    def revisions(self) -> tuple[str, ...]:
+        """The migrations the store is at; () for a store no migration has run on (a new one)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+
     def upgrade(self, revision: str = "heads") -> None:
         """Apply Alembic migrations up to revision."""
         from alembic import command

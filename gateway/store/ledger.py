@@ -37,7 +37,8 @@ _NUMBERS, _EVENTS, _CONSENTS, _PROGRAMS = (
     PhoneNumber.__table__, LedgerEvent.__table__, Consent.__table__, Program.__table__)
 
 
-def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally | None = None) -> Iterator[Break]:
+def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally | None = None,
+           number_id: int | None = None) -> Iterator[Break]:
     """Walk every number's chain; yield what disagrees.
 
     For each number: the first break of its hash chain (a broken chain is not replayed: what it leads
@@ -45,11 +46,12 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
     `checkpoints.Checkpoint`) signed for it, and whether replaying it gives the consents the gate
     reads. Numbers the checkpoint holds that are gone from the store are breaks too. Reads a batch
     of numbers at a time, as rows (no ORM objects), so memory stays bounded whatever the ledger's size.
+    `number_id`: only that number's chain (the checkpoint's other numbers are not looked for).
     """
     tally = tally if tally is not None else Tally()
     slugs = dict(session.execute(select(_PROGRAMS.c.id, _PROGRAMS.c.slug)).all())
     signed = SignedHeads(checkpoint)
-    for numbers in number_batches(session, batch):
+    for numbers in number_batches(session, batch, only=number_id):
         ids = [number.id for number in numbers]
         events: dict[int, list] = {number_id: [] for number_id in ids}
         # Ordered by id (insertion order), not seq: a swapped seq must show, not be sorted away.
@@ -63,7 +65,8 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
             consents[row.number_id][row.program_id] = row
         for number in numbers:
             head, missing = signed.take(number.id)
-            yield from missing
+            if number_id is None:  # else the missing ones are other numbers, not asked about
+                yield from missing
             chain = events[number.id]
             if chain:
                 tally.chains += 1
@@ -78,16 +81,21 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
                 if moved:
                     yield moved
             yield from check_projection(number, chain, consents[number.id], label, slugs)
-    yield from signed.rest()
+    if number_id is None:
+        yield from signed.rest()
 
 
-def number_batches(session: Session, batch: int, *, chained_only: bool = False) -> Iterator[list]:
+def number_batches(session: Session, batch: int, *, chained_only: bool = False,
+                   only: int | None = None) -> Iterator[list]:
     """Every number as a row (id, e164, ledger_seq, ledger_head), `batch` at a time in id order, by keyset:
-    memory stays bounded and a number added during the walk is read once or not at all, never twice."""
+    memory stays bounded and a number added during the walk is read once or not at all, never twice.
+    `only`: just the number with that id."""
     last_id = 0
     while True:
         query = select(_NUMBERS.c.id, _NUMBERS.c.e164, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head).where(
             _NUMBERS.c.id > last_id)
+        if only is not None:
+            query = query.where(_NUMBERS.c.id == only)
         if chained_only:
             query = query.where(_NUMBERS.c.ledger_seq > 0)
         rows = session.execute(query.order_by(_NUMBERS.c.id).limit(batch)).all()
