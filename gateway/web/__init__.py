@@ -11,18 +11,29 @@ from gateway.web.auth import declared_auth
 
 
 def register(app: Flask, *, sandbox: bool) -> None:
-    from gateway.web import api_consents, api_messages, api_privacy, api_subscriptions, forms, openapi, ops, webhooks
+    from gateway.web import (
+        api_consents,
+        api_messages,
+        api_privacy,
+        api_subscriptions,
+        docs,
+        forms,
+        openapi,
+        ops,
+        webhooks,
+    )
 
     errors.register(app)
     headers.register(app)
     app.session_interface = SessionOnlyWithCookie()
-    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi):
+    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi, docs):
         app.register_blueprint(module.bp)
     if sandbox:
         # Imported only when mounted: production never loads the sandbox's code.
         from gateway.twilio import sandbox as sandbox_module
 
         app.register_blueprint(sandbox_module.bp, url_prefix="/sandbox")
+        app.register_blueprint(docs.landing_bp)  # `/`: the sandbox build's start page (docs.py says why)
 
     @app.after_request
     def _count_response(response):
