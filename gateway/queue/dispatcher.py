@@ -10,7 +10,7 @@ and the broker write, published to the queue by name on the default exchange as 
 direct route, with Celery's publish retry policy.
 
 Written against Celery 5.7.0 and kombu 5.7.0 (task protocol 2). tests/unit/queue/test_dispatcher.py
-holds the contract: the message published here equals, header by header, the one `send_task` builds
+keeps it honest: the message published here equals, header by header, the one `send_task` builds
 with the installed Celery, so an upgrade that changes the format fails that test, not production.
 """
 
