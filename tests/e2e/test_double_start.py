@@ -74,3 +74,15 @@ def test_make_run_checks_before_starting_anything(running):
     allowed = subprocess.run([sys.executable, "-m", "gateway.banner", "--check"], cwd=ROOT, env=running.env,
                              capture_output=True, text=True, timeout=60)
     assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_killed_web_process_leaves_no_lock_behind(running, tmp_path):
+    """SIGKILL leaves web.lock and its pid on disk, but the kernel dropped the lock: the next start goes."""
+    running.kill()
+    assert (tmp_path / "var" / "web.lock").exists()
+    again = WebProcess({**running.env, "VAR_DIR": str(tmp_path / "var")}, tmp_path / "again.log")
+    again.start()
+    try:
+        assert requests.get(f"{again.base}/metrics", timeout=10).status_code == 200
+    finally:
+        again.stop()
