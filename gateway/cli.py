@@ -553,7 +553,12 @@ def inbound_reconcile(ctx: Context) -> None:
 
 @main.group("proof")
 def proof_group() -> None:
-    """Proof bundles: a number's consent history that anyone can check offline (docs/proofs.md)."""
+    """Proof bundles: a number's consent history that anyone can check offline (docs/proofs.md).
+
+    \b
+    Example:
+      smsgate proof export +14155552671 -o proof.json && smsgate proof verify proof.json
+    """
 
 
 @proof_group.command("export")
