@@ -26,19 +26,24 @@ logs.install()
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_settings.var_dir / "prometheus")))
 
 
-_run_lock = None  # VAR_DIR's web lock, held by the master for its life (gateway/run_lock.py)
+_run_lock = None  # VAR_DIR's web lock, held (shared) by the master for its life: gateway/run_lock.py
 
 
 def on_starting(server):
-    # Refuse before clearing anything: a second start beside a running one used to empty the first's
-    # metrics directory and only then fail on the busy port. RuntimeError: gunicorn prints it and exits 1.
+    # Nothing is cleared before these checks: a second start beside a running one used to empty the
+    # first's metrics directory and only then fail on the busy port. A busy port refuses (naming it and
+    # the running pid); a master joining others on this VAR_DIR (another port) leaves their metrics be.
     global _run_lock
-    if server.master_pid:  # a USR2 re-exec: the old master holds the lock and shares these metrics
+    if server.master_pid:  # a USR2 re-exec: the old master's listeners and metrics carry on
         return
-    _run_lock = run_lock.lock(_settings.var_dir, _settings.port)
-    run_lock.check_port(_settings.web_host, _settings.port)
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
-    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    run_lock.check_port(_settings.web_host, _settings.port, _settings.var_dir)
+    _run_lock, first = run_lock.join(_settings.var_dir)
+    if first:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+        _metrics_dir.mkdir(parents=True, exist_ok=True)
+        run_lock.share(_run_lock)
+    else:
+        _metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
 def child_exit(server, worker):

@@ -43,16 +43,27 @@ def _second(running: WebProcess, tmp_path, **overrides: str) -> tuple[int, str]:
     return finished.returncode, finished.stdout + finished.stderr
 
 
-@pytest.mark.parametrize("what", ["same port", "other port"])
-def test_a_second_web_process_refuses_and_the_first_keeps_its_metrics(running, tmp_path, what):
-    port = str(running.port) if what == "same port" else str(running.port + 1)
-    code, output = _second(running, tmp_path, PORT=port)
+def test_a_second_web_process_on_the_same_port_refuses_and_the_first_keeps_its_metrics(running, tmp_path):
+    code, output = _second(running, tmp_path)
     assert code != 0
-    assert f"pid {running.process.pid}" in output and f"port {port}" in output, output
+    assert f"port {running.port}" in output and f"pid {running.process.pid}" in output, output
     assert "nothing of it was touched" in output
     assert _rejected(running.base) == 3  # its samples are all still there
     assert requests.post(f"{running.base}/webhooks/twilio/sms", data={"Body": "hi"}, timeout=10).status_code == 403
     assert _rejected(running.base) == 4  # and it goes on counting
+
+
+def test_a_second_web_process_on_another_port_joins_and_clears_nothing(running, tmp_path):
+    """Two web processes with one VAR_DIR (`honcho start -c web=2`): the second counts into the same
+    metrics directory instead of emptying it; each /metrics shows the host's totals."""
+    second = WebProcess({**running.env, "VAR_DIR": running.env["VAR_DIR"]}, tmp_path / "second.log")
+    second.start()
+    try:
+        assert _rejected(running.base) == 3 and _rejected(second.base) == 3
+        assert requests.post(f"{second.base}/webhooks/twilio/sms", data={"Body": "hi"}, timeout=10).status_code == 403
+        assert _rejected(running.base) == 4 and _rejected(second.base) == 4
+    finally:
+        second.stop()
 
 
 def test_a_web_process_on_a_busy_port_refuses_naming_it(running, tmp_path):
