@@ -23,11 +23,21 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from gateway.domain import ledger
-from gateway.domain.consent import State
+from gateway.domain.consent import State, Status
+from gateway.domain.gate import Reason
 from gateway.domain.numbers import Number
-from gateway.store import dialect
+from gateway.store import dialect, outbox
 from gateway.store.database import Writes, driver_sql, rows
-from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
+from gateway.store.models import (
+    Consent,
+    InboundMessage,
+    LedgerEvent,
+    OutboundMessage,
+    PhoneNumber,
+    Program,
+    Suppression,
+    utcnow,
+)
 
 NUMBERS, CONSENTS, EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerEvent.__table__
 _INBOUND, _SUPPRESSIONS = InboundMessage.__table__, Suppression.__table__
@@ -141,7 +151,9 @@ class Move:
 
 def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: datetime) -> Writes:
     """The writes of a change chained after the head as read: the head moved (only from where it was
-    read), the events, the consents' new states."""
+    read), the events, the consents' new states, and the number's waiting messages of every program
+    the change ends, blocked (an opt-out: opted_out; an erasure: no_consent, as the send gate would
+    now answer), so nothing already queued or deferred goes out after the opt-out is written."""
     last = events[-1]
     writes = Writes().guarded_by(NUMBERS, state.number_id, {"ledger_seq": state.seq},
                                  {"ledger_seq": last.seq, "ledger_head": last.hash})
@@ -158,6 +170,9 @@ def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: 
             writes.insert(CONSENTS, {"number_id": state.number_id, "program_id": move.program_id, **values})
         else:
             writes.update(CONSENTS, move.consent_id, values)
+    for reason, status in ((Reason.OPTED_OUT, Status.OPTED_OUT), (Reason.NO_CONSENT, None)):
+        ended = [move.program_id for move in moves if move.after.status is status]
+        outbox.block_waiting_into(writes, number_id=state.number_id, program_ids=ended, reason=reason.value, now=now)
     return writes
 
 
@@ -198,6 +213,10 @@ def write_locked(session: Session, number: PhoneNumber, writes: Writes, events: 
     last = events[-1]
     set_committed_value(number, "ledger_seq", last.seq)
     set_committed_value(number, "ledger_head", last.hash)
+    if writes.parts:  # messages the change blocked: what the session holds of them is stale
+        for held_message in [row for row in session.identity_map.values()
+                             if isinstance(row, OutboundMessage) and row.number_id == number.id]:
+            session.expire(held_message)
     for move in moves:
         held_row = session.identity_map.get(identity_key(Consent, move.consent_id)) if move.consent_id else None
         if held_row is None:

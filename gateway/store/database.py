@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import (
     ARRAY,
@@ -218,6 +219,20 @@ class Database:
             self._autocommit.dispose()
 
 
+class Part(Protocol):
+    """A write that is not rows by id (an UPDATE of whatever rows match a condition), riding along a
+    `Writes`: on PostgreSQL as WITH clauses of its one statement, elsewhere as statements run in order
+    after the guard matched. Its parameters come with it (`Writes.part`); `name` names its shape."""
+
+    name: str
+
+    def ctes(self, gate, prefix: str) -> list:
+        """The WITH clauses, each gated on `gate` (None: no guard), parameters named `prefix` + key."""
+
+    def run(self, connection: Connection, params: dict) -> None:
+        """The same write as statements, in the caller's transaction (SQLite)."""
+
+
 class Writes:
     """Rows to write together, all or nothing, optionally only if a guard row is still as it was read.
 
@@ -232,6 +247,7 @@ class Writes:
         self.inserts: list[tuple[Table, dict]] = []
         self.updates: list[tuple[Table, int, dict]] = []
         self.deletes: list[tuple[Table, int]] = []
+        self.parts: list[tuple[Part, dict]] = []
 
     def guarded_by(self, table: Table, row_id: int, expected: dict, values: dict) -> Writes:
         self.guard = (table, row_id, expected, values)
@@ -252,6 +268,10 @@ class Writes:
 
     def delete(self, table: Table, row_id: int) -> Writes:
         self.deletes.append((table, row_id))
+        return self
+
+    def part(self, part: Part, params: dict) -> Writes:
+        self.parts.append((part, params))
         return self
 
     def execute(self, connection: Connection) -> bool:
@@ -328,6 +348,8 @@ def _in_order(writes: Writes, connection: Connection) -> bool:
         connection.execute(update(table).where(table.c.id == row_id).values(values))
     for table, row_id in writes.deletes:
         connection.execute(delete(table).where(table.c.id == row_id))
+    for part, params in writes.parts:
+        part.run(connection, params)
     return True
 
 
@@ -360,10 +382,12 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
         tuple((table.name, columns) for table, columns in inserts),
         tuple((table.name, columns) for table, columns in updates),
         tuple(table.name for table, _ in writes.deletes),
+        tuple(part.name for part, _ in writes.parts),
     )
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), list(updates), writes.deletes))
+        statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), list(updates), writes.deletes,
+                                                           [part for part, _ in writes.parts]))
     params: dict = {}
     if guard is not None:
         _, row_id, expected, values = guard
@@ -377,6 +401,8 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
         params[f"u{index}_ids"] = [row["id"] for row in rows]
     for index, (_, row_id) in enumerate(writes.deletes):
         params[f"d{index}_id"] = row_id
+    for index, (_, values) in enumerate(writes.parts):
+        params.update({f"p{index}_{key}": value for key, value in values.items()})
     return statement, params
 
 
@@ -399,7 +425,7 @@ def _recordset(table: Table, name: str, columns: tuple[str, ...]):
             .table_valued(*columns).alias(f"{name}_rows"))
 
 
-def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list) -> Executable:
+def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list, parts: list) -> Executable:
     ctes = []
     if guard is None:
         gate = None
@@ -431,6 +457,8 @@ def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list) -> 
     for index, (table, _) in enumerate(deletes):
         gone = delete(table).where(table.c.id == bindparam(f"d{index}_id"))
         ctes.append((gone if gate is None else gone.where(gate)).cte(f"delete_{index}"))
+    for index, part in enumerate(parts):
+        ctes.extend(part.ctes(gate, f"p{index}_"))
     return outcome.add_cte(*ctes) if ctes else outcome
 
 

@@ -16,7 +16,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    String,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from gateway.domain.gate import Decision, Kind
@@ -214,6 +230,67 @@ def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind,
         status, reason, decision.not_before, 0, None, None, None, now, now, recheck_at))))
     writes.insert(MessageEvent.__table__, dict(zip(_EVENT_COLUMNS, (message_id, status, reason, now))))
     return message_id
+
+
+_BLOCKED_SQL = literal_column(f"'{Status.BLOCKED.value}'", String)  # a literal: driver SQL takes no preset values
+
+
+class _BlockWaiting:
+    """The `Writes` part that blocks a number's waiting (queued and deferred) messages of some programs,
+    with a history step each: an opt-out ends what was already queued for what it ends, in the same
+    write as the opt-out itself. A message a worker has claimed ("sending") is not waiting: the
+    worker's own gate, asked in its claim transaction, decides it."""
+
+    name = "block_waiting"
+    _MESSAGES, _EVENTS = OutboundMessage.__table__, MessageEvent.__table__
+
+    def _where(self, prefix: str, program_ids):
+        messages = self._MESSAGES
+        return (messages.c.number_id == bindparam(f"{prefix}number_id"), program_ids,
+                messages.c.status.in_([literal_column(f"'{status.value}'") for status in WAITING]))
+
+    def _values(self, prefix: str) -> dict:
+        # As `advance` to blocked leaves them: nothing left to recheck, no claim.
+        return {"status": _BLOCKED_SQL, "reason": bindparam(f"{prefix}reason", type_=String),
+                "updated_at": bindparam(f"{prefix}now", type_=UTCDateTime()), "not_before": null(),
+                "recheck_at": null(), "claimed_at": null()}
+
+    def ctes(self, gate, prefix: str) -> list:
+        messages, events = self._MESSAGES, self._EVENTS
+        # The ids as an array, as `Writes` does for its updates: one index range of the number's messages.
+        program_ids = messages.c.program_id == any_(cast(bindparam(f"{prefix}program_ids"), ARRAY(BigInteger)))
+        blocked = update(messages).where(*self._where(prefix, program_ids))
+        if gate is not None:
+            blocked = blocked.where(gate)
+        blocked = blocked.values(self._values(prefix)).returning(messages.c.id).cte(f"{prefix}blocked")
+        steps = insert(events).from_select(
+            ["message_id", "status", "reason", "occurred_at"],
+            select(blocked.c.id, _BLOCKED_SQL, cast(bindparam(f"{prefix}reason"), String),
+                   bindparam(f"{prefix}now", type_=UTCDateTime())))
+        return [blocked, steps.cte(f"{prefix}blocked_steps")]
+
+    def run(self, connection: Connection, params: dict) -> None:
+        messages, events = self._MESSAGES, self._EVENTS
+        program_ids = messages.c.program_id.in_(bindparam("b_program_ids", expanding=True))
+        where = self._where("b_", program_ids)
+        bound = {f"b_{key}": value for key, value in params.items()}
+        # The history first: once updated, the rows no longer match.
+        connection.execute(insert(events).from_select(
+            ["message_id", "status", "reason", "occurred_at"],
+            select(messages.c.id, _BLOCKED_SQL, bindparam("b_reason", type_=String),
+                   bindparam("b_now", type_=UTCDateTime())).where(*where)), bound)
+        connection.execute(update(messages).where(*where).values(self._values("b_")), bound)
+
+
+_BLOCK_WAITING = _BlockWaiting()
+
+
+def block_waiting_into(writes: Writes, *, number_id: int, program_ids: Sequence[int], reason: str,
+                       now: datetime) -> None:
+    """Block the number's queued and deferred messages of `program_ids` with `reason`, as part of `writes`."""
+    if program_ids:
+        writes.part(_BLOCK_WAITING, {"number_id": number_id, "program_ids": list(program_ids), "reason": reason,
+                                     "now": now})
 
 
 _ACCEPT_ONE = text("""
