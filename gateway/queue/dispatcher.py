@@ -20,8 +20,9 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from typing import NamedTuple
 
 from celery import Celery
@@ -60,6 +61,14 @@ class Dispatcher:
         with self._broker_faults_as_dispatch_failed():
             for message_id in message_ids:
                 self._publish(producer, TaskNames.SEND_MESSAGE, [message_id])
+
+    def send_messages_at(self, timed: Sequence[tuple[str, datetime]]) -> None:
+        if not timed:
+            return
+        producer = self._producer()
+        with self._broker_faults_as_dispatch_failed():
+            for message_id, eta in timed:
+                self._publish(producer, TaskNames.SEND_MESSAGE, [message_id], eta=eta)
 
     def send(self, task_name: str, *args: str) -> None:
         with self._broker_faults_as_dispatch_failed():
@@ -107,7 +116,7 @@ class Dispatcher:
                 dict(conf.task_publish_retry_policy))
         return route
 
-    def _publish(self, producer: Producer, task_name: str, args: list) -> None:
+    def _publish(self, producer: Producer, task_name: str, args: list, eta: datetime | None = None) -> None:
         route = self._route(task_name)
         task_id = str(uuid.uuid4())
         root_id = parent_id = None
@@ -125,7 +134,7 @@ class Dispatcher:
             json.dumps([args, {}, _EMBED]), exchange="", routing_key=route.queue.name,
             content_type="application/json", content_encoding="utf-8",
             headers={**route.headers, "id": task_id, "root_id": root_id or task_id, "parent_id": parent_id,
-                     "argsrepr": argsrepr},
+                     "argsrepr": argsrepr, **({"eta": eta.isoformat()} if eta is not None else {})},
             correlation_id=task_id, reply_to=self.celery.thread_oid, delivery_mode=route.delivery_mode,
             retry=True, retry_policy=route.retry_policy,
         )

@@ -30,6 +30,9 @@ class Dispatcher(Protocol):
     def send_messages(self, message_ids: list[str]) -> None:
         """One send task per outbox message id."""
 
+    def send_messages_at(self, timed: list[tuple[str, datetime]]) -> None:
+        """One send task per (outbox message id, aware time), each for the worker to run at that time."""
+
     def send(self, task_name: str, *args: str) -> None:
         """One task of any other kind."""
 

@@ -24,7 +24,7 @@ from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
-from gateway.services import carrier, policy, throughput, unit_of_work
+from gateway.services import carrier, policy, release, throughput, unit_of_work
 from gateway.services.consents import Evidence
 from gateway.services.ports import Gateway
 from gateway.store import outbox
@@ -43,6 +43,9 @@ class Outcome:
 
 
 SKIPPED = Outcome("skipped")
+# A task that comes this little before its message is due (a clock a few milliseconds behind the
+# sweeper's, which gave the task its time) tries again then, rather than wait for the sweeper.
+EARLY_TASK = timedelta(minutes=1)
 
 
 class _SenderBusy(Exception):
@@ -69,6 +72,9 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
     with gateway.db.statements(atomic=True) as connection:
         claimed = outbox.claim(connection, message_id, now)
         if claimed is None:
+            waiting = outbox.waiting_until(connection, message_id)
+            if waiting is not None and now < waiting[1] <= now + EARLY_TASK:
+                return Outcome(waiting[0], "not_yet_due", retry_in=waiting[1] - now)
             return SKIPPED
         decision = policy.gate_of(gateway).may_send(connection, claimed.number, claimed.program, Kind(claimed.kind),
                                                     now, message_id=claimed.id)
@@ -177,11 +183,21 @@ class Sweep:
     requeued: int  # dead workers' claims the provider never saw: queued again
     unresolved: int  # dead workers' claims we could not ask the provider about: next sweep
     lost: int = 0  # of `enqueued`, queued messages whose task never took them
+    paced: int = 0  # deferred messages whose window opened, given their slots by the release pass
 
 
 def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_000) -> Sweep:
-    """Re-enqueue what no task will pick up, and settle claims whose worker died mid-send."""
+    """Re-enqueue what no task will pick up, release deferred messages at their slots, and settle
+    claims whose worker died mid-send.
+
+    Deferred messages whose window opens before the next sweep are given their slots first
+    (services/release.py), and those whose slot comes before the next sweep are enqueued for it:
+    the worker holds such a task until its time (a few seconds at most, well within the broker's
+    visibility timeout), so each sender's messages reach it spread as scheduled.
+    """
     now = now or utcnow()
+    ahead = timedelta(seconds=gateway.settings.outbox_sweep_seconds)
+    released = release.release(gateway, now, ahead=ahead)
     found_sent = unresolved = lost = 0
     lease, lost_after = claim_lease(gateway), timedelta(seconds=gateway.settings.outbox_lost_task_seconds)
     with gateway.db.transaction() as session:
@@ -197,22 +213,23 @@ def sweep(gateway: Gateway, now: datetime | None = None, *, max_ids: int = 100_0
                 back_in_queue.append(message_id)
         outgoing.send_messages(back_in_queue)
     requeued = len(back_in_queue)
-    enqueued = requeued
+    enqueued = requeued + released.enqueued
     while enqueued < max_ids:
         with unit_of_work.transaction(gateway) as (session, outgoing):
-            due = outbox.due_ids(session, now, lost_after, limit=min(5000, max_ids - enqueued))
-            ids = [message_id for message_id, _ in due]
+            due = outbox.due_ids(session, now, lost_after, limit=min(5000, max_ids - enqueued), ahead=ahead)
+            ids = [message_id for message_id, _, _ in due]
             outbox.mark_enqueued(session, ids, now, outbox.REQUEUE_HOLD)
-            outgoing.send_messages(ids)
+            outgoing.send_messages([message_id for message_id, _, when in due if when is None])
+            outgoing.send_messages_at([(message_id, when) for message_id, _, when in due if when is not None])
         enqueued += len(ids)
-        lost += sum(status == Status.QUEUED for _, status in due)
+        lost += sum(status == Status.QUEUED for _, status, _ in due)
         if len(ids) < 5000:
             break
     _count_recovered(lost, found_sent, requeued, unresolved)
     if enqueued or stale:
         log.info("sweep: %d enqueued (%d lost tasks), %d stale claims (%d sent, %d requeued, %d unresolved)",
                  enqueued, lost, len(stale), found_sent, requeued, unresolved)
-    return Sweep(enqueued, found_sent, requeued, unresolved, lost)
+    return Sweep(enqueued, found_sent, requeued, unresolved, lost, released.paced)
 
 
 def _count_recovered(lost: int, found_sent: int, requeued: int, unresolved: int) -> None:

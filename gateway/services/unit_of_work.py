@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
@@ -34,10 +35,15 @@ class Outgoing:
 
     def __init__(self) -> None:
         self._message_ids: list[str] = []
+        self._timed: list[tuple[str, datetime]] = []
         self._tasks: list[tuple[str, tuple[str, ...]]] = []
 
     def send_messages(self, message_ids: Iterable[str]) -> None:
         self._message_ids.extend(message_ids)
+
+    def send_messages_at(self, timed: Iterable[tuple[str, datetime]]) -> None:
+        """Send tasks to run at their times (a paced release's slots)."""
+        self._timed.extend(timed)
 
     def send(self, task_name: str, *args: str) -> None:
         self._tasks.append((task_name, args))
@@ -48,11 +54,13 @@ class Outgoing:
         try:
             if self._message_ids:
                 dispatcher.send_messages(self._message_ids)
+            if self._timed:
+                dispatcher.send_messages_at(self._timed)
             for task_name, args in self._tasks:
                 dispatcher.send(task_name, *args)
         except DispatchFailed as error:
             log.warning("broker did not take %d messages and %d tasks, the sweeper will enqueue them: %s",
-                        len(self._message_ids), len(self._tasks), error)
+                        len(self._message_ids) + len(self._timed), len(self._tasks), error)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    func,
     insert,
     literal_column,
     null,
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.gate import Decision, Kind
 from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may_move
+from gateway.domain.pacing import PACED, Waiting
 from gateway.domain.segments import count as count_segments
 from gateway.store import bulk, dialect
 from gateway.store.database import Store, Writes, driver_sql, on_driver
@@ -363,6 +365,14 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
                    Program(id=program_id, settings=settings))
 
 
+def waiting_until(session: Store, message_id: str) -> tuple[Status, datetime] | None:
+    """(status, not_before) of a waiting message held until a time; None otherwise."""
+    row = session.execute(select(OutboundMessage.status, OutboundMessage.not_before).where(
+        OutboundMessage.id == message_id, OutboundMessage.status.in_(WAITING),
+        OutboundMessage.not_before.is_not(None))).one_or_none()
+    return None if row is None else (Status(row[0]), row[1])
+
+
 # What `claim` sets: `advance(…, "sending")` plus the claim's own columns.
 _CLAIM_SET = f"""status = '{Status.SENDING.value}', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
                 not_before = NULL, recheck_at = NULL"""
@@ -459,15 +469,97 @@ def stale_claims(session: Session, now: datetime, lease: timedelta, limit: int =
     ))
 
 
-def due_ids(session: Session, now: datetime, lost_after: timedelta, limit: int = 5000) -> list[tuple[str, Status]]:
-    """(id, status) to (re-)enqueue: deferred messages now due, and queued ones whose task has had
-    `lost_after` to take them and has not. Two ranges of the (status, recheck_at) index."""
-    return [(id_, Status(status)) for id_, status in session.execute(
-        select(OutboundMessage.id, OutboundMessage.status)
-        .where(or_(and_(OutboundMessage.status == Status.DEFERRED, OutboundMessage.recheck_at <= now),
+def due_ids(session: Session, now: datetime, lost_after: timedelta, limit: int = 5000,
+            ahead: timedelta = timedelta(0)) -> list[tuple[str, Status, datetime | None]]:
+    """(id, status, when) to (re-)enqueue: paced deferred messages whose slot comes within `ahead`
+    (`when`: the slot, to enqueue for then when it is still to come), and queued ones whose task has
+    had `lost_after` to take them and has not (`when` None: now). Two ranges of the (status,
+    recheck_at) index. A deferred message without its slot yet waits for the release pass."""
+    found = session.execute(
+        select(OutboundMessage.id, OutboundMessage.status, OutboundMessage.recheck_at)
+        .where(or_(and_(OutboundMessage.status == Status.DEFERRED, OutboundMessage.recheck_at <= now + ahead,
+                        OutboundMessage.reason == PACED),
                    and_(OutboundMessage.status == Status.QUEUED, OutboundMessage.recheck_at <= now - lost_after)))
         .order_by(OutboundMessage.recheck_at).limit(limit)
+    )
+    return [(id_, Status(status), when if status == Status.DEFERRED and when > now else None)
+            for id_, status, when in found]
+
+
+# --- paced release (gateway/services/release.py) ------------------------------------------------------
+
+
+def hold_release(session: Session) -> bool:
+    """Take the release pass's lock for this transaction; False if another pass holds it.
+
+    Two passes at once would each read a sender's schedule without the other's slots and lay theirs
+    over it. PostgreSQL: a transaction-level advisory lock; SQLite's transactions are serialised
+    already (BEGIN IMMEDIATE).
+    """
+    if not dialect.is_postgresql(session):
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _RELEASE_LOCK}).scalar())
+
+
+_RELEASE_LOCK = 0x5E1EA5E  # any constant of ours: the one release pass at a time
+
+
+def due_for_release(session: Session, until: datetime, limit: int = 5000) -> list[Waiting]:
+    """Deferred messages whose window opens by `until` and that have no slot yet, oldest opening first."""
+    return [Waiting(id_, sender, not_before or until) for id_, sender, not_before in session.execute(
+        select(OutboundMessage.id, OutboundMessage.sender, OutboundMessage.not_before)
+        .where(OutboundMessage.status == Status.DEFERRED, OutboundMessage.recheck_at <= until,
+               or_(OutboundMessage.reason.is_(None), OutboundMessage.reason != PACED))
+        .order_by(OutboundMessage.recheck_at, OutboundMessage.created_at, OutboundMessage.id).limit(limit)
     )]
+
+
+def release_tails(session: Session, senders: Iterable[str]) -> dict[str, datetime]:
+    """The last slot each sender has scheduled and not yet handed to a worker."""
+    return dict(session.execute(
+        select(OutboundMessage.sender, func.max(OutboundMessage.not_before))
+        .where(OutboundMessage.status == Status.DEFERRED, OutboundMessage.reason == PACED,
+               OutboundMessage.sender.in_(list(senders)))
+        .group_by(OutboundMessage.sender)
+    ).all())
+
+
+def pace(session: Session, slots: Sequence[tuple[str, datetime]], now: datetime) -> set[str]:
+    """Give each message its slot: it stays deferred, with reason `paced`, until then (`not_before`,
+    and `recheck_at` for the sweeper), with a step in its history. A message that moved meanwhile
+    (an opt-out blocked it) is left as it is. Returns the ids that took their slot."""
+    paced: set[str] = set()
+    for chunk in chunks(slots, 5000):
+        if dialect.is_postgresql(session):
+            paced.update(row[0] for row in on_driver(
+                session, _PACE_SQL, {"ids": [i for i, _ in chunk], "slots": [s for _, s in chunk], "now": now}))
+            continue
+        for message_id, slot in chunk:
+            if session.execute(_PACE_ONE, {"b_id": message_id, "b_slot": slot, "b_now": now}).rowcount:
+                session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.DEFERRED, "reason": PACED,
+                                               "error_code": None, "occurred_at": now})
+                paced.add(message_id)
+    return paced
+
+
+_PACE_SQL = f"""
+    WITH paced AS (
+        UPDATE messages m SET reason = '{PACED}', not_before = s.slot, recheck_at = s.slot, updated_at = %(now)s
+        FROM unnest(%(ids)s::text[], %(slots)s::timestamptz[]) AS s(id, slot)
+        WHERE m.id = s.id AND m.status = '{Status.DEFERRED.value}'
+        RETURNING m.id
+    ), steps AS (
+        INSERT INTO message_events (message_id, status, reason, occurred_at)
+        SELECT id, '{Status.DEFERRED.value}', '{PACED}', %(now)s FROM paced
+    )
+    SELECT id FROM paced
+"""
+_PACE_ONE = (update(OutboundMessage.__table__)
+             .where(OutboundMessage.__table__.c.id == bindparam("b_id"),
+                    OutboundMessage.__table__.c.status == Status.DEFERRED.value)
+             .values(reason=PACED, not_before=bindparam("b_slot", type_=UTCDateTime()),
+                     recheck_at=bindparam("b_slot", type_=UTCDateTime()),
+                     updated_at=bindparam("b_now", type_=UTCDateTime())))
 
 
 def mark_enqueued(session: Session, ids: Sequence[str], now: datetime, hold: timedelta = timedelta(0)) -> None:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
+from gateway.domain import pacing
 from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
@@ -186,9 +187,12 @@ def test_a_deferred_message_is_released_when_due(gateway, db, live_server, insta
     assert sending.send(gateway, deferred, now=night + timedelta(hours=1)) == sending.SKIPPED  # not yet due
     assert sending.sweep(gateway, morning).enqueued == 1
     assert queue.ids() == [deferred]
+    # Released at its slot: the window's opening plus its sender's jitter.
+    slot = message(db, deferred).not_before
+    assert morning <= slot <= morning + pacing.JITTER and message(db, deferred).reason == "paced"
     # The worker asks the gate again at that moment: whatever the real clock, it is out of quiet
     # hours then (nine hours after the real "now" may still be night at the number).
-    opening = gateway.quiet_hours.next_allowed(PHONE, morning) or morning
+    opening = max(gateway.quiet_hours.next_allowed(PHONE, slot) or slot, slot)
     assert deliver(gateway, deferred, now=opening).status == "sent"
     assert [t.body for t in provider_texts(db)] == ["Sale"]
 

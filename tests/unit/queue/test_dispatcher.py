@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from celery import Celery
 
 from gateway.queue.app import ROUTES, QueueNames, TaskNames
@@ -54,3 +56,16 @@ def test_each_task_goes_to_its_queue_with_its_arguments():
         (QueueNames.PERIODIC, TaskNames.EXPIRE_PENDING, []),
     ])
     assert len({headers["id"] for _, headers, _, _ in drained}) == len(drained)
+
+
+def test_a_message_for_later_matches_send_task_with_its_eta():
+    celery = _celery()
+    _drain(celery)
+    eta = datetime(2026, 12, 7, 13, 0, 0, 333_334, tzinfo=UTC)
+    Dispatcher(celery).send_messages_at([("msg_" + "2" * 32, eta)])
+    celery.send_task(TaskNames.SEND_MESSAGE, args=["msg_" + "2" * 32], eta=eta)
+    (_, ours, _, our_body), (_, theirs, _, their_body) = _drain(celery)
+    assert our_body == their_body
+    assert {k: v for k, v in ours.items() if k not in _PER_MESSAGE} == {
+        k: v for k, v in theirs.items() if k not in _PER_MESSAGE}
+    assert datetime.fromisoformat(ours["eta"]) == eta
