@@ -2,7 +2,7 @@
 
 Refused numbers never reach the provider; a STOP between acceptance and sending blocks the message;
 a worker killed mid-batch loses nothing and sends nothing twice; quiet hours defer, then release;
-a burst leaves at the sender's pace.
+a burst leaves at the sender's pace, and so do deferred messages released at their window's opening.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import func, select
 
 from gateway.domain.consent import Input, Source
+from gateway.domain.gate import Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, sending
-from gateway.store import programs
+from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage, SandboxRefusal
 from tests.conftest import wait_for
@@ -219,3 +220,29 @@ def test_a_burst_through_the_worker_keeps_to_the_senders_rate(worker_process, cl
         assert (fourth - first).total_seconds() > 0.8, moments
     with db.sessions() as session:
         assert session.scalar(select(func.count()).select_from(PhoneNumber)) == 12
+
+
+def test_deferred_messages_are_released_at_their_senders_pace_by_the_worker(worker_process, db, gateway,
+                                                                           example_programs, quick_sandbox):
+    """The sweep gives each message its slot and hands it to the real worker for it (a Celery ETA):
+    the worker sends them spread at the sender's rate, not all at the window's opening."""
+    sender = "+18885550183"
+    own_program(db, example_programs, "paced", sender, mps=2)
+    phones = [f"+1415555{i:04d}" for i in range(320, 326)]
+    opted_in(db, "paced", *phones)
+    opening = utcnow() + timedelta(seconds=1)
+    with db.transaction() as session:
+        program = programs.by_slug(session, "paced")
+        for phone in phones:
+            number = consents.number_row(session, parse(phone))
+            outbox.accept(session, number=number, program=program, kind=Kind.TRANSACTIONAL, body=f"Ready {phone}",
+                          decision=Decision(False, Reason.QUIET_HOURS, opening))
+    swept = sending.sweep(gateway)
+    assert (swept.paced, swept.enqueued) == (6, 6)  # all six slots come before the next sweep
+    wait_for(lambda: len(at_provider(db, sender=sender)) == 6, timeout=60)
+    moments = [m.date_created for m in at_provider(db, sender=sender)]
+    assert min(moments) >= opening
+    for first, third in zip(moments, moments[2:]):  # never 3 within a second at 2 a second
+        assert (third - first).total_seconds() > 0.8, moments
+    assert (moments[-1] - moments[0]).total_seconds() >= 2.0, moments  # six at 2 a second: 2.5 s from first to last
+    assert set(statuses(db, sender=sender)) <= {"sent", "delivered"}
