@@ -326,7 +326,7 @@ def consent_import(ctx: Context, file) -> None:
     try:
         with ctx.db.transaction() as session:
             report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import",
-                                        suppression_key=ctx.settings.suppression_key)
+                                        suppression_key=ctx.settings.suppression_key, rules=ctx.gateway.quiet_hours)
     except UnicodeDecodeError as error:  # before ValueError, which it is: nothing was imported
         raise click.ClickException(f"{file.name} is not UTF-8 text ({error.reason}): nothing was imported") from None
     except ValueError as error:

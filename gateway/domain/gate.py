@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
@@ -21,7 +21,7 @@ from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from gateway.domain.consent import Status
 from gateway.domain.outbound import Reachability
-from gateway.domain.quiet_hours import QuietHours, Window
+from gateway.domain.quiet_hours import QuietHours, Timeline, Window
 
 
 class Kind(StrEnum):
@@ -49,6 +49,8 @@ class Decision:
     allowed: bool
     reason: Reason | None = None
     not_before: datetime | None = None
+    # The rule behind a deferral or a cap: which law or promise, its version, its citation (Rule.cited).
+    rule: Mapping[str, str | None] | None = None
 
     @property
     def deferred(self) -> bool:
@@ -76,10 +78,39 @@ class Facts:
     status: str | None = None
     expires_at: datetime | None = None
     suppressed: bool = False
-    sent_last_day: int = 0  # marketing messages to this number in the last 24 h, all programs
-    sent_last_day_program: int = 0  # ... of this program
+    sent_last_day: int = 0  # marketing messages to this number in the last 24 h, all programs (state caps)
     region: str | None = None  # as stored with the number; worked out from e164 when missing
     kind: str | None = None  # the number's type as stored (mobile, fixed_line_or_mobile…)
+    # When the program's cap was last reached: the creation time of its `max_messages`-th newest text to
+    # this number within `cap_lookback` (None: fewer than that many). The gate compares it with the
+    # start of the recipient's current calendar period.
+    cap_reached_at: datetime | None = None
+
+
+# How far back the store looks for a program's texts: the longest period plus a day for time zones.
+CAP_LOOKBACK = {"day": timedelta(days=2), "week": timedelta(days=8), "month": timedelta(days=32)}
+
+
+def period_start(per: str, zones: tuple[ZoneInfo, ...], now: datetime) -> datetime:
+    """The start (aware UTC) of the calendar day, week (from Monday) or month holding `now` in the
+    recipient's time zone. A number phonenumbers places in several zones gets the earliest start of
+    them, which counts more of its texts: the cap can only be kept more strictly, never broken."""
+    starts = []
+    for zone in zones:
+        day = now.astimezone(zone).date()
+        if per == "week":
+            day -= timedelta(days=day.weekday())
+        elif per == "month":
+            day = day.replace(day=1)
+        starts.append(datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC))
+    return min(starts)
+
+
+def program_rule(program: ProgramSettings) -> dict[str, str | None]:
+    """What a refusal under the program's own cap cites: the frequency the person agreed to."""
+    spec = program.settings.get("spec", {})
+    return {"rule": f"program:{spec.get('slug', '')}", "law": "the message frequency the person agreed to",
+            "version": getattr(program, "version", None), "citation": spec.get("frequency"), "source": None}
 
 
 class Places:
@@ -93,7 +124,8 @@ class Places:
 
     def __init__(self, rules: QuietHours, now: datetime):
         self.rules, self.now = rules, now
-        self._answers: dict[tuple, tuple[int | None, datetime | None]] = {}
+        self._answers: dict[tuple, tuple[Window, tuple[ZoneInfo, ...], datetime | None]] = {}
+        self._periods: dict[tuple, datetime] = {}
         # Numbers sharing their type and first nine digits share the key (it looks at no more).
         self._keys: dict[tuple[str | None, str], tuple] = {}
 
@@ -117,29 +149,35 @@ class Places:
         area = digits[1:4] if country == "1" else ""
         return (facts.kind, country, area, zone_prefix)
 
-    def _answer(self, facts: Facts) -> tuple[int | None, datetime | None]:
+    def placed(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...], datetime | None]:
+        """The number's window now, its time zones and, if it is in quiet hours now, when they end."""
         key = self._key(facts)
         answer = self._answers.get(key)
         if answer is None:
-            answer = (self.rules.daily_cap(facts.e164), self.rules.next_allowed(facts.e164, self.now))
+            where = phonenumbers.parse(facts.e164)
+            window, zones = self.rules.window_for(where, self.now), self.rules.zones_for(where)
+            answer = (window, zones, self.rules.next_opening(window, zones, self.now))
             self._answers[key] = answer
         return answer
 
-    def cap_and_opening(self, facts: Facts) -> tuple[int | None, datetime | None]:
-        """The number's state cap (None: none) and, if it is in quiet hours now, when they end."""
-        return self._answer(facts)
+    def period_start(self, facts: Facts, per: str) -> datetime:
+        key = (self._key(facts), per)
+        start = self._periods.get(key)
+        if start is None:
+            start = self._periods[key] = period_start(per, self.placed(facts)[1], self.now)
+        return start
 
 
 # One number at a time (the send API, the worker) still meets the same few places again and again:
 # each process keeps the window and time zones per Places key (per rule set), sparing each decision
 # the parse and the zone look-up. Bounded: the keys are types x area codes x time-zone prefixes.
-_PLACED: weakref.WeakKeyDictionary[QuietHours, dict[tuple, tuple[Window, tuple[ZoneInfo, ...]]]] = (
+_PLACED: weakref.WeakKeyDictionary[QuietHours, dict[tuple, tuple[Timeline, tuple[ZoneInfo, ...]]]] = (
     weakref.WeakKeyDictionary())
 _PLACED_LIMIT = 10_000
 
 
-def _placed(facts: Facts, rules: QuietHours) -> tuple[Window, tuple[ZoneInfo, ...]]:
-    """The number's send window (with its state cap) and its time zones."""
+def _placed(facts: Facts, rules: QuietHours) -> tuple[Timeline, tuple[ZoneInfo, ...]]:
+    """The number's send windows over time (with its state caps) and its time zones."""
     key = Places._full_key(facts) if facts.kind and facts.kind != "unknown" else None
     known = _PLACED.get(rules)
     if known is None:
@@ -147,7 +185,7 @@ def _placed(facts: Facts, rules: QuietHours) -> tuple[Window, tuple[ZoneInfo, ..
     placed = known.get(key) if key is not None else None
     if placed is None:
         where = phonenumbers.parse(facts.e164)  # once for both rules (each would parse the string again)
-        placed = (rules.window_for(where), rules.zones_for(where))
+        placed = (rules.timeline_for(where), rules.zones_for(where))
         if key is not None:
             if len(known) >= _PLACED_LIMIT:
                 known.clear()
@@ -183,21 +221,27 @@ def decide(facts: Facts, program: ProgramSettings, kind: Kind, now: datetime, ru
     if status != Status.OPTED_IN:
         return REFUSED[Reason.PENDING_CONFIRMATION if status == Status.PENDING else Reason.NO_CONSENT]
 
+    max_messages, per = spec.get("max_messages"), spec.get("per")
+    capped = bool(max_messages) and facts.cap_reached_at is not None
+    if not capped and kind is not Kind.MARKETING:
+        return ALLOW
+    if places is None:
+        timeline, zones = _placed(facts, rules)
+        window, not_before = timeline.at(now), None
+    else:
+        window, zones, not_before = places.placed(facts)
+    if capped:
+        start = places.period_start(facts, per) if places is not None else period_start(per, zones, now)
+        if facts.cap_reached_at >= start:
+            return Decision(False, Reason.FREQUENCY_CAP, rule=program_rule(program))
     if kind is Kind.MARKETING:
-        program_cap = spec.get("daily_cap")
-        if places is None:
-            window, zones = _placed(facts, rules)
-            state_cap, not_before = window.daily_cap, None
-        else:
-            state_cap, not_before = places.cap_and_opening(facts)
-        if (program_cap and facts.sent_last_day_program >= program_cap) or (
-            state_cap and facts.sent_last_day >= state_cap
-        ):
-            return REFUSED[Reason.FREQUENCY_CAP]
+        if window.daily_cap and facts.sent_last_day >= window.daily_cap:
+            return Decision(False, Reason.FREQUENCY_CAP, rule=window.capping_rule().cited)
         if places is None:
             not_before = rules.next_opening(window, zones, now)
         if not_before is not None:
-            return Decision(False, Reason.QUIET_HOURS, not_before)
+            closing = window.closing_rule(zones, now)
+            return Decision(False, Reason.QUIET_HOURS, not_before, closing.cited if closing else None)
     return ALLOW
 
 

@@ -54,6 +54,25 @@ class ProgramError(ValueError):
     """The programs file is wrong; the message names the program and the key."""
 
 
+PERIODS = ("day", "week", "month")
+# A disclosed frequency that promises a number of messages per period: "Up to 4 msgs/month",
+# "2 messages per week", "max 3 msgs a day". "Msg frequency varies" or "1-3 msgs per order" promise
+# no count per calendar period and match nothing.
+_NUMERIC_FREQUENCY = re.compile(
+    r"(\d+)\s*(?:msgs?|messages?|texts?|sms)\s*(?:/|per|a|an|each|every)\s*(day|week|month)s?\b", re.IGNORECASE)
+
+
+def frequency_text(max_messages: int, per: str) -> str:
+    """The disclosure for a cap, when the programs file gives no `frequency` of its own."""
+    return f"Up to {max_messages} msg{'s' if max_messages != 1 else ''}/{per}"
+
+
+def promised_cap(frequency: str) -> tuple[int, str] | None:
+    """The (count, period) a disclosed frequency promises, or None when it promises no count per period."""
+    found = _NUMERIC_FREQUENCY.search(frequency)
+    return (int(found.group(1)), found.group(2).lower()) if found else None
+
+
 @dataclass(frozen=True)
 class ProgramSpec:
     slug: str
@@ -68,7 +87,11 @@ class ProgramSpec:
     join_keywords: tuple[str, ...] = ()
     double_opt_in: bool = True
     allowed_countries: tuple[str, ...] = ()
-    daily_cap: int | None = None  # marketing messages per number per 24 h, on top of state rules
+    # The frequency the person agreed to, as a cap: at most `max_messages` of this program's texts per
+    # number per calendar `per` (day, week from Monday, month) in the recipient's time zone. None: no
+    # count was promised ("Msg frequency varies", transactional programs); state caps still apply.
+    max_messages: int | None = None
+    per: str | None = None
     # Messages per second the provider takes from this program's sender; a sender shared by several
     # programs goes at the slowest of their rates (gateway/services/throughput.py). None: the sender's default.
     mps: int | None = None
@@ -108,16 +131,17 @@ class ProgramSpec:
         for added_later, default in _ADDED_LATER.items():
             if definition[added_later] == default:
                 del definition[added_later]  # programs that do not use it keep their version
+        definition["daily_cap"] = None  # a key since replaced by max_messages: kept, so versions stay
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
 # Keys added after programs were first stored, with their defaults: left out of `version` at the default.
-_ADDED_LATER = {"service_numbers": (), "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value,
-                "twilio_opt_out_keywords": (), "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
+_ADDED_LATER = {"service_numbers": (), "max_messages": None, "per": None,
+                "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value, "twilio_opt_out_keywords": (), "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
 _TWILIO_KEYWORD_LISTS = ("twilio_opt_out_keywords", "twilio_opt_in_keywords", "twilio_help_keywords")
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
-          "join_keywords", "double_opt_in", "allowed_countries", "daily_cap", "mps", "service_numbers", "templates",
-          "opt_out_handling", *_TWILIO_KEYWORD_LISTS}
+          "join_keywords", "double_opt_in", "allowed_countries", "max_messages", "per", "mps", "service_numbers",
+          "templates", "opt_out_handling", *_TWILIO_KEYWORD_LISTS}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -126,9 +150,21 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
 
     if not SLUG.match(slug):
         raise fail("slug", "use lower-case letters, digits, - and _ (at most 64)")
+    max_messages, per = _cap(raw, fail)
+    if "frequency" not in raw and max_messages is not None:
+        raw = {**raw, "frequency": frequency_text(max_messages, per)}
     for key in ("name", "category", "frequency", "help"):
         if not isinstance(raw.get(key), str) or not raw[key].strip():
-            raise fail(key, "required text")
+            raise fail(key, "required text" + (" (or give max_messages and per, and the text is written from them)"
+                                               if key == "frequency" else ""))
+    promised = promised_cap(raw["frequency"])
+    if max_messages is None and promised is not None:
+        raise fail("frequency", f"{raw['frequency']!r} promises a cap: declare it as max_messages = {promised[0]} "
+                                f"and per = \"{promised[1]}\" so that the gateway keeps it")
+    if max_messages is not None and promised != (max_messages, per):
+        raise fail("frequency", f"{raw['frequency']!r} does not say the cap max_messages = {max_messages}, "
+                                f"per = \"{per}\" (write e.g. {frequency_text(max_messages, per)!r}, or leave "
+                                "frequency out and it is written from the cap)")
     if raw["category"] not in CATEGORIES:
         raise fail("category", f"one of {', '.join(CATEGORIES)}")
     sender, service = raw.get("sender"), raw.get("messaging_service")
@@ -155,9 +191,6 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         countries = [region or "US"]
     if not isinstance(countries, list) or not all(c in phonenumbers.SUPPORTED_REGIONS for c in countries):
         raise fail("allowed_countries", "a list of ISO region codes, e.g. [\"US\", \"CA\"]")
-    daily_cap = raw.get("daily_cap")
-    if daily_cap is not None and (isinstance(daily_cap, bool) or not isinstance(daily_cap, int) or daily_cap < 1):
-        raise fail("daily_cap", "a whole number of messages, at least 1")
     mps = raw.get("mps")
     if mps is not None and (isinstance(mps, bool) or not isinstance(mps, int) or not 1 <= mps <= 10_000):
         raise fail("mps", "a whole number of messages per second, 1 to 10000")
@@ -186,7 +219,7 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
-        double_opt_in=double_opt_in, allowed_countries=tuple(countries), daily_cap=daily_cap, mps=mps,
+        double_opt_in=double_opt_in, allowed_countries=tuple(countries), max_messages=max_messages, per=per, mps=mps,
         service_numbers=tuple(service_numbers), opt_out_handling=handling, **twilio_keywords, templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
@@ -206,6 +239,20 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
             log.warning("program %r: the %s text takes %d SMS segments; one fits 160 GSM-7 or 70 UCS-2 characters",
                         slug, template, parts)
     return spec
+
+
+def _cap(raw: dict, fail) -> tuple[int | None, str | None]:
+    if "daily_cap" in raw:
+        # One way to cap a program: the old rolling-24-hour daily_cap became max_messages with per = "day".
+        raise fail("daily_cap", 'replaced by max_messages and per = "day" (a calendar day in the recipient\'s zone)')
+    max_messages, per = raw.get("max_messages"), raw.get("per")
+    if max_messages is None and per is None:
+        return None, None
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise fail("max_messages", "a whole number of messages, at least 1 (with per)")
+    if per not in PERIODS:
+        raise fail("per", f"one of {', '.join(PERIODS)} (with max_messages)")
+    return max_messages, per
 
 
 def load_file(path: Path) -> list[ProgramSpec]:
@@ -255,4 +302,8 @@ def spec_of(program: StoredProgram) -> ProgramSpec:
     data["service_numbers"] = tuple(data.get("service_numbers", ()))
     for key in _TWILIO_KEYWORD_LISTS:
         data[key] = tuple(data.get(key, ()))
+    daily_cap = data.pop("daily_cap", None)
+    if daily_cap and not data.get("max_messages"):
+        # Stored before max_messages existed: the same cap, counted per calendar day.
+        data.update(max_messages=daily_cap, per="day")
     return ProgramSpec(**data)

@@ -13,6 +13,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +25,9 @@ from gateway.store import consents as store
 from gateway.store.consents import Held, consent_row, create_number, find_number, held, number_row, rebuild
 from gateway.store.database import Writes
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
+
+if TYPE_CHECKING:
+    from gateway.domain.quiet_hours import QuietHours, Rule
 
 
 @dataclass(frozen=True)
@@ -243,3 +247,38 @@ __all__ = [
     "is_suppressed", "number_row", "opt_out", "plan", "plan_record", "plan_steps", "rebuild", "record", "suppress",
     "suppression_digest", "suppression_digests",
 ]
+
+
+STOP_BINDING = "stop_binding"  # the stable code of a refusal under a STOP that binds for years
+
+
+@dataclass(frozen=True)
+class StopBinding:
+    """A STOP that still binds under a state rule (Virginia: 10 years): no import or API call may lift it."""
+
+    rule: Rule
+    stopped_at: datetime
+    until: datetime
+
+    @property
+    def message(self) -> str:
+        return (f"this number opted out on {self.stopped_at:%Y-%m-%d}, and under {self.rule.law} "
+                f"({self.rule.citation}) an opt-out binds for {self.rule.stop_binds_years} years, until "
+                f"{self.until:%Y-%m-%d}: only the person's own text (START, YES or a join keyword) can lift it")
+
+
+def stop_binding(session: Session, rules: QuietHours, number: PhoneNumber, now: datetime) -> StopBinding | None:
+    """The STOP that binds `number` at `now` under the rules in force for it, if one does.
+
+    The ledger is read only for numbers a rule binds (a Virginia or Washington area code).
+    """
+    if not number.e164 or number.id is None:
+        return None
+    rule = rules.stop_binding(number.e164, now)
+    if rule is None:
+        return None
+    stopped_at = store.standing_stop(session, number.id)
+    if stopped_at is None:
+        return None
+    until = rule.binds_until(stopped_at)
+    return StopBinding(rule, stopped_at, until) if now < until else None

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.domain import gate as gate_rules
-from gateway.domain.gate import Decision, Facts, Kind, Reason
+from gateway.domain.gate import CAP_LOOKBACK, Decision, Facts, Kind, Reason
 from gateway.domain.numbers import Number, parse
 from gateway.domain.quiet_hours import QuietHours
 from gateway.services.consents import suppression_digests
@@ -43,7 +43,7 @@ class Gate:
         """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query."""
         digests = suppression_digests(self.suppression_key, list(e164s))
         return facts.by_e164(store, e164s, digests, program, now, count_recent=count_recent,
-                             exclude_message=exclude_message)
+                             exclude_message=exclude_message, cap=program_cap(program, now))
 
     def facts(self, store: Store, numbers: Iterable[PhoneNumber], program: Program, now: datetime, *,
               count_recent: bool = True, exclude_message: str | None = None) -> dict[int, Facts]:
@@ -93,6 +93,14 @@ class Gate:
             if known is None:
                 found = replace(found, region=number.region, kind=number.kind)
         return known, number, self.decide(found, program, kind, now)
+
+
+def program_cap(program: Program, now: datetime) -> tuple[int, datetime] | None:
+    """The program's cap as the store counts it: (max_messages, how far back to look), or None."""
+    spec = program.settings.get("spec", {})
+    if not spec.get("max_messages"):
+        return None
+    return spec["max_messages"], now - CAP_LOOKBACK[spec["per"]]
 
 
 def gate_of(gateway: Gateway) -> Gate:

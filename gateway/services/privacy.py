@@ -6,7 +6,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -17,6 +17,9 @@ from gateway.domain.numbers import InvalidNumber, parse
 from gateway.services import consents
 from gateway.store import programs
 from gateway.store.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
+
+if TYPE_CHECKING:
+    from gateway.domain.quiet_hours import QuietHours
 
 ERASED_BODY = "[erased]"
 
@@ -108,13 +111,14 @@ class ImportReport:
 
 
 def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, suppression_key: bytes,
-               now: datetime | None = None) -> ImportReport:
+               rules: QuietHours, now: datetime | None = None) -> ImportReport:
     """Import consent rows (phone, program, status, then evidence columns); refuse what cannot apply.
 
     Every other column is kept verbatim as evidence (collected_at, source_url, ip, disclosure…).
     An import never overrides a person's own opt-out (the state machine refuses it), nor brings back
     a number erased after it opted out: its suppression hash refuses the row, whatever its status
-    (an erased number is not stored again).
+    (an erased number is not stored again). Where a state rule makes an opt-out bind for years
+    (Virginia: 10), an opt-in row is refused while it binds, for every program (`stop_binding`).
     """
     reader = csv.DictReader(handle)
     missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
@@ -152,6 +156,11 @@ def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, su
         evidence = consents.Evidence(Source.IMPORT, actor=actor, reference=f"line {line}", details=details)
         with session.begin_nested():
             row_number = consents.number_row(session, number)
+            if input is Input.IMPORT_OPT_IN:
+                binding = consents.stop_binding(session, rules, row_number, now or utcnow())
+                if binding is not None:
+                    report.refused.append((line, f"{consents.STOP_BINDING}: {binding.message}"))
+                    continue
             try:
                 consents.apply(session, row_number, program, input, evidence, now=now)
             except IllegalTransition as error:

@@ -80,10 +80,11 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
                                                     now, message_id=claimed.id)
         if decision.deferred:
             outbox.advance_by_id(connection, claimed.id, Status.DEFERRED, now=now, reason=decision.reason.value,
-                                 not_before=decision.not_before)
+                                 not_before=decision.not_before, rule=decision.rule)
             return Outcome(Status.DEFERRED, decision.reason.value)
         if not decision.allowed:
-            outbox.advance_by_id(connection, claimed.id, Status.BLOCKED, now=now, reason=decision.reason.value)
+            outbox.advance_by_id(connection, claimed.id, Status.BLOCKED, now=now, reason=decision.reason.value,
+                                 rule=decision.rule)
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
             logs.event(log, "send_blocked", message_id=claimed.id, number=claimed.number.e164,
                        reason=decision.reason.value, stage="worker")

@@ -45,6 +45,9 @@ class Started:
     refused: Reason | None = None  # why no confirmation text could go out
 
 
+STOP_BINDING = consents.STOP_BINDING  # a refusal code, with the others the views answer with
+
+
 class Refused(Exception):
     """A web or API request that cannot start a double opt-in. `code` is stable; roll back."""
 
@@ -139,6 +142,12 @@ def request(
         _count(evidence, "suppressed")
         raise _suppressed()
     row = consents.number_row(session, number)
+    binding = consents.stop_binding(session, rules, row, now)
+    if binding is not None:
+        # A confirmation text is not the person's own opt-in: a STOP that binds for years stands.
+        _count(evidence, consents.STOP_BINDING)
+        raise Refused(consents.STOP_BINDING, binding.message, rule=binding.rule.cited,
+                      binds_until=binding.until.isoformat().replace("+00:00", "Z"))
     try:
         started = start(session, number=row, program=program, input=input, evidence=evidence, now=now, ttl=ttl,
                         suppression_key=suppression_key, rules=rules, guard=guard)

@@ -16,7 +16,7 @@ from itertools import groupby
 from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, false, insert, select
+from sqlalchemy import bindparam, delete, exists, false, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -36,6 +36,7 @@ from gateway.store.models import (
     PhoneNumber,
     Program,
     Suppression,
+    UTCDateTime,
     utcnow,
 )
 
@@ -291,3 +292,27 @@ def _read(consents: bool, suppression: bool):
 _READS = {(consents, suppression): _read(consents, suppression) for consents in (False, True)
           for suppression in (False, True)}
 _FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
+
+
+# What ends and what lifts a STOP that binds for years (a rule pack's stop_binds_years): any opt-out,
+# and only the person's own opt-in by text. An import or API request is neither.
+_STOPS = ("keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out")
+_OWN_OPT_INS = ("keyword_start", "confirm_yes", "keyword_join", "keyword_join_direct")
+_STANDING_STOP = text(f"""
+    SELECT input, occurred_at FROM ledger_events
+    WHERE number_id = :number_id
+      AND (input IN ({", ".join(f"'{i}'" for i in _STOPS)})
+           OR (input IN ({", ".join(f"'{i}'" for i in _OWN_OPT_INS)}) AND source = 'sms'))
+    ORDER BY seq DESC LIMIT 1
+""").columns(occurred_at=UTCDateTime())
+
+
+def standing_stop(session: Session, number_id: int) -> datetime | None:
+    """When the number's newest opt-out was made, unless the person has texted an opt-in since.
+
+    One read of the number's ledger, newest first on its (number_id, seq) key.
+    """
+    row = session.execute(_STANDING_STOP, {"number_id": number_id}).first()
+    if row is None or row[0] not in _STOPS:
+        return None
+    return row[1]

@@ -34,22 +34,56 @@ class Known:
 
 
 def _recent(count_recent: bool, exclude_message: str | None, numbers: str) -> tuple[str, str]:
-    """SQL joining `r`: each number's marketing texts of the last day (all programs, this one).
+    """SQL joining `r`: each number's marketing texts of the last day, all programs (for state caps).
 
     `numbers` is a FROM clause giving the numbers' ids as `number_id`.
     """
     if not count_recent:
-        return "", "0, 0"
+        return "", "0"
     exclude = " AND m.id <> :exclude" if exclude_message else ""
     join = f"""
         LEFT JOIN (
-            SELECT m.number_id, COUNT(*) AS total,
-                   SUM(CASE WHEN m.program_id = :program THEN 1 ELSE 0 END) AS this_program
+            SELECT m.number_id, COUNT(*) AS total
             FROM {numbers} JOIN messages m ON m.number_id = wanted.number_id
             WHERE m.kind = '{Kind.MARKETING.value}' AND m.status IN ({_COUNTED_SQL}) AND m.created_at > :since{exclude}
             GROUP BY m.number_id
         ) r ON r.number_id = n.id"""
-    return join, "r.total, r.this_program"
+    return join, "r.total"
+
+
+# The program's own texts that count against its cap: its kind (not the double opt-in question), not
+# refused. With `exclude` (the worker's second look at a queued message), only texts accepted before
+# that one count: when two were accepted at once past the cap, the earlier goes, not neither.
+def _cap_filter(exclude_message: bool) -> str:
+    exclude = (" AND m.id <> :exclude AND m.created_at <= (SELECT e.created_at FROM messages e WHERE e.id = :exclude)"
+               if exclude_message else "")
+    return (f"m.program_id = :program AND m.kind = :cap_kind AND m.status IN ({_COUNTED_SQL})"
+            f" AND m.created_at >= :cap_since{exclude}")
+
+
+def _cap_reached_one(capped: bool, exclude_message: bool) -> str:
+    """A column: the number's `cap_nth` newest text of the program since `cap_since` (the index on
+    (number_id, created_at) reads them newest first)."""
+    if not capped:
+        return "NULL"
+    return f"""(SELECT m.created_at FROM messages m WHERE m.number_id = n.id AND {_cap_filter(exclude_message)}
+                ORDER BY m.created_at DESC LIMIT 1 OFFSET :cap_offset)"""
+
+
+def _cap_reached_many(capped: bool, exclude_message: bool, numbers: str) -> tuple[str, str]:
+    """`_cap_reached_one` for many numbers: one ranked scan of their texts, joined as `cap`."""
+    if not capped:
+        return "", "NULL"
+    join = f"""
+        LEFT JOIN (
+            SELECT ranked.number_id, ranked.created_at FROM (
+                SELECT m.number_id, m.created_at,
+                       ROW_NUMBER() OVER (PARTITION BY m.number_id ORDER BY m.created_at DESC) AS nth
+                FROM {numbers} JOIN messages m ON m.number_id = capped.number_id
+                WHERE {_cap_filter(exclude_message)}
+            ) ranked WHERE ranked.nth = :cap_nth
+        ) cap ON cap.number_id = n.id"""
+    return join, "cap.created_at"
 
 
 def by_e164(
@@ -61,8 +95,12 @@ def by_e164(
     *,
     count_recent: bool = True,
     exclude_message: str | None = None,
+    cap: tuple[int, datetime] | None = None,
 ) -> dict[str, tuple[Known | None, Facts]]:
     """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query.
+
+    `cap` (max_messages, since): also find when each number reached the program's cap
+    (`Facts.cap_reached_at`), looking at its texts of the program since `since`.
 
     `digests` are the numbers' suppression digests, in the same order. One number is looked up
     directly (the send API, the worker); many go into a temporary table (COPY on PostgreSQL) that
@@ -75,53 +113,61 @@ def by_e164(
     params: dict = {"program": program.id}
     if count_recent:
         params["since"] = now - timedelta(hours=24)
-        if exclude_message:
-            params["exclude"] = exclude_message
+    if exclude_message and (count_recent or cap):
+        params["exclude"] = exclude_message
+    if cap:
+        params.update(cap_kind=program.category, cap_since=cap[1], cap_nth=cap[0], cap_offset=cap[0] - 1)
     if len(e164s) == 1:
         params.update(e164=e164s[0], digest=digests[0])
-        return _facts(session, *_one_number_query(count_recent, bool(exclude_message)), params)
+        return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap)), params)
     with bulk.temp_table(session, "gate_candidates", {"e164": "VARCHAR(20)", "digest": "VARCHAR(64)"},
                          zip(e164s, digests)) as candidates:
-        recent, counts = _recent(count_recent, exclude_message,
-                                 f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 "
-                                 f"ON n2.e164 = c2.e164) wanted")
+        ours = f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 ON n2.e164 = c2.e164)"
+        recent, counts = _recent(count_recent, exclude_message, f"{ours} wanted")
+        capped, cap_reached = _cap_reached_many(bool(cap), bool(exclude_message), f"{ours} capped")
         if dialect.is_postgresql(session):
             # Hash joins over a million numbers in memory rather than in batches on disk; this
             # transaction only.
             session.execute(text("SET LOCAL work_mem = '64MB'"))
         query = _facts_query(f"""
             SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
-                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}
+                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}, {cap_reached} AS cap_reached_at
             FROM {candidates} c
             LEFT JOIN numbers n ON n.e164 = c.e164
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
             LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
-        """, count_recent)
+            {capped}
+        """, count_recent, bool(cap))
         return _facts(session, query, None, params)
 
 
-def _facts_query(sql: str, count_recent: bool) -> TextualSelect:
-    query = text(sql).columns(expires_at=UTCDateTime())
+def _facts_query(sql: str, count_recent: bool, capped: bool = False) -> TextualSelect:
+    query = text(sql)
+    if capped:
+        query = query.bindparams(bindparam("cap_since", type_=UTCDateTime()))
+        query = query.columns(expires_at=UTCDateTime(), cap_reached_at=UTCDateTime())
+    else:
+        query = query.columns(expires_at=UTCDateTime())
     if count_recent:
         query = query.bindparams(bindparam("since", type_=UTCDateTime()))
     return query
 
 
 @functools.cache
-def _one_number_query(count_recent: bool, exclude_message: bool) -> tuple[TextualSelect, str]:
+def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool = False) -> tuple[TextualSelect, str]:
     """The query for one number (built once per variant) and its SQL as psycopg takes it."""
     recent, counts = _recent(count_recent, exclude_message,
                              "(SELECT id AS number_id FROM numbers WHERE e164 = :e164) wanted")
     query = _facts_query(f"""
         SELECT :e164 AS e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
                CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.digest = :digest) THEN 1 ELSE 0 END,
-               {counts}
+               {counts}, {_cap_reached_one(capped, exclude_message)} AS cap_reached_at
         FROM (SELECT 1 AS probe) probe
         LEFT JOIN numbers n ON n.e164 = :e164
         LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
         {recent}
-    """, count_recent)
+    """, count_recent, capped)
     return query, driver_sql(query)
 
 
@@ -132,12 +178,14 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
         for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,
-             this_program) in rows(session, query, params, sql):
-            if on_postgresql and expires_at is not None:
-                expires_at = expires_at.astimezone(UTC)  # psycopg gives the server's zone
+             cap_reached_at) in rows(session, query, params, sql):
+            if on_postgresql:
+                # psycopg gives the server's zone
+                expires_at = expires_at.astimezone(UTC) if expires_at is not None else None
+                cap_reached_at = cap_reached_at.astimezone(UTC) if cap_reached_at is not None else None
             found[e164] = (
                 None if number_id is None else Known(number_id, kind),
                 Facts(e164, reachability or Reachability.OK, status, expires_at, bool(suppressed), total or 0,
-                      this_program or 0, region, kind),
+                      region, kind, cap_reached_at),
             )
     return found

@@ -249,6 +249,9 @@ class MessageEvent(Base):
     status: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(String(40))
     error_code: Mapped[int | None]
+    # The rule behind a deferral or refusal, as JSON text: {rule, law, version, citation, source}. A copy,
+    # not a reference: the history keeps citing the version in force then after the rule packs change.
+    rule: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -12,7 +12,8 @@ Every step sets it, so the sweeper's queries are index ranges.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -94,6 +95,7 @@ def advance(
     error_code: int | None = None,
     error_message: str | None = None,
     not_before: datetime | None = None,
+    rule: Mapping | None = None,
 ) -> bool:
     """Move `message` to `status` if that is forward; record the step. Return whether it moved.
 
@@ -115,8 +117,13 @@ def advance(
     if status != Status.SENDING:
         message.claimed_at = None
     session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code,
-                             occurred_at=now))
+                             rule=rule_text(rule), occurred_at=now))
     return True
+
+
+def rule_text(rule: Mapping | None) -> str | None:
+    """A decision's rule as the history stores it (JSON text, the same on every database)."""
+    return None if rule is None else json.dumps(dict(rule), sort_keys=True, separators=(",", ":"))
 
 
 def accept(
@@ -147,7 +154,8 @@ def accept(
     )
     session.add(message)
     session.flush()
-    session.add(MessageEvent(message_id=message.id, status=status, reason=message.reason, occurred_at=now))
+    session.add(MessageEvent(message_id=message.id, status=status, reason=message.reason,
+                             rule=rule_text(decision.rule), occurred_at=now))
     return message
 
 
@@ -191,7 +199,7 @@ def accept_many(
         messages.append((message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments,
                          segments.encoding, status, reason, decision.not_before, 0, api_key_id, idempotency_key,
                          batch_id, now, now, recheck_time(status, now, decision.not_before)))
-        events.append((message_id, status, reason, now))
+        events.append((message_id, status, reason, rule_text(decision.rule), now))
         accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
     message_columns, event_columns = _MESSAGE_COLUMNS, _EVENT_COLUMNS
     if len(messages) == 1:
@@ -213,7 +221,7 @@ def accept_many(
 _MESSAGE_COLUMNS = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
                     "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
                     "updated_at", "recheck_at")
-_EVENT_COLUMNS = ("message_id", "status", "reason", "occurred_at")
+_EVENT_COLUMNS = ("message_id", "status", "reason", "rule", "occurred_at")
 
 
 def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind, body: str, decision: Decision,
@@ -230,7 +238,8 @@ def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind,
     writes.insert(OutboundMessage.__table__, dict(zip(_MESSAGE_COLUMNS, (
         message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments, segments.encoding,
         status, reason, decision.not_before, 0, None, None, None, now, now, recheck_at))))
-    writes.insert(MessageEvent.__table__, dict(zip(_EVENT_COLUMNS, (message_id, status, reason, now))))
+    writes.insert(MessageEvent.__table__, dict(zip(_EVENT_COLUMNS, (message_id, status, reason,
+                                                                    rule_text(decision.rule), now))))
     return message_id
 
 
@@ -304,8 +313,8 @@ _ACCEPT_ONE = text("""
                 :not_before, :attempts, :api_key_id, :idempotency_key, :batch_id, :created_at, :updated_at,
                 :recheck_at)
     )
-    INSERT INTO message_events (message_id, status, reason, occurred_at)
-    VALUES (:event_message_id, :event_status, :event_reason, :event_occurred_at)
+    INSERT INTO message_events (message_id, status, reason, rule, occurred_at)
+    VALUES (:event_message_id, :event_status, :event_reason, :event_rule, :event_occurred_at)
 """).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in (
     "not_before", "created_at", "updated_at", "recheck_at", "event_occurred_at")))
 _ACCEPT_ONE_SQL = driver_sql(_ACCEPT_ONE)  # run on the driver: aware datetimes, as `now` is
@@ -399,8 +408,8 @@ _CLAIM_SQLITE = text(f"UPDATE messages SET {_CLAIM_SET} WHERE id = :id AND {_CLA
     bindparam("now", type_=UTCDateTime()))
 _CLAIMED_SQLITE = _claimed_statement(f"SELECT {_CLAIMED_COLUMNS} FROM messages c {_CLAIMED_JOINS} WHERE c.id = :id")
 _STEP_SQLITE = text("""
-    INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
-    VALUES (:message_id, :status, :reason, :error_code, :occurred_at)
+    INSERT INTO message_events (message_id, status, reason, error_code, rule, occurred_at)
+    VALUES (:message_id, :status, :reason, :error_code, :rule, :occurred_at)
 """).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
 
 
@@ -415,25 +424,27 @@ def advance_by_id(
     error_message: str | None = None,
     not_before: datetime | None = None,
     provider_sid: str | None = None,
+    rule: Mapping | None = None,
 ) -> bool:
     """`advance` for a row that is not loaded: the same move and history step, with `may_move`
     checked in the UPDATE itself (so a status callback that got there first, e.g. "delivered"
     before the worker writes "sent", is never undone). One statement on PostgreSQL.
 
-    `provider_sid` is stored with the move (the provider's id for the message, once sent).
+    `provider_sid` is stored with the move (the provider's id for the message, once sent); `rule`
+    with its history step (the rule behind a deferral or refusal).
     """
     if status == Status.SENDING:
         raise ValueError("a message moves to sending only by `claim`")
     params = {"id": message_id, "status": status, "now": now, "reason": reason, "error_code": error_code,
               "error_message": error_message[:500] if error_message is not None else None,
               "not_before": not_before, "recheck_at": recheck_time(status, now, not_before),
-              "provider_sid": provider_sid}
+              "provider_sid": provider_sid, "rule": rule_text(rule)}
     if dialect.is_postgresql(session):
         return session.execute(_advance_statement(status, "postgresql"), params).rowcount > 0
     if not session.execute(_advance_statement(status, "sqlite"), params).rowcount:
         return False
     session.execute(_STEP_SQLITE, {"message_id": message_id, "status": status, "reason": reason,
-                                   "error_code": error_code, "occurred_at": now})
+                                   "error_code": error_code, "rule": params["rule"], "occurred_at": now})
     return True
 
 
@@ -450,8 +461,9 @@ def _advance_statement(status: Status, dialect: str):
         # Typed: a NULL parameter in a SELECT list would otherwise be text.
         update_sql = f"""
             WITH moved AS ({update_sql} RETURNING id)
-            INSERT INTO message_events (message_id, status, reason, error_code, occurred_at)
-            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), :now FROM moved"""
+            INSERT INTO message_events (message_id, status, reason, error_code, rule, occurred_at)
+            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), CAST(:rule AS TEXT), :now
+            FROM moved"""
     return text(update_sql).bindparams(*(bindparam(name, type_=UTCDateTime())
                                          for name in ("now", "not_before", "recheck_at")))
 
@@ -614,10 +626,12 @@ class History:
     reason: str | None
     error_code: int | None
     at: datetime
+    rule: dict | None = None  # the rule behind a deferral or refusal: {rule, law, version, citation, source}
 
 
 def history(message: OutboundMessage) -> list[History]:
-    return [History(e.status, e.reason, e.error_code, e.occurred_at) for e in message.events]
+    return [History(e.status, e.reason, e.error_code, e.occurred_at, json.loads(e.rule) if e.rule else None)
+            for e in message.events]
 
 
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -55,7 +55,7 @@ REFUSALS = {
     Reason.UNREACHABLE: "messages to this number fail as unreachable",
     Reason.LANDLINE: "this number is a landline",
     Reason.COUNTRY_NOT_ALLOWED: "the program does not send to this number's country",
-    Reason.FREQUENCY_CAP: "this number has had as many messages as it may in 24 hours",
+    Reason.FREQUENCY_CAP: "this number has had as many of these messages as it may for now: see rule",
     Reason.NO_PENDING_REQUEST: "there is no pending request to confirm",
 }
 
@@ -186,7 +186,7 @@ def create_message():
             metrics.MESSAGES_ACCEPTED.labels(kind=kind.value).inc()
         else:
             refusal = ApiError(409, decision.reason.value, REFUSALS[decision.reason], to=number.e164,
-                               program=program.slug)
+                               program=program.slug, **({"rule": dict(decision.rule)} if decision.rule else {}))
             answer = idempotency.Answer(409, refusal.body())
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="api").inc()
         if key is not None:
@@ -267,6 +267,7 @@ def show_message(message_id: str):
             "batch_id": message.batch_id,
             "created_at": iso(message.created_at),
             "updated_at": iso(message.updated_at),
-            "history": [{"status": h.status, "reason": h.reason, "error_code": h.error_code, "at": iso(h.at)}
+            "history": [{"status": h.status, "reason": h.reason, "error_code": h.error_code, "at": iso(h.at),
+                         **({"rule": h.rule} if h.rule else {})}
                         for h in outbox.history(message)],
         })

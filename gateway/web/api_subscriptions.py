@@ -84,7 +84,7 @@ def create_subscription():
             if started.confirmation:
                 outgoing.send_messages([started.confirmation.id])
     except subscriptions.Refused as refusal:
-        status = 409 if refusal.code in ("opted_out", "suppressed") else 422
+        status = 409 if refusal.code in ("opted_out", "suppressed", subscriptions.STOP_BINDING) else 422
         raise ApiError(status, refusal.code, refusal.message, phone=number.e164, program=slug,
                        **refusal.extra) from None
     except abuse.RateLimited as limited:

@@ -127,7 +127,7 @@ def submit(slug: str):
     except subscriptions.Refused as refusal:
         # An opted-out or suppressed number gets the same page as any other: the form must not tell a
         # stranger whether a number is subscribed. That page says how to rejoin by text.
-        if refusal.code not in ("opted_out", "suppressed"):
+        if refusal.code not in ("opted_out", "suppressed", subscriptions.STOP_BINDING):
             return _render(form, spec, disclosure, 422, refusal.message + ".", "phone")
     session[_SENT] = {"number": mask(number.e164), "program": slug}
     return redirect(url_for("forms.sent", slug=slug), 303)

@@ -29,6 +29,12 @@ PHONE = {"type": "string", "minLength": 1, "maxLength": 64,
 E164 = {"type": "string", "pattern": f"^{E164_PATTERN}$", "examples": ["+14155552671"]}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+RULE = {"type": "object", "description": "The rule behind a deferral or refusal: a state or federal rule pack's "
+        "law and version, or the program's own frequency (rule \"program:<slug>\").",
+        "required": ["rule", "law", "version", "citation", "source"],
+        "properties": {"rule": {"type": "string"}, "law": {"type": "string"},
+                       "version": {"type": ["string", "null"]}, "citation": {"type": ["string", "null"]},
+                       "source": {"type": ["string", "null"]}}}
 MESSAGE_STATUSES = [status.value for status in Status]
 ACCEPTED_STATUSES = [Status.QUEUED.value, Status.DEFERRED.value]  # what a message the gate allowed starts as
 CONSENT_STATUSES = ["pending", "opted_in", "opted_out", "expired"]
@@ -129,7 +135,7 @@ SCHEMAS = {
             "history": {"type": "array", "items": {
                 "type": "object", "required": ["status", "reason", "error_code", "at"],
                 "properties": {"status": {"enum": MESSAGE_STATUSES}, "reason": {"type": ["string", "null"]},
-                               "error_code": {"type": ["integer", "null"]}, "at": TIME},
+                               "error_code": {"type": ["integer", "null"]}, "at": TIME, "rule": RULE},
             }},
         },
     },

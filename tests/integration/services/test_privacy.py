@@ -91,7 +91,7 @@ def test_import_applies_rows_and_refuses_what_cannot_apply(db):
         "+14155552675,deals,maybe,,\n"
     )
     with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
                                      suppression_key=b"k" * 32)
     assert dict(report.applied) == {"import_opt_in": 1, "import_opt_out": 1}
     assert [line for line, _ in report.refused] == [4, 5, 6, 7]
@@ -125,7 +125,7 @@ def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
                       consents.Evidence(Source.API, actor="dpo"))
     csv_text = "phone,program,status\n(415) 555-2671,deals,opted_in\n+14155552671,orders,opted_out\n"
     with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
                                     suppression_key=settings.suppression_key)
     assert not report.applied
     assert [line for line, _ in report.refused] == [2, 3]
@@ -138,7 +138,7 @@ def test_import_refuses_a_row_the_store_cannot_hold_and_takes_the_others(db, set
     csv_text = ("phone,program,status,note\n+14155552671,deals,opted_in,a\x00b\n"
                 "+14155552672,deals,opted_in,fine\n")
     with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops",
+        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
                                     suppression_key=settings.suppression_key)
     assert dict(report.applied) == {"import_opt_in": 1}
     assert report.refused == [(2, "column 'note' contains a NUL character (U+0000), which cannot be stored")]
@@ -147,4 +147,4 @@ def test_import_refuses_a_row_the_store_cannot_hold_and_takes_the_others(db, set
 def test_import_refuses_a_file_whose_column_names_the_store_cannot_hold(db, settings):
     with db.transaction() as session, pytest.raises(ValueError, match="column name"):
         privacy.import_csv(session, io.StringIO("phone,program,status,no\x00te\n"), region="US", actor="ops",
-                           suppression_key=settings.suppression_key)
+                           rules=default_rules(), suppression_key=settings.suppression_key)

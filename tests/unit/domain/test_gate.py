@@ -78,7 +78,58 @@ def test_rules_apply_in_order(deals):
 
 def test_a_cap_reached_is_a_refusal_even_at_night(deals):
     decision = decide(facts(sent_last_day=3), deals, Kind.MARKETING, NIGHT_NY, RULES)
-    assert decision == Decision(False, Reason.FREQUENCY_CAP)
+    assert (decision.allowed, decision.reason) == (False, Reason.FREQUENCY_CAP)
+    # The state's cap, cited by its rule pack.
+    assert (decision.rule["rule"], decision.rule["citation"]) == ("US-FL", "Fla. Stat. 501.616(6)")
+
+
+def test_a_deferral_cites_the_rule_that_closes_the_window(deals):
+    decision = decide(facts(), deals, Kind.MARKETING, NIGHT_NY, RULES)
+    assert decision.reason is Reason.QUIET_HOURS
+    assert decision.rule["rule"] == "US-FL" and decision.rule["version"] == "2021-07-01"
+    new_york = decide(facts(e164=NYC), deals, Kind.MARKETING, NIGHT_NY, RULES)
+    assert new_york.rule["rule"] == "federal" and new_york.rule["citation"].startswith("47 CFR 64.1200")
+
+
+def capped(spec: dict, max_messages: int, per: str) -> StoredProgram:
+    return StoredProgram({"spec": {**spec, "max_messages": max_messages, "per": per,
+                                   "frequency": f"Up to {max_messages} msgs/{per}"}})
+
+
+def test_the_programs_cap_counts_in_the_recipients_calendar_period(deals):
+    monthly = deals  # Up to 4 msgs/month
+    assert decide(facts(e164=NYC, cap_reached_at=NOON_NY - timedelta(days=1)), monthly, Kind.MARKETING, NOON_NY,
+                  RULES) == Decision(False, Reason.FREQUENCY_CAP, rule={
+                      "rule": "program:deals", "law": "the message frequency the person agreed to", "version": None,
+                      "citation": "Up to 4 msgs/month", "source": None})
+    # Reached in February: March is a new month.
+    assert decide(facts(e164=NYC, cap_reached_at=datetime(2026, 2, 28, 12, tzinfo=UTC)), monthly, Kind.MARKETING,
+                  NOON_NY, RULES) == ALLOW
+    daily = capped(deals.settings["spec"], 1, "day")
+    los_angeles = "+13105550123"
+    # 23:30 in Los Angeles on 3 March is 07:30 UTC on the 4th; 00:30 on the 4th there is a new day.
+    reached = datetime(2026, 3, 4, 7, 30, tzinfo=UTC)
+    just_after_midnight_la = datetime(2026, 3, 4, 8, 30, tzinfo=UTC)
+    la = facts(e164=los_angeles, cap_reached_at=reached)
+    assert decide(la, daily, Kind.INFORMATIONAL, just_after_midnight_la, RULES) == ALLOW
+    assert decide(la, daily, Kind.INFORMATIONAL, datetime(2026, 3, 4, 7, 59, tzinfo=UTC), RULES).reason \
+        is Reason.FREQUENCY_CAP  # 23:59 in Los Angeles: still the 3rd
+    # The same moments in New York: 02:30 and 03:30 on the 4th, one day.
+    assert decide(facts(e164=NYC, cap_reached_at=reached), daily, Kind.INFORMATIONAL, just_after_midnight_la,
+                  RULES).reason is Reason.FREQUENCY_CAP
+    weekly = capped(deals.settings["spec"], 2, "week")
+    # 2026-03-01 is a Sunday, 2026-03-02 a Monday: weeks start on Monday.
+    sunday = datetime(2026, 3, 1, 17, tzinfo=UTC)
+    assert decide(facts(e164=NYC, cap_reached_at=sunday), weekly, Kind.MARKETING, NOON_NY, RULES) == ALLOW
+    assert decide(facts(e164=NYC, cap_reached_at=sunday), weekly, Kind.MARKETING, sunday + timedelta(hours=1),
+                  RULES).reason is Reason.FREQUENCY_CAP
+
+
+def test_programs_without_a_cap_and_confirmations_are_not_capped(deals):
+    varies = StoredProgram({"spec": {**deals.settings["spec"], "max_messages": None, "per": None}})
+    assert decide(facts(e164=NYC, cap_reached_at=NOON_NY), varies, Kind.MARKETING, NOON_NY, RULES) == ALLOW
+    pending = facts(e164=NYC, status="pending", expires_at=NOON_NY + timedelta(hours=1), cap_reached_at=NOON_NY)
+    assert decide(pending, deals, Kind.CONFIRMATION, NOON_NY, RULES) == ALLOW
 
 
 def test_a_confirmation_goes_out_only_while_its_request_is_pending(deals):
@@ -113,8 +164,10 @@ def test_deciding_many_at_once_matches_deciding_each(deals, now, suffixes):
             found = parse(base[:-2] + f"{suffix:02d}")
         except InvalidNumber:
             continue
-        many[found.e164] = Facts(e164=found.e164, status="opted_in", region=found.region, kind=found.kind)
-    program = StoredProgram({"spec": {**deals.settings["spec"], "allowed_countries": []}})
+        many[found.e164] = Facts(e164=found.e164, status="opted_in", region=found.region, kind=found.kind,
+                                 cap_reached_at=now - timedelta(hours=suffix))
+    program = StoredProgram({"spec": {**deals.settings["spec"], "allowed_countries": [], "max_messages": 1,
+                                      "per": "day"}})
     together = decide_many(many, program, Kind.MARKETING, now, RULES)
     assert together == {e164: decide(one, program, Kind.MARKETING, now, RULES) for e164, one in many.items()}
 

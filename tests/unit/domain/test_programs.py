@@ -18,9 +18,13 @@ name = "Acme Deals"
 sender = "+15005550006"
 category = "marketing"
 frequency = "Up to 4 msgs/month"
+max_messages = 4
+per = "month"
 help = "Acme Deals: help at acme.example. Reply STOP to cancel."
 join_keywords = ["DEALS"]
 '''
+UNCAPPED = VALID.replace('frequency = "Up to 4 msgs/month"\nmax_messages = 4\nper = "month"',
+                         'frequency = "Msg frequency varies"')
 
 
 def write(tmp_path, text):
@@ -56,7 +60,19 @@ def test_defaults_and_confirmation_text(tmp_path):
         (('join_keywords = ["DEALS"]', 'join_keywords = ["TWO WORDS"]'), "join_keywords"),
         (('join_keywords = ["DEALS"]', 'join_keywords = ["STOP"]'), "already means opt_out"),
         (('join_keywords = ["DEALS"]', 'join_keywords = ["YES"]'), "already means confirm"),
-        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\ndaily_cap = 0'), "daily_cap"),
+        (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\ndaily_cap = 2'),
+         'daily_cap: replaced by max_messages and per = "day"'),
+        (("max_messages = 4", "max_messages = 0"), "max_messages: a whole number"),
+        (("max_messages = 4", "max_messages = true"), "max_messages: a whole number"),
+        (("max_messages = 4\n", ""), "max_messages: a whole number"),
+        (('per = "month"', 'per = "fortnight"'), "per: one of day, week, month"),
+        (('per = "month"\n', ""), "per: one of day, week, month"),
+        # The disclosed text and the cap must say the same thing.
+        (("max_messages = 4", "max_messages = 5"), "frequency: 'Up to 4 msgs/month' does not say the cap"),
+        (('per = "month"', 'per = "week"'), "frequency: 'Up to 4 msgs/month' does not say the cap"),
+        (('frequency = "Up to 4 msgs/month"', 'frequency = "Msg frequency varies"'), "does not say the cap"),
+        # A promised count with no cap to keep it is the bug this guards against: only text.
+        (('max_messages = 4\nper = "month"\n', ""), 'declare it as max_messages = 4 and per = "month"'),
         (('join_keywords = ["DEALS"]', 'join_keywords = ["DEALS"]\nallowed_countries = ["ZZ"]'), "allowed_countries"),
         (('join_keywords = ["DEALS"]',
           'join_keywords = ["DEALS"]\n[programs.deals.templates]\nconfirmation = "Deals! Reply YES."'),
@@ -87,16 +103,17 @@ def test_bad_toml_and_empty_files(tmp_path):
         load_file(write(tmp_path, "title = 'x'"))
 
 
-LATER_KEYS = ("service_numbers", "opt_out_handling", "twilio_opt_out_keywords", "twilio_opt_in_keywords",
-              "twilio_help_keywords")
+LATER_KEYS = ("service_numbers", "max_messages", "per", "opt_out_handling", "twilio_opt_out_keywords",
+              "twilio_opt_in_keywords", "twilio_help_keywords")
 
 
-def test_programs_without_service_numbers_keep_their_version(tmp_path):
-    """The keys came later: a definition that does not use them digests as it did before."""
-    (spec,) = load_file(write(tmp_path, VALID))
+def test_programs_without_the_keys_added_later_keep_their_version(tmp_path):
+    """The keys came later (and daily_cap went): a definition that does not use them digests as it did before."""
+    (spec,) = load_file(write(tmp_path, UNCAPPED))
     before = {k: v for k, v in asdict(spec).items() if k not in LATER_KEYS}
+    before["daily_cap"] = None
     assert spec.version == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
-    (advanced,) = load_file(write(tmp_path, VALID + '\nopt_out_handling = "twilio_advanced"\n'))
+    (advanced,) = load_file(write(tmp_path, UNCAPPED + '\nopt_out_handling = "twilio_advanced"\n'))
     assert advanced.version != spec.version  # a key in use is part of the definition
 
 
@@ -152,3 +169,34 @@ opt_out_handling = "none"
     # On another sender, another handling is fine.
     specs = load_file(write(tmp_path, VALID + second.replace("+15005550006", "+15005550007")))
     assert [s.opt_out_handling for s in specs] == ["twilio_default", "none"]
+
+
+def test_the_cap_is_structure_and_the_disclosure_says_it(tmp_path):
+    (spec,) = load_file(write(tmp_path, VALID))
+    assert (spec.max_messages, spec.per, spec.frequency) == (4, "month", "Up to 4 msgs/month")
+    # Without a frequency of its own, the disclosure is written from the cap.
+    (written,) = load_file(write(tmp_path, VALID.replace('frequency = "Up to 4 msgs/month"\n', "")
+                                 .replace("max_messages = 4", "max_messages = 2").replace('"month"', '"week"')))
+    assert written.frequency == "Up to 2 msgs/week"
+    assert "Up to 2 msgs/week" in written.text("confirmation")
+    # Other wordings of the same promise are read too.
+    (worded,) = load_file(write(tmp_path, VALID.replace("Up to 4 msgs/month", "Max 4 messages per month")))
+    assert worded.max_messages == 4
+
+
+@pytest.mark.parametrize("frequency", ["Msg frequency varies", "1-3 msgs per order", "Recurring messages"])
+def test_programs_that_promise_no_count_need_no_cap(tmp_path, frequency):
+    (spec,) = load_file(write(tmp_path, UNCAPPED.replace("Msg frequency varies", frequency)))
+    assert (spec.max_messages, spec.per) == (None, None)
+
+
+def test_a_stored_daily_cap_reads_as_a_cap_per_day(tmp_path):
+    from gateway.domain.programs import spec_of
+
+    (spec,) = load_file(write(tmp_path, UNCAPPED))
+    stored = {k: v for k, v in asdict(spec).items() if k not in ("max_messages", "per")}
+
+    class Stored:
+        settings = {"spec": {**stored, "daily_cap": 3}}
+
+    assert (spec_of(Stored).max_messages, spec_of(Stored).per) == (3, "day")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phonenumbers import geocoder
 
-from gateway.domain.quiet_hours import DEFAULT_PATH, QuietHours, Window, default_rules
+from gateway.domain.quiet_hours import DEFAULT_PATH, QuietHours, daily, default_rules
 
 NEW_YORK = ZoneInfo("America/New_York")
 CHICAGO = ZoneInfo("America/Chicago")
@@ -56,95 +56,133 @@ def write_rules(tmp_path: Path, body: str) -> Path:
     return path
 
 
-MINIMAL = """\
+def write_packs(tmp_path: Path, *bodies: str) -> Path:
+    folder = tmp_path / "rules"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, body in enumerate(bodies):
+        (folder / f"pack{index}.toml").write_text(textwrap.dedent(body))
+    return folder
+
+
+FEDERAL = """\
+    jurisdiction = "federal"
+    name = "United States (federal)"
+    time_zone = "America/New_York"
     fallback_zones = ["America/New_York", "America/Los_Angeles"]
 
-    [default]
-    source = "federal"
+    [[versions]]
+    version = "1992"
+    law = "TCPA"
+    citation = "47 CFR 64.1200(c)(1)"
+    source = "https://www.ecfr.gov/"
+    effective = 1992-12-20
+    applies_to_texts = "yes"
     start = 08:00:00
     end = 21:00:00
-    applies_to_texts = "yes"
-    citation = "47 CFR 64.1200(c)(1)"
+"""
 
-    [states.FL]
+FLORIDA = """\
+    jurisdiction = "US-FL"
     name = "Florida"
+    time_zone = "America/New_York"
+    area_codes = ["305", "786"]
+
+    [[versions]]
+    version = "2021"
+    law = "FTSA"
+    citation = "Fla. Stat. 501.616(6)"
+    source = "https://flsenate.gov/"
+    effective = 2021-07-01
+    applies_to_texts = "yes"
     start = 08:00:00
     end = 20:00:00
     daily_cap = 3
-    applies_to_texts = "yes"
-    citation = "Fla. Stat. 501.616(6)"
-    area_codes = ["305", "786"]
 """
 
+AT = utc(2026, 12, 6, 17)  # "today", for rules that depend on the date
+EVERY_DAY_8_TO_9 = daily(time(8), time(21))
+EVERY_DAY_8_TO_8 = daily(time(8), time(20))
 
-# --- the shipped rule file ---------------------------------------------------------------------
+
+# --- the shipped rule packs ----------------------------------------------------------------------
+
+
+def packs() -> dict[str, dict]:
+    return {path.name: tomllib.loads(path.read_text()) for path in sorted(DEFAULT_PATH.glob("*.toml"))}
 
 
 def test_default_rules_load_once():
     assert default_rules() is default_rules()
-    assert DEFAULT_PATH.name == "quiet_hours.toml" and DEFAULT_PATH.parent.name == "config"
+    assert DEFAULT_PATH.name == "rules" and DEFAULT_PATH.parent.name == "config"
 
 
 def test_federal_window_for_new_york(rules):
-    assert rules.window_for(NYC) == Window(time(8), time(21), None, False, "federal")
+    window = rules.window_for(NYC, AT)
+    assert (window.hours, window.daily_cap, window.source) == (EVERY_DAY_8_TO_9, None, "federal")
     assert rules.zones_for(NYC) == (NEW_YORK,)
-    assert rules.daily_cap(NYC) is None
+    assert rules.daily_cap(NYC, AT) is None
 
 
 @pytest.mark.parametrize(
     ("number", "source"), [(MIAMI, "US-FL"), (PENSACOLA, "US-FL"), (OKLAHOMA_CITY, "US-OK"), (BALTIMORE, "US-MD")]
 )
 def test_florida_oklahoma_maryland_are_8_to_8_with_a_cap_of_3(rules, number, source):
-    assert rules.window_for(number) == Window(time(8), time(20), 3, False, source)
-    assert rules.daily_cap(number) == 3
+    window = rules.window_for(number, AT)
+    assert (window.hours, window.daily_cap, window.source) == (EVERY_DAY_8_TO_8, 3, source)
+    assert rules.daily_cap(number, AT) == 3
 
 
 def test_state_rules_only_tighten_the_default(rules):
-    kentucky = rules.window_for(LOUISVILLE)
-    assert (kentucky.start, kentucky.end, kentucky.source) == (time(10), time(21), "US-KY")
-    assert rules.window_for(BIRMINGHAM_AL).no_sunday
+    kentucky = rules.window_for(LOUISVILLE, AT)
+    assert (kentucky.hours[0], kentucky.source) == ((time(10), time(21)), "US-KY")
+    assert rules.window_for(BIRMINGHAM_AL, AT).hours[6] is None  # never on Sunday
 
 
 def test_non_us_and_canadian_numbers_get_the_default(rules):
-    assert rules.window_for(LONDON_FIXED).source == "federal"
-    assert rules.window_for(TORONTO).source == "federal"
+    assert rules.window_for(LONDON_FIXED, AT).source == "federal"
+    assert rules.window_for(TORONTO, AT).source == "federal"
     assert rules.zones_for(TORONTO) == (ZoneInfo("America/Toronto"),)
 
 
 def test_accepts_a_parsed_phone_number(rules):
-    assert rules.window_for(phonenumbers.parse(MIAMI, None)).source == "US-FL"
+    assert rules.window_for(phonenumbers.parse(MIAMI, None), AT).source == "US-FL"
 
 
 def test_rejects_a_string_that_is_not_e164(rules):
     with pytest.raises(ValueError, match="E.164"):
-        rules.window_for("305 555 0123")
+        rules.window_for("305 555 0123", AT)
     with pytest.raises(ValueError, match="E.164"):
         rules.next_allowed("not a number", utc(2025, 1, 15, 12))
 
 
 def test_shipped_area_code_lists():
-    data = tomllib.loads(DEFAULT_PATH.read_text())
-    states = data["states"]
+    by_state = {pack["jurisdiction"]: pack for pack in packs().values()}
     florida = "239 305 321 324 352 386 407 448 561 645 656 689 727 728 754 772 786 813 850 863 904 941 954"
-    assert sorted(states["FL"]["area_codes"]) == florida.split()
-    assert sorted(states["OK"]["area_codes"]) == "405 539 572 580 918".split()
-    assert sorted(states["MD"]["area_codes"]) == "227 240 301 410 443 667".split()
-    for key, state in states.items():
-        assert state["applies_to_texts"] in ("yes", "unverified"), key
-        assert state["citation"], key
+    assert sorted(by_state["US-FL"]["area_codes"]) == florida.split()
+    assert sorted(by_state["US-OK"]["area_codes"]) == "405 539 572 580 918".split()
+    assert sorted(by_state["US-MD"]["area_codes"]) == "227 240 301 410 443 667".split()
+    assert sorted(by_state["US-OR"]["area_codes"]) == "458 503 541 971".split()
+    for name, pack in packs().items():
+        for version in pack["versions"]:
+            # Every version says which law, which version, where it is written and from when.
+            assert version["applies_to_texts"] in ("yes", "unverified"), name
+            for key in ("version", "law", "citation", "source", "effective"):
+                assert version[key], (name, key)
+            assert version["source"].startswith("http"), name
 
 
 def test_every_shipped_area_code_is_geocoded_to_its_state():
     # Cross-check our hand-kept lists against the phonenumbers geocoder, which describes a number
-    # as "Florida" or "Pensacola, FL": a typo'd or misplaced code fails here.
-    states = tomllib.loads(DEFAULT_PATH.read_text())["states"]
-    for key, state in states.items():
-        for code in state["area_codes"]:
+    # as "Florida" or "Pensacola, FL" (or "Washington State"): a typo'd or misplaced code fails here.
+    for pack in packs().values():
+        key = pack["jurisdiction"].removeprefix("US-")
+        for code in pack.get("area_codes", []):
             descriptions = {
                 geocoder.description_for_number(phonenumbers.parse(f"+1{code}{exchange}1234", None), "en")
                 for exchange in ("200", "212", "234", "345", "456", "555", "678", "789", "890", "987")
             }
-            assert any(d == state["name"] or d.endswith(f", {key}") for d in descriptions), (key, code, descriptions)
+            assert any(d in (pack["name"], f"{pack['name']} State") or d.endswith(f", {key}")
+                       for d in descriptions), (key, code, descriptions)
 
 
 # --- zones ---------------------------------------------------------------------------------------
@@ -208,7 +246,7 @@ def test_pensacola_is_judged_on_central_time(rules):
 
 
 def test_kentucky_opens_at_ten(rules):
-    assert rules.next_allowed(LOUISVILLE, local(NEW_YORK, 2025, 1, 15, 9, 0)) == local(NEW_YORK, 2025, 1, 15, 10, 0)
+    assert rules.next_allowed(LOUISVILLE, local(NEW_YORK, 2026, 1, 15, 9, 0)) == local(NEW_YORK, 2026, 1, 15, 10, 0)
 
 
 def test_toll_free_gets_the_window_open_in_every_us_zone(rules):
@@ -256,22 +294,19 @@ def test_us_fall_back(rules):
 
 
 def test_no_sunday_skips_to_monday(rules):
-    # Alabama: 08:00-20:00, never on Sunday. 2025-01-18 is a Saturday.
-    saturday_evening = local(CHICAGO, 2025, 1, 18, 20, 30)
-    monday_morning = local(CHICAGO, 2025, 1, 20, 8, 0)
+    # Alabama: 08:00-20:00, never on Sunday. 2026-01-17 is a Saturday.
+    saturday_evening = local(CHICAGO, 2026, 1, 17, 20, 30)
+    monday_morning = local(CHICAGO, 2026, 1, 19, 8, 0)
     assert rules.next_allowed(BIRMINGHAM_AL, saturday_evening) == monday_morning
-    assert rules.next_allowed(BIRMINGHAM_AL, local(CHICAGO, 2025, 1, 19, 12, 0)) == monday_morning
-    assert rules.next_allowed(BIRMINGHAM_AL, local(CHICAGO, 2025, 1, 18, 12, 0)) is None
+    assert rules.next_allowed(BIRMINGHAM_AL, local(CHICAGO, 2026, 1, 18, 12, 0)) == monday_morning
+    assert rules.next_allowed(BIRMINGHAM_AL, local(CHICAGO, 2026, 1, 17, 12, 0)) is None
     # The federal default has no Sunday rule.
-    assert rules.next_allowed(NYC, local(NEW_YORK, 2025, 1, 19, 12, 0)) is None
+    assert rules.next_allowed(NYC, local(NEW_YORK, 2026, 1, 18, 12, 0)) is None
 
 
 def test_window_starting_inside_a_dst_gap_is_never_early(tmp_path):
-    path = write_rules(
-        tmp_path,
-        MINIMAL.replace("start = 08:00:00\n    end = 21:00:00", "start = 02:30:00\n    end = 21:00:00"),
-    )
-    rules = QuietHours.from_file(path)
+    path = write_packs(tmp_path, FEDERAL.replace("start = 08:00:00", "start = 02:30:00"))
+    rules = QuietHours.from_directory(path)
     answer = rules.next_allowed(NYC, local(NEW_YORK, 2025, 3, 8, 22, 0))
     # 02:30 does not exist on 2025-03-09; the answer is the first moment after it that is open.
     assert answer == local(NEW_YORK, 2025, 3, 9, 3, 30)
@@ -282,9 +317,8 @@ def test_empty_intersection_falls_back_to_widest_coverage(tmp_path):
     # A one-hour window cannot be open in New York and Los Angeles at once. The fallback is the
     # earliest moment open in as many zones as possible (here: one), and asking again at that
     # moment says "go", so a caller that defers and retries does not loop.
-    narrower = MINIMAL.replace("start = 08:00:00\n    end = 21:00:00", "start = 09:00:00\n    end = 10:00:00")
-    path = write_rules(tmp_path, narrower)
-    rules = QuietHours.from_file(path)
+    narrower = FEDERAL.replace("start = 08:00:00\n    end = 21:00:00", "start = 09:00:00\n    end = 10:00:00")
+    rules = QuietHours.from_directory(write_packs(tmp_path, narrower))
     answer = rules.next_allowed(UNASSIGNED_US, local(NEW_YORK, 2025, 1, 15, 7, 0))
     assert answer == local(NEW_YORK, 2025, 1, 15, 9, 0)
     assert rules.next_allowed(UNASSIGNED_US, answer) is None
@@ -300,7 +334,7 @@ STEP = timedelta(minutes=15)  # every zone offset and window edge in the data is
 
 
 def brute_force(rules: QuietHours, number: str, now: datetime) -> datetime | None:
-    window, zones = rules.window_for(number), rules.zones_for(number)
+    window, zones = rules.window_for(number, now), rules.zones_for(number)
 
     def open_everywhere(moment: datetime) -> bool:
         return all(window.is_open_at(moment.astimezone(zone)) for zone in zones)
@@ -336,55 +370,83 @@ def test_next_allowed_matches_a_brute_force_scan(number, now):
 # --- validation ----------------------------------------------------------------------------------
 
 
-def test_minimal_file_loads(tmp_path):
-    rules = QuietHours.from_file(write_rules(tmp_path, MINIMAL))
-    assert rules.window_for(MIAMI) == Window(time(8), time(20), 3, False, "US-FL")
-    assert rules.window_for("+13215550123").source == "federal"
+def test_minimal_packs_load(tmp_path):
+    rules = QuietHours.from_directory(write_packs(tmp_path, FEDERAL, FLORIDA))
+    window = rules.window_for(MIAMI, AT)
+    assert (window.hours, window.daily_cap, window.source) == (EVERY_DAY_8_TO_8, 3, "US-FL")
+    assert rules.window_for("+13215550123", AT).source == "federal"
 
 
 @pytest.mark.parametrize(
-    ("old", "new", "key"),
+    ("pack", "old", "new", "key"),
     [
-        ('fallback_zones = ["America/New_York", "America/Los_Angeles"]', "", "fallback_zones"),
-        ('"America/Los_Angeles"]', '"Mars/Olympus_Mons"]', "fallback_zones"),
-        ('source = "federal"', "", "default.source"),
-        ("end = 21:00:00", 'end = "21:00"', "default.end"),
-        ("end = 21:00:00", "end = 07:00:00", "default.end"),
-        ("end = 20:00:00", "end = 20:00:00\n    daily_limit = 3", "states.FL.daily_limit"),
-        ("daily_cap = 3", "daily_cap = true", "states.FL.daily_cap"),
-        ("daily_cap = 3", "daily_cap = 0", "states.FL.daily_cap"),
-        ('applies_to_texts = "yes"\n    citation = "Fla', 'applies_to_texts = "maybe"\n    citation = "Fla',
-         "states.FL.applies_to_texts"),
-        ('area_codes = ["305", "786"]', 'area_codes = ["305", 786]', "states.FL.area_codes"),
-        ('area_codes = ["305", "786"]', 'area_codes = ["305", "105"]', "states.FL.area_codes"),
-        ('area_codes = ["305", "786"]', "area_codes = []", "states.FL.area_codes"),
-        ('name = "Florida"', "", "states.FL.name"),
-        ("[states.FL]", "[states.Florida]", "states.Florida"),
-        ("start = 08:00:00\n    end = 20:00:00", "start = 21:00:00\n    end = 22:00:00", "states.FL"),
-        ("[default]", "[defaults]", "defaults"),
+        ("federal", 'fallback_zones = ["America/New_York", "America/Los_Angeles"]', "", "area_codes: missing"),
+        ("federal", '"America/Los_Angeles"]', '"Mars/Olympus_Mons"]', "fallback_zones"),
+        ("federal", 'time_zone = "America/New_York"', 'time_zone = "Mars/Base"', "time_zone"),
+        ("federal", 'source = "https://www.ecfr.gov/"', "", r"versions\[0\]\.source"),
+        ("federal", 'source = "https://www.ecfr.gov/"', 'source = "ecfr"', r"versions\[0\]\.source: expected a link"),
+        ("federal", 'law = "TCPA"', "", r"versions\[0\]\.law"),
+        ("federal", 'version = "1992"', "", r"versions\[0\]\.version"),
+        ("federal", 'citation = "47 CFR 64.1200(c)(1)"', "", r"versions\[0\]\.citation"),
+        ("federal", "effective = 1992-12-20", 'effective = "1992"', r"versions\[0\]\.effective"),
+        ("federal", "end = 21:00:00", 'end = "21:00"', r"versions\[0\]\.end"),
+        ("federal", "end = 21:00:00", "end = 07:00:00", r"versions\[0\]\.end"),
+        ("federal", 'jurisdiction = "federal"', 'jurisdiction = "USA"', "jurisdiction"),
+        ("florida", "end = 20:00:00", "end = 20:00:00\n    daily_limit = 3", r"versions\[0\]\.daily_limit: unknown"),
+        ("florida", "daily_cap = 3", "daily_cap = true", r"versions\[0\]\.daily_cap"),
+        ("florida", "daily_cap = 3", "daily_cap = 0", r"versions\[0\]\.daily_cap"),
+        ("florida", "daily_cap = 3", "stop_binds_years = -1", r"versions\[0\]\.stop_binds_years"),
+        ("florida", 'applies_to_texts = "yes"', 'applies_to_texts = "maybe"', r"versions\[0\]\.applies_to_texts"),
+        ("florida", 'area_codes = ["305", "786"]', 'area_codes = ["305", 786]', "area_codes"),
+        ("florida", 'area_codes = ["305", "786"]', 'area_codes = ["305", "105"]', "area_codes"),
+        ("florida", 'area_codes = ["305", "786"]', "area_codes = []", "area_codes"),
+        ("florida", 'name = "Florida"', "", "name"),
+        ("florida", 'jurisdiction = "US-FL"', 'jurisdiction = "Florida"', "jurisdiction"),
+        ("florida", "end = 20:00:00", "end = 20:00:00\n    sunday = { start = 09:00:00 }", r"versions\[0\]\.sunday\.end"),
+        ("florida", "end = 20:00:00", 'end = 20:00:00\n    sunday = "shut"', r"versions\[0\]\.sunday"),
+        ("florida", "start = 08:00:00\n    end = 20:00:00", "start = 21:00:00\n    end = 22:00:00",
+         "closed every day"),
+        ("florida", "[[versions]]", "[[version]]", "version: unknown key"),
     ],
 )
-def test_invalid_files_name_the_key(tmp_path, old, new, key):
-    assert old in MINIMAL
-    path = write_rules(tmp_path, MINIMAL.replace(old, new, 1))
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        QuietHours.from_file(path)
+def test_invalid_packs_name_the_file_and_key(tmp_path, pack, old, new, key):
+    federal, florida = FEDERAL, FLORIDA
+    if pack == "federal":
+        assert old in federal
+        federal = federal.replace(old, new, 1)
+    else:
+        assert old in florida
+        florida = florida.replace(old, new, 1)
+    with pytest.raises(ValueError, match=key):
+        QuietHours.from_directory(write_packs(tmp_path, federal, florida))
 
 
 def test_an_area_code_in_two_states_is_rejected(tmp_path):
-    duplicate = MINIMAL + textwrap.dedent("""\
-        [states.GA]
-        name = "Georgia"
-        start = 08:00:00
-        end = 21:00:00
-        applies_to_texts = "unverified"
-        citation = "test"
-        area_codes = ["786"]
+    georgia = FLORIDA.replace('"US-FL"', '"US-GA"').replace('"Florida"', '"Georgia"').replace('"305", ', "")
+    with pytest.raises(ValueError, match="area_codes: 786 is already listed under US-FL"):
+        QuietHours.from_directory(write_packs(tmp_path, FEDERAL, FLORIDA, georgia))
+
+
+def test_versions_of_one_law_may_not_overlap(tmp_path):
+    later = FLORIDA + textwrap.dedent("""\
+        [[versions]]
+        version = "2027"
+        law = "FTSA"
+        citation = "Fla. Stat. 501.616(6)"
+        source = "https://flsenate.gov/"
+        effective = 2027-01-01
+        applies_to_texts = "yes"
+        start = 09:00:00
+        end = 20:00:00
     """)
-    with pytest.raises(ValueError, match=r"states\.GA\.area_codes: 786 is already listed under states\.FL"):
-        QuietHours.from_file(write_rules(tmp_path, duplicate))
+    with pytest.raises(ValueError, match="2021 is still in force when 2027 takes effect"):
+        QuietHours.from_directory(write_packs(tmp_path, FEDERAL, later))
 
 
-def test_broken_toml_is_a_value_error(tmp_path):
+def test_no_packs_and_two_defaults_and_broken_toml(tmp_path):
+    with pytest.raises(ValueError, match="no rule packs"):
+        QuietHours.from_directory(tmp_path)
+    with pytest.raises(ValueError, match="only one pack"):
+        QuietHours.from_directory(write_packs(tmp_path / "two", FEDERAL, FEDERAL))
     with pytest.raises(ValueError, match="not valid TOML"):
-        QuietHours.from_file(write_rules(tmp_path, "[default\n"))
+        QuietHours.from_directory(write_packs(tmp_path / "broken", "[[versions]\n"))
