@@ -365,7 +365,7 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
         moved = session.execute(_CLAIM_SQLITE, params).rowcount
         if moved:
             session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.SENDING, "reason": None,
-                                           "error_code": None, "occurred_at": now})
+                                           "error_code": None, "rule": None, "occurred_at": now})
         row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
     if row is None:
         return None

@@ -153,7 +153,8 @@ def test_marketing_at_night_is_deferred_to_8am_local_and_then_released(gateway, 
     with db.transaction() as session:
         row = given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
         deferred = ask(gateway, session, row, "deals", now=NIGHT_NY)
-        assert deferred == Decision(False, Reason.QUIET_HOURS, MORNING_NY)
+        assert (deferred.allowed, deferred.reason, deferred.not_before) == (False, Reason.QUIET_HOURS, MORNING_NY)
+        assert deferred.rule["rule"] == "federal"
         assert deferred.deferred and not deferred.allowed
         assert ask(gateway, session, row, "deals", now=MORNING_NY - timedelta(seconds=1)).deferred
         assert ask(gateway, session, row, "deals", now=MORNING_NY) == ALLOW
@@ -207,19 +208,60 @@ def test_refused_and_non_marketing_messages_do_not_count(gateway, db):
         assert ask(gateway, session, row, "deals") == ALLOW
 
 
-def test_a_programs_own_daily_cap(gateway, db, example_programs):
-    capped = replace(next(p for p in example_programs if p.slug == "deals"), slug="flash", daily_cap=2,
-                     join_keywords=("FLASH",))
+def _capped(example_programs, slug, max_messages, per):
+    deals = next(p for p in example_programs if p.slug == "deals")
+    return replace(deals, slug=slug, join_keywords=(slug.upper(),), max_messages=max_messages, per=per,
+                   frequency=f"Up to {max_messages} msgs/{per}")
+
+
+def test_a_programs_own_cap_per_day(gateway, db, example_programs):
     with db.transaction() as session:
-        programs.store(session, [capped])
+        programs.store(session, [_capped(example_programs, "flash", 2, "day")])
         row = given_state(session, NYC, "flash", Input.IMPORT_OPT_IN)
         given_state(session, NYC, "deals", Input.IMPORT_OPT_IN)
-        sent_before(session, row, "deals", 4, NOON_NY - timedelta(hours=2))  # New York has no state cap
+        sent_before(session, row, "deals", 3, NOON_NY - timedelta(hours=2))  # New York has no state cap
         sent_before(session, row, "flash", 1, NOON_NY - timedelta(hours=2))
         assert ask(gateway, session, row, "flash") == ALLOW
         sent_before(session, row, "flash", 1, NOON_NY - timedelta(hours=1))
-        assert ask(gateway, session, row, "flash").reason is Reason.FREQUENCY_CAP
+        refused = ask(gateway, session, row, "flash")
+        assert refused.reason is Reason.FREQUENCY_CAP
+        assert (refused.rule["rule"], refused.rule["citation"]) == ("program:flash", "Up to 2 msgs/day")
+        assert refused.rule["version"] == programs.by_slug(session, "flash").version
+        # Other programs count on their own: deals has had 3 of its 4 this month.
         assert ask(gateway, session, row, "deals") == ALLOW
+        # Midnight in New York starts a new day: no longer capped (only held for quiet hours now).
+        assert ask(gateway, session, row, "flash", now=datetime(2026, 3, 5, 5, 0, tzinfo=UTC)).reason \
+            is Reason.QUIET_HOURS
+
+
+def test_a_program_cap_per_week_counts_from_monday_in_the_recipients_zone(gateway, db, example_programs):
+    monday_00_30_la = datetime(2026, 3, 2, 8, 30, tzinfo=UTC)  # 03:30 Monday in New York
+    los_angeles = "+13105550123"
+    with db.transaction() as session:
+        programs.store(session, [_capped(example_programs, "weekly", 2, "week")])
+        la = given_state(session, los_angeles, "weekly", Input.IMPORT_OPT_IN)
+        nyc = given_state(session, NYC, "weekly", Input.IMPORT_OPT_IN)
+        # Two texts each on Sunday evening in Los Angeles (early Monday in New York).
+        sent_before(session, la, "weekly", 2, datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+        sent_before(session, nyc, "weekly", 2, datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+        kind = Kind.INFORMATIONAL  # a cap binds whatever the program's category: a promise is a promise
+        assert ask(gateway, session, la, "weekly", kind, now=monday_00_30_la) == ALLOW  # a new week there
+        assert ask(gateway, session, nyc, "weekly", kind, now=monday_00_30_la).reason is Reason.FREQUENCY_CAP
+        # Blocked texts do not count.
+        sent_before(session, la, "weekly", 3, monday_00_30_la - timedelta(minutes=1), status="blocked")
+        assert ask(gateway, session, la, "weekly", kind, now=monday_00_30_la) == ALLOW
+
+
+def test_the_worker_counts_only_texts_accepted_before_its_own(gateway, db, example_programs):
+    """Two texts accepted at once past a cap of one: the earlier goes, the later is refused, not both."""
+    with db.transaction() as session:
+        programs.store(session, [_capped(example_programs, "once", 1, "day")])
+        row = given_state(session, NYC, "once", Input.IMPORT_OPT_IN)
+        [first] = sent_before(session, row, "once", 1, NOON_NY - timedelta(seconds=2))
+        [second] = sent_before(session, row, "once", 1, NOON_NY - timedelta(seconds=1))
+        session.flush()
+        assert ask(gateway, session, row, "once", message_id=first) == ALLOW
+        assert ask(gateway, session, row, "once", message_id=second).reason is Reason.FREQUENCY_CAP
 
 
 # --- fail closed ---------------------------------------------------------------------------------
@@ -263,8 +305,11 @@ def test_load_facts_for_many_matches_one_at_a_time(gateway, db):
         rows[3].reachability = "landline"
         consents.suppress(session, gateway.settings.suppression_key, GUERNSEY, "test")
         sent_before(session, rows[0], "deals", 2, now - timedelta(hours=3))
+        sent_before(session, rows[0], "deals", 2, now - timedelta(hours=2))  # deals: up to 4 a month
         sent_before(session, rows[0], "alerts", 1, now - timedelta(hours=3))
-        excluded = sent_before(session, rows[1], "deals", 1, now - timedelta(hours=3))[0]
+        # Excluded, as the worker excludes the message it checks: only texts accepted before it count
+        # against a program's cap.
+        excluded = sent_before(session, rows[1], "deals", 1, now - timedelta(hours=1))[0]
         session.flush()
         program = programs.by_slug(session, "deals")
         gate = policy.gate_of(gateway)
@@ -277,8 +322,11 @@ def test_load_facts_for_many_matches_one_at_a_time(gateway, db):
                                           count_recent=count_recent, exclude_message=excluded)
             assert together.pop("+12025550111") == (None, Facts(e164="+12025550111"))
             assert {known.id: found for known, found in together.values()} == one_by_one
-            if count_recent:  # alerts is informational: only the two deals texts count
-                assert (one_by_one[rows[0].id].sent_last_day, one_by_one[rows[0].id].sent_last_day_program) == (2, 2)
+            # The fourth newest deals text reached the cap: one ranked scan for many, one indexed read for one.
+            assert one_by_one[rows[0].id].cap_reached_at == now - timedelta(hours=3)
+            assert one_by_one[rows[1].id].cap_reached_at is None
+            if count_recent:  # alerts is informational: only the four deals texts count
+                assert one_by_one[rows[0].id].sent_last_day == 4
                 assert one_by_one[rows[1].id].sent_last_day == 0  # its only message is the one excluded
 
 
