@@ -282,8 +282,10 @@ PATHS = {
             "200": _ok("Already opted in: nothing changed", _ref("Subscription")),
             "202": _ok("Pending: the confirmation text is on its way", _ref("Subscription")),
             **BAD_JSON,
-            "409": _error("The number opted out (only the person can come back, by text), or opted out and "
-                          "was erased (suppressed: never texted again)", "opted_out", "suppressed"),
+            "409": _error("The number opted out (only the person can come back, by text), opted out under a "
+                          "state rule that binds for years (stop_binding: `rule`, `binds_until`), or opted out "
+                          "and was erased (suppressed: never texted again)", "opted_out", "stop_binding",
+                          "suppressed"),
             **TOO_LARGE,
             "422": _error("Invalid number, program or evidence, a value the store cannot hold (`field` names "
                           "it), a number the program cannot text, or one of our own sender numbers",
