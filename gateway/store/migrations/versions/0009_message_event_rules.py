@@ -1,14 +1,14 @@
 """Message history names the rule behind a deferral or refusal: law, version, citation (JSON text).
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0011
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
