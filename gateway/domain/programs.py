@@ -137,7 +137,8 @@ class ProgramSpec:
 
 # Keys added after programs were first stored, with their defaults: left out of `version` at the default.
 _ADDED_LATER = {"service_numbers": (), "max_messages": None, "per": None,
-                "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value, "twilio_opt_out_keywords": (), "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
+                "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value, "twilio_opt_out_keywords": (),
+                "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
 _TWILIO_KEYWORD_LISTS = ("twilio_opt_out_keywords", "twilio_opt_in_keywords", "twilio_help_keywords")
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
           "join_keywords", "double_opt_in", "allowed_countries", "max_messages", "per", "mps", "service_numbers",
