@@ -549,7 +549,7 @@ def pace(session: Session, slots: Sequence[tuple[str, datetime]], now: datetime)
         for message_id, slot in chunk:
             if session.execute(_PACE_ONE, {"b_id": message_id, "b_slot": slot, "b_now": now}).rowcount:
                 session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.DEFERRED, "reason": PACED,
-                                               "error_code": None, "occurred_at": now})
+                                               "error_code": None, "rule": None, "occurred_at": now})
                 paced.add(message_id)
     return paced
 
