@@ -169,7 +169,8 @@ def programs_show(ctx: Context, slug: str) -> None:
         f"  opt-in:          {'double (the person replies YES)' if spec.double_opt_in else 'single'}",
         f"  join keywords:   {', '.join(spec.join_keywords) or '-'}",
         f"  countries:       {', '.join(spec.allowed_countries) or 'the sender' + chr(39) + 's'}",
-        f"  daily cap:       {spec.daily_cap if spec.daily_cap is not None else 'state rules only'}",
+        f"  cap:             {_cap(spec)}",
+        f"  Twilio opt-outs: {spec.opt_out_handling}",
         f"  terms:           {spec.terms_url or '-'}",
         f"  privacy:         {spec.privacy_url or '-'}",
         f"  hosted form:     {ctx.settings.public_url('/subscribe/' + spec.slug)}",
@@ -181,6 +182,10 @@ def programs_show(ctx: Context, slug: str) -> None:
     for name in sorted(spec.templates):
         lines.append(f"    {name}: {spec.text(name)}")
     click.echo("\n".join(lines))
+
+
+def _cap(spec) -> str:
+    return f"{spec.max_messages} per {spec.per}" if spec.max_messages else "none (state rules only)"
 
 
 @main.group("keys")

@@ -101,7 +101,8 @@ def test_programs_list_and_show(smsgate):
     for fact in ("deals: Acme Deals", "category:        marketing", "sender:          +15005550006",
                  "frequency:       Up to 4 msgs/month", "join keywords:   DEALS", "/subscribe/deals",
                  "you agree to receive", "Consent is not a condition of purchase", "confirmation: ",
-                 "reply to HELP: Acme Deals: help at"):
+                 "reply to HELP: Acme Deals: help at", "cap:             4 per month",
+                 "Twilio opt-outs: twilio_default"):
         assert fact in shown.stdout, fact
 
 
