@@ -679,5 +679,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+@main.group("users")
+def users_group() -> None:
+    """Accounts of the compliance console (/console)."""
+
+
+@users_group.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["viewer", "compliance", "admin"]),
+              help="viewer sees; compliance also downloads certificates, bundles and exports; admin also reads "
+                   "the access log and erases.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of "
+                                                     "generating one.")
+@pass_context
+def users_create(ctx: Context, name: str, role: str, password_stdin: bool) -> None:
+    """Create a console account. Without --password-stdin a password is generated and printed once,
+    alone on the last line.
+
+    \b
+    Example:
+      smsgate users create alice --role compliance
+      printf '%s' "$PASSWORD" | smsgate users create bob --role viewer --password-stdin
+    """
+    from gateway.services import console
+
+    password = sys.stdin.read().rstrip("\r\n") if password_stdin else console.generate_password()
+    try:
+        with ctx.db.transaction() as session:
+            user = console.create_user(session, name, role, password)
+    except console.ConsoleError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"created console user {user.name!r} with role {user.role}")
+    if not password_stdin:
+        click.echo("password (shown only now):")
+        click.echo(password)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -311,3 +311,51 @@ class WorkerHeartbeat(Base):
 
     worker: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery's node name, celery@host
     beat_at: Mapped[datetime]
+
+
+class ConsoleUser(Base):
+    """A member of staff who signs in to /console (`smsgate users create`). Only an Argon2 hash of the
+    password is kept; failed sign-ins are counted here so a lockout outlives a restart."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    role: Mapped[str] = mapped_column(String(20))  # viewer | compliance | admin (services/console.py)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+
+class ConsoleSession(Base):
+    """A browser's session on /console. The cookie holds a random token; only its SHA-256 is kept, so
+    whoever reads this table cannot take over a session. `user_id` is None until someone signs in
+    (the sign-in form's CSRF token lives in `data` meanwhile)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("console_users.id", ondelete="CASCADE"))
+    data: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ConsoleAccess(Base):
+    """One look at (or action on) a person's data through the console: who, what, which number, when.
+    The number is named by its row id, which outlives an erasure; the user's name is copied so the
+    entry reads the same if the account goes."""
+
+    __tablename__ = "console_access_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("console_users.id", ondelete="SET NULL"))
+    user_name: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(30))
+    number_id: Mapped[int | None] = mapped_column(ForeignKey("numbers.id"), index=True)
+    detail: Mapped[str | None] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -16,6 +16,7 @@ def register(app: Flask, *, sandbox: bool) -> None:
         api_messages,
         api_privacy,
         api_subscriptions,
+        console,
         docs,
         forms,
         openapi,
@@ -26,7 +27,8 @@ def register(app: Flask, *, sandbox: bool) -> None:
     errors.register(app)
     headers.register(app)
     app.session_interface = SessionOnlyWithCookie()
-    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi, docs):
+    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi, docs,
+                   console):
         app.register_blueprint(module.bp)
     if sandbox:
         # Imported only when mounted: production never loads the sandbox's code.
@@ -53,14 +55,24 @@ class SessionOnlyWithCookie(SecureCookieSessionInterface):
     """Flask's signed-cookie session, built only for a request that carries the cookie.
 
     Only the hosted sign-up form has a session (its CSRF token). Webhooks and the JSON API never send
-    the cookie, and building the signing serializer for each of their requests was measurable.
+    the cookie, and building the signing serializer for each of their requests was measurable. The
+    console's pages have sessions of their own, kept in the store (gateway/web/console.py).
     """
 
     def open_session(self, app, request):
+        from gateway.web import console
+
+        if console.is_console_path(request.path):
+            return console.ConsoleSessionInterface().open_session(app, request)
         if self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
 
     def save_session(self, app, session, response):
+        from gateway.web import console
+
+        if isinstance(session, console.ConsoleSession):
+            console.ConsoleSessionInterface().save_session(app, session, response)
+            return
         if session or session.modified or session.accessed:
             super().save_session(app, session, response)

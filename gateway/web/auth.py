@@ -19,9 +19,13 @@ from gateway.web.errors import ApiError
 AUTH_ATTRIBUTE = "_auth"
 
 
-def _declare(view, rule: str):
+def declare(view, rule: str):
+    """Mark `view` with its auth rule (a decorator of another module, such as the console's, uses it)."""
     setattr(view, AUTH_ATTRIBUTE, rule)
     return view
+
+
+_declare = declare
 
 
 def public(view):
