@@ -5,6 +5,7 @@ both built from one `Certificate`, so they cannot say different things.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,9 @@ from gateway.domain import certificates
 from gateway.domain.certificates import STATUS_WORDS, Statement
 from gateway.domain.consent import Status
 from gateway.domain.numbers import mask
+
+# fpdf2 subsets the font through fontTools, which logs every table it touches at INFO: noise in our logs.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 # Time zones the console offers (a select); UTC first, the default.
 ZONES = ("UTC", "America/New_York", "America/Chicago", "America/Denver", "America/Phoenix", "America/Los_Angeles",
