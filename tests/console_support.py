@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
-from gateway.services import console, consents, subscriptions, unit_of_work
+from gateway.services import consents, console, subscriptions, unit_of_work
 from gateway.store.models import utcnow
 
 PERSON = "+14155550147"
