@@ -219,10 +219,16 @@ def home():
     return _page("console/search.html", zones=certificates.ZONES, zone="UTC")
 
 
-@bp.get("/search")
+@bp.post("/search")
 @staff("viewer")
 def search():
-    zone, raw = _zone(), request.args.get("number", "")
+    # A POST, so the number never stands in a URL (browser history, a proxy's log, a Referer).
+    form = request.form
+    zone, raw = form.get("tz") or "UTC", form.get("number", "")
+    if zone not in certificates.ZONES:
+        zone = "UTC"
+    if not _csrf_valid():
+        return _csrf_refused()
     try:
         number = parse(raw, current().settings.default_region)
     except InvalidNumber as invalid:

@@ -35,6 +35,11 @@ def history(gateway, twilio_post) -> int:
         return session.scalars(select(PhoneNumber.id).where(PhoneNumber.e164 == PERSON)).one()
 
 
+def find(client, number: str, **fields):
+    csrf = csrf_of(client.get("/console").get_data(as_text=True))
+    return client.post("/console/search", data={"number": number, "csrf_token": csrf, **fields})
+
+
 def log_entries(db) -> list[tuple[str, str, int | None]]:
     with db.transaction() as session:
         return [(row.user_name, row.action, row.number_id)
@@ -125,7 +130,7 @@ def test_search_finds_a_number_in_any_form(client, db, history):
     make_user(db, "vera", "viewer")
     sign_in(client, "vera")
     for form in ("(415) 555-0147", "+1 415 555 0147", "4155550147"):
-        response = client.get("/console/search", query_string={"number": form})
+        response = find(client, form)
         assert response.status_code == 303
         assert response.headers["Location"] == f"/console/numbers/{history}?tz=UTC"
 
@@ -133,13 +138,15 @@ def test_search_finds_a_number_in_any_form(client, db, history):
 def test_search_refuses_malformed_and_unknown_numbers_clearly(client, db, history):
     make_user(db, "vera", "viewer")
     sign_in(client, "vera")
-    malformed = client.get("/console/search", query_string={"number": "12ab"})
+    malformed = find(client, "12ab")
     assert malformed.status_code == 422
     assert "not a phone number we can look up" in malformed.get_data(as_text=True)
-    unknown = client.get("/console/search", query_string={"number": "(415) 555-0199"})
+    unknown = find(client, "(415) 555-0199")
     assert unknown.status_code == 404 and "Nothing is held about that number" in unknown.get_data(as_text=True)
-    bad_zone = client.get("/console/search", query_string={"number": "4155550147", "tz": "Mars/Olympus"})
-    assert bad_zone.status_code == 400
+    no_csrf = client.post("/console/search", data={"number": "4155550147"})
+    assert no_csrf.status_code == 400 and "Nothing was changed" in no_csrf.get_data(as_text=True)
+    bad_zone = client.get(f"/console/numbers/{history}", query_string={"tz": "Mars/Olympus"})
+    assert bad_zone.status_code == 400 and "is not one of the time zones offered" in bad_zone.get_data(as_text=True)
     assert log_entries(db) == []  # nothing personal was shown
 
 
@@ -245,7 +252,7 @@ def test_admin_erases_with_csrf_and_confirmation_then_search_finds_the_suppressi
         from gateway.store.models import LedgerEvent
 
         assert set(session.scalars(select(LedgerEvent.actor).where(LedgerEvent.type == "erasure"))) == {"console:ada"}
-    found = client.get("/console/search", query_string={"number": "(415) 555-0147"})
+    found = find(client, "(415) 555-0147")
     html = found.get_data(as_text=True)
     assert found.status_code == 200 and "erased and suppressed" in html
     again = client.post(f"/console/numbers/{history}/erase", data={"csrf_token": csrf, "confirm": "yes"})
