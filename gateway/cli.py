@@ -681,7 +681,12 @@ def _duration(seconds: float) -> str:
 
 @main.group("users")
 def users_group() -> None:
-    """Accounts of the compliance console (/console)."""
+    """Accounts of the compliance console (/console): viewer, compliance or admin.
+
+    \b
+    Example:
+      smsgate users create alice --role compliance
+    """
 
 
 @users_group.command("create")
