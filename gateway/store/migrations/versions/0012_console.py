@@ -1,14 +1,14 @@
 """The compliance console: staff accounts, server-side sessions and the access log.
 
 Revision ID: 0012
-Revises: 0011
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0012'
-down_revision = '0011'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
