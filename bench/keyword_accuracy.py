@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.domain.keywords import KeywordEngine, default_engine  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "keyword_corpus.tsv"
-OPT_OUT_LABELS = frozenset({"opt_out", "opt_out_all"})
+OPT_OUT_LABELS = frozenset({"opt_out", "opt_out_all", "wrong_number"})
 MIN_PRECISION = 0.97
 
 

@@ -1,4 +1,4 @@
-"""Classify one inbound SMS body as opt-out, opt-in, confirm, help, join or other.
+"""Classify one inbound SMS body as opt-out, wrong number, opt-in, confirm, help, join or other.
 
 Pure Python: the keyword packs in ``config/keywords/*.toml`` are data, compiled once by
 ``KeywordEngine.from_directory``. Matching has two layers:
@@ -6,7 +6,12 @@ Pure Python: the keyword packs in ``config/keywords/*.toml`` are data, compiled 
 * whole-message keywords ("STOP", "Arrêt!!", "stooop"), compared after ``normalise`` and
   repeat-folding, the way carriers and Twilio treat a bare keyword;
 * free-text revocations ("please stop texting me", "who is this? stop"), because the FCC's 2024
-  order (FCC 24-24) makes any reply that a reasonable person reads as a revocation binding.
+  order (FCC 24-24) makes any reply that a reasonable person reads as a revocation binding;
+* wrong-number replies ("wrong number", "new number who dis", "打错了"): the person holding the
+  number is not the one who agreed, so every consent on the number is void (Intent.WRONG_NUMBER).
+
+Scripts without spaces between words (Chinese, Japanese) are matched by packs that set
+``free_text.word_boundaries = false``: their phrases match anywhere in a sentence.
 
 Missing a revocation is a legal violation, while a false one costs a subscriber who is told how to
 reply START, so every rule leans towards opt-out when a short reply is directed at the sender.
@@ -32,6 +37,7 @@ class Intent(enum.StrEnum):
 
     OPT_OUT = "opt_out"
     OPT_OUT_ALL = "opt_out_all"
+    WRONG_NUMBER = "wrong_number"  # "wrong number": not the person who agreed; ends every consent
     OPT_IN = "opt_in"
     CONFIRM = "confirm"
     HELP = "help"
@@ -50,11 +56,11 @@ class Classification:
 
     @property
     def is_opt_out(self) -> bool:
-        """True for OPT_OUT and OPT_OUT_ALL."""
+        """True for OPT_OUT, OPT_OUT_ALL and WRONG_NUMBER (each ends consent)."""
         return self.intent in _OPT_OUTS
 
 
-_OPT_OUTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL})
+_OPT_OUTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER})
 _OTHER = Classification(Intent.OTHER)
 _NO_JOIN_KEYWORDS: Mapping[str, str] = MappingProxyType({})
 
@@ -69,6 +75,13 @@ _BOUNDARY = "\n"
 _APOSTROPHES = frozenset("'`\u00b4\u2018\u2019\u201b\u02bc\u2032\uff07")
 _ASCII_BOUNDARIES = frozenset(".!?;:,\n\r")
 _MAX_CACHED_CHARS = 20_000
+# Latin letters with a stroke do not decompose, yet people type them without it ("wysylaj", "dung").
+_STROKES = {"Ł": "L", "Đ": "D", "Ø": "O", "Ħ": "H", "Ŧ": "T", "Ƀ": "B", "Ɨ": "I"}
+# Scripts whose marks are letters, not accents: a Devanagari vowel sign, a kana voicing mark, a Hangul
+# syllable's parts. These keep their marks (NFKC: compatibility forms still fold) and have no case.
+_KEEP_MARKS = ((0x0900, 0x0DFF), (0x1100, 0x11FF), (0x3040, 0x30FF), (0x3130, 0x318F), (0xA960, 0xA97F),
+               (0xAC00, 0xD7AF), (0xD7B0, 0xD7FF), (0xFF65, 0xFF9F))
+_TATWEEL = "\u0640"  # Arabic elongation ("توقفــــ"): drawing, not a letter
 
 
 def _fold_code_point(code_point: int) -> str:
@@ -80,6 +93,13 @@ def _fold_code_point(code_point: int) -> str:
         if char.isalnum():
             return char.upper()
         return _BOUNDARY if char in _ASCII_BOUNDARIES else " "
+    if char == _TATWEEL:
+        return ""
+    if any(low <= code_point <= high for low, high in _KEEP_MARKS):
+        return "".join(
+            part if unicodedata.category(part)[0] in "LNM" else _fold_plain(part)
+            for part in unicodedata.normalize("NFKC", char)
+        )
     # Case-fold before dropping marks (U+0345 upper-cases to a letter), decompose around it so that
     # compatibility forms ("Ｓｔｏｐ", "ﬁn") and accents come apart, then upper-case.
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", char).casefold())
@@ -93,6 +113,8 @@ def _fold_plain(char: str) -> str:
         return ""
     if char.isascii():
         return _ASCII_FOLD[ord(char)]
+    if char in _STROKES:
+        return _STROKES[char]
     category = unicodedata.category(char)
     if category[0] == "M" or category == "Cf":
         return ""  # accents, variation selectors, zero-width joiners and direction marks
@@ -118,13 +140,21 @@ class _FoldTable(dict[int, str]):
 
 
 _FOLD_TABLE = _FoldTable(enumerate(_ASCII_FOLD))
-_REPEATS = re.compile(r"([^\W\d_])\1+")
+# Letters, and the marks that folded text keeps (Devanagari vowel signs: "रोकोो"), the only other
+# characters left in it besides digits and spaces.
+_REPEATS = re.compile(r"([^\W\d_]|[^\w\s])\1+")
 _ASCII_REPEATS = re.compile(r"([A-Z])\1+")  # same on ASCII text, and several times faster
+
+
+_KANA_VOICING = ("\u3099", "\u309a")  # what half-width "ﾞ" and "ﾟ" fold to: they combine with the kana before
 
 
 def _fold(text: str) -> str:
     """Upper-case, strip accents and apostrophes; punctuation to spaces, sentence ends to newlines."""
-    return text.translate(_FOLD_TABLE)
+    folded = text.translate(_FOLD_TABLE)
+    if _KANA_VOICING[0] in folded or _KANA_VOICING[1] in folded:
+        folded = unicodedata.normalize("NFC", folded)  # "ｽﾄｯﾌﾟ" -> "ストップ", as the packs write it
+    return folded
 
 
 def _words(folded: str) -> str:
@@ -148,13 +178,17 @@ def normalise(text: str) -> str:
 _KEYWORD_INTENTS = {
     "opt_out": Intent.OPT_OUT,
     "opt_out_all": Intent.OPT_OUT_ALL,
+    "wrong_number": Intent.WRONG_NUMBER,
     "opt_in": Intent.OPT_IN,
     "confirm": Intent.CONFIRM,
     "help": Intent.HELP,
 }
-_KEYWORD_KEYS = frozenset(_KEYWORD_INTENTS) | {"not_keywords"}
-_FREE_TEXT_LISTS = ("commands", "before", "after", "trailing", "not_before_trailing", "phrases", "negations")
-_FREE_TEXT_KEYS = frozenset(_FREE_TEXT_LISTS) | {"negation_window"}
+_KEYWORD_KEYS = frozenset(_KEYWORD_INTENTS) | {"not_keywords", "opt_out_symbols"}
+_FREE_TEXT_LISTS = ("commands", "before", "after", "trailing", "not_before_trailing", "phrases", "wrong_number",
+                    "negations")
+_FREE_TEXT_KEYS = frozenset(_FREE_TEXT_LISTS) | {"negation_window", "word_boundaries"}
+# Emoji modifiers and joiners that may follow an opt-out symbol: "✋🏽", "🛑\ufe0f".
+_SYMBOL_DECORATIONS = frozenset("\ufe0e\ufe0f\u200d") | {chr(c) for c in range(0x1F3FB, 0x1F400)}
 _ESCAPES = re.compile(r"\\.")
 _LETTER_RUNS = re.compile(r"[^\W\d_]+")
 
@@ -167,14 +201,17 @@ class KeywordPack:
     source: str
     keywords: Mapping[Intent, tuple[str, ...]] = field(default_factory=dict)
     not_keywords: tuple[str, ...] = ()
+    opt_out_symbols: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     trailing: tuple[str, ...] = ()
     not_before_trailing: tuple[str, ...] = ()
     phrases: tuple[str, ...] = ()
+    wrong_number: tuple[str, ...] = ()
     negations: tuple[str, ...] = ()
     negation_window: int = 2
+    word_boundaries: bool = True
 
     @classmethod
     def from_file(cls, path: str | Path) -> KeywordPack:
@@ -224,12 +261,22 @@ class KeywordPack:
             for item in lists[name]:
                 if " " in normalise(item):
                     raise fail(f"free_text.{name}", f"{item!r} must be a single word")
-        for name in ("phrases", "negations"):
+        for name in ("phrases", "wrong_number", "negations"):
             for pattern in lists[name]:
                 _check_pattern(pattern, lambda problem, name=name: fail(f"free_text.{name}", problem))
         window = free_text.get("negation_window", 2)
         if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window <= 5:
             raise fail("free_text.negation_window", "must be an integer from 0 to 5")
+        word_boundaries = free_text.get("word_boundaries", True)
+        if not isinstance(word_boundaries, bool):
+            raise fail("free_text.word_boundaries", "must be true or false")
+        symbols = keywords_table.get("opt_out_symbols", [])
+        if not isinstance(symbols, list) or not all(
+            isinstance(symbol, str) and len(symbol) == 1 and unicodedata.category(symbol) == "So" for symbol in symbols
+        ):
+            raise fail("keywords.opt_out_symbols", "must be a list of single symbol characters, e.g. [\"🛑\"]")
+        if symbols and not keywords_table.get("opt_out"):
+            raise fail("keywords.opt_out_symbols", "needs an opt_out keyword to stand for")
         return cls(
             language=language.strip(),
             source=source,
@@ -238,7 +285,9 @@ class KeywordPack:
                 for key, intent in _KEYWORD_INTENTS.items()
             },
             not_keywords=words("keywords.not_keywords", keywords_table.get("not_keywords", [])),
+            opt_out_symbols=tuple(symbols),
             negation_window=window,
+            word_boundaries=word_boundaries,
             **lists,
         )
 
@@ -294,6 +343,8 @@ class _Phrase:
     pattern: re.Pattern[str]
     result: Classification
     grammar: _Grammar
+    source: str  # as written in the pack, repeats squeezed
+    bounded: bool  # whole words only (``word_boundaries``): the pattern starts with a space
 
 
 class KeywordEngine:
@@ -315,6 +366,10 @@ class KeywordEngine:
         self._blockers: set[str] = set()
         self._trailing: dict[str, tuple[Classification, _Grammar]] = {}
         self._phrases: list[_Phrase] = []
+        self._wrong_number: list[_Phrase] = []
+        # An opt-out symbol ("🛑", "✋") reads as its pack's first opt-out keyword, as a word of its own:
+        # alone it is that keyword, and "✋ wait, I have a question" stays a question.
+        self._symbols: dict[int, str] = {}
         for pack in packs:
             self._compile(pack)
 
@@ -323,11 +378,8 @@ class KeywordEngine:
         for entries in self._commands.values():
             entries.sort(key=lambda entry: -len(entry[0]))
         # One combined search rejects most sentences before the phrases are tried one by one.
-        self._any_phrase = (
-            re.compile(" (?:" + "|".join(phrase.pattern.pattern[1:] for phrase in self._phrases) + ")")
-            if self._phrases
-            else None
-        )
+        self._any_phrase = _combined(self._phrases)
+        self._any_wrong_number = _combined(self._wrong_number)
 
     def _compile(self, pack: KeywordPack) -> None:
         """Add one pack's keywords and free-text rules to the lookup tables."""
@@ -355,9 +407,18 @@ class KeywordEngine:
         self._blockers.update(_squeeze(normalise(word)) for word in pack.not_before_trailing)
         for word in pack.trailing:
             self._trailing.setdefault(_squeeze(normalise(word)), (free_text[Intent.OPT_OUT], grammar))
-        for source in pack.phrases:
-            pattern = re.compile(f" (?:{_squeeze(source)})(?= )")
-            self._phrases.append(_Phrase(pattern, free_text[Intent.OPT_OUT], grammar))
+        # Without word boundaries (Chinese, Japanese) a phrase matches anywhere in the sentence.
+        edges = (" (?:", ")(?= )") if pack.word_boundaries else ("(?:", ")")
+        for sources, intent, phrases in ((pack.phrases, Intent.OPT_OUT, self._phrases),
+                                         (pack.wrong_number, Intent.WRONG_NUMBER, self._wrong_number)):
+            for source in sources:
+                squeezed = _squeeze(source)
+                pattern = re.compile(edges[0] + squeezed + edges[1])
+                phrases.append(_Phrase(pattern, free_text[intent], grammar, squeezed, pack.word_boundaries))
+        if pack.opt_out_symbols:
+            stands_for = f" {pack.keywords[Intent.OPT_OUT][0]} "
+            for symbol in pack.opt_out_symbols:
+                self._symbols.setdefault(ord(symbol), stands_for)
 
     def _add_command(self, squeezed: str, result: Classification, grammar: _Grammar) -> None:
         words = tuple(squeezed.split(" "))
@@ -383,6 +444,16 @@ class KeywordEngine:
         """Classify one inbound message; ``join_keywords`` maps a program's keyword to its slug."""
         if not isinstance(text, str):
             return _OTHER
+        result = self._classify(text, join_keywords)
+        if result.intent is Intent.OTHER and self._symbols:
+            # Read an opt-out symbol as its keyword only when the text means nothing with it as an emoji:
+            # "STOP 🛑" keeps its keyword, "🛑" and "🛑 please" opt out, "✋ wait, a question" does not.
+            with_words = text.translate(self._symbols)
+            if with_words != text:
+                return self._classify(with_words, join_keywords)
+        return result
+
+    def _classify(self, text: str, join_keywords: Mapping[str, str]) -> Classification:
         folded = _fold(text)
         whole = _words(folded)
         if not whole:
@@ -390,7 +461,7 @@ class KeywordEngine:
         # Squeezing never crosses a space or a sentence boundary, so one pass serves every sentence.
         folded_squeezed = _squeeze(folded)
         squeezed = _words(folded_squeezed)
-        hit = self._keyword(whole, squeezed)
+        hit = self._keyword(whole, squeezed) or self._spelled_out(whole)
         if hit is not None:
             return hit
         if join_keywords:
@@ -404,8 +475,28 @@ class KeywordEngine:
             return None
         return self._keywords.get(squeezed)
 
+    def _spelled_out(self, words: str) -> Classification | None:
+        """A keyword typed letter by letter ("S T O P", "s.t.o.p", "S-T-O-P") or said again and again
+        ("stop stop stop", "🛑 Stop 🛑")."""
+        tokens = words.split(" ")
+        if len(tokens) < 2:
+            return None
+        if len(set(tokens)) == 1:
+            return self._keyword(tokens[0], _squeeze(tokens[0]))
+        if len(tokens) < 3 or any(len(letter) != 1 for letter in tokens):
+            return None
+        return self._keyword("".join(tokens), _squeeze("".join(tokens)))
+
     def _revocation(self, folded: str, folded_squeezed: str) -> Classification | None:
-        """Find a free-text opt-out in any sentence of the message."""
+        """Find a wrong-number reply in any sentence of the message, else a free-text opt-out."""
+        # A wrong number anywhere outweighs an opt-out elsewhere: it ends more ("Wrong number. Stop.").
+        # Read across sentences: "New number, who dis?" is one thought.
+        if self._wrong_number:
+            padded = f" {_words(folded_squeezed)} "
+            if self._any_wrong_number.search(padded):
+                hit = _first_unnegated(self._wrong_number, padded)
+                if hit is not None:
+                    return hit
         for sentence, sentence_squeezed in zip(folded.split(_BOUNDARY), folded_squeezed.split(_BOUNDARY)):
             words = _words(sentence)
             if not words:
@@ -457,13 +548,42 @@ class KeywordEngine:
 
     def _phrase(self, padded: str) -> Classification | None:
         """A revocation phrase anywhere in the sentence that no negation turns around."""
-        if self._any_phrase is None or self._any_phrase.search(padded) is None:
+        if not self._any_phrase.search(padded):
             return None
-        for phrase in self._phrases:
-            for match in phrase.pattern.finditer(padded):
-                if not phrase.grammar.negated(padded, match.start()):
-                    return phrase.result
-        return None
+        return _first_unnegated(self._phrases, padded)
+
+
+def _first_unnegated(phrases: Iterable[_Phrase], padded: str) -> Classification | None:
+    """The result of the first phrase that matches the padded sentence with no negation before it."""
+    for phrase in phrases:
+        for match in phrase.pattern.finditer(padded):
+            if not phrase.grammar.negated(padded, match.start()):
+                return phrase.result
+    return None
+
+
+_FIRST_UNSPACED = "\u1100"
+
+
+class _Combined:
+    """A quick rejection of most sentences: one search for all whole-word phrases, anchored on the space
+    before a word (fast), and one for the phrases of scripts without spaces, only on text in them."""
+
+    def __init__(self, phrases: Sequence[_Phrase]) -> None:
+        bounded = [f"(?:{phrase.source})" for phrase in phrases if phrase.bounded]
+        anywhere = [f"(?:{phrase.source})" for phrase in phrases if not phrase.bounded]
+        self._bounded = re.compile(" (?:" + "|".join(bounded) + ")(?= )") if bounded else None
+        self._anywhere = re.compile("|".join(anywhere)) if anywhere else None
+
+    def search(self, padded: str) -> bool:
+        if self._bounded is not None and self._bounded.search(padded):
+            return True
+        # Scripts written without spaces (Han, kana; Hangul too) all lie at U+1100 and above.
+        return self._anywhere is not None and max(padded) >= _FIRST_UNSPACED and bool(self._anywhere.search(padded))
+
+
+def _combined(phrases: Sequence[_Phrase]) -> _Combined:
+    return _Combined(phrases)
 
 
 def _negation_regex(negations: Iterable[str], window: int) -> re.Pattern[str] | None:

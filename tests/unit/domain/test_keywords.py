@@ -13,7 +13,10 @@ from gateway.domain.keywords import Classification, Intent, KeywordEngine, Keywo
 
 PACK_DIR = Path(__file__).resolve().parents[3] / "config" / "keywords"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "keyword_corpus.tsv"
-OPT_OUTS = {Intent.OPT_OUT, Intent.OPT_OUT_ALL}
+OPT_OUTS = {Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER}
+LANGUAGES = (
+    "ar", "de", "en", "es", "fr", "hi", "ht", "it", "ja", "ko", "pl", "pt", "ru", "tl", "vi", "zh-Hans", "zh-Hant",
+)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +170,7 @@ def test_classification_reports_language_and_keyword(engine: KeywordEngine) -> N
 
 def test_default_engine_is_cached() -> None:
     assert default_engine() is default_engine()
-    assert default_engine().languages == ("en", "es", "fr")
+    assert default_engine().languages == LANGUAGES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,16 +250,28 @@ def load_corpus() -> list[tuple[int, str, bool, str]]:
         if not line.strip() or line.startswith("#"):
             continue
         label, _, text = line.partition("\t")
-        assert label in {"opt_out", "opt_out_all", "not_opt_out"}, f"line {number}: unknown label {label!r}"
+        labels = {"opt_out", "opt_out_all", "wrong_number", "not_opt_out"}
+        assert label in labels, f"line {number}: unknown label {label!r}"
         rows.append((number, language, label != "not_opt_out", text.replace("\\n", "\n")))
+    return rows
+
+
+def wrong_number_rows() -> list[tuple[int, str, str]]:
+    """(line number, language, text) of the lines labelled wrong_number."""
+    rows, language = [], "?"
+    for number, line in enumerate(CORPUS.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("# lang:"):
+            language = line.partition(":")[2].strip()
+        if line.startswith("wrong_number\t"):
+            rows.append((number, language, line.partition("\t")[2]))
     return rows
 
 
 def test_corpus_is_big_and_multilingual() -> None:
     rows = load_corpus()
-    assert len(rows) >= 320
+    assert len(rows) >= 900
     languages = {language for _, language, _, _ in rows}
-    assert languages == {"en", "es", "fr"}
+    assert languages == set(LANGUAGES)
     for language in languages:
         labels = {expected for _, lang, expected, _ in rows if lang == language}
         assert labels == {True, False}, f"{language} needs both opt-outs and hard negatives"
@@ -278,6 +293,14 @@ def test_corpus_recall_and_precision(engine: KeywordEngine) -> None:
     report = "\n".join(wrong)
     assert recall == 1.0, f"missed opt-outs:\n{report}"
     assert precision >= 0.97, f"precision {precision:.3f}:\n{report}"
+
+
+def test_corpus_wrong_numbers_are_their_own_intent(engine: KeywordEngine) -> None:
+    rows = wrong_number_rows()
+    assert {language for _, language, _ in rows} == set(LANGUAGES), "every language needs wrong-number replies"
+    wrong = [f"line {number} [{language}] {text!r}: {engine.classify(text).intent}"
+             for number, language, text in rows if engine.classify(text).intent is not Intent.WRONG_NUMBER]
+    assert not wrong, "\n".join(wrong)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,8 +406,10 @@ def test_never_raises_on_long_text(text: str) -> None:
 
 
 def test_rtl_and_control_characters_are_other(engine: KeywordEngine) -> None:
-    for text in ["مرحبا، توقف عن مراسلتي", "שלום", "\x00\x01\x02", "\u202e\u202d"]:
+    # Hebrew has no pack; Arabic has one: "Hello, stop messaging me" is a revocation.
+    for text in ["שלום, תפסיקו לשלוח לי הודעות", "\x00\x01\x02", "\u202e\u202d", "مرحبا"]:
         assert engine.classify(text).intent is Intent.OTHER
+    assert engine.classify("مرحبا، توقف عن مراسلتي") == Classification(Intent.OPT_OUT, None, "ar")
 
 
 @given(ANY_TEXT)
