@@ -23,6 +23,9 @@ class Input(StrEnum):
     KEYWORD_JOIN_DIRECT = "keyword_join_direct"  # ... of a single opt-in program: the handset proves possession
     CONFIRM_YES = "confirm_yes"  # the person replied YES to a pending request
     KEYWORD_STOP = "keyword_stop"  # STOP family, or a clear free-text revocation
+    # "Wrong number": whoever holds the number now never agreed. Ends every consent of the number, and
+    # nothing it ends can be restored by START: that consent was someone else's.
+    WRONG_NUMBER = "wrong_number"
     KEYWORD_START = "keyword_start"  # START / UNSTOP: restores what was confirmed before the opt-out
     CARRIER_OPT_OUT = "carrier_opt_out"  # Twilio answered 21610: the person opted out at Twilio
     API_OPT_OUT = "api_opt_out"  # an opt-out heard another way (phone call, email), recorded by staff
@@ -49,6 +52,7 @@ EVENT_TYPES: dict[Input, str] = {
     Input.KEYWORD_JOIN_DIRECT: "opt_in",
     Input.CONFIRM_YES: "confirmation",
     Input.KEYWORD_STOP: "opt_out",
+    Input.WRONG_NUMBER: "opt_out",
     Input.KEYWORD_START: "opt_in",
     Input.CARRIER_OPT_OUT: "carrier_opt_out",
     Input.API_OPT_OUT: "opt_out",
@@ -71,6 +75,7 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
     Input.KEYWORD_JOIN_DIRECT: ((*_REQUESTABLE, Status.OPTED_OUT), Status.OPTED_IN),
     Input.CONFIRM_YES: ((Status.PENDING,), Status.OPTED_IN),
     Input.KEYWORD_STOP: (_ANY, Status.OPTED_OUT),
+    Input.WRONG_NUMBER: (_ANY, Status.OPTED_OUT),
     Input.CARRIER_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.API_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.IMPORT_OPT_OUT: (_ANY, Status.OPTED_OUT),
@@ -82,7 +87,7 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
 }
 
 OPT_OUT_INPUTS = frozenset(
-    {Input.KEYWORD_STOP, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
+    {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
 )
 
 
@@ -116,6 +121,8 @@ def apply(state: State, input: Input) -> State:
     if not allowed(state, input):
         raise IllegalTransition(state.status, input)
     _, target = TRANSITIONS[input]
+    if input is Input.WRONG_NUMBER:
+        return State(target, restorable=False)  # the consent was another person's: START must not revive it
     if input in OPT_OUT_INPUTS:
         # A second STOP must not forget that the first one ended a real consent.
         return State(target, restorable=state.status is Status.OPTED_IN or state.restorable)

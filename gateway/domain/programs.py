@@ -39,6 +39,14 @@ DEFAULT_TEMPLATES = {
     "opt_out": "{name}: you're unsubscribed and will get no more messages. Reply START to resubscribe.",
     "opt_in": "{name}: you're resubscribed. {frequency}. " + RATES + ". Reply HELP for help, STOP to cancel.",
 }
+# Templates added after programs were first stored: a program that does not override one falls back to
+# these when it is rendered, so its stored definition (and version) stays as it was.
+LATER_TEMPLATES = {
+    "wrong_number": "{name}: thanks for telling us. This number is off our lists and will get no more messages.",
+}
+# The texts that may be given in other languages ([programs.X.templates.<language>]): the replies to what a
+# person texted in their language (a revocation, a wrong number, HELP, an opt-in word).
+TRANSLATABLE = ("opt_out", "opt_in", "wrong_number", "help")
 # What a confirmation text must carry (CTIA): checked when programs are loaded.
 CONFIRMATION_MUST_SAY = {
     "the program's name": lambda text, spec: spec.name in text,
@@ -106,6 +114,11 @@ class ProgramSpec:
     twilio_help_keywords: tuple[str, ...] = ()
     templates: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # The language the program's own texts are written in (a keyword pack's tag), and the replies it has
+    # in others: language -> {template or "help": text}. A reply goes out in the language the person
+    # texted in when the program has it there, else in this one.
+    language: str = "en"
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def filtering(self) -> Filtering:
@@ -117,12 +130,30 @@ class ProgramSpec:
     def sender_key(self) -> str:
         return self.sender or self.messaging_service or ""
 
-    def text(self, template: str) -> str:
-        """Render one of the program's message templates."""
-        return self.templates[template].format(
+    def text(self, template: str, language: str | None = None) -> str:
+        """Render one of the program's message templates ("help": its HELP text), in `language` when
+        the program has that text in it, else in the program's own language."""
+        translated = self.translation(language)
+        if template in translated:
+            source = translated[template]
+        elif template == "help":
+            return self.help
+        else:
+            source = self.templates.get(template) or LATER_TEMPLATES[template]
+        return source.format(
             name=self.name, frequency=self.frequency, help=self.help,
             terms_url=self.terms_url or "", privacy_url=self.privacy_url or "",
         )
+
+    def translation(self, language: str | None) -> Mapping[str, str]:
+        """The program's texts in `language` ("zh-Hant", falling back to "zh"); empty when it has none."""
+        if not language or language == self.language:
+            return {}
+        return self.translations.get(language) or self.translations.get(language.partition("-")[0]) or {}
+
+    def reply_language(self, language: str | None, template: str) -> str:
+        """The language `text(template, language)` is written in."""
+        return language if template in self.translation(language) else self.language
 
     @property
     def version(self) -> str:
@@ -138,11 +169,11 @@ class ProgramSpec:
 # Keys added after programs were first stored, with their defaults: left out of `version` at the default.
 _ADDED_LATER = {"service_numbers": (), "max_messages": None, "per": None,
                 "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value, "twilio_opt_out_keywords": (),
-                "twilio_opt_in_keywords": (), "twilio_help_keywords": ()}
+                "twilio_opt_in_keywords": (), "twilio_help_keywords": (), "language": "en", "translations": {}}
 _TWILIO_KEYWORD_LISTS = ("twilio_opt_out_keywords", "twilio_opt_in_keywords", "twilio_help_keywords")
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
           "join_keywords", "double_opt_in", "allowed_countries", "max_messages", "per", "mps", "service_numbers",
-          "templates", "opt_out_handling", *_TWILIO_KEYWORD_LISTS}
+          "templates", "opt_out_handling", "language", *_TWILIO_KEYWORD_LISTS}
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -208,27 +239,50 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
             raise fail(key, "only with opt_out_handling = \"twilio_advanced\" (the keywords configured in "
                             "Advanced Opt-Out)")
         twilio_keywords[key] = tuple(dict.fromkeys(w.upper() for w in words))
+    languages = _languages()
+    language = raw.get("language", "en")
+    if language not in languages:
+        raise fail("language", f"{language!r} is not a language of the keyword packs ({', '.join(languages)})")
     templates = dict(DEFAULT_TEMPLATES)
     overrides = raw.get("templates", {})
-    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+    if not isinstance(overrides, dict):
         raise fail("templates", "a table of texts")
-    unknown_templates = set(overrides) - set(DEFAULT_TEMPLATES)
+    translations = {key: value for key, value in overrides.items() if isinstance(value, dict)}
+    overrides = {key: value for key, value in overrides.items() if not isinstance(value, dict)}
+    if not all(isinstance(v, str) for v in overrides.values()):
+        raise fail("templates", "a table of texts")
+    unknown_templates = set(overrides) - set(DEFAULT_TEMPLATES) - set(LATER_TEMPLATES)
     if unknown_templates:
         raise fail("templates", f"unknown template {sorted(unknown_templates)[0]!r}")
     templates.update(overrides)
+    for tag, texts in translations.items():
+        where = f"templates.{tag}"
+        if tag not in languages and tag not in {known.partition("-")[0] for known in languages}:
+            raise fail(where, f"{tag!r} is not a language of the keyword packs ({', '.join(languages)}) "
+                              "nor a template name")
+        if tag == language:
+            raise fail(where, f"{tag!r} is the program's own language: write these texts in [templates] and help")
+        unknown = sorted(set(texts) - set(TRANSLATABLE))
+        if unknown:
+            raise fail(f"{where}.{unknown[0]}", f"not a text given per language (one of {', '.join(TRANSLATABLE)})")
+        if not texts or not all(isinstance(text, str) and text.strip() for text in texts.values()):
+            raise fail(where, "a table of non-empty texts")
     spec = ProgramSpec(
         slug=slug, name=raw["name"].strip(), category=raw["category"], frequency=raw["frequency"].strip(),
         help=raw["help"].strip(), sender=sender, messaging_service=service, terms_url=raw.get("terms_url"),
         privacy_url=raw.get("privacy_url"), join_keywords=tuple(k.upper() for k in keywords),
         double_opt_in=double_opt_in, allowed_countries=tuple(countries), max_messages=max_messages, per=per, mps=mps,
         service_numbers=tuple(service_numbers), opt_out_handling=handling, **twilio_keywords, templates=templates,
-        extra={k: v for k, v in raw.items() if k not in _KNOWN},
+        extra={k: v for k, v in raw.items() if k not in _KNOWN}, language=language,
+        translations={tag: {key: text.strip() for key, text in texts.items()} for tag, texts in translations.items()},
     )
-    for template in templates:
+    rendered = [(f"templates.{t}", t, None) for t in templates]
+    rendered += [(f"templates.{tag}.{t}", t, tag) for tag, texts in translations.items() for t in texts]
+    for where, template, tag in rendered:
         try:
-            spec.text(template)
+            spec.text(template, tag)
         except (KeyError, IndexError, ValueError) as error:
-            raise fail(f"templates.{template}", f"bad placeholder {error}") from None
+            raise fail(where, f"bad placeholder {error}") from None
     confirmation = spec.text("confirmation")
     for what, check in CONFIRMATION_MUST_SAY.items():
         if not check(confirmation, spec):
@@ -254,6 +308,11 @@ def _cap(raw: dict, fail) -> tuple[int | None, str | None]:
     if per not in PERIODS:
         raise fail("per", f"one of {', '.join(PERIODS)} (with max_messages)")
     return max_messages, per
+
+
+def _languages() -> tuple[str, ...]:
+    """The languages of the shipped keyword packs: those a text can be recognised in."""
+    return default_engine().languages
 
 
 def load_file(path: Path) -> list[ProgramSpec]:
@@ -307,4 +366,5 @@ def spec_of(program: StoredProgram) -> ProgramSpec:
     if daily_cap and not data.get("max_messages"):
         # Stored before max_messages existed: the same cap, counted per calendar day.
         data.update(max_messages=daily_cap, per="day")
+    data["translations"] = dict(data.get("translations", {}))
     return ProgramSpec(**data)

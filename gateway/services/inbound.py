@@ -16,6 +16,14 @@ Decisions (see also bench/README.md for what the speed work changed):
 * With several programs on one sender, one reply names them all (the first program's template).
 * HELP answers with the program the number is most involved with on that sender (opted in, then
   pending), else the sender's first program.
+* A reply to a text recognised in a language (STOP, HELP, a revocation, a wrong number) goes out in
+  that language when the program has the text in it ([programs.X.templates.<language>]), else in the
+  program's language.
+* A wrong-number reply ("wrong number", "new number who dis", in any pack's language) ends every
+  consent of the number on every sender, as STOPALL does, with its own ledger input (wrong_number);
+  nothing it ends can be restored by START (it was someone else's consent). The number is marked
+  possibly reassigned (numbers.possibly_reassigned_at) in the same write, and one short confirmation
+  answers it (docs/decisions/0022).
 * A text from a number marked unreachable (30003/30005) marks it reachable again.
 * Twilio's own filtering (gateway/domain/twilio_filter.py): the number's row keeps the senders Twilio
   blocks it on, read and written with the rest. No reply goes out while Twilio blocks the pair (it
@@ -173,7 +181,7 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     for event_type, source in effect.events:
         metrics.CONSENT_EVENTS.labels(type=event_type, source=source).inc()
     # Consent changes are worth a line each (an opt-out an event line of its own); chit-chat is not.
-    if effect.events and handled.intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL):
+    if effect.events and handled.intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER):
         logs.event(log, "opt_out", message_sid=text.message_sid, number=text.from_, source="sms", to=text.to,
                    ended=len(effect.events))
     else:
@@ -194,7 +202,8 @@ def _handle_once(gateway: Gateway, text: InboundText, now: datetime) -> tuple[Ha
         intent = classification.intent
         # Twilio's Advanced Opt-Out has already acted and replied: mirror what it did, answer nothing.
         # (A join keyword configured there as an opt-in word stays a join: the block it lifts is handled below.)
-        if text.opt_out_type in _OPT_OUT_TYPES and not (text.opt_out_type == "STOP" and intent is Intent.OPT_OUT_ALL) \
+        if text.opt_out_type in _OPT_OUT_TYPES \
+                and not (text.opt_out_type == "STOP" and intent in (Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER)) \
                 and not (text.opt_out_type == "START" and intent is Intent.JOIN):
             intent = _OPT_OUT_TYPES[text.opt_out_type]
         twilio = _TwilioSide.of(on_sender, text)
@@ -252,7 +261,7 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
     No lock is held in between: the write happens only if the number's ledger head is still where we
     read it, and otherwise we read again. So two round trips on PostgreSQL, whatever the text.
     """
-    everything = intent is Intent.OPT_OUT_ALL
+    everything = intent in (Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER)
     ended = programs.cached_on_senders(connection, programs.EVERY_PROGRAM).programs if everything else on_sender
     act = _PLANS.get(intent)
     evidence = _evidence(text, classification)
@@ -270,7 +279,8 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
             continue
         blocked = twilio_filter.is_blocked(state.twilio_blocks, twilio.scope)
         at_twilio = twilio_filter.handle(twilio.filtering, body, blocked, text.opt_out_type)
-        read = _Read(state, on_sender, ended, evidence, now, text.from_, text.to, joining, gateway, at_twilio)
+        read = _Read(state, on_sender, ended, evidence, now, text.from_, text.to, joining, gateway, at_twilio,
+                     classification.language)
         if at_twilio.reaction is Reaction.UNBLOCK:
             # Twilio has just told the person "re-subscribed": make it true here (and a join keyword
             # configured at Twilio as an opt-in word also asks to join).
@@ -323,6 +333,7 @@ class _Read:
     joining: Program | None  # the program whose join keyword this is
     gateway: Gateway
     twilio: twilio_filter.Outcome  # what Twilio did with this text: whether a text from this sender gets through
+    language: str | None = None  # the language the text was recognised in: replies go out in it where they can
 
 
 def _events(changes) -> tuple[tuple[str, str], ...]:
@@ -333,7 +344,18 @@ def _opt_out(read: _Read) -> _Effect:
     """STOP family: every program on this sender (STOPALL: every program we run) ends."""
     planned = consents.plan(read.state, read.ended, Input.KEYWORD_STOP, read.evidence, now=read.now)
     # One confirmation, naming what ended, and nothing else in it.
-    return _Effect(reply_text(read.ended, "opt_out"), events=_events(planned.changes), writes=planned.writes)
+    return _Effect(reply_text(read.ended, "opt_out", read.language), events=_events(planned.changes),
+                   writes=planned.writes)
+
+
+def _wrong_number(read: _Read) -> _Effect:
+    """A wrong-number reply: every program of the number ends (read.ended is all of them), none can be
+    restored by START, and the number is marked possibly reassigned, all in one write. One short
+    confirmation answers it, from this sender's programs."""
+    planned = consents.plan(read.state, read.ended, Input.WRONG_NUMBER, read.evidence, now=read.now)
+    store_consents.update_number(planned.writes, read.state.number_id, {"possibly_reassigned_at": read.now})
+    return _Effect(reply_text(read.on_sender, "wrong_number", read.language), events=_events(planned.changes),
+                   writes=planned.writes)
 
 
 def _opt_in(read: _Read) -> _Effect:
@@ -343,7 +365,8 @@ def _opt_in(read: _Read) -> _Effect:
         # Nothing to restore: Twilio lifts its own block anyway; we record nothing and say nothing.
         return _Effect()
     planned = consents.plan(read.state, restorable, Input.KEYWORD_START, read.evidence, now=read.now)
-    return _Effect(reply_text(restorable, "opt_in"), events=_events(planned.changes), writes=planned.writes)
+    return _Effect(reply_text(restorable, "opt_in", read.language), events=_events(planned.changes),
+                   writes=planned.writes)
 
 
 def _help(read: _Read) -> _Effect:
@@ -353,7 +376,8 @@ def _help(read: _Read) -> _Effect:
     # The program this number is most involved with on this sender; else the sender's first.
     program = min(read.on_sender, key=lambda p: (rank.get(getattr(held.get(p.id), "status", None), 2), p.id))
     planned = consents.plan_record(read.state, "help", read.evidence, now=read.now, program=program)
-    return _Effect(spec_of(program).help, events=(("help", Source.SMS.value),), writes=planned.writes)
+    return _Effect(spec_of(program).text("help", read.language), events=(("help", Source.SMS.value),),
+                   writes=planned.writes)
 
 
 def _pending(read: _Read) -> list[Program]:
@@ -464,6 +488,7 @@ def _resubscribe_only(read: _Read, steps: list[tuple[Program, Input]]) -> _Effec
 _PLANS = {
     Intent.OPT_OUT: _opt_out,
     Intent.OPT_OUT_ALL: _opt_out,
+    Intent.WRONG_NUMBER: _wrong_number,
     Intent.OPT_IN: _opt_in,
     Intent.HELP: _help,
     Intent.CONFIRM: _confirm,
@@ -471,15 +496,16 @@ _PLANS = {
 }
 
 
-def reply_text(for_programs: list[Program], template: str) -> str:
-    """One reply for one or several programs: the first one's template, naming them all."""
+def reply_text(for_programs: list[Program], template: str, language: str | None = None) -> str:
+    """One reply for one or several programs: the first one's template (in `language` if it has the
+    text in it, else in its own language), naming them all."""
     specs = [spec_of(p) for p in for_programs]
     first = specs[0]
     if len(specs) == 1:
-        return first.text(template)
+        return first.text(template, language)
     frequencies = list(dict.fromkeys(spec.frequency for spec in specs))
     combined = replace(first, name=" & ".join(spec.name for spec in specs), frequency="; ".join(frequencies))
-    return combined.text(template)
+    return combined.text(template, language)
 
 
 __all__ = ["BadInbound", "Contended", "Handled", "InboundText", "handle", "reply_text"]

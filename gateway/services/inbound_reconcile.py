@@ -126,7 +126,7 @@ def _reconcile_sender(gateway: Gateway, message_log: Provider, sender: Sender, w
         reconciliation.advance(connection, sender.key, settled)
 
 
-_OPT_OUTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL})
+_OPT_OUTS = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER})
 _OPT_INS = frozenset({Intent.OPT_IN, Intent.CONFIRM, Intent.JOIN})
 _CONSENT_WORDS = frozenset(intent.value for intent in _OPT_OUTS | _OPT_INS)
 
@@ -150,7 +150,7 @@ def _record_if_overtaken(gateway: Gateway, text: LoggedText) -> bool:
             return False  # not ours: `inbound.handle` refuses it
         intent = gateway.keywords.classify(storable.without_unstorable(text.body), on_sender.join_keywords).intent
         if intent in _OPT_OUTS:
-            to = None if intent is Intent.OPT_OUT_ALL else senders
+            to = None if intent in (Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER) else senders
             moved = bool(reconciliation.intents_texted_after(connection, text.from_, to, text.date_sent)
                          & _CONSENT_WORDS)
         elif intent in _OPT_INS:

@@ -85,6 +85,9 @@ class PhoneNumber(Base):
     # The senders (our numbers, Messaging Services) Twilio itself blocks this number on, as the texts we saw
     # say (a STOP word blocks, START/UNSTOP/YES unblocks): space-separated, sorted; domain/twilio_filter.py.
     twilio_blocks: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # When someone texting from this number last said it is a wrong number ("wrong number", "new number
+    # who dis"): it may have been reassigned, and every consent it held then was ended (docs/decisions/0022).
+    possibly_reassigned_at: Mapped[datetime | None]
     ledger_seq: Mapped[int] = mapped_column(Integer, default=0)
     ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -137,8 +137,8 @@ def test_a_body_over_1600_characters_is_stored_whole(twilio_post, db):
     ("🛑 STOP 🛑", "opt_out"),
     ("👍👍", "other"),
     ("\u200fSTOP\u200f", "opt_out"),  # right-to-left marks around a keyword
-    ("توقف عن إرسال الرسائل", "other"),  # Arabic, no pack for it: stored as it came
-    ("שלום", "other"),
+    ("توقف عن إرسال الرسائل", "opt_out"),  # Arabic: "stop sending messages", stored as it came
+    ("שלום, תפסיקו לשלוח לי הודעות", "other"),  # Hebrew: no pack for it
     ("hello\x00world", "other"),
 ])
 def test_emoji_rtl_and_nul_bytes_are_stored_cleanly(twilio_post, db, body, intent):

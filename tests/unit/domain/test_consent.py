@@ -49,6 +49,15 @@ for opt_out in (Input.KEYWORD_STOP, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, In
         (OPTED_OUT, opt_out): OPTED_OUT,
         (OPTED_OUT_RESTORABLE, opt_out): OPTED_OUT_RESTORABLE,
     })
+# A wrong number ends every consent and none of them can come back with START: it was someone else's.
+LEGAL.update({(state, Input.WRONG_NUMBER): OPTED_OUT for state in ALL_STATES})
+
+
+def test_start_after_a_wrong_number_restores_nothing():
+    after = apply(apply(OPTED_IN, Input.KEYWORD_STOP), Input.WRONG_NUMBER)
+    assert after == OPTED_OUT
+    assert not allowed(after, Input.KEYWORD_START)
+    assert allowed(after, Input.KEYWORD_JOIN)  # the number's new holder may still join by text
 
 
 @pytest.mark.parametrize(("state", "input"), list(LEGAL), ids=lambda v: getattr(v, "value", None) or str(v))

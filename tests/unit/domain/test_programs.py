@@ -104,7 +104,7 @@ def test_bad_toml_and_empty_files(tmp_path):
 
 
 LATER_KEYS = ("service_numbers", "max_messages", "per", "opt_out_handling", "twilio_opt_out_keywords",
-              "twilio_opt_in_keywords", "twilio_help_keywords")
+              "twilio_opt_in_keywords", "twilio_help_keywords", "language", "translations")
 
 
 def test_programs_without_the_keys_added_later_keep_their_version(tmp_path):
