@@ -463,3 +463,166 @@ def test_join_keywords_match_their_program(keyword: str, suffix: str) -> None:
     assume(engine.classify(keyword).intent is Intent.OTHER)
     result = engine.classify(keyword.lower() + suffix, {keyword: "program-x"})
     assert result == Classification(Intent.JOIN, keyword, None, "program-x")
+
+
+# --------------------------------------------------------------------------------------------------
+# Emoji, spacing, phrasing (issue 17)
+
+
+@pytest.mark.parametrize(
+    "text", ["🛑", "🛑🛑", "✋", "✋🏽", "✋🏿 ✋🏿", "⛔", "⛔️", "🚫", "🛑 please", "STOP 🛑", "🛑 Stop 🛑"],
+)
+def test_opt_out_emoji(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OPT_OUT
+
+
+@pytest.mark.parametrize("text", ["👋 hi", "👋", "✋ wait a sec I have a question?", "🙏"])
+def test_emoji_that_ask_nothing_of_us(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is not Intent.OPT_OUT
+
+
+@pytest.mark.parametrize("text", ["S T O P", "s.t.o.p", "S-T-O-P", "S.T.O.P.", "stop stop stop", "STOP!!!"])
+def test_spelled_out_and_repeated_keywords(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text) == Classification(Intent.OPT_OUT, "STOP", "en")
+
+
+@pytest.mark.parametrize("text", ["U S A", "O K", "A B C", "ok ok ok"])
+def test_spelled_out_words_that_are_not_keywords(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+@pytest.mark.parametrize("text", [
+    "I never signed up", "I didn't sign up for this", "never subscribed", "I never gave you my number",
+    "stop harassing me", "This is harassment", "you're harassing me", "Cease", "cease and desist",
+    "CEASE AND DESIST ALL CONTACT",
+])
+def test_disputes_harassment_and_cease_opt_out(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OPT_OUT
+
+
+@pytest.mark.parametrize("text", [
+    "I never signed up for the class, can I still come?", "I signed up yesterday", "the bus stop",
+    "I can't stop laughing", "The ceasefire held",
+])
+def test_phrasing_negatives(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+# --------------------------------------------------------------------------------------------------
+# Wrong numbers, in every language
+
+
+@pytest.mark.parametrize(("text", "language"), [
+    ("wrong number", "en"), ("Sorry, wrong #", "en"), ("You have the wrong number", "en"),
+    ("This is not Maria's phone", "en"), ("new number, who dis?", "en"), ("No one here by that name", "en"),
+    ("Número equivocado", "es"), ("Vous vous êtes trompé de numéro", "fr"), ("Falsche Nummer", "de"),
+    ("Numero sbagliato", "it"), ("Número errado", "pt"), ("Zły numer", "pl"), ("Вы ошиблись номером", "ru"),
+    ("رقم خطأ", "ar"), ("गलत नंबर", "hi"), ("Move nimewo", "ht"), ("Nhầm số", "vi"), ("Maling numero", "tl"),
+    ("잘못 보내셨어요", "ko"), ("番号が間違っています", "ja"), ("你发错人了", "zh-Hans"), ("傳錯人了", "zh-Hant"),
+])
+def test_wrong_number_replies(engine: KeywordEngine, text: str, language: str) -> None:
+    result = engine.classify(text)
+    assert (result.intent, result.language) == (Intent.WRONG_NUMBER, language)
+    assert result.is_opt_out
+
+
+def test_a_wrong_number_outweighs_a_stop_in_the_same_text(engine: KeywordEngine) -> None:
+    assert engine.classify("Stop. Wrong number.").intent is Intent.WRONG_NUMBER
+
+
+@pytest.mark.parametrize("text", [
+    "Is this the wrong number for the pharmacy?", "Did I give you the wrong number?", "I typed the wrong number",
+    "no this is not the wrong number", "¿Es el número equivocado?",
+])
+def test_questions_about_a_wrong_number_are_not_one(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is not Intent.WRONG_NUMBER
+
+
+# --------------------------------------------------------------------------------------------------
+# The new languages: keywords in their scripts, with and without accents, phrases, and negatives
+
+
+@pytest.mark.parametrize(("text", "intent", "language"), [
+    ("Abmelden", Intent.OPT_OUT, "de"), ("kündigen", Intent.OPT_OUT, "de"), ("kundigen", Intent.OPT_OUT, "de"),
+    ("Hilfe", Intent.HELP, "de"), ("Ja", Intent.CONFIRM, "de"),
+    ("Basta", Intent.OPT_OUT, "it"), ("Aiuto", Intent.HELP, "it"),
+    ("Sair", Intent.OPT_OUT, "pt"), ("Sim", Intent.CONFIRM, "pt"), ("Ajuda", Intent.HELP, "pt"),
+    ("Rezygnuję", Intent.OPT_OUT, "pl"), ("rezygnuje", Intent.OPT_OUT, "pl"), ("Pomoc", Intent.HELP, "pl"),
+    ("СТОП", Intent.OPT_OUT, "ru"), ("стоп", Intent.OPT_OUT, "ru"), ("Отписаться", Intent.OPT_OUT, "ru"),
+    ("Помощь", Intent.HELP, "ru"), ("Да", Intent.CONFIRM, "ru"),
+    ("إلغاء", Intent.OPT_OUT, "ar"), ("الغاء", Intent.OPT_OUT, "ar"), ("توقّف", Intent.OPT_OUT, "ar"),
+    ("توقفـــ", Intent.OPT_OUT, "ar"), ("مساعدة", Intent.HELP, "ar"),
+    ("रोको", Intent.OPT_OUT, "hi"), ("band karo", Intent.OPT_OUT, "hi"), ("मदद", Intent.HELP, "hi"),
+    ("Kanpe", Intent.OPT_OUT, "ht"), ("Wi", Intent.CONFIRM, "ht"),
+    ("Dừng lại", Intent.OPT_OUT, "vi"), ("dung lai", Intent.OPT_OUT, "vi"), ("Hủy đăng ký", Intent.OPT_OUT, "vi"),
+    ("Giúp", Intent.HELP, "vi"),
+    ("Tigil", Intent.OPT_OUT, "tl"), ("Tulong", Intent.HELP, "tl"),
+    ("수신거부", Intent.OPT_OUT, "ko"), ("수신 거부", Intent.OPT_OUT, "ko"), ("도움말", Intent.HELP, "ko"),
+    ("配信停止", Intent.OPT_OUT, "ja"), ("ストップ", Intent.OPT_OUT, "ja"), ("ｽﾄｯﾌﾟ", Intent.OPT_OUT, "ja"),
+    ("ヘルプ", Intent.HELP, "ja"),
+    ("退订", Intent.OPT_OUT, "zh-Hans"), ("TD", Intent.OPT_OUT, "zh-Hans"), ("停止", Intent.OPT_OUT, "zh-Hans"),
+    ("帮助", Intent.HELP, "zh-Hans"),
+    ("退訂", Intent.OPT_OUT, "zh-Hant"), ("幫助", Intent.HELP, "zh-Hant"),
+])
+def test_language_keywords(engine: KeywordEngine, text: str, intent: Intent, language: str) -> None:
+    result = engine.classify(text)
+    assert (result.intent, result.language) == (intent, language)
+
+
+@pytest.mark.parametrize(("text", "language"), [
+    ("Bitte keine SMS mehr", "de"), ("Non mandatemi più messaggi", "it"), ("Não me mande mais mensagens", "pt"),
+    ("Nie wysyłajcie mi więcej SMS", "pl"), ("Не пишите мне больше", "ru"), ("توقف عن مراسلتي", "ar"),
+    ("मुझे मैसेज मत भेजो", "hi"), ("Sispann voye mesaj ban mwen", "ht"), ("Đừng nhắn tin cho tôi nữa", "vi"),
+    ("Huwag na po kayong mag text", "tl"), ("문자 보내지 마세요", "ko"), ("もう送らないでください", "ja"),
+    ("请不要再给我发短信了", "zh-Hans"), ("請不要再傳簡訊給我", "zh-Hant"),
+])
+def test_language_revocation_phrases(engine: KeywordEngine, text: str, language: str) -> None:
+    assert engine.classify(text) == Classification(Intent.OPT_OUT, None, language)
+
+
+@pytest.mark.parametrize("text", [
+    "Ich kann nicht aufhören zu lachen", "Warum schreiben Sie mir nicht mehr?", "Basta poco per essere felici",
+    "Não vejo a hora", "Nie mogę przestać się śmiać", "Почему вы перестали писать?", "لماذا توقفتم عن ارسال العروض؟",
+    "दुकान कब बंद होती है?", "Poukisa nou sispann voye pwomosyon?", "Xe buýt dừng ở đâu?", "Tama na ang presyo",
+    "그만 웃겨 ㅋㅋ", "明日は雨が止まるといいね", "公交车停止运行了", "我明天取消预约可以吗", "巴士站在哪裡？",
+])
+def test_language_negatives(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
+
+
+def test_english_keywords_stay_english(engine: KeywordEngine) -> None:
+    """Packs load in file-name order and the first names a shared keyword: no pack before en.toml may take
+    an English keyword's language (the reply to STOP would change language)."""
+    english = KeywordPack.from_file(PACK_DIR / "en.toml")
+    for words in english.keywords.values():
+        for word in words:
+            assert engine.classify(word).language == "en", word
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Wysyłaj", "WYSYLAJ"), ("Đừng", "DUNG"), ("रोको", "रोको"), ("중지", "중지"), ("ガ", "ガ"), ("ｶﾞ", "ガ"),
+    ("إلغاء", "الغاء"), ("Ёлка", "ЕЛКА"),
+])
+def test_normalise_scripts(text: str, expected: str) -> None:
+    assert normalise(text) == expected
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ('language = "xx"\n[keywords]\nopt_out_symbols = ["🛑"]\n', "keywords.opt_out_symbols"),
+    ('language = "xx"\n[keywords]\nopt_out = ["X"]\nopt_out_symbols = ["ab"]\n', "keywords.opt_out_symbols"),
+    ('language = "xx"\n[free_text]\nword_boundaries = "no"\n', "free_text.word_boundaries"),
+    ('language = "xx"\n[free_text]\nwrong_number = ["(WRONG"]\n', "free_text.wrong_number"),
+])
+def test_bad_new_pack_keys_name_the_file_and_key(tmp_path: Path, body: str, named: str) -> None:
+    path = write_pack(tmp_path, "bad.toml", body)
+    with pytest.raises(ValueError) as raised:
+        KeywordEngine.from_directory(tmp_path)
+    assert str(path) in str(raised.value)
+    assert named in str(raised.value)
+
+
+def test_a_pack_without_word_boundaries_matches_inside_words(tmp_path: Path) -> None:
+    write_pack(tmp_path, "zz.toml", 'language = "zz"\n[free_text]\nword_boundaries = false\nphrases = ["退订"]\n')
+    write_pack(tmp_path, "yy.toml", 'language = "yy"\n[free_text]\nphrases = ["退订"]\n')
+    engine = KeywordEngine.from_directory(tmp_path)
+    assert engine.classify("回复退订谢谢") == Classification(Intent.OPT_OUT, None, "zz")

@@ -200,3 +200,55 @@ def test_a_stored_daily_cap_reads_as_a_cap_per_day(tmp_path):
         settings = {"spec": {**stored, "daily_cap": 3}}
 
     assert (spec_of(Stored).max_messages, spec_of(Stored).per) == (3, "day")
+
+
+# --------------------------------------------------------------------------------------------------
+# Languages: the program's own, and its replies in others
+
+
+LANGUAGE_PROGRAM = """
+[programs.p]
+name = "P"
+sender = "+15005550006"
+category = "marketing"
+frequency = "Msg frequency varies"
+help = "P: help at p.example. Reply STOP to cancel."
+"""
+
+
+def test_replies_in_the_persons_language_else_the_programs(tmp_path):
+    body = LANGUAGE_PROGRAM + (
+        '[programs.p.templates.de]\nopt_out = "{name}: abgemeldet."\nhelp = "P: Hilfe."\n'
+        '[programs.p.templates.zh]\nwrong_number = "{name}：谢谢告知。"\n'
+    )
+    (spec,) = load_file(write(tmp_path, body))
+    assert spec.text("opt_out", "de") == "P: abgemeldet."
+    assert spec.text("help", "de") == "P: Hilfe."
+    assert spec.text("wrong_number", "zh-Hant") == "P：谢谢告知。"  # "zh" serves both scripts
+    assert spec.text("opt_out", "fr") == spec.text("opt_out")  # no French: the program's English
+    assert spec.text("opt_out").startswith("P: you're unsubscribed")
+    assert spec.text("help", None) == "P: help at p.example. Reply STOP to cancel."
+    assert spec.text("wrong_number").startswith("P: thanks for telling us.")
+    assert spec.reply_language("de", "opt_out") == "de"
+    assert spec.reply_language("de", "opt_in") == "en"
+
+
+def test_a_program_written_in_another_language(tmp_path):
+    (spec,) = load_file(write(tmp_path, LANGUAGE_PROGRAM + 'language = "es"\n'
+                              '[programs.p.templates.en]\nopt_out = "P: unsubscribed."\n'))
+    assert spec.language == "es"
+    assert spec.text("opt_out", "en") == "P: unsubscribed."
+    assert spec.text("opt_out", "es") == spec.text("opt_out")
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ('language = "xx"\n', "language"),
+    ('[programs.p.templates.xx]\nopt_out = "P: out."\n', "templates.xx"),
+    ('[programs.p.templates.de]\nconfirmation = "P: ja?"\n', "templates.de.confirmation"),
+    ('[programs.p.templates.de]\nopt_out = "{nom}: out."\n', "templates.de.opt_out"),
+    ('[programs.p.templates.de]\nopt_out = "  "\n', "templates.de"),
+    ('[programs.p.templates.en]\nopt_out = "P: out."\n', "templates.en"),
+])
+def test_bad_language_settings_are_refused_naming_the_key(tmp_path, extra, named):
+    with pytest.raises(ProgramError, match=re.escape(named)):
+        load_file(write(tmp_path, LANGUAGE_PROGRAM + extra))
