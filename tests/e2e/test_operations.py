@@ -122,9 +122,10 @@ def test_a_frozen_worker_is_named_by_status_gauges_metrics_and_alert_then_recove
         first = web.send(key, "+14155550401", "orders", "Your order shipped")
         assert first.status_code == 202, first.text
         wait_for(lambda: message_row(db, first.json()["id"]).status in ("sent", "delivered"), timeout=30)
-        # The worker's own counts, on its own endpoint.
-        counted = scrape(worker_metrics)
-        assert total(counted, "smsgate_messages_sent_total") >= 1
+        # The worker's own counts, on its own endpoint (counted just after the row says sent).
+        counted = wait_for(lambda: (found := scrape(worker_metrics))
+                           and total(found, "smsgate_messages_sent_total") >= 1 and found, timeout=10,
+                           what="the worker counts the send")
         assert total(counted, "smsgate_provider_seconds_count") >= 1
         assert total(counted, "smsgate_worker_heartbeats_total") >= 1
 
