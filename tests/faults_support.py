@@ -170,6 +170,23 @@ def post_stop(web: WebProcess, number: str, sid: str, sender: str, delivery: Del
         return
 
 
+def stop_flood(web: WebProcess, numbers: list[str], sender: str, delivery: Delivery, give_up_at: float, *,
+               first_sid: int = 0, threads: int = 8) -> list[threading.Thread]:
+    """Threads, not started, that share out a STOP from each of `numbers` (MessageSids from
+    `first_sid`), each posted until it is answered (`post_stop`)."""
+    lock, pending = threading.Lock(), list(enumerate(numbers))
+
+    def flood() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                n, number = pending.pop()
+            post_stop(web, number, f"SM{n + first_sid:032x}", sender, delivery, lock, give_up_at)
+
+    return [threading.Thread(target=flood) for _ in range(threads)]
+
+
 def opted_out(db, numbers) -> set[str]:
     with db.sessions() as session:
         return set(session.scalars(

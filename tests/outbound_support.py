@@ -15,6 +15,7 @@ from kombu import Message
 
 from gateway.queue.app import ROUTES, QueueNames
 from gateway.queue.dispatcher import Dispatcher
+from gateway.services import throughput
 
 
 class CapturedQueue:
@@ -57,3 +58,13 @@ def captured_queue(gateway) -> Iterator[CapturedQueue]:
         yield captured
     finally:
         gateway.dispatcher = real
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits(gateway):
+    """Rate limits and cached sender rates start empty (the session's worker shares the limiter).
+    Autouse in every module that imports it."""
+    gateway.limiter.reset()
+    throughput.forget()
+    yield
+    throughput.forget()

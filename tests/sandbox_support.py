@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
@@ -155,6 +156,18 @@ def opt_in(db, e164: str, *slugs: str) -> None:
             consents.apply(session, row, by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT, actor="test", reference="import-1",
                                            details={"collected": "paper form"}))
+
+
+def confirmed(db, e164: str, *slugs: str) -> None:
+    """`e164` asked (over the API) and confirmed with YES, for each program: a double opt-in done."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = consents.number_row(session, parse(e164))
+        for slug in slugs:
+            program = by_slug(session, slug)
+            consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=now,
+                           expires_at=now + timedelta(hours=48))
+            consents.apply(session, row, program, Input.CONFIRM_YES, consents.Evidence(Source.SMS), now=now)
 
 
 def queue(gateway, e164: str, slug: str, body: str) -> str:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from sqlalchemy import select
 
 from gateway.config import ROOT
@@ -22,24 +21,13 @@ from gateway.services.certificates import local_time
 from gateway.store import checkpoints
 from gateway.store.models import ConsoleAccess, LedgerEvent, OutboundMessage
 from gateway.store.programs import by_slug
+from tests.browser_support import browser  # noqa: F401  (a fixture)
 from tests.conftest import wait_for
 from tests.console_support import PASSWORD, PERSON, make_user, text_in, web_request
 from tests.sandbox_support import quick_sandbox  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ZONE = "America/New_York"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -40,9 +40,9 @@ from tests.faults_support import (
     kill_with_children,
     late_sends,
     opted_out,
-    post_stop,
     receipts,
     statuses,
+    stop_flood,
     wait_settled,
 )
 from tests.sandbox_support import quick_sandbox  # noqa: F401  (a fixture)
@@ -97,19 +97,10 @@ def test_the_web_process_killed_under_a_flood_of_stops_loses_no_answered_opt_out
     numbers = [f"+141555{n:05d}" for n in range(120 * SCALE)]
     opted_in(db, "deals", *numbers)
     web = processes("web")
-    delivery, lock, pending = Delivery(), threading.Lock(), list(enumerate(numbers))
+    delivery = Delivery()
     give_up_at = time.monotonic() + 60 * SCALE
-
-    def flood() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                n, number = pending.pop()
-            post_stop(web, number, f"SM{n:032x}", DEALS_SENDER, delivery, lock, give_up_at)
-
     started = time.monotonic()
-    threads = [threading.Thread(target=flood) for _ in range(8)]
+    threads = stop_flood(web, numbers, DEALS_SENDER, delivery, give_up_at)
     for thread in threads:
         thread.start()
     restarts = []
@@ -279,17 +270,8 @@ def test_connections_killed_mid_transaction_lose_no_answered_opt_out(processes, 
     numbers = [f"+141556{n:05d}" for n in range(300 * SCALE)]
     opted_in(db, "deals", *numbers)
     web = processes("web", DATABASE_URL=web_url)
-    delivery, lock, pending = Delivery(), threading.Lock(), list(enumerate(numbers))
+    delivery = Delivery()
     give_up_at = time.monotonic() + 60 * SCALE
-
-    def flood() -> None:
-        while True:
-            with lock:
-                if not pending:
-                    return
-                n, number = pending.pop()
-            post_stop(web, number, f"SM{n + 500_000:032x}", DEALS_SENDER, delivery, lock, give_up_at)
-
     ended, flooding = [], threading.Event()
     admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
@@ -304,7 +286,7 @@ def test_connections_killed_mid_transaction_lose_no_answered_opt_out(processes, 
     flooding.set()
     killer = threading.Thread(target=end_connections)
     killer.start()
-    threads = [threading.Thread(target=flood) for _ in range(8)]
+    threads = stop_flood(web, numbers, DEALS_SENDER, delivery, give_up_at, first_sid=500_000)
     try:
         for thread in threads:
             thread.start()

@@ -3,29 +3,16 @@ its TwiML reply, and see a message the real worker sent arrive with its delivery
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from twilio.base.exceptions import TwilioRestException
 
+from tests.browser_support import browser  # noqa: F401  (a fixture)
 from tests.sandbox_support import opt_in, queue, quick_sandbox  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HANDSET = "+14155552671"
 ORDERS_NUMBER = "+18885550199"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "install Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import Status
-from gateway.services import consents, policy, sending, throughput
+from gateway.services import consents, policy, sending
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.config import TestNumber
-from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from tests.outbound_support import captured_queue, fresh_limits  # noqa: F401  (fixtures)
 from tests.sandbox_support import sandbox_config
 
 STATUS = "/webhooks/twilio/status"
@@ -35,14 +35,6 @@ LEARNT = {
 def queue(captured_queue):
     """Nothing here goes to the session's worker."""
     return captured_queue
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limits(gateway):
-    gateway.limiter.reset()
-    throughput.forget()
-    yield
-    throughput.forget()
 
 
 def a_number() -> str:

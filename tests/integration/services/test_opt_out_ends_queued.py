@@ -17,11 +17,11 @@ from sqlalchemy import select
 from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
-from gateway.services import carrier, consents, privacy, sending, throughput
+from gateway.services import carrier, consents, privacy, sending
 from gateway.store import database, outbox, programs
 from gateway.store.models import OutboundMessage, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage
-from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from tests.outbound_support import captured_queue, fresh_limits  # noqa: F401  (fixtures)
 from tests.sandbox_support import instant_sandbox, sandbox_config  # noqa: F401  (a fixture)
 
 PHONE = "+14155550177"
@@ -35,14 +35,6 @@ _sids = itertools.count(1)
 @pytest.fixture(autouse=True)
 def queue(captured_queue):
     return captured_queue
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limits(gateway):
-    gateway.limiter.reset()
-    throughput.forget()
-    yield
-    throughput.forget()
 
 
 @pytest.fixture

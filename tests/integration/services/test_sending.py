@@ -22,7 +22,7 @@ from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.client import Provider
 from gateway.twilio.sandbox.models import SandboxMessage
 from tests.conftest import wait_for
-from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from tests.outbound_support import captured_queue, fresh_limits  # noqa: F401  (fixtures)
 from tests.sandbox_support import instant_sandbox, sandbox_config  # noqa: F401  (a fixture)
 
 PHONE = "+14155550161"
@@ -34,14 +34,6 @@ EVIDENCE = consents.Evidence(Source.IMPORT, actor="test")
 def queue(captured_queue):
     """What the sweeper enqueues, kept from the session's worker (it would send it)."""
     return captured_queue
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limits(gateway):
-    gateway.limiter.reset()
-    throughput.forget()
-    yield
-    throughput.forget()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ what makes that safe: a write planned from a head that has since moved writes no
 takes the rest with it, and the webhook then reads again instead of losing or doubling the change.
 """
 
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -19,21 +18,11 @@ from gateway.store import consents as store_consents
 from gateway.store import ledger, programs
 from gateway.store.database import Writes, _one_statement, on_driver
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
+from tests.sandbox_support import confirmed
 
 PERSON = "+14155552671"
 SENDER = "+15005550006"  # deals and alerts
 SMS = consents.Evidence(Source.SMS, reference="SM" + "1" * 32, details={"body": "STOP"})
-
-
-def opted_in(db, *slugs):
-    now = utcnow()
-    with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
-        for slug in slugs:
-            program = programs.by_slug(session, slug)
-            consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=now,
-                          expires_at=now + timedelta(hours=48))
-            consents.apply(session, row, program, Input.CONFIRM_YES, consents.Evidence(Source.SMS), now=now)
 
 
 def on_sender(db):
@@ -55,7 +44,7 @@ def store(db):
 
 
 def test_a_change_planned_from_a_head_that_moved_writes_nothing(db):
-    opted_in(db, "deals", "alerts")
+    confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
     with db.statements() as connection:
         stale = consents.held(connection, PERSON, [deals.id, alerts.id])
@@ -73,7 +62,7 @@ def test_a_change_planned_from_a_head_that_moved_writes_nothing(db):
 
 
 def test_a_change_planned_from_the_current_head_is_written_whole(db):
-    opted_in(db, "deals", "alerts")
+    confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
     with db.statements() as connection:
         state = consents.held(connection, PERSON, [deals.id, alerts.id])
@@ -87,7 +76,7 @@ def test_a_change_planned_from_the_current_head_is_written_whole(db):
 
 
 def test_when_one_part_fails_no_part_is_kept(db):
-    opted_in(db, "deals")
+    confirmed(db, PERSON, "deals")
     (deals, _) = on_sender(db)
     with db.statements() as connection:
         state = consents.held(connection, PERSON, [deals.id])
@@ -105,7 +94,7 @@ def test_when_one_part_fails_no_part_is_kept(db):
 
 
 def test_a_text_whose_number_changed_under_it_is_read_again_and_applied_once(gateway, db, monkeypatch):
-    opted_in(db, "deals", "alerts")
+    confirmed(db, PERSON, "deals", "alerts")
     read = store_consents.held
     reads = []
 
@@ -134,7 +123,7 @@ def test_a_change_to_two_consents_finds_them_by_index_not_by_scanning_the_table(
     on that guess alone, a STOP scanned every consent in the store to update two of them."""
     if db.dialect != "postgresql":
         pytest.skip("a query plan of PostgreSQL's; SQLite runs the writes one by one, by id")
-    opted_in(db, "deals", "alerts")
+    confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
     with db.statements() as connection:  # a store with other people in it
         connection.execute(text("""
@@ -164,7 +153,7 @@ def _blocks():
 
 
 def test_twilios_block_is_written_with_the_change_and_only_over_what_was_read(db):
-    opted_in(db, "deals")
+    confirmed(db, PERSON, "deals")
     (deals, _) = on_sender(db)
     with db.statements() as connection:
         state = consents.held(connection, PERSON, [deals.id])

@@ -2,17 +2,13 @@
 the language the person wrote in where the program has the text in it."""
 
 import itertools
-from datetime import timedelta
 from xml.sax.saxutils import unescape
 
 import pytest
 from sqlalchemy import select
 
-from gateway.domain.consent import Input, Source
-from gateway.domain.numbers import parse
-from gateway.services import consents
-from gateway.store import programs
-from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program, utcnow
+from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, Program
+from tests.sandbox_support import confirmed
 
 SMS = "/webhooks/twilio/sms"
 SHARED_SENDER = "+15005550006"  # deals (which has German and Chinese texts) and alerts
@@ -24,17 +20,6 @@ _sids = itertools.count(1)
 def form(body, to=SHARED_SENDER, sid=None):
     return {"MessageSid": sid or f"SM{next(_sids):032x}", "AccountSid": "AC" + "1" * 32, "From": PERSON,
             "To": to, "Body": body, "NumMedia": "0"}
-
-
-def give_consent(db, *slugs):
-    now = utcnow()
-    with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
-        for slug in slugs:
-            program = programs.by_slug(session, slug)
-            consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=now,
-                           expires_at=now + timedelta(hours=48))
-            consents.apply(session, row, program, Input.CONFIRM_YES, consents.Evidence(Source.SMS), now=now)
 
 
 def consents_of(db):
@@ -57,7 +42,7 @@ def reply_of(response) -> str:
 
 
 def test_a_wrong_number_ends_every_consent_on_every_sender_and_is_answered_once(twilio_post, db):
-    give_consent(db, "deals", "alerts", "orders")
+    confirmed(db, PERSON, "deals", "alerts", "orders")
     params = form("Wrong number, sorry")
     response = twilio_post(SMS, params)
     assert reply_of(response) == ("Acme Deals & Acme Service Alerts: thanks for telling us. This number is off "
@@ -84,7 +69,7 @@ def test_a_wrong_number_ends_every_consent_on_every_sender_and_is_answered_once(
 
 
 def test_a_wrong_number_in_chinese_is_answered_in_the_programs_chinese(twilio_post, db):
-    give_consent(db, "deals", "orders")
+    confirmed(db, PERSON, "deals", "orders")
     response = twilio_post(SMS, form("你好，你发错人了"))
     assert reply_of(response) == "Acme Deals：谢谢告知。此号码不会再收到我们的短信。"
     assert {status for status, _ in consents_of(db).values()} == {"opted_out"}
@@ -101,13 +86,13 @@ def test_a_wrong_number_in_chinese_is_answered_in_the_programs_chinese(twilio_po
     ("請不要再傳簡訊給我", "Acme Deals：您已退订，不会再收到我们的短信。回复 START 重新订阅。"),
 ])
 def test_a_revocation_is_confirmed_in_the_persons_language_where_the_program_has_it(twilio_post, db, body, reply):
-    give_consent(db, "deals", "alerts")
+    confirmed(db, PERSON, "deals", "alerts")
     assert reply_of(twilio_post(SMS, form(body))) == reply
     assert consents_of(db) == {"deals": ("opted_out", True), "alerts": ("opted_out", True)}
 
 
 def test_a_revocation_in_a_language_the_program_lacks_is_confirmed_in_the_programs_language(twilio_post, db):
-    give_consent(db, "orders")
+    confirmed(db, PERSON, "orders")
     response = twilio_post(SMS, form("Bitte keine SMS mehr", to=ORDERS_SENDER))
     assert reply_of(response) == ("Acme Orders: you're unsubscribed and will get no more messages. "
                                   "Reply START to resubscribe.")
@@ -123,7 +108,7 @@ def test_help_in_german_gets_the_programs_german_help(twilio_post, db):
 
 
 def test_an_emoji_stop_opts_out(twilio_post, db):
-    give_consent(db, "deals")
+    confirmed(db, PERSON, "deals")
     response = twilio_post(SMS, form("✋🏽"))
     assert "you're unsubscribed" in reply_of(response)
     assert consents_of(db)["deals"] == ("opted_out", True)
