@@ -26,6 +26,10 @@ class Input(StrEnum):
     # "Wrong number": whoever holds the number now never agreed. Ends every consent of the number, and
     # nothing it ends can be restored by START: that consent was someone else's.
     WRONG_NUMBER = "wrong_number"
+    # A reply that may be a revocation ("no thanks", "not interested") on a program that treats one as an
+    # opt-out (ambiguous_replies = "opt_out", the default); on "review" it is listed for staff instead.
+    AMBIGUOUS_REPLY = "ambiguous_reply"
+    REVIEW_OPT_OUT = "review_opt_out"  # staff read a listed ambiguous reply as a revocation
     KEYWORD_START = "keyword_start"  # START / UNSTOP: restores what was confirmed before the opt-out
     CARRIER_OPT_OUT = "carrier_opt_out"  # Twilio answered 21610: the person opted out at Twilio
     API_OPT_OUT = "api_opt_out"  # an opt-out heard another way (phone call, email), recorded by staff
@@ -53,6 +57,8 @@ EVENT_TYPES: dict[Input, str] = {
     Input.CONFIRM_YES: "confirmation",
     Input.KEYWORD_STOP: "opt_out",
     Input.WRONG_NUMBER: "opt_out",
+    Input.AMBIGUOUS_REPLY: "opt_out",
+    Input.REVIEW_OPT_OUT: "opt_out",
     Input.KEYWORD_START: "opt_in",
     Input.CARRIER_OPT_OUT: "carrier_opt_out",
     Input.API_OPT_OUT: "opt_out",
@@ -76,6 +82,8 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
     Input.CONFIRM_YES: ((Status.PENDING,), Status.OPTED_IN),
     Input.KEYWORD_STOP: (_ANY, Status.OPTED_OUT),
     Input.WRONG_NUMBER: (_ANY, Status.OPTED_OUT),
+    Input.AMBIGUOUS_REPLY: (_ANY, Status.OPTED_OUT),
+    Input.REVIEW_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.CARRIER_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.API_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.IMPORT_OPT_OUT: (_ANY, Status.OPTED_OUT),
@@ -87,7 +95,7 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
 }
 
 OPT_OUT_INPUTS = frozenset(
-    {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
+    {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
 )
 
 

@@ -8,7 +8,10 @@ Pure Python: the keyword packs in ``config/keywords/*.toml`` are data, compiled 
 * free-text revocations ("please stop texting me", "who is this? stop"), because the FCC's 2024
   order (FCC 24-24) makes any reply that a reasonable person reads as a revocation binding;
 * wrong-number replies ("wrong number", "new number who dis", "打错了"): the person holding the
-  number is not the one who agreed, so every consent on the number is void (Intent.WRONG_NUMBER).
+  number is not the one who agreed, so every consent on the number is void (Intent.WRONG_NUMBER);
+* ambiguous replies, whole messages only ("no thanks", "not interested", "nein danke"): they may
+  revoke or may answer a question, so they are a class of their own (Intent.AMBIGUOUS) and each
+  program decides (``ambiguous_replies``); inside a longer text they are ordinary words.
 
 Scripts without spaces between words (Chinese, Japanese) are matched by packs that set
 ``free_text.word_boundaries = false``: their phrases match anywhere in a sentence.
@@ -38,6 +41,9 @@ class Intent(enum.StrEnum):
     OPT_OUT = "opt_out"
     OPT_OUT_ALL = "opt_out_all"
     WRONG_NUMBER = "wrong_number"  # "wrong number": not the person who agreed; ends every consent
+    # A whole reply that may be a revocation or may answer a question ("no thanks", "not interested"):
+    # each program says what it does (ambiguous_replies: opt out, the default, or keep and list for review).
+    AMBIGUOUS = "ambiguous"
     OPT_IN = "opt_in"
     CONFIRM = "confirm"
     HELP = "help"
@@ -179,6 +185,7 @@ _KEYWORD_INTENTS = {
     "opt_out": Intent.OPT_OUT,
     "opt_out_all": Intent.OPT_OUT_ALL,
     "wrong_number": Intent.WRONG_NUMBER,
+    "ambiguous": Intent.AMBIGUOUS,
     "opt_in": Intent.OPT_IN,
     "confirm": Intent.CONFIRM,
     "help": Intent.HELP,

@@ -40,7 +40,8 @@ LEGAL = {
     (EXPIRED, Input.IMPORT_OPT_IN): OPTED_IN,
     **{(state, Input.ERASE): NEVER for state in ALL_STATES},
 }
-for opt_out in (Input.KEYWORD_STOP, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT):
+for opt_out in (Input.KEYWORD_STOP, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT,
+                Input.API_OPT_OUT, Input.IMPORT_OPT_OUT):
     LEGAL.update({
         (NEVER, opt_out): OPTED_OUT,
         (PENDING, opt_out): OPTED_OUT,
