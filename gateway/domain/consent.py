@@ -95,7 +95,8 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
 }
 
 OPT_OUT_INPUTS = frozenset(
-    {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
+    {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT,
+     Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
 )
 
 
