@@ -119,6 +119,10 @@ class ProgramSpec:
     # texted in when the program has it there, else in this one.
     language: str = "en"
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
+    # What a reply that may or may not revoke ("no thanks", "not interested": Intent.AMBIGUOUS) does:
+    # "opt_out" ends this program's consent like STOP (the default, and the safe one for marketing);
+    # "review" keeps it, records the reply in the ledger and marks the text for staff to resolve.
+    ambiguous_replies: str = "opt_out"
 
     @property
     def filtering(self) -> Filtering:
@@ -169,11 +173,13 @@ class ProgramSpec:
 # Keys added after programs were first stored, with their defaults: left out of `version` at the default.
 _ADDED_LATER = {"service_numbers": (), "max_messages": None, "per": None,
                 "opt_out_handling": OptOutHandling.TWILIO_DEFAULT.value, "twilio_opt_out_keywords": (),
-                "twilio_opt_in_keywords": (), "twilio_help_keywords": (), "language": "en", "translations": {}}
+                "twilio_opt_in_keywords": (), "twilio_help_keywords": (), "language": "en", "translations": {},
+                "ambiguous_replies": "opt_out"}
 _TWILIO_KEYWORD_LISTS = ("twilio_opt_out_keywords", "twilio_opt_in_keywords", "twilio_help_keywords")
 _KNOWN = {"name", "sender", "messaging_service", "category", "frequency", "help", "terms_url", "privacy_url",
           "join_keywords", "double_opt_in", "allowed_countries", "max_messages", "per", "mps", "service_numbers",
-          "templates", "opt_out_handling", "language", *_TWILIO_KEYWORD_LISTS}
+          "templates", "opt_out_handling", "language", "ambiguous_replies", *_TWILIO_KEYWORD_LISTS}
+AMBIGUOUS_REPLIES = ("opt_out", "review")
 
 
 def _spec(slug: str, raw: dict) -> ProgramSpec:
@@ -239,6 +245,10 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
             raise fail(key, "only with opt_out_handling = \"twilio_advanced\" (the keywords configured in "
                             "Advanced Opt-Out)")
         twilio_keywords[key] = tuple(dict.fromkeys(w.upper() for w in words))
+    ambiguous_replies = raw.get("ambiguous_replies", "opt_out")
+    if ambiguous_replies not in AMBIGUOUS_REPLIES:
+        raise fail("ambiguous_replies", "\"opt_out\" (a reply such as \"no thanks\" ends consent, the default) or "
+                                        "\"review\" (it keeps consent and is listed for staff to resolve)")
     languages = _languages()
     language = raw.get("language", "en")
     if language not in languages:
@@ -274,6 +284,7 @@ def _spec(slug: str, raw: dict) -> ProgramSpec:
         double_opt_in=double_opt_in, allowed_countries=tuple(countries), max_messages=max_messages, per=per, mps=mps,
         service_numbers=tuple(service_numbers), opt_out_handling=handling, **twilio_keywords, templates=templates,
         extra={k: v for k, v in raw.items() if k not in _KNOWN}, language=language,
+        ambiguous_replies=ambiguous_replies,
         translations={tag: {key: text.strip() for key, text in texts.items()} for tag, texts in translations.items()},
     )
     rendered = [(f"templates.{t}", t, None) for t in templates]

@@ -76,9 +76,10 @@ def plan(state: Held, programs: list[Program], input: Input, evidence: Evidence,
 
 
 def plan_steps(state: Held, steps: list[tuple[Program, Input]], evidence: Evidence, *, now: datetime,
-               expires_at: datetime | None = None) -> Plan:
+               expires_at: datetime | None = None, records: list[tuple[str, Program]] = ()) -> Plan:
     """`plan` with an input of its own for each program (one text can restore one program and confirm
-    another), chained as one change; IllegalTransition for any plans nothing."""
+    another), chained as one change; IllegalTransition for any plans nothing. `records`: events that
+    change no state, chained after the moves in the same write (event type, program)."""
     programs = [program for program, _ in steps]
     befores, moves, drafts = [], [], []
     for program, input in steps:
@@ -90,6 +91,8 @@ def plan_steps(state: Held, steps: list[tuple[Program, Input]], evidence: Eviden
         moves.append(store.Move(program.id, None if row is None else row.id, after, until))
         drafts.append(_draft(EVENT_TYPES[input], input.value, program.id, before.status, after.status, until,
                              evidence, now))
+    drafts += [_draft(event_type, event_type, program.id, None, None, None, evidence, now)
+               for event_type, program in records]
     events, writes = _chained(state, drafts, moves, now)
     changes = [Change(program, before, move.after.status, event)
                for program, before, move, event in zip(programs, befores, moves, events)]

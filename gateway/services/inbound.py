@@ -31,6 +31,9 @@ Decisions (see also bench/README.md for what the speed work changed):
   lifts Twilio's block restores what was confirmed before and confirms the requests made since, as
   Twilio has just told the person "re-subscribed". A join keyword while blocked records the request
   without a confirmation text; the YES/START that lifts the block confirms it.
+* An ambiguous reply ("no thanks", "not interested": Intent.AMBIGUOUS) does what each program on the
+  sender says (ambiguous_replies): opt out as STOP does (the default), or keep the consent and record the
+  reply in the ledger (a "review" event) for staff to resolve (gateway/services/review.py).
 * An E.164 sender that phonenumbers calls invalid (but whose country it knows) is kept: see _number.
 """
 
@@ -181,7 +184,7 @@ def handle(gateway: Gateway, text: InboundText, *, now: datetime | None = None) 
     for event_type, source in effect.events:
         metrics.CONSENT_EVENTS.labels(type=event_type, source=source).inc()
     # Consent changes are worth a line each (an opt-out an event line of its own); chit-chat is not.
-    if effect.events and handled.intent in (Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER):
+    if any(event_type == "opt_out" for event_type, _ in effect.events):
         logs.event(log, "opt_out", message_sid=text.message_sid, number=text.from_, source="sms", to=text.to,
                    ended=len(effect.events))
     else:
@@ -233,6 +236,8 @@ def _evidence(text: InboundText, classification) -> consents.Evidence:
     return consents.Evidence(Source.SMS, reference=text.message_sid, details={
         key: value for key, value in {
             "body": text.body, "to": text.to, "messaging_service_sid": text.messaging_service_sid,
+            # what our packs read the text as ("ambiguous", "opt_out"…), whatever Twilio did with it
+            "class": classification.intent.value,
             "keyword": classification.keyword, "language": classification.language,
             "opt_out_type": text.opt_out_type, "origin": text.origin,
             "body_as_sent_escaped": None if text.body_as_sent is None else storable.escaped(text.body_as_sent),
@@ -355,6 +360,26 @@ def _wrong_number(read: _Read) -> _Effect:
     planned = consents.plan(read.state, read.ended, Input.WRONG_NUMBER, read.evidence, now=read.now)
     store_consents.update_number(planned.writes, read.state.number_id, {"possibly_reassigned_at": read.now})
     return _Effect(reply_text(read.on_sender, "wrong_number", read.language), events=_events(planned.changes),
+                   writes=planned.writes)
+
+
+# The ledger event of an ambiguous reply on a program that keeps consent for review: it changes no state
+# (its input is no consent input, so replaying the chain passes it), and `smsgate review list` finds it.
+REVIEW_EVENT = "review"
+
+
+def _ambiguous(read: _Read) -> _Effect:
+    """A whole reply that may or may not revoke ("no thanks", "not interested"). Each program on this
+    sender decides (ambiguous_replies): "opt_out" ends its consent as STOP does (and can be restored by
+    START), "review" keeps it and records the reply in the ledger for staff to resolve. The opt-out
+    confirmation names what ended; a reply that ended nothing gets no answer (anything said would read
+    as a sales reply to a "no")."""
+    ending = [p for p in read.on_sender if spec_of(p).ambiguous_replies == "opt_out"]
+    kept = [p for p in read.on_sender if p not in ending]
+    planned = consents.plan_steps(read.state, [(p, Input.AMBIGUOUS_REPLY) for p in ending], read.evidence,
+                                  now=read.now, records=[(REVIEW_EVENT, p) for p in kept])
+    return _Effect(reply_text(ending, "opt_out", read.language) if ending else None,
+                   events=_events(planned.changes) + tuple((REVIEW_EVENT, Source.SMS.value) for _ in kept),
                    writes=planned.writes)
 
 
@@ -489,6 +514,7 @@ _PLANS = {
     Intent.OPT_OUT: _opt_out,
     Intent.OPT_OUT_ALL: _opt_out,
     Intent.WRONG_NUMBER: _wrong_number,
+    Intent.AMBIGUOUS: _ambiguous,
     Intent.OPT_IN: _opt_in,
     Intent.HELP: _help,
     Intent.CONFIRM: _confirm,

@@ -293,3 +293,16 @@ def test_an_expired_session_is_refused_and_deleted(client, db):
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(ConsoleSession).where(
             ConsoleSession.user_id.is_not(None))) == 0
+
+
+def test_the_timeline_shows_how_a_text_was_read_an_ambiguous_reply_too(client, gateway, twilio_post, db):
+    web_request(gateway)
+    text_in(twilio_post, "YES", "SM" + "c" * 32)
+    text_in(twilio_post, "No thanks", "SM" + "d" * 32)  # deals: ambiguous replies opt out (the default)
+    with gateway.db.transaction() as session:
+        number_id = session.scalars(select(PhoneNumber.id).where(PhoneNumber.e164 == PERSON)).one()
+    make_user(db, "vera", "viewer")
+    sign_in(client, "vera")
+    page = client.get(f"/console/numbers/{number_id}").get_data(as_text=True)
+    assert "ambiguous_reply" in page and "read as: ambiguous" in page
+    assert "read as: confirm" in page  # the YES before it

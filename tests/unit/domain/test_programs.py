@@ -104,7 +104,7 @@ def test_bad_toml_and_empty_files(tmp_path):
 
 
 LATER_KEYS = ("service_numbers", "max_messages", "per", "opt_out_handling", "twilio_opt_out_keywords",
-              "twilio_opt_in_keywords", "twilio_help_keywords", "language", "translations")
+              "twilio_opt_in_keywords", "twilio_help_keywords", "language", "translations", "ambiguous_replies")
 
 
 def test_programs_without_the_keys_added_later_keep_their_version(tmp_path):
@@ -252,3 +252,13 @@ def test_a_program_written_in_another_language(tmp_path):
 def test_bad_language_settings_are_refused_naming_the_key(tmp_path, extra, named):
     with pytest.raises(ProgramError, match=re.escape(named)):
         load_file(write(tmp_path, LANGUAGE_PROGRAM + extra))
+
+
+def test_ambiguous_replies_opt_out_by_default_review_on_request_and_nothing_else(tmp_path):
+    (spec,) = load_file(write(tmp_path, UNCAPPED))
+    assert spec.ambiguous_replies == "opt_out"
+    (review,) = load_file(write(tmp_path, UNCAPPED + '\nambiguous_replies = "review"\n'))
+    assert review.ambiguous_replies == "review" and review.version != spec.version
+    for bad in ('"ignore"', "true", '["review"]'):
+        with pytest.raises(ProgramError, match="ambiguous_replies: \"opt_out\""):
+            load_file(write(tmp_path, UNCAPPED + f"\nambiguous_replies = {bad}\n"))
