@@ -57,6 +57,7 @@ from gateway.domain.consent import Input, Source  # noqa: E402
 from gateway.domain.numbers import parse  # noqa: E402
 from gateway.domain.programs import load_file  # noqa: E402
 from gateway.services import consents  # noqa: E402
+from gateway.store import consents as store_consents
 from gateway.store import programs  # noqa: E402
 from gateway.store.database import Database  # noqa: E402
 from gateway.store.models import InboundMessage, utcnow  # noqa: E402
@@ -208,7 +209,7 @@ def _prepare_database(url: str, settings, numbers: int) -> None:
         for index in range(numbers):
             e164 = _number(index)
             session.execute(text("INSERT INTO baseline_numbers (e164) VALUES (:e164)"), {"e164": e164})
-            row = consents.number_row(session, parse(e164))
+            row = store_consents.number_row(session, parse(e164))
             for program in on_sender:
                 consents.apply(session, row, program, Input.IMPORT_OPT_IN,
                               consents.Evidence(Source.IMPORT, actor="bench"), now=now)

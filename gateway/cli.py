@@ -16,6 +16,7 @@ from gateway.domain.programs import ProgramError, load_file, spec_of
 from gateway.services import consents, keys, privacy, subscriptions
 from gateway.services.ports import Gateway
 from gateway.store import checkpoints, ledger, programs
+from gateway.store import consents as store_consents
 from gateway.store.database import Database
 
 
@@ -293,7 +294,7 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
     """
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
-        row = consents.find_number(session, parsed.e164)
+        row = store_consents.find_number(session, parsed.e164)
         rows = consents.consents(session, row) if row else []
         events = consents.events(session, row) if row else []
         data = {
@@ -355,7 +356,7 @@ def export(ctx: Context, number: str) -> None:
     """
     parsed = _number(ctx, number)
     with ctx.db.transaction() as session:
-        row = consents.find_number(session, parsed.e164)
+        row = store_consents.find_number(session, parsed.e164)
         if row is None:
             raise click.ClickException("nothing is held about that number")
         click.echo(json.dumps(privacy.export(session, row), indent=2, ensure_ascii=False))
@@ -376,7 +377,7 @@ def erase(ctx: Context, number: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase everything about {mask(parsed.e164)}?", abort=True)
     with ctx.db.transaction() as session:
-        row = consents.find_number(session, parsed.e164)
+        row = store_consents.find_number(session, parsed.e164)
         if row is None:
             raise click.ClickException("nothing is held about that number")
         result = privacy.erase(session, row, ctx.settings.suppression_key,
@@ -441,7 +442,7 @@ def _verify_one(ctx: Context, e164: str) -> None:
     for problem in log_problems:  # a bad checkpoint log is every number's problem
         click.echo(f"BROKEN {problem}", err=True)
     with ctx.db.snapshot() as session:
-        found = consents.find_number(session, e164)
+        found = store_consents.find_number(session, e164)
         if found is None:
             raise click.ClickException(f"no ledger for {mask(e164)}: nothing is held about that number")
         tally = ledger.Tally()
@@ -499,7 +500,7 @@ def ledger_rebuild(ctx: Context) -> None:
       smsgate ledger rebuild
     """
     with ctx.db.transaction() as session:
-        count = consents.rebuild(session)
+        count = store_consents.rebuild(session)
     click.echo(f"rebuilt {count} consents from the ledger")
 
 
@@ -583,7 +584,7 @@ def proof_export(ctx: Context, number: str, output: Path | None) -> None:
 
     parsed = _number(ctx, number)
     with ctx.db.snapshot() as session:
-        row = consents.find_number(session, parsed.e164)
+        row = store_consents.find_number(session, parsed.e164)
         if row is None:
             raise click.ClickException("nothing is held about that number")
         document = proofs.bundle(session, row, ctx.settings)

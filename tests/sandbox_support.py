@@ -20,6 +20,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import parse
 from gateway.services import consents, policy
+from gateway.store import consents as store_consents
 from gateway.store import outbox
 from gateway.store.models import OutboundMessage, utcnow
 from gateway.store.programs import by_slug
@@ -151,7 +152,7 @@ def phone_text(base_url: str, handset: str, to: str, body: str) -> requests.Resp
 
 def opt_in(db, e164: str, *slugs: str) -> None:
     with db.transaction() as session:
-        row = consents.number_row(session, parse(e164))
+        row = store_consents.number_row(session, parse(e164))
         for slug in slugs:
             consents.apply(session, row, by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT, actor="test", reference="import-1",
@@ -162,7 +163,7 @@ def confirmed(db, e164: str, *slugs: str) -> None:
     """`e164` asked (over the API) and confirmed with YES, for each program: a double opt-in done."""
     now = utcnow()
     with db.transaction() as session:
-        row = consents.number_row(session, parse(e164))
+        row = store_consents.number_row(session, parse(e164))
         for slug in slugs:
             program = by_slug(session, slug)
             consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=now,
@@ -173,7 +174,7 @@ def confirmed(db, e164: str, *slugs: str) -> None:
 def queue(gateway, e164: str, slug: str, body: str) -> str:
     """Accept a message through the gate and hand it to the worker after the commit."""
     with gateway.db.transaction() as session:
-        number = consents.find_number(session, e164)
+        number = store_consents.find_number(session, e164)
         program = by_slug(session, slug)
         kind = Kind(program.category)
         decision = policy.gate_of(gateway).may_send(session, number, program, kind, utcnow())

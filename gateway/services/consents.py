@@ -22,7 +22,6 @@ from gateway.domain import ledger
 from gateway.domain.consent import EVENT_TYPES, IllegalTransition, Input, Source, State, Status, allowed
 from gateway.domain.consent import apply as transition
 from gateway.store import consents as store
-from gateway.store.consents import Held, consent_row, create_number, find_number, held, number_row, rebuild
 from gateway.store.database import Writes
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program, Suppression, utcnow
 
@@ -69,13 +68,13 @@ class Plan:
     writes: Writes
 
 
-def plan(state: Held, programs: list[Program], input: Input, evidence: Evidence, *, now: datetime,
+def plan(state: store.Held, programs: list[Program], input: Input, evidence: Evidence, *, now: datetime,
          expires_at: datetime | None = None) -> Plan:
     """Move (number, program) by `input` for each program; raise IllegalTransition for any (nothing planned)."""
     return plan_steps(state, [(program, input) for program in programs], evidence, now=now, expires_at=expires_at)
 
 
-def plan_steps(state: Held, steps: list[tuple[Program, Input]], evidence: Evidence, *, now: datetime,
+def plan_steps(state: store.Held, steps: list[tuple[Program, Input]], evidence: Evidence, *, now: datetime,
                expires_at: datetime | None = None, records: list[tuple[str, Program]] = ()) -> Plan:
     """`plan` with an input of its own for each program (one text can restore one program and confirm
     another), chained as one change; IllegalTransition for any plans nothing. `records`: events that
@@ -99,7 +98,7 @@ def plan_steps(state: Held, steps: list[tuple[Program, Input]], evidence: Eviden
     return Plan(changes, events, moves, writes)
 
 
-def plan_record(state: Held, event_type: str, evidence: Evidence, *, now: datetime,
+def plan_record(state: store.Held, event_type: str, evidence: Evidence, *, now: datetime,
                 program: Program | None = None) -> Plan:
     """An event that changes no state (a HELP request, an erasure marker)."""
     draft = _draft(event_type, event_type, program.id if program else None, None, None, None, evidence, now)
@@ -164,7 +163,7 @@ def record(
     now: datetime | None = None,
 ) -> ledger.Event:
     """Append an event that changes no state (a HELP request, an erasure marker)."""
-    state = Held(number.id, number.ledger_seq, number.ledger_head, {})
+    state = store.Held(number.id, number.ledger_seq, number.ledger_head, {})
     planned = plan_record(state, event_type, evidence, now=now or utcnow(), program=program)
     store.write_locked(session, number, planned.writes, planned.events, planned.moves)
     return planned.events[0]
@@ -194,7 +193,7 @@ def _draft(event_type: str, input: str, program_id: int | None, before: Status |
     }
 
 
-def _chained(state: Held, drafts: list[dict], moves: list[store.Move],
+def _chained(state: store.Held, drafts: list[dict], moves: list[store.Move],
              now: datetime) -> tuple[list[ledger.Event], Writes]:
     """The events chained after the head as read, and the writes that make them and the moves."""
     events = ledger.chain(state.number_id, state.seq, state.head, drafts)
@@ -245,10 +244,9 @@ def is_suppressed(session: Session, key: bytes, e164: str) -> bool:
 
 
 __all__ = [
-    "Change", "Evidence", "Held", "IllegalTransition", "Plan", "allowed", "apply", "apply_many", "consent_row",
-    "consents", "create_number", "events", "find_number", "held",
-    "is_suppressed", "number_row", "opt_out", "plan", "plan_record", "plan_steps", "rebuild", "record", "suppress",
-    "suppression_digest", "suppression_digests",
+    "Change", "Evidence", "IllegalTransition", "Plan", "allowed", "apply", "apply_many", "consents", "events",
+    "is_suppressed", "opt_out", "plan", "plan_record", "plan_steps", "record", "suppress", "suppression_digest",
+    "suppression_digests",
 ]
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from gateway.domain.numbers import Number
 from gateway.services import abuse, consents
 from gateway.services.ports import Gateway
+from gateway.store import consents as store_consents
 from gateway.store import console as store
 from gateway.store.models import utcnow
 
@@ -204,7 +205,7 @@ def search(gateway: Gateway, staff: Staff, number: Number, *, address: str | Non
     """Find a number as parsed; None when nothing is held. An erased number is found by its keyed
     suppression hash, when it had opted out (the gateway keeps nothing else of it); that look is logged."""
     with gateway.db.transaction() as session:
-        row = consents.find_number(session, number.e164)
+        row = store_consents.find_number(session, number.e164)
         if row is not None:
             return Found(row.id)
         suppressed = store.suppression(session, consents.suppression_digest(gateway.settings.suppression_key,

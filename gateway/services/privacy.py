@@ -15,6 +15,7 @@ from gateway.domain import ledger, storable
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 
@@ -155,7 +156,7 @@ def import_csv(session: Session, handle: IO[str], *, region: str, actor: str, su
         details = {k: v for k, v in row.items() if k not in REQUIRED_COLUMNS and k is not None and v not in (None, "")}
         evidence = consents.Evidence(Source.IMPORT, actor=actor, reference=f"line {line}", details=details)
         with session.begin_nested():
-            row_number = consents.number_row(session, number)
+            row_number = store_consents.number_row(session, number)
             if input is Input.IMPORT_OPT_IN:
                 binding = consents.stop_binding(session, rules, row_number, now or utcnow())
                 if binding is not None:

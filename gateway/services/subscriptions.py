@@ -21,6 +21,7 @@ from gateway.domain.programs import RATES, ProgramSpec, spec_of
 from gateway.domain.quiet_hours import QuietHours
 from gateway.domain.subscriptions import plan_start
 from gateway.services import abuse, consents, policy
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, Program
 
@@ -76,7 +77,7 @@ def start(
     and the store has taken every write, so a request that sends nothing, or fails, takes none; it
     raises abuse.RateLimited, and the caller's rollback then undoes the writes.
     """
-    current = consents.state_of(consents.consent_row(session, number, program))
+    current = consents.state_of(store_consents.consent_row(session, number, program))
     step = plan_start(current, input, double_opt_in=program.double_opt_in)
     if step is None:
         # Never downgrade or re-text a confirmed number: a repeat request changes nothing.
@@ -141,7 +142,7 @@ def request(
         # single opt-in after the erasure), a suppressed number is never asked again.
         _count(evidence, "suppressed")
         raise _suppressed()
-    row = consents.number_row(session, number)
+    row = store_consents.number_row(session, number)
     binding = consents.stop_binding(session, rules, row, now)
     if binding is not None:
         # A confirmation text is not the person's own opt-in: a STOP that binds for years stands.

@@ -20,6 +20,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import InvalidNumber, Number
 from gateway.domain.numbers import parse as parse_number
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import utcnow
 from gateway.web.auth import api_key
@@ -75,7 +76,7 @@ def kept_evidence(given: object, unstorable: list[storable.Problem]) -> tuple[di
 
 def consent_document(session: Session, e164: str) -> dict:
     """What the store holds about a number's consent: current states and every ledger event."""
-    row = consents.find_number(session, e164)
+    row = store_consents.find_number(session, e164)
     if row is None:
         return {"phone": e164, "consents": [], "events": []}
     slugs = {p.id: p.slug for p in programs.all_programs(session)}
@@ -140,7 +141,7 @@ def opt_out(phone: str):
             if program is None:
                 raise ApiError(422, "unknown_program", f"no program {slug!r}")
             ended = [program]
-        row = consents.number_row(session, number)
+        row = store_consents.number_row(session, number)
         changes = consents.opt_out(session, row, ended, Input.API_OPT_OUT,
                                   consents.Evidence(Source.API, actor=g.api_key_name, reference=reference,
                                                    details=evidence), now=utcnow())

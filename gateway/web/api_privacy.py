@@ -9,6 +9,7 @@ from flask import Blueprint, g, jsonify
 from gateway.domain.consent import Source
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.services import consents, privacy
+from gateway.store import consents as store_consents
 from gateway.web.auth import api_key
 from gateway.web.context import current
 from gateway.web.errors import ApiError
@@ -28,7 +29,7 @@ def _e164(phone: str) -> str:
 def export(phone: str):
     e164 = _e164(phone)
     with current().db.transaction() as session:
-        number = consents.find_number(session, e164)
+        number = store_consents.find_number(session, e164)
         if number is None:
             raise ApiError(404, "not_found", "nothing is held about that number")
         return jsonify(privacy.export(session, number))
@@ -42,7 +43,7 @@ def erase(phone: str):
     evidence = consents.Evidence(Source.API, actor=g.api_key_name, reference=f"req_{uuid.uuid4().hex[:16]}",
                                 details={"request": "erasure"})
     with gateway.db.transaction() as session:
-        number = consents.find_number(session, e164)
+        number = store_consents.find_number(session, e164)
         if number is None:
             raise ApiError(404, "not_found", "nothing is held about that number")
         result = privacy.erase(session, number, gateway.settings.suppression_key, evidence)

@@ -16,6 +16,7 @@ from gateway.domain.numbers import parse
 from gateway.domain.programs import spec_of
 from gateway.queue.app import TaskNames
 from gateway.services import consents, subscriptions
+from gateway.store import consents as store_consents
 from gateway.store import ledger, programs
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxEvent
@@ -147,7 +148,7 @@ def test_yes_does_not_confirm_another_program_or_a_stale_request(worker_process,
     # A request made 49 hours ago has passed its deadline: YES confirms nothing, and beat expires it.
     past = utcnow() - timedelta(hours=49)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         started = subscriptions.start(
             session, number=row, program=programs.by_slug(session, "deals"), input=Input.API_REQUEST,
             evidence=consents.Evidence(Source.API, "crm"), now=past, ttl=timedelta(hours=settings.pending_ttl_hours),

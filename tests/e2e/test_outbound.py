@@ -19,6 +19,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, sending
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage, SandboxRefusal
@@ -44,7 +45,8 @@ def opted_in(db, slug, *phones):
     with db.transaction() as session:
         program = programs.by_slug(session, slug)
         for phone in phones:
-            consents.apply(session, consents.number_row(session, parse(phone)), program, Input.IMPORT_OPT_IN, EVIDENCE)
+            number = store_consents.number_row(session, parse(phone))
+            consents.apply(session, number, program, Input.IMPORT_OPT_IN, EVIDENCE)
 
 
 def own_program(db, example_programs, slug, sender, mps, base="orders"):
@@ -105,7 +107,7 @@ def test_a_stop_before_the_worker_runs_blocks_the_message(worker_process, client
                                json={"to": phone, "program": "alerts", "body": "Maintenance tonight"})
         assert (accepted.status_code, accepted.json["status"]) == (202, "queued")
         with db.transaction() as session:
-            row = consents.number_row(session, parse(phone))
+            row = store_consents.number_row(session, parse(phone))
             consents.apply(session, row, programs.by_slug(session, "alerts"), Input.KEYWORD_STOP,
                           consents.Evidence(Source.SMS, actor="person", details={"body": "STOP"}))
         # Blocked by the opt-out's own write, with no worker running.
@@ -234,7 +236,7 @@ def test_deferred_messages_are_released_at_their_senders_pace_by_the_worker(work
     with db.transaction() as session:
         program = programs.by_slug(session, "paced")
         for phone in phones:
-            number = consents.number_row(session, parse(phone))
+            number = store_consents.number_row(session, parse(phone))
             outbox.accept(session, number=number, program=program, kind=Kind.TRANSACTIONAL, body=f"Ready {phone}",
                           decision=Decision(False, Reason.QUIET_HOURS, opening))
     swept = sending.sweep(gateway)

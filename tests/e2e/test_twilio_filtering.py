@@ -16,6 +16,7 @@ from gateway.domain.numbers import parse
 from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec
 from gateway.domain.twilio_filter import TWILIO_REPLIES, Reaction
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber, Program
 from gateway.twilio.sandbox.models import SandboxEvent, SandboxMessage, SandboxOptOut, SandboxRefusal
@@ -222,7 +223,7 @@ def _known_block_with_consent(db, phone: str) -> None:
     (say a program moved onto this sender after the STOP): the sandbox refuses it with 21610."""
     opt_in(db, phone, "alerts")
     with db.transaction() as session:
-        number = consents.find_number(session, phone)
+        number = store_consents.find_number(session, phone)
         number.twilio_blocks = SENDER
         session.add(SandboxOptOut(handset=phone, sender=SENDER, keyword="STOP"))
 
@@ -232,7 +233,7 @@ def test_a_21610_for_a_known_block_is_that_block_not_a_new_carrier_opt_out(live_
     phone = "+14155550178"
     _known_block_with_consent(db, phone)
     with db.transaction() as session:  # and a program on another sender, confirmed: none of Twilio's business here
-        consents.apply(session, consents.number_row(session, parse(phone)), programs.by_slug(session, "orders"),
+        consents.apply(session, store_consents.number_row(session, parse(phone)), programs.by_slug(session, "orders"),
                        Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT, actor="test", reference="import-2"))
     message_id = queue(gateway, phone, "alerts", "Acme Alerts: maintenance tonight. Reply STOP to cancel.")
 

@@ -9,6 +9,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.queue.app import TaskNames
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store.models import Consent, utcnow
 from gateway.store.programs import by_slug
 from tests.conftest import wait_for
@@ -18,7 +19,7 @@ from tests.conftest import wait_for
 def test_worker_expires_overdue_requests(worker_process, db, gateway):
     past = utcnow() - timedelta(hours=49)
     with db.transaction() as session:
-        row = consents.number_row(session, parse("+14155552671"))
+        row = store_consents.number_row(session, parse("+14155552671"))
         consents.apply(session, row, by_slug(session, "deals"), Input.API_REQUEST,
                       consents.Evidence(Source.API), now=past, expires_at=past + timedelta(hours=48))
     gateway.dispatcher.send(TaskNames.EXPIRE_PENDING)

@@ -14,6 +14,7 @@ from gateway.config import ROOT
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store.models import ApiKey, LedgerEvent, Program
 from gateway.store.programs import by_slug
 
@@ -152,7 +153,7 @@ def test_keys_create_prints_the_key_alone_on_the_last_line(smsgate, client):
 
 def test_consent_show_lists_consents_and_events(smsgate, db):
     with db.transaction() as session:
-        row = consents.number_row(session, parse("+14155552671"))
+        row = store_consents.number_row(session, parse("+14155552671"))
         consents.apply(session, row, by_slug(session, "orders"), Input.KEYWORD_JOIN_DIRECT,
                       consents.Evidence(Source.SMS, reference="SM1", details={"body": "ORDERS"}))
     result = smsgate("consent", "show", "(415) 555-2671")
@@ -163,7 +164,7 @@ def test_consent_show_lists_consents_and_events(smsgate, db):
 
 def test_ledger_verify_exit_status(smsgate, db):
     with db.transaction() as session:
-        row = consents.number_row(session, parse("+14155552671"))
+        row = store_consents.number_row(session, parse("+14155552671"))
         consents.apply(session, row, by_slug(session, "deals"), Input.API_REQUEST, consents.Evidence(Source.API))
         consents.apply(session, row, by_slug(session, "deals"), Input.CONFIRM_YES, consents.Evidence(Source.SMS))
     ok = smsgate("ledger", "verify")
@@ -178,11 +179,11 @@ def test_ledger_verify_exit_status(smsgate, db):
 def test_ledger_verify_checks_one_number(smsgate, db):
     with db.transaction() as session:
         for raw in ("+14155552671", "+14155552672"):
-            row = consents.number_row(session, parse(raw))
+            row = store_consents.number_row(session, parse(raw))
             consents.apply(session, row, by_slug(session, "deals"), Input.API_REQUEST, consents.Evidence(Source.API))
     assert smsgate("ledger", "checkpoint").returncode == 0
     with db.transaction() as session:  # break the second number's chain only
-        second = consents.find_number(session, "+14155552672")
+        second = store_consents.find_number(session, "+14155552672")
         session.execute(update(LedgerEvent).where(LedgerEvent.number_id == second.id).values(source="web"))
     first = smsgate("ledger", "verify", "--number", "(415) 555-2671")
     assert first.returncode == 0, first.stderr
@@ -226,7 +227,7 @@ def test_an_erased_opted_out_number_is_never_imported_again(smsgate, tmp_path, d
     assert "imported 1, refused 2" in imported.stdout
     assert "line 2: refused: suppressed" in imported.stderr and "line 3: refused: suppressed" in imported.stderr
     with db.sessions() as session:
-        assert consents.find_number(session, "+14155552671") is None  # not stored again either
+        assert store_consents.find_number(session, "+14155552671") is None  # not stored again either
     assert "no consent recorded" in smsgate("consent", "show", "+14155552671").stdout
 
 
@@ -237,4 +238,4 @@ def test_an_import_file_that_is_not_utf8_is_refused_whole(smsgate, tmp_path, db)
     assert result.returncode == 1
     assert "is not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
     with db.sessions() as session:
-        assert consents.find_number(session, "+14155552671") is None
+        assert store_consents.find_number(session, "+14155552671") is None

@@ -96,7 +96,8 @@ def test_every_metric_the_docs_list_appears_after_the_work_that_produces_it(
     opt-out; then every metric docs/operations.md lists is on the scrape, and those this work makes
     have samples."""
     from gateway.domain.gate import ALLOW, Kind
-    from gateway.services import consents, sending
+    from gateway.services import sending
+    from gateway.store import consents as store_consents
     from gateway.store import outbox, programs
     from gateway.store.models import OutboundMessage
 
@@ -124,7 +125,7 @@ def test_every_metric_the_docs_list_appears_after_the_work_that_produces_it(
     # A message Twilio refuses with 21610 in its callback: the person opted out at Twilio.
     with db.transaction() as session:
         program = programs.by_slug(session, "orders")
-        refused = outbox.accept(session, number=consents.find_number(session, "+14155550171"), program=program,
+        refused = outbox.accept(session, number=store_consents.find_number(session, "+14155550171"), program=program,
                                 kind=Kind.TRANSACTIONAL, body="Shipped", decision=ALLOW)
         refused.provider_sid, refused.status = "SM" + "b2" * 16, "sent"
     assert twilio_post("/webhooks/twilio/status", {"MessageSid": "SM" + "b2" * 16, "MessageStatus": "undelivered",

@@ -10,6 +10,7 @@ from sqlalchemy import event, func, insert, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import batches, consents, policy
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import Consent, MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program
@@ -31,7 +32,7 @@ def headers(make_key):
 
 def given(db, phone, slug, *inputs):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for step in inputs:
             consents.apply(session, row, programs.by_slug(session, slug), step, EVIDENCE,
                           expires_at=utcnow() + timedelta(hours=48) if step is Input.API_REQUEST else None)

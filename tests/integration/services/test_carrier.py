@@ -13,6 +13,7 @@ from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import Status
 from gateway.services import consents, policy, sending
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.sandbox.config import TestNumber
@@ -43,7 +44,7 @@ def a_number() -> str:
 
 def accepted(db, phone: str) -> str:
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = programs.by_slug(session, "orders")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT, actor="test"))
         return outbox.accept(session, number=row, program=program, kind=Kind(program.category), body="Shipped",

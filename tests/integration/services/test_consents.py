@@ -8,6 +8,7 @@ from sqlalchemy import select, text, update
 from gateway.domain.consent import IllegalTransition, Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, expiry
+from gateway.store import consents as store_consents
 from gateway.store import ledger
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber
 from gateway.store.programs import by_slug
@@ -20,7 +21,7 @@ API = consents.Evidence(source=Source.API, actor="crm", reference="req-1", detai
 def run(db, *steps, number="+14155552671"):
     """Apply (program_slug, input) steps to one number; return the final consents by slug."""
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         for slug, input in steps:
             consents.apply(session, row, by_slug(session, slug), input, API, now=T0,
                            expires_at=T0 + timedelta(hours=48))
@@ -145,7 +146,7 @@ def test_rebuild_reproduces_the_projection(db):
     with db.transaction() as session:
         session.execute(text("UPDATE consents SET status = 'opted_in'"))
     with db.transaction() as session:
-        assert consents.rebuild(session) == 4
+        assert store_consents.rebuild(session) == 4
     assert snapshot() == before
 
 

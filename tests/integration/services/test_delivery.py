@@ -10,6 +10,7 @@ from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import DeliveryReport, ErrorKind, Status
 from gateway.services import consents, delivery, policy
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import Consent, LedgerEvent, MessageEvent, OutboundMessage, PhoneNumber, Program, utcnow
 
@@ -23,9 +24,9 @@ def sent_message(db, slug="deals", number=PERSON):
     now = utcnow()
     sid = f"SM{next(_sids):032x}"
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         program = programs.by_slug(session, slug)
-        if consents.consent_row(session, row, program) is None:
+        if store_consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT), now=now)
         message = outbox.accept(session, number=row, program=program, kind=Kind.INFORMATIONAL, body="Hi",
                                 decision=ALLOW, now=now)
@@ -49,12 +50,12 @@ def message(db, sid):
 
 def number_row(db, e164=PERSON):
     with db.sessions() as session:
-        return consents.find_number(session, e164)
+        return store_consents.find_number(session, e164)
 
 
 def gate(db, gateway, slug="deals", e164=PERSON):
     with db.sessions() as session:
-        return policy.gate_of(gateway).may_send(session, consents.find_number(session, e164),
+        return policy.gate_of(gateway).may_send(session, store_consents.find_number(session, e164),
                                                 programs.by_slug(session, slug), Kind.INFORMATIONAL, utcnow())
 
 
@@ -202,7 +203,7 @@ def sending_message(db, number=PERSON):
     """A message a worker has claimed but whose Twilio sid it has not stored yet."""
     now = utcnow()
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         program = programs.by_slug(session, "deals")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT), now=now)
         message = outbox.accept(session, number=row, program=program, kind=Kind.INFORMATIONAL, body="Hi",

@@ -12,6 +12,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, load_file
 from gateway.services import consents, inbound
+from gateway.store import consents as store_consents
 from gateway.store import ledger, programs
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, Program, utcnow
 
@@ -43,7 +44,7 @@ def give_consent(db, *slugs, number=PERSON, pending=()):
     """Opt `number` in to `slugs` (request + YES) and leave `pending` ones asked but unconfirmed."""
     now = utcnow()
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         for slug in (*slugs, *pending):
             consents.apply(session, row, programs.by_slug(session, slug), Input.API_REQUEST,
                           consents.Evidence(Source.API), now=now, expires_at=now + timedelta(hours=48))
@@ -151,7 +152,7 @@ def test_yes_with_nothing_pending_is_plain_text(gateway, db):
 def test_yes_does_not_confirm_an_expired_request(gateway, db):
     past = utcnow() - timedelta(hours=50)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
+        row = store_consents.number_row(session, parse(PERSON))
         consents.apply(session, row, programs.by_slug(session, "deals"), Input.API_REQUEST,
                       consents.Evidence(Source.API), now=past, expires_at=past + timedelta(hours=48))
     assert inbound.handle(gateway, text("yes")).reply is None
@@ -349,11 +350,11 @@ def test_a_messaging_service_sender_resolves_its_programs(gateway, db):
 
 def test_a_text_from_an_unreachable_number_shows_it_is_reachable(gateway, db):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
+        row = store_consents.number_row(session, parse(PERSON))
         row.reachability, row.reachability_code = "unreachable", 30003
     inbound.handle(gateway, text("hello"))
     with db.sessions() as session:
-        assert consents.find_number(session, PERSON).reachability == "ok"
+        assert store_consents.find_number(session, PERSON).reachability == "ok"
 
 
 def test_an_opt_out_from_a_number_our_metadata_calls_invalid_is_kept(gateway, db):
@@ -361,7 +362,7 @@ def test_an_opt_out_from_a_number_our_metadata_calls_invalid_is_kept(gateway, db
     inbound.handle(gateway, text("STOP", sender="+12005550100"))
     assert statuses(db, "+12005550100") == {"deals": "opted_out", "alerts": "opted_out"}
     with db.sessions() as session:
-        number = consents.find_number(session, "+12005550100")
+        number = store_consents.find_number(session, "+12005550100")
     assert (number.kind, number.region) == ("unknown", None)
 
 
@@ -406,7 +407,7 @@ def test_a_reloaded_program_is_used_at_once(gateway, db, example_programs):
 
 def _blocks(db, number=PERSON):
     with db.sessions() as session:
-        return consents.find_number(session, number).twilio_blocks
+        return store_consents.find_number(session, number).twilio_blocks
 
 
 def test_a_single_opt_in_join_keyword_while_twilio_blocks_is_a_request_until_start(gateway, db):

@@ -26,6 +26,7 @@ from gateway.domain.numbers import parse
 from gateway.domain.outbound import ErrorKind, ProviderError
 from gateway.queue.app import QueueNames, TaskNames, make_celery
 from gateway.services import consents, inbound, inbound_reconcile
+from gateway.store import consents as store_consents
 from gateway.store import programs, reconciliation
 from gateway.store.models import InboundMessage, LedgerEvent, utcnow
 from gateway.twilio.sandbox import messages as sandbox_messages
@@ -67,7 +68,7 @@ def consented_before(db, *slugs: str, number: str = PERSON, ago: timedelta = tim
     find the YES a later word of the person's."""
     at = utcnow() - ago
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         for slug in slugs:
             program = programs.by_slug(session, slug)
             consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=at,
@@ -187,7 +188,7 @@ def test_a_lost_start_the_person_followed_with_a_stop_that_reached_us_is_not_app
 def test_a_lost_start_yields_to_a_later_opt_out_by_api(gateway, db):
     give_consent(db, "deals")
     with db.transaction() as session:
-        consents.apply(session, consents.number_row(session, parse(PERSON)), programs.by_slug(session, "deals"),
+        consents.apply(session, store_consents.number_row(session, parse(PERSON)), programs.by_slug(session, "deals"),
                        Input.API_OPT_OUT, consents.Evidence(Source.API), now=NOW - timedelta(minutes=1))
     start = logged("START", ago=timedelta(minutes=2))
     assert inbound_reconcile.reconcile(gateway, FakeLog(start), now=NOW).overtaken == 1

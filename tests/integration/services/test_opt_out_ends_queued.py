@@ -18,6 +18,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import carrier, consents, privacy, sending
+from gateway.store import consents as store_consents
 from gateway.store import database, outbox, programs
 from gateway.store.models import OutboundMessage, utcnow
 from gateway.twilio.sandbox.models import SandboxMessage
@@ -48,7 +49,7 @@ def waiting_messages(db, phone=PHONE) -> dict[str, str]:
     now = utcnow()
     ids = {}
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for slug in ("deals", "alerts", "orders"):
             program = programs.by_slug(session, slug)
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE, now=now)
@@ -139,7 +140,7 @@ def test_an_api_opt_out_of_one_program_blocks_only_its_messages(db, client, read
 def test_a_carrier_opt_out_blocks_the_senders_messages(db, client, reader):
     ids = waiting_messages(db)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         carrier.record_opt_out(session, row, ORDERS_SENDER, consents.Evidence(Source.CARRIER, actor="twilio"))
     assert shown(client, reader, ids["orders"]) == ("blocked", "opted_out")
     assert shown(client, reader, ids["alerts"]) == ("queued", None)
@@ -148,7 +149,7 @@ def test_a_carrier_opt_out_blocks_the_senders_messages(db, client, reader):
 def test_an_erasure_blocks_everything_still_waiting(gateway, db, client, reader):
     ids = waiting_messages(db)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         privacy.erase(session, row, gateway.settings.suppression_key, consents.Evidence(Source.API, actor="test"))
     # The consent is forgotten: what the gate would answer now, and never a text whose body was erased.
     assert {slug: shown(client, reader, message_id) for slug, message_id in ids.items()} == {

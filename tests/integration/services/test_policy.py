@@ -15,6 +15,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Facts, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, policy
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.database import Database
 
@@ -31,7 +32,7 @@ EVIDENCE = consents.Evidence(Source.API, actor="test")
 
 
 def number(session, phone=NYC):
-    return consents.number_row(session, parse(phone))
+    return store_consents.number_row(session, parse(phone))
 
 
 def given_state(session, phone, slug, *inputs, now=NOON_NY, expires_at=None):

@@ -11,6 +11,7 @@ from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.domain.quiet_hours import default_rules
 from gateway.services import consents, policy, privacy
+from gateway.store import consents as store_consents
 from gateway.store import ledger
 from gateway.store.models import LedgerEvent, PhoneNumber, Suppression
 from gateway.store.programs import by_slug
@@ -21,7 +22,7 @@ PHONE = "+14155552671"
 
 def consent(db, *steps, phone=PHONE):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for slug, input in steps:
             consents.apply(session, row, by_slug(session, slug), input,
                           consents.Evidence(Source.SMS, reference="SM1", details={"body": "the person's words"}),
@@ -31,7 +32,7 @@ def consent(db, *steps, phone=PHONE):
 def test_export_holds_consents_and_evidence(db):
     consent(db, ("orders", Input.KEYWORD_JOIN_DIRECT), ("deals", Input.KEYWORD_STOP))
     with db.transaction() as session:
-        data = privacy.export(session, consents.find_number(session, PHONE))
+        data = privacy.export(session, store_consents.find_number(session, PHONE))
     assert data["phone"] == PHONE
     assert {c["program"]: c["status"] for c in data["consents"]} == {"orders": "opted_in", "deals": "opted_out"}
     assert [e["type"] for e in data["events"]] == ["opt_in", "opt_out"]
@@ -43,8 +44,8 @@ def test_erase_keeps_a_suppression_hash_only_for_opt_outs(db, settings):
     consent(db, ("orders", Input.KEYWORD_JOIN_DIRECT), phone="+14155552672")
     evidence = consents.Evidence(Source.API, actor="dpo")
     with db.transaction() as session:
-        first = privacy.erase(session, consents.find_number(session, PHONE), settings.suppression_key, evidence)
-        second = privacy.erase(session, consents.find_number(session, "+14155552672"), settings.suppression_key,
+        first = privacy.erase(session, store_consents.find_number(session, PHONE), settings.suppression_key, evidence)
+        second = privacy.erase(session, store_consents.find_number(session, "+14155552672"), settings.suppression_key,
                                evidence)
     assert first.suppressed and not second.suppressed
     with db.sessions() as session:
@@ -60,11 +61,11 @@ def test_erase_keeps_a_suppression_hash_only_for_opt_outs(db, settings):
 def test_an_erased_opted_out_number_stays_unmessageable(db, settings):
     consent(db, ("deals", Input.API_REQUEST), ("deals", Input.CONFIRM_YES), ("deals", Input.KEYWORD_STOP))
     with db.transaction() as session:
-        privacy.erase(session, consents.find_number(session, PHONE), settings.suppression_key,
+        privacy.erase(session, store_consents.find_number(session, PHONE), settings.suppression_key,
                       consents.Evidence(Source.API, actor="dpo"))
     # The number comes back through an import: the suppression still refuses it.
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         consents.apply(session, row, by_slug(session, "deals"), Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT))
         decision = policy.Gate(settings.suppression_key, default_rules()).may_send(
             session, row, by_slug(session, "deals"), Kind.MARKETING, NOON)
@@ -121,7 +122,7 @@ def test_api_export_and_erase(client, make_key, db):
 def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
     consent(db, ("deals", Input.KEYWORD_STOP))
     with db.transaction() as session:
-        privacy.erase(session, consents.find_number(session, PHONE), settings.suppression_key,
+        privacy.erase(session, store_consents.find_number(session, PHONE), settings.suppression_key,
                       consents.Evidence(Source.API, actor="dpo"))
     csv_text = "phone,program,status\n(415) 555-2671,deals,opted_in\n+14155552671,orders,opted_out\n"
     with db.transaction() as session:
@@ -131,7 +132,7 @@ def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
     assert [line for line, _ in report.refused] == [2, 3]
     assert all(why.startswith("suppressed") for _, why in report.refused)
     with db.sessions() as session:
-        assert consents.find_number(session, PHONE) is None
+        assert store_consents.find_number(session, PHONE) is None
 
 
 def test_import_refuses_a_row_the_store_cannot_hold_and_takes_the_others(db, settings):

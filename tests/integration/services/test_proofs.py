@@ -14,8 +14,9 @@ import sys
 import pytest
 
 from gateway.config import ROOT
-from gateway.services import consents, proofs
+from gateway.services import proofs
 from gateway.store import checkpoints
+from gateway.store import consents as store_consents
 from tests.sandbox_support import opt_in
 
 VERIFIER = ROOT / "tools" / "verify_proof.py"
@@ -54,7 +55,7 @@ def history(db, twilio_post, gateway):
 
 def export(db, settings) -> dict:
     with db.snapshot() as session:
-        return proofs.bundle(session, consents.find_number(session, PHONE), settings)
+        return proofs.bundle(session, store_consents.find_number(session, PHONE), settings)
 
 
 def test_a_true_history_holds(history, db, settings, public_key):
@@ -148,7 +149,7 @@ def test_the_export_carries_what_a_proof_needs(history, db):
     from gateway.services import privacy
 
     with db.sessions() as session:
-        exported = privacy.export(session, consents.find_number(session, PHONE))
+        exported = privacy.export(session, store_consents.find_number(session, PHONE))
     first = exported["events"][0]
     assert {"prev_hash", "evidence_digest", "hash", "number_id", "seq", "input"} <= set(first)
     assert first["prev_hash"] == "0" * 64

@@ -16,6 +16,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, release, sending, throughput
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, utcnow
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
@@ -52,9 +53,9 @@ def deferred(db, count: int, opening: datetime, slug: str = "paced", phone: str 
     they take their turns (accepted together, so by id)."""
     night = opening - timedelta(hours=10)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = programs.by_slug(session, slug)
-        if consents.consent_row(session, row, program) is None:
+        if store_consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT), now=night)
         accepted = outbox.accept_many(session, program=program, kind=Kind.MARKETING, body="Sale", now=night,
                                       decisions=[(row.id, Decision(False, Reason.QUIET_HOURS, opening))] * count)
@@ -158,7 +159,7 @@ def test_an_opt_out_blocks_a_paced_message_too(gateway, db, paced_program):
     ids = deferred(db, 3, opening)
     release.release(gateway, opening)
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         consents.opt_out(session, row, [programs.by_slug(session, "paced")], Input.API_OPT_OUT,
                          consents.Evidence(Source.API))
     assert {(m.status, m.reason) for m in rows(db, ids)} == {("blocked", "opted_out")}

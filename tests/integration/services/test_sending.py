@@ -17,6 +17,7 @@ from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.domain.outbound import DeliveryReport, Status
 from gateway.services import consents, delivery, sending, throughput
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, PhoneNumber, utcnow
 from gateway.twilio.client import Provider
@@ -48,9 +49,9 @@ def burst(db, example_programs):
 
 def accept(db, slug="orders", phone=PHONE, count=1, body="Your order shipped", now=None):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = programs.by_slug(session, slug)
-        if consents.consent_row(session, row, program) is None:
+        if store_consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE)
         return [outbox.accept(session, number=row, program=program, kind=Kind(program.category),
                               body=f"{body} {i}" if count > 1 else body, decision=ALLOW, now=now).id
@@ -169,7 +170,7 @@ def test_a_lost_task_is_enqueued_again(gateway, db, queue):
 def test_a_deferred_message_is_released_when_due(gateway, db, live_server, instant_sandbox, queue):
     night = utcnow()
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         program = programs.by_slug(session, "deals")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE)
         morning = night + timedelta(hours=9)

@@ -14,6 +14,7 @@ from gateway.domain.numbers import parse
 from gateway.domain.programs import DEFAULT_TEMPLATES, ProgramSpec, spec_of
 from gateway.queue.ratelimit import Limiter
 from gateway.services import abuse, consents, expiry, inbound, sending, subscriptions
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.store.programs import by_slug
@@ -34,7 +35,7 @@ def _fresh_limits(gateway):
 
 def start(gateway, slug="deals", phone=PHONE, input=Input.API_REQUEST, now=NOW, guard=None, evidence=API):
     with gateway.db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         started = subscriptions.start(
             session, number=row, program=by_slug(session, slug), input=input, evidence=evidence, now=now, ttl=TTL,
             suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, guard=guard)
@@ -66,7 +67,7 @@ _SIDS = itertools.count(1)
 
 def apply(gateway, slug, input, phone=PHONE, now=NOW):
     with gateway.db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         consents.apply(session, row, by_slug(session, slug), input, YES, now=now)
 
 
@@ -226,7 +227,7 @@ def test_a_suppressed_number_is_refused_whatever_its_consents_say(gateway, db):
     with db.transaction() as session:
         from gateway.services import privacy  # noqa: PLC0415
 
-        privacy.erase(session, consents.find_number(session, PHONE), gateway.settings.suppression_key,
+        privacy.erase(session, store_consents.find_number(session, PHONE), gateway.settings.suppression_key,
                       consents.Evidence(Source.API, actor="admin"))
     apply(gateway, "deals", Input.IMPORT_OPT_IN)
     before = counts(db)
@@ -239,7 +240,7 @@ def test_a_suppressed_number_is_refused_whatever_its_consents_say(gateway, db):
 @pytest.mark.parametrize("reachability, code", [("landline", "not_mobile"), ("unreachable", "invalid_number")])
 def test_numbers_known_not_to_take_texts_are_refused(gateway, db, reachability, code):
     with db.transaction() as session:
-        consents.number_row(session, parse(PHONE)).reachability = reachability
+        store_consents.number_row(session, parse(PHONE)).reachability = reachability
     before = counts(db)
     with pytest.raises(subscriptions.Refused) as refused:
         request(gateway)

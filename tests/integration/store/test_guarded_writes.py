@@ -47,10 +47,10 @@ def test_a_change_planned_from_a_head_that_moved_writes_nothing(db):
     confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
     with db.statements() as connection:
-        stale = consents.held(connection, PERSON, [deals.id, alerts.id])
+        stale = store_consents.held(connection, PERSON, [deals.id, alerts.id])
     # Meanwhile support staff opt the number out of alerts (the head moves on).
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
+        row = store_consents.number_row(session, parse(PERSON))
         consents.opt_out(session, row, [alerts], Input.API_OPT_OUT, consents.Evidence(Source.API))
     before = store(db)
     planned = consents.plan(stale, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
@@ -65,7 +65,7 @@ def test_a_change_planned_from_the_current_head_is_written_whole(db):
     confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
     with db.statements() as connection:
-        state = consents.held(connection, PERSON, [deals.id, alerts.id])
+        state = store_consents.held(connection, PERSON, [deals.id, alerts.id])
         planned = consents.plan(state, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
         assert planned.writes.execute(connection) is True
     seq, statuses, events, _, breaks = store(db)
@@ -79,7 +79,7 @@ def test_when_one_part_fails_no_part_is_kept(db):
     confirmed(db, PERSON, "deals")
     (deals, _) = on_sender(db)
     with db.statements() as connection:
-        state = consents.held(connection, PERSON, [deals.id])
+        state = store_consents.held(connection, PERSON, [deals.id])
         number_id = state.number_id
     first = {"message_sid": "SM" + "7" * 32, "number_id": number_id, "to_number": SENDER, "body": "hi",
              "intent": "other", "received_at": utcnow()}
@@ -134,7 +134,7 @@ def test_a_change_to_two_consents_finds_them_by_index_not_by_scanning_the_table(
             INSERT INTO consents (number_id, program_id, status, restorable, updated_at)
             SELECT id, :deals, 'opted_in', false, now() FROM numbers WHERE e164 LIKE '+1415600%'"""),
                            {"deals": deals.id})
-        state = consents.held(connection, PERSON, [deals.id, alerts.id])
+        state = store_consents.held(connection, PERSON, [deals.id, alerts.id])
         planned = consents.plan(state, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
         sql, params = _one_statement(planned.writes)
         plan = on_driver(connection, "EXPLAIN (FORMAT JSON) " + sql, params)[0][0]
@@ -156,7 +156,7 @@ def test_twilios_block_is_written_with_the_change_and_only_over_what_was_read(db
     confirmed(db, PERSON, "deals")
     (deals, _) = on_sender(db)
     with db.statements() as connection:
-        state = consents.held(connection, PERSON, [deals.id])
+        state = store_consents.held(connection, PERSON, [deals.id])
     assert state.twilio_blocks == ""
     # With a consent change (the guard is the ledger head), and alone (a START with nothing to restore).
     planned = consents.plan(state, [deals], Input.KEYWORD_STOP, SMS, now=utcnow())
@@ -164,7 +164,7 @@ def test_twilios_block_is_written_with_the_change_and_only_over_what_was_read(db
     with db.statements() as connection:
         assert planned.writes.execute(connection) is True
         assert connection.scalar(_blocks()) == SENDER
-        state = consents.held(connection, PERSON, [deals.id])
+        state = store_consents.held(connection, PERSON, [deals.id])
     alone = Writes()
     store_consents.set_twilio_blocks(alone, state, "")
     # Meanwhile another text from the number blocked it on a Messaging Service too: the write planned

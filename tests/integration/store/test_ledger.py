@@ -27,6 +27,7 @@ from gateway.domain.quiet_hours import default_rules
 from gateway.queue.app import QueueNames, TaskNames, make_celery
 from gateway.services import consents, policy, privacy
 from gateway.store import checkpoints, ledger
+from gateway.store import consents as store_consents
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.store.programs import by_slug
 from tests.conftest import wait_for
@@ -39,7 +40,7 @@ EVIDENCE = consents.Evidence(Source.SMS, actor="twilio", reference="SM1", detail
 
 def apply(db, *steps, phone=PHONE, at=T0):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for slug, input in steps:
             consents.apply(session, row, by_slug(session, slug), input, EVIDENCE, now=at,
                           expires_at=at + timedelta(hours=48))
@@ -78,7 +79,7 @@ def number_id(db, phone=PHONE) -> int:
 
 def may_send(db, settings, phone=PHONE) -> Decision:
     with db.sessions() as session:
-        row = consents.find_number(session, phone)
+        row = store_consents.find_number(session, phone)
         return policy.Gate(settings.suppression_key, default_rules()).may_send(
             session, row, by_slug(session, "deals"), Kind.TRANSACTIONAL, T0)
 
@@ -96,7 +97,7 @@ def drop_last_event_and_move_the_head_back(db, phone=PHONE):
 def rebuild(db):
     """The cover-up: `ledger rebuild` makes the consents match whatever the ledger now says."""
     with db.transaction() as session:
-        consents.rebuild(session)
+        store_consents.rebuild(session)
 
 
 def flip(db, status, phone=PHONE):
@@ -141,7 +142,7 @@ def test_missing_and_extra_consent_rows_and_other_fields_are_named(db, settings)
         f"{MASKED} (number 1), program alerts: the consent row says restorable=False but the ledger says True",
     ])
     with db.transaction() as session:
-        consents.rebuild(session)
+        store_consents.rebuild(session)
     assert problems(db, settings) == []
     with db.transaction() as session:
         session.execute(update(Consent).where(Consent.program_id == deals).values(expires_at=T0 + timedelta(days=30)))
@@ -343,7 +344,7 @@ def test_erasure_keeps_every_check_true(db, settings, test_env):
     apply(db, ("orders", Input.KEYWORD_JOIN_DIRECT))
     checkpoint(db, settings, now=T0)
     with db.transaction() as session:
-        privacy.erase(session, consents.find_number(session, PHONE), settings.suppression_key,
+        privacy.erase(session, store_consents.find_number(session, PHONE), settings.suppression_key,
                       consents.Evidence(Source.API, actor="dpo"), now=T0 + timedelta(days=1))
     assert problems(db, settings) == []
     after = checkpoint(db, settings, now=T0 + timedelta(days=2))

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, inbound
+from gateway.store import consents as store_consents
 from gateway.store import programs, reconciliation
 from gateway.store.models import InboundMessage, PhoneNumber, utcnow
 from tests.integration.services.test_inbound import text
@@ -68,7 +69,7 @@ def test_watermarks_of_senders_never_read_are_missing(db):
 def test_consent_moves_after_a_time_count_but_records_and_earlier_moves_do_not(gateway, db):
     earlier = NOW - timedelta(minutes=10)
     with db.transaction() as session:
-        number, deals, orders = (consents.number_row(session, parse(PERSON)), programs.by_slug(session, "deals"),
+        number, deals, orders = (store_consents.number_row(session, parse(PERSON)), programs.by_slug(session, "deals"),
                                  programs.by_slug(session, "orders"))
         consents.apply(session, number, deals, Input.API_REQUEST, consents.Evidence(Source.API), now=earlier,
                        expires_at=earlier + timedelta(hours=48))

@@ -10,6 +10,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, policy
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import LedgerEvent, PhoneNumber, utcnow
 
@@ -22,7 +23,7 @@ def auth(key):
 
 def opt_in(db, *slugs, number=PERSON):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         for slug in slugs:
             consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT, actor="crm-import"), now=utcnow())
@@ -84,7 +85,7 @@ def test_opt_out_of_one_program_records_the_key_and_evidence(client, make_key, d
     assert event["reference"] == "call-42"
     assert event["actor"].startswith("test-key-")
     with db.sessions() as session:
-        number = consents.find_number(session, PERSON)
+        number = store_consents.find_number(session, PERSON)
         decision = policy.gate_of(gateway).may_send(session, number, programs.by_slug(session, "deals"),
                                                     Kind.INFORMATIONAL, utcnow())
     assert decision.reason is Reason.OPTED_OUT

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, inbound, policy
+from gateway.store import consents as store_consents
 from gateway.store import programs
 from gateway.store.models import IdempotencyRecord, MessageEvent, OutboundMessage, utcnow
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
@@ -37,7 +38,7 @@ def headers(make_key):
 
 def consent(db, phone=PHONE, slug="orders", *inputs):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for step in inputs or (Input.IMPORT_OPT_IN,):
             consents.apply(session, row, programs.by_slug(session, slug), step, EVIDENCE,
                           expires_at=utcnow() + timedelta(hours=48) if step is Input.API_REQUEST else None)
@@ -199,7 +200,7 @@ def test_suppressed_landline_and_foreign_numbers_are_refused(client, headers, db
     assert post(client, headers).json["error"]["code"] == "suppressed"
     consent(db, "+14155550132")
     with db.transaction() as session:
-        consents.find_number(session, "+14155550132").reachability = "landline"
+        store_consents.find_number(session, "+14155550132").reachability = "landline"
     assert post(client, headers, to="+14155550132").json["error"]["code"] == "landline"
     consent(db, "+447911123456")
     assert post(client, headers, to="+447911123456").json["error"]["code"] == "country_not_allowed"

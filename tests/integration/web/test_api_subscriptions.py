@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store.models import ApiKey, Consent, LedgerEvent, OutboundMessage, PhoneNumber, Program
 from gateway.store.programs import by_slug
 
@@ -47,7 +48,7 @@ def status_of(db, phone=PHONE, slug="deals"):
 
 def apply(db, input, phone=PHONE, slug="deals"):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         if input is Input.CONFIRM_YES:
             consents.apply(session, row, by_slug(session, slug), Input.API_REQUEST, consents.Evidence(Source.API),
                           expires_at=datetime.now().astimezone() + timedelta(hours=1))
@@ -155,7 +156,7 @@ def test_bad_input_is_422_and_changes_nothing(subscribe, db, body, code):
 
 def test_a_landline_learnt_from_a_failed_delivery_is_refused(subscribe, db):
     with db.transaction() as session:
-        consents.number_row(session, parse(PHONE)).reachability = "landline"
+        store_consents.number_row(session, parse(PHONE)).reachability = "landline"
     response = subscribe({"phone": PHONE, "program": "deals"})
     assert (response.status_code, response.json["error"]["code"]) == (422, "not_mobile")
 
@@ -228,7 +229,7 @@ def test_refused_and_failed_requests_take_no_slot(subscribe, db, gateway, monkey
     apply(db, Input.CONFIRM_YES, phone="+14155550402")
     with db.transaction() as session:
         consents.suppress(session, settings.suppression_key, "+14155550403", "erased")
-        consents.number_row(session, parse("+14155550404")).reachability = "landline"
+        store_consents.number_row(session, parse("+14155550404")).reachability = "landline"
     ip = {"ip": "203.0.113.7"}
     refused = [
         ({"phone": "+14155550401", "program": "deals", "evidence": ip}, 409),  # opted out

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store.models import Consent, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.store.programs import by_slug
 from gateway.web.app import create_app
@@ -165,7 +166,7 @@ def test_the_sent_page_needs_a_request_first(client):
 
 def confirmed(db, phone=PHONE):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = by_slug(session, "deals")
         consents.apply(session, row, program, Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT))
 
@@ -183,7 +184,7 @@ def test_a_confirmed_number_is_not_texted_again_nor_downgraded(form, db):
 def test_an_opted_out_number_gets_the_same_page_and_no_text(client, form, db):
     """The form must not tell a stranger whether a number opted out; the page says how to rejoin."""
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PHONE))
+        row = store_consents.number_row(session, parse(PHONE))
         consents.apply(session, row, by_slug(session, "deals"), Input.KEYWORD_STOP, consents.Evidence(Source.SMS))
     before = counts(db)
     response = form()
@@ -211,7 +212,7 @@ def test_the_per_client_limit_counts_every_submission_whatever_the_numbers_state
                         dataclasses.replace(gateway.settings, confirmation_limit_per_client="3 per hour"))
     confirmed(db, "+14155550301")
     with db.transaction() as session:
-        row = consents.number_row(session, parse("+14155550302"))
+        row = store_consents.number_row(session, parse("+14155550302"))
         consents.apply(session, row, by_slug(session, "deals"), Input.KEYWORD_STOP, consents.Evidence(Source.SMS))
     for phone in ("+14155550301", "+14155550302", "+14155550303"):  # subscribed, opted out, new
         assert form(phone=phone).status_code == 303

@@ -17,6 +17,7 @@ from gateway.config import ROOT
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store.models import IdempotencyRecord, LedgerEvent, OutboundMessage, PhoneNumber
 from gateway.store.programs import by_slug
 from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
@@ -44,7 +45,7 @@ def post(client, make_key):
 
 def opted_in(db, phone=PHONE, slug="alerts"):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         consents.apply(session, row, by_slug(session, slug), Input.IMPORT_OPT_IN, consents.Evidence(Source.IMPORT))
 
 

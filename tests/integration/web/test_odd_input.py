@@ -30,6 +30,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.services import consents
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import Base, Consent, PhoneNumber, utcnow
 from tests.conftest import AUTH_TOKEN
@@ -191,7 +192,7 @@ def person(db, gateway, captured_queue):
     gateway.limiter.reset()
     now = utcnow()
     with db.transaction() as session:
-        row = consents.number_row(session, parse(PERSON))
+        row = store_consents.number_row(session, parse(PERSON))
         for slug in ("alerts", "deals"):
             consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT), now=now)
@@ -348,7 +349,7 @@ def stop_with_nuls(draw) -> str:
 def test_property_a_stop_with_nuls_in_it_still_stops(client, db, settings, body):
     number = f"+1628555{next(_stop_numbers) % 10_000:04d}"  # a new one, opted in first
     with db.transaction() as session:
-        row = consents.number_row(session, parse(number))
+        row = store_consents.number_row(session, parse(number))
         consents.apply(session, row, programs.by_slug(session, "alerts"), Input.IMPORT_OPT_IN,
                       consents.Evidence(Source.IMPORT))
         alerts = programs.by_slug(session, "alerts").id

@@ -16,6 +16,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, inbound, policy, privacy, sending
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, Program
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program, consent, post
@@ -104,9 +105,9 @@ def test_a_batch_counts_the_cap_per_recipient_including_its_own_messages(client,
 def _accepted(db, phone, slug, at, count=1):
     """`count` messages of `slug` to `phone`, accepted (queued) at `at`; their ids."""
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = programs.by_slug(session, slug)
-        if consents.consent_row(session, row, program) is None:
+        if store_consents.consent_row(session, row, program) is None:
             consents.apply(session, row, program, Input.IMPORT_OPT_IN, EVIDENCE, now=at - timedelta(days=30))
         return [outbox.accept(session, number=row, program=program, kind=Kind(program.category), body="Sale",
                               decision=ALLOW, now=at).id for _ in range(count)]
@@ -114,7 +115,7 @@ def _accepted(db, phone, slug, at, count=1):
 
 def _may_send(gateway, db, phone, slug, now):
     with db.transaction() as session:
-        row = consents.find_number(session, phone)
+        row = store_consents.find_number(session, phone)
         program = programs.by_slug(session, slug)
         return policy.gate_of(gateway).may_send(session, row, program, Kind(program.category), now)
 
@@ -198,7 +199,7 @@ def test_help_stop_and_a_requested_confirmation_go_out_in_quiet_hours(gateway, d
     stopped = inbound.handle(gateway, _text("STOP", "SM" + "3" * 32), now=NIGHT_NYC + timedelta(minutes=1))
     assert stopped.intent == "opt_out" and stopped.reply is None
     with db.sessions() as session:
-        assert consents.consent_row(session, consents.find_number(session, NYC),
+        assert store_consents.consent_row(session, store_consents.find_number(session, NYC),
                                     programs.by_slug(session, "deals")).status == "opted_out"
 
 
@@ -210,7 +211,7 @@ STOPPED_AT = datetime(2026, 1, 5, 15, tzinfo=UTC)
 
 def _opted_in_then_stopped(gateway, db, phone):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         consents.apply(session, row, programs.by_slug(session, "deals"), Input.IMPORT_OPT_IN, EVIDENCE,
                       now=STOPPED_AT - timedelta(days=10))
     inbound.handle(gateway, _text("STOP", "SM" + phone[1:].rjust(32, "0"), sender=phone), now=STOPPED_AT)
