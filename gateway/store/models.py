@@ -170,7 +170,7 @@ class LedgerEvent(Base):
     # The chain covers this digest, not the evidence itself, so erasure can redact evidence
     # without breaking verification of everything around it.
     evidence_digest: Mapped[str] = mapped_column(String(64))
-    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)  # no index: nothing looks events up by time
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 
@@ -207,12 +207,16 @@ class OutboundMessage(Base):
         UniqueConstraint("api_key_id", "idempotency_key"),
         Index("ix_messages_status_not_before", "status", "not_before"),
         Index("ix_messages_status_recheck_at", "status", "recheck_at"),
-        # The send gate counts a number's texts of the last day on every send.
+        # The send gate counts a number's texts of the last day on every send; it also serves every
+        # look-up by number (number_id comes first): no index of its own.
         Index("ix_messages_number_id_created_at", "number_id", "created_at"),
+        # Only a batch's messages have a batch_id: the others write no entry here.
+        Index("ix_messages_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL"),
+              sqlite_where=text("batch_id IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_message_id)
-    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"), index=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))
     program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
     # marketing | informational | transactional | confirmation | reply
     kind: Mapped[str] = mapped_column(String(20))
@@ -229,7 +233,7 @@ class OutboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
-    batch_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None]
