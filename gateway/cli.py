@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,10 +15,11 @@ from gateway.config import ConfigError, Settings
 from gateway.domain.consent import Source
 from gateway.domain.numbers import InvalidNumber, mask, parse
 from gateway.domain.programs import ProgramError, load_file, spec_of
-from gateway.services import consents, keys, privacy, subscriptions
+from gateway.services import consents, imports, keys, privacy, subscriptions
 from gateway.services.ports import Gateway
 from gateway.store import checkpoints, ledger, programs
 from gateway.store import consents as store_consents
+from gateway.store import imports as import_store
 from gateway.store.database import Database
 
 
@@ -320,28 +323,78 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
 
 
 @consent_group.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--results", "results_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the result of every row (default: FILE.results.csv).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=lambda: min(os.cpu_count() or 1, 8), show_default="CPUs",
+              help="Processes that check rows (parse numbers) ahead of the one that writes.")
+@click.option("--again", is_flag=True, help="Import a file that was already imported to the end once more.")
 @pass_context
-def consent_import(ctx: Context, file) -> None:
+def consent_import(ctx: Context, file: Path, results_path: Path | None, jobs: int, again: bool) -> None:
     """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns.
+
+    Rows are applied a chunk at a time, each chunk committed with how far the import got: an import
+    that was interrupted continues where it stopped when run again on the same file. Every row's
+    result (imported, or refused and why) goes to the results file.
 
     \b
     Example:
       smsgate consent import crm-export.csv
     """
     try:
-        with ctx.db.transaction() as session:
-            report = privacy.import_csv(session, file, region=ctx.settings.default_region, actor="cli-import",
-                                        suppression_key=ctx.settings.suppression_key, rules=ctx.gateway.quiet_hours)
-    except UnicodeDecodeError as error:  # before ValueError, which it is: nothing was imported
+        facts = imports.read_facts(file)
+    except UnicodeDecodeError as error:
         raise click.ClickException(f"{file.name} is not UTF-8 text ({error.reason}): nothing was imported") from None
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
-    for status, count in sorted(report.applied.items()):
-        click.echo(f"{status}: {count}")
-    for line, why in report.refused:
+    found, already_done = imports.begin(ctx.db, digest=facts.digest, name=file.name, actor="cli-import",
+                                        total_lines=facts.lines, again=again)
+    results_path = results_path or file.with_name(file.name + ".results.csv")
+    if already_done:
+        click.echo(f"{file.name} was imported already ({found.id}, {found.finished_at:%Y-%m-%d %H:%M} UTC): "
+                   "nothing done; --again imports it once more", err=True)
+    else:
+        if found.line_done > 1:
+            click.echo(f"continuing import {found.id} after line {found.line_done}", err=True)
+        outcome = _run_import(ctx, found, file, facts, jobs)
+        for status, count in sorted(outcome.counts.items()):
+            click.echo(f"{status}: {count}")
+    with results_path.open("w", encoding="utf-8", newline="") as handle:
+        imports.write_results(ctx.db, found.id, handle)
+    _echo_refusals(ctx, found.id, results_path)
+
+
+def _run_import(ctx: Context, found, file: Path, facts, jobs: int):
+    # click's progress bar: already a dependency, and it draws nothing when stderr is not a terminal
+    # (a cron job's log gets the summary lines only).
+    with click.progressbar(length=max(facts.lines - 1, 1), label="importing", file=sys.stderr,
+                           show_pos=True, show_eta=True) as bar:
+        bar.update(found.line_done - 1)
+        seen = found.line_done
+
+        def advanced(line_done: int) -> None:
+            nonlocal seen
+            bar.update(line_done - seen)
+            seen = line_done
+
+        try:
+            with file.open(encoding="utf-8-sig", newline="") as text:
+                return imports.run(ctx.db, found.id, text, region=ctx.settings.default_region,
+                                   suppression_key=ctx.settings.suppression_key, rules=ctx.gateway.quiet_hours,
+                                   jobs=jobs, on_progress=advanced)
+        except (ValueError, imports.ImportMoved) as error:
+            raise click.ClickException(str(error)) from None
+
+
+def _echo_refusals(ctx: Context, import_id: str, results_path: Path, shown: int = 20) -> None:
+    """The summary on stdout; the first refusals on stderr (all of them are in the results file)."""
+    with ctx.db.transaction() as session:
+        row = import_store.get(session, import_id)
+        first = list(itertools.islice(import_store.refusals(session, import_id, batch=shown), shown))
+    for line, why in first:
         click.echo(f"line {line}: refused: {why}", err=True)
-    click.echo(f"imported {sum(report.applied.values())}, refused {len(report.refused)}")
+    if row.refused > len(first):
+        click.echo(f"… and {row.refused - len(first)} more refused", err=True)
+    click.echo(f"imported {row.applied}, refused {row.refused} (import {import_id}; every row's result in "
+               f"{results_path})")
 
 
 @main.command("export")

@@ -94,7 +94,7 @@ def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event
     for draft in drafts:
         seq += 1
         evidence = draft["evidence"]
-        digest = digests.get(id(evidence))
+        digest = draft.get("evidence_digest") or digests.get(id(evidence))  # a bulk import hashes it ahead
         if digest is None:
             digest = digests[id(evidence)] = evidence_digest(evidence)
         placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head, evidence_digest=digest)

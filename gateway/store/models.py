@@ -366,3 +366,49 @@ class ConsoleAccess(Base):
     detail: Mapped[str | None] = mapped_column(String(200))
     address: Mapped[str | None] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Import(Base):
+    """One bulk import of consent rows (services/imports.py): where it stands, so an interrupted one
+    continues where it stopped. Identified by the SHA-256 of the file, so running the same file again
+    finds it; the rows themselves are read from the file (or, uploaded over HTTP, from ImportPart)."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # the file's name, as given: for people reading the list
+    actor: Mapped[str] = mapped_column(String(120))
+    # receiving (an upload still arriving) | queued | running | done | failed
+    status: Mapped[str] = mapped_column(String(20))
+    total_lines: Mapped[int | None] = mapped_column(Integer)  # the file's lines: what progress counts to
+    # The last CSV line (as numbered in the results, the header being line 1) whose row was applied or
+    # refused, committed with those writes: an import that stops continues after it.
+    line_done: Mapped[int] = mapped_column(Integer, default=1)
+    applied: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class ImportRefusal(Base):
+    """A row an import refused, and why (its other rows were applied): the results file is made from these."""
+
+    __tablename__ = "import_refusals"
+
+    import_id: Mapped[str] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class ImportPart(Base):
+    """A piece of a file uploaded to POST /v1/consents/import, in order: the worker that runs the import
+    reads it from here, so any worker machine can, and again after a restart."""
+
+    __tablename__ = "import_parts"
+
+    import_id: Mapped[str] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)

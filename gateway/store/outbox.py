@@ -304,6 +304,15 @@ def block_waiting_into(writes: Writes, *, number_id: int, program_ids: Sequence[
                                      "now": now})
 
 
+def block_waiting(connection: Connection, *, number_id: int, program_ids: Sequence[int], reason: str,
+                  now: datetime) -> None:
+    """Block the number's queued and deferred messages of `program_ids` with `reason`, now (a bulk
+    import's opt-outs, written set-wise rather than through `Writes`)."""
+    if program_ids:
+        _BLOCK_WAITING.run(connection, {"number_id": number_id, "program_ids": list(program_ids), "reason": reason,
+                                        "now": now})
+
+
 _ACCEPT_ONE = text("""
     WITH stored AS (
         INSERT INTO messages (id, number_id, program_id, kind, sender, body, segments, encoding, status, reason,

@@ -1,0 +1,107 @@
+"""Consent imports, the part a row answers alone: is it a number, a program, a status, storable text.
+
+Pure, and picklable in and out: a bulk import screens its chunks of rows in worker processes
+(services/imports.py), because parsing a phone number costs more than everything the database
+does with the row. What depends on the store (suppressions, the number's consents, a STOP that
+still binds) is decided after, in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from gateway.domain import ledger, storable
+from gateway.domain.consent import Input
+from gateway.domain.numbers import InvalidNumber, parse
+
+REQUIRED_COLUMNS = ("phone", "program", "status")
+STATUSES = {"opted_in": Input.IMPORT_OPT_IN, "opted_out": Input.IMPORT_OPT_OUT}
+SUPPRESSED = "suppressed: the number was erased after it opted out, and is never imported again"
+
+
+def check_header(fieldnames: list[str] | None) -> list[str]:
+    """The CSV's column names, or ValueError naming what is wrong (then nothing is imported)."""
+    names = list(fieldnames or [])
+    missing = [column for column in REQUIRED_COLUMNS if column not in names]
+    if missing:
+        raise ValueError(f"the CSV lacks the column(s): {', '.join(missing)}")
+    for name in names:
+        if reason := storable.unstorable_reason(name):
+            raise ValueError(f"the CSV's column name {storable.escaped(name)!r} {reason}")
+    if len(set(names)) != len(names):
+        raise ValueError("the CSV names a column twice: which one is evidence would be a guess")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row that passed every check the row alone can answer: what the store must decide on."""
+
+    line: int
+    e164: str
+    kind: str
+    region: str | None
+    program_id: int
+    input: Input
+    evidence: dict  # every other non-empty column, verbatim
+    evidence_json: str  # as stored
+    evidence_digest: str  # as the ledger chains it
+    suppression: str  # the number's keyed suppression digest
+
+
+@dataclass(frozen=True)
+class Screened:
+    candidates: list[Candidate]
+    refusals: list[tuple[int, str]]  # (line, why)
+
+
+def screen(rows: list[tuple[int, list[str]]], fieldnames: list[str], *, region: str, programs: dict[str, int],
+           suppression_key: bytes) -> Screened:
+    """Check each (line, values) row on its own; `programs` maps slugs to ids."""
+    inner, outer = _hmac_pads(suppression_key)
+    phone_at, program_at, status_at = (fieldnames.index(column) for column in REQUIRED_COLUMNS)
+    extra = [(position, name) for position, name in enumerate(fieldnames) if name not in REQUIRED_COLUMNS]
+    width = len(fieldnames)
+    candidates, refusals = [], []
+    for line, values in rows:
+        if len(values) < width:  # csv.DictReader's None for a short row
+            values = values + [""] * (width - len(values))
+        unstorable = next(((fieldnames[position], reason)
+                           for position, value in enumerate(values[:width])
+                           if (reason := storable.unstorable_reason(value))), None)
+        if unstorable is not None:  # a file's stray NUL: this row is refused, the others go in
+            refusals.append((line, f"column {unstorable[0]!r} {unstorable[1]}"))
+            continue
+        try:
+            number = parse(values[phone_at], region)
+        except InvalidNumber as error:
+            refusals.append((line, f"invalid number ({error.reason})"))
+            continue
+        program = values[program_at]
+        program_id = programs.get(program.strip())
+        if program_id is None:
+            refusals.append((line, f"unknown program {program!r}"))
+            continue
+        status = values[status_at]
+        input = STATUSES.get(status.strip())
+        if input is None:
+            refusals.append((line, f"status must be opted_in or opted_out, not {status!r}"))
+            continue
+        evidence = {name: values[position] for position, name in extra if values[position] != ""}
+        first, second = inner.copy(), outer.copy()
+        first.update(number.e164.encode())
+        second.update(first.digest())
+        candidates.append(Candidate(
+            line, number.e164, number.kind, number.region, program_id, input, evidence,
+            json.dumps(evidence, ensure_ascii=False), ledger.evidence_digest(evidence), second.hexdigest()))
+    return Screened(candidates, refusals)
+
+
+def _hmac_pads(key: bytes):
+    """HMAC-SHA256's keyed inner and outer states, hashed once for a whole chunk (RFC 2104)."""
+    block = hashlib.sha256().block_size
+    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+    return (hashlib.sha256(bytes(byte ^ 0x36 for byte in padded)),
+            hashlib.sha256(bytes(byte ^ 0x5C for byte in padded)))

@@ -1,0 +1,352 @@
+"""Bulk import of consent collected elsewhere: a million rows in a minute, resumable, refusals per row.
+
+The rules are those of one row at a time (a person's own opt-out is never overridden, an erased
+number that opted out never comes back, an opt-in waits while a STOP binds under a state rule, an
+illegal move is refused) but the work is done a chunk of rows at a time (docs/decisions/0023-bulk-import.md):
+
+1. the rows are read in file order and cut into chunks of `CHUNK` rows;
+2. each chunk is screened on its own (number, program, status, storable text: domain/imports.py), in
+   `jobs` worker processes, a few chunks ahead of the writer;
+3. each chunk is applied in file order, in one transaction: its numbers staged and created set-wise,
+   read and locked with their consents in one statement, every row planned in Python through the
+   state machine and chained onto its number's ledger (so a number that appears twice chains twice,
+   in order), then written by COPY, with the import's progress in the same transaction.
+
+An import killed at any point has committed whole chunks and nothing else; run again on the same file
+(found by its SHA-256) it skips the lines it had done and goes on. Memory holds a few chunks.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from gateway.domain import ledger
+from gateway.domain.consent import EVENT_TYPES, OPT_OUT_INPUTS, IllegalTransition, Input, Source, State, Status
+from gateway.domain.consent import apply as transition
+from gateway.domain.gate import Reason
+from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, screen
+from gateway.services.consents import STOP_BINDING, StopBinding
+from gateway.store import imports as store
+from gateway.store import programs
+from gateway.store.database import Database
+from gateway.store.models import Import, utcnow
+
+if TYPE_CHECKING:
+    from gateway.domain.quiet_hours import QuietHours
+
+CHUNK = 20_000  # rows per transaction: big enough that COPY and set-wise statements pay, small enough to redo
+UNFINISHED = ("queued", "running", "failed")
+FIELD_LIMIT = 1 << 20  # the largest field csv will read (its default is 128 KiB)
+
+
+class ImportMoved(RuntimeError):
+    """Another run of the same import moved it while this one worked: this one stops."""
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    digest: str  # SHA-256 of the bytes
+    lines: int  # newlines: what the progress bar counts to
+
+
+def read_facts(path: Path) -> FileFacts:
+    """The file's digest and line count, in one pass that also checks it is UTF-8 throughout (else
+    UnicodeDecodeError, before anything is imported: a chunked import cannot take back what it did)."""
+    digest, decoder, lines = hashlib.sha256(), codecs.getincrementaldecoder("utf-8-sig")(), 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            decoder.decode(block)
+            lines += block.count(b"\n")
+        decoder.decode(b"", final=True)
+    return FileFacts(digest.hexdigest(), lines)
+
+
+@dataclass
+class Outcome:
+    """Where an import stands once a run of it ends."""
+
+    import_id: str
+    status: str
+    line_done: int
+    applied: int
+    refused: int
+    counts: Counter = field(default_factory=Counter)  # this run's applied rows, by input
+    already_done: bool = False  # the same file was imported before: nothing was done again
+
+
+def begin(db: Database, *, digest: str, name: str, actor: str, total_lines: int | None, again: bool = False,
+          status: str = "queued") -> tuple[Import, bool]:
+    """The import to run for a file: the unfinished one of the same digest (resumed), or a new one.
+    Returns (import, already_done): a file imported to the end before is not imported twice unless
+    `again` (its rows would be refused as repeats, or repeat opt-outs in the ledger)."""
+    with db.transaction() as session:
+        latest = store.latest_of(session, digest)
+        if latest is not None and latest.status in UNFINISHED:
+            return latest, False
+        if latest is not None and latest.status == "done" and not again:
+            return latest, True
+        return store.create(session, digest=digest, name=name, actor=actor, status=status,
+                            total_lines=total_lines, now=utcnow()), False
+
+
+def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppression_key: bytes,
+        rules: QuietHours, jobs: int = 1, chunk: int = CHUNK,
+        on_progress: Callable[[int], None] | None = None) -> Outcome:
+    """Run (or go on with) the import `import_id` over the CSV `text` (an iterable of its lines).
+
+    ValueError for a file refused whole (its header); ImportMoved if another run moved it meanwhile.
+    A fault (the database gone) propagates with the import left where its last chunk committed.
+    """
+    now = utcnow()
+    with db.transaction() as session:
+        if not store.claim(session, import_id, UNFINISHED, now):
+            row = store.get(session, import_id)
+            raise ImportMoved(f"import {import_id} is {row.status if row else 'unknown'}: not run again")
+        row = store.get(session, import_id)
+        line_done, actor = row.line_done, row.actor
+        known = {program.slug: program.id for program in programs.all_programs(session)}
+    counts: Counter = Counter()
+    try:
+        reader = csv.reader(text)
+        fieldnames = check_header(next(reader, None))
+        screening = _Screening(jobs, fieldnames, region, known, suppression_key)
+        with screening:
+            for last_line, screened in screening.chunks(_rows(reader, after=line_done), chunk):
+                applied = _apply(db, import_id, line_done, last_line, screened, actor=actor, rules=rules,
+                                 now=now)
+                counts.update(applied)
+                line_done = last_line
+                if on_progress:
+                    on_progress(line_done)
+    except (ValueError, csv.Error) as error:  # the file, refused whole: nothing of it was written
+        with db.transaction() as session:
+            store.set_status(session, import_id, "failed", utcnow(), error=str(error), finished=True)
+        raise ValueError(str(error)) from None
+    except ImportMoved:
+        raise
+    except BaseException:
+        with _quietly():
+            with db.transaction() as session:
+                store.set_status(session, import_id, "failed", utcnow(), error="interrupted; run it again to go on")
+        raise
+    with db.transaction() as session:
+        store.set_status(session, import_id, "done", utcnow(), finished=True)
+        store.drop_parts(session, import_id)
+        row = store.get(session, import_id)
+        return Outcome(import_id, row.status, row.line_done, row.applied, row.refused, counts)
+
+
+class _quietly:
+    """Recording a failure must not hide the failure (the database may be what failed)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return exc[0] is not None and issubclass(exc[0], Exception)
+
+
+def _rows(reader, *, after: int) -> Iterator[tuple[int, list[str]]]:
+    """(line, values) of every row after line `after`, numbered as the results file numbers them:
+    the header is line 1, and an empty line is no row (as csv.DictReader skips it)."""
+    line = 1
+    for values in reader:
+        if not values:
+            continue
+        line += 1
+        if line > after:
+            yield line, values
+
+
+class _Screening:
+    """Screens chunks ahead of the writer: in `jobs` processes (a few chunks in flight, so memory
+    stays bounded), or in this one when jobs is 1."""
+
+    def __init__(self, jobs: int, fieldnames: list[str], region: str, known: dict[str, int], key: bytes):
+        self.jobs = max(1, jobs)
+        self.args = (fieldnames,)
+        self.kwargs = {"region": region, "programs": known, "suppression_key": key}
+        self.pool: Executor | None = None
+
+    def __enter__(self):
+        if self.jobs > 1:
+            self.pool = ProcessPoolExecutor(self.jobs)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def chunks(self, rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[tuple[int, Screened]]:
+        csv.field_size_limit(FIELD_LIMIT)
+        pending: deque[tuple[int, Future | Screened]] = deque()
+        batch: list[tuple[int, list[str]]] = []
+
+        def submit() -> None:
+            last = batch[-1][0]
+            if self.pool is None:
+                pending.append((last, screen(list(batch), *self.args, **self.kwargs)))
+            else:
+                pending.append((last, self.pool.submit(screen, list(batch), *self.args, **self.kwargs)))
+            batch.clear()
+
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= size:
+                submit()
+                while len(pending) > self.jobs:
+                    yield _done(pending.popleft())
+        if batch:
+            submit()
+        while pending:
+            yield _done(pending.popleft())
+
+
+def _done(item: tuple[int, Future | Screened]) -> tuple[int, Screened]:
+    last, screened = item
+    return last, screened.result() if isinstance(screened, Future) else screened
+
+
+@dataclass
+class _Holding:
+    """One number as the chunk holds it: its chain's head and its consents, moved row by row."""
+
+    number_id: int
+    seq: int
+    head: str
+    consents: dict[int, tuple[int | None, State]]  # program id -> (consent row id or None, state)
+    stopped_at: datetime | None = None  # its standing opt-out, if any
+    moved: bool = False
+
+
+def _apply(db: Database, import_id: str, line_from: int, line_to: int, screened: Screened, *, actor: str,
+           rules: QuietHours, now: datetime) -> Counter:
+    """Apply one screened chunk in one transaction; its applied rows by input."""
+    candidates = screened.candidates
+    distinct: dict[str, tuple] = {}
+    for candidate in candidates:
+        distinct.setdefault(candidate.e164, (candidate.e164, candidate.kind, candidate.region, candidate.suppression))
+    with db.transaction() as session:
+        suppressed, held = store.hold(session, list(distinct.values()), now)
+        holdings: dict[str, _Holding] = {}
+        for number_id, e164, seq, head, consent_id, program_id, status, restorable in held:
+            holding = holdings.get(e164)
+            if holding is None:
+                holding = holdings[e164] = _Holding(number_id, seq, head, {})
+            if consent_id is not None:
+                holding.consents[program_id] = (consent_id, State(Status(status), bool(restorable)))
+        opting_in = {holdings[c.e164].number_id for c in candidates
+                     if c.input is Input.IMPORT_OPT_IN and c.e164 in holdings and holdings[c.e164].seq > 0}
+        stops = store.standing_stops(session, sorted(opting_in))
+        for holding in holdings.values():
+            holding.stopped_at = stops.get(holding.number_id)
+        plan = _plan(candidates, suppressed, holdings, actor=actor, rules=rules, now=now)
+        refusals = sorted(screened.refusals + plan.refusals)
+        waiting = store.numbers_with_waiting(session, sorted(plan.opted_out))
+        if not store.write(session, import_id=import_id, line_from=line_from, line_to=line_to, events=plan.events,
+                           evidence_json=plan.evidence_json, new_consents=plan.new_consents,
+                           changed_consents=plan.changed_consents, heads=plan.heads,
+                           blocked={n: sorted(plan.opted_out[n]) for n in waiting}, refusals=refusals,
+                           applied=sum(plan.counts.values()), now=now, reason=Reason.OPTED_OUT.value):
+            raise ImportMoved(f"import {import_id} was moved past line {line_from} by another run")
+    return plan.counts
+
+
+@dataclass
+class _Plan:
+    events: list[ledger.Event] = field(default_factory=list)
+    evidence_json: list[str] = field(default_factory=list)
+    refusals: list[tuple[int, str]] = field(default_factory=list)
+    new_consents: list[tuple] = field(default_factory=list)
+    changed_consents: list[dict] = field(default_factory=list)
+    heads: list[tuple[int, int, str]] = field(default_factory=list)
+    opted_out: dict[int, set[int]] = field(default_factory=dict)  # number id -> programs it opted out of
+    counts: Counter = field(default_factory=Counter)
+
+
+def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str, _Holding], *, actor: str,
+          rules: QuietHours, now: datetime) -> _Plan:
+    """Every row of the chunk in file order, through the state machine onto its number's chain, as the
+    one-row-at-a-time import decided it."""
+    plan = _Plan()
+    for c in candidates:
+        if c.e164 in suppressed:
+            plan.refusals.append((c.line, SUPPRESSED))
+            continue
+        holding = holdings[c.e164]
+        if c.input is Input.IMPORT_OPT_IN and holding.stopped_at is not None:
+            rule = rules.stop_binding(c.e164, now)
+            if rule is not None and now < (until := rule.binds_until(holding.stopped_at)):
+                binding = StopBinding(rule, holding.stopped_at, until)
+                plan.refusals.append((c.line, f"{STOP_BINDING}: {binding.message}"))
+                continue
+        consent_id, before = holding.consents.get(c.program_id, (None, State()))
+        try:
+            after = transition(before, c.input)
+        except IllegalTransition as error:
+            plan.refusals.append((c.line, str(error)))
+            continue
+        draft = {"type": EVENT_TYPES[c.input], "input": c.input.value, "program_id": c.program_id,
+                 "status_before": before.status.value if before.status else None,
+                 "status_after": after.status.value if after.status else None, "expires_at": None,
+                 "source": Source.IMPORT.value, "actor": actor, "reference": f"line {c.line}",
+                 "evidence": c.evidence, "evidence_digest": c.evidence_digest, "occurred_at": now}
+        [event] = ledger.chain(holding.number_id, holding.seq, holding.head, [draft])
+        plan.events.append(event)
+        plan.evidence_json.append(c.evidence_json)
+        holding.seq, holding.head, holding.moved = event.seq, event.hash, True
+        holding.consents[c.program_id] = (consent_id, after)
+        if c.input in OPT_OUT_INPUTS:
+            holding.stopped_at = now
+            plan.opted_out.setdefault(holding.number_id, set()).add(c.program_id)
+        plan.counts[c.input.value] += 1
+    for holding in holdings.values():
+        if holding.moved:
+            plan.heads.append((holding.number_id, holding.seq, holding.head))
+    # Each consent the chunk moved, written once in the state its last row left it in.
+    by_id = {holding.number_id: holding for holding in holdings.values()}
+    for number_id, program_id in dict.fromkeys((event.number_id, event.program_id) for event in plan.events):
+        consent_id, state = by_id[number_id].consents[program_id]
+        if consent_id is None:
+            plan.new_consents.append((number_id, program_id, state.status.value, state.restorable, None, now))
+        else:
+            plan.changed_consents.append({"b_id": consent_id, "b_status": state.status.value,
+                                          "b_restorable": state.restorable, "b_updated_at": now})
+    return plan
+
+
+# --- results ----------------------------------------------------------------------------------------
+
+RESULT_COLUMNS = ("line", "result", "reason")
+
+
+def results(db: Database, import_id: str) -> Iterator[tuple[int, str, str]]:
+    """(line, "imported" | "refused", why) for every row the import has done, in line order."""
+    with db.snapshot() as session:
+        row = store.get(session, import_id)
+        if row is None:
+            return
+        refused = store.refusals(session, import_id)
+        next_refused = next(refused, None)
+        for line in range(2, row.line_done + 1):
+            if next_refused is not None and next_refused[0] == line:
+                yield line, "refused", next_refused[1]
+                next_refused = next(refused, None)
+            else:
+                yield line, "imported", ""
+
+
+def write_results(db: Database, import_id: str, handle: IO[str]) -> None:
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    writer.writerows(results(db, import_id))
