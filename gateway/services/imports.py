@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -101,13 +102,14 @@ def begin(db: Database, *, digest: str, name: str, actor: str, total_lines: int 
 
 def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppression_key: bytes,
         rules: QuietHours, jobs: int = 1, chunk: int = CHUNK,
-        on_progress: Callable[[int], None] | None = None) -> Outcome:
+        on_progress: Callable[[int], None] | None = None, now: datetime | None = None) -> Outcome:
     """Run (or go on with) the import `import_id` over the CSV `text` (an iterable of its lines).
 
     ValueError for a file refused whole (its header); ImportMoved if another run moved it meanwhile.
     A fault (the database gone) propagates with the import left where its last chunk committed.
+    `now`: when the rows' events happen (the run's start).
     """
-    now = utcnow()
+    now = now or utcnow()
     with db.transaction() as session:
         if not store.claim(session, import_id, UNFINISHED, now):
             row = store.get(session, import_id)
@@ -323,6 +325,21 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
             plan.changed_consents.append({"b_id": consent_id, "b_status": state.status.value,
                                           "b_restorable": state.restorable, "b_updated_at": now})
     return plan
+
+
+def import_text(db: Database, text: str, *, actor: str, region: str, suppression_key: bytes, rules: QuietHours,
+                now: datetime | None = None, name: str = "inline.csv") -> Outcome:
+    """Import a CSV held in memory as a new import, in this process (a handful of rows: tools, tests)."""
+    found, _ = begin(db, digest=hashlib.sha256(text.encode()).hexdigest(), name=name, actor=actor,
+                     total_lines=text.count("\n"), again=True)
+    return run(db, found.id, io.StringIO(text, newline=""), region=region, suppression_key=suppression_key,
+               rules=rules, now=now)
+
+
+def refusals(db: Database, import_id: str) -> list[tuple[int, str]]:
+    """Every row the import refused, (line, why), in line order."""
+    with db.sessions() as session:
+        return [tuple(row) for row in store.refusals(session, import_id)]
 
 
 # --- results ----------------------------------------------------------------------------------------

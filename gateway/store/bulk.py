@@ -35,16 +35,18 @@ def _copy(session: Session, table: str, columns: Sequence[str], rows: Iterable[S
             copy.write_row(row)
 
 
-def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence], *,
+                copy_from: int = COPY_FROM) -> None:
     """Insert `rows` (tuples in the order of `columns`) into `table` in the session's transaction.
 
     Through COPY, values go in as the database takes them (no SQLAlchemy type processing): datetimes
-    must be aware, JSON already a string.
+    must be aware, JSON already a string. `copy_from=0`: always COPY on PostgreSQL (the caller gives
+    JSON as a string there, as a value elsewhere).
     """
     if not rows:
         return
     # COPY pays a few round trips of its own; for a handful of rows a plain INSERT is quicker.
-    if _postgres(session) and len(rows) > COPY_FROM:
+    if _postgres(session) and len(rows) > copy_from:
         _copy(session, table.name, columns, rows)
     else:
         session.execute(insert(table), [dict(zip(columns, row)) for row in rows])

@@ -133,7 +133,7 @@ def numbers_with_waiting(session: Session, number_ids: list[int]) -> set[int]:
     """Which of `number_ids` have queued or deferred messages (an opt-out must block them)."""
     if not number_ids:
         return set()
-    return set(session.scalars(select(_MESSAGES.c.number_id.distinct()).where(
+    return set(session.scalars(select(_MESSAGES.c.number_id).distinct().where(
         _MESSAGES.c.number_id.in_(number_ids), _MESSAGES.c.status.in_([status.value for status in WAITING]))))
 
 
@@ -154,7 +154,7 @@ def write(session: Session, *, import_id: str, line_from: int, line_to: int, eve
     bulk.insert_rows(session, EVENTS, EVENT_COLUMNS, [
         (e.number_id, e.seq, e.type, e.input, e.program_id, e.status_before, e.status_after, e.expires_at, e.source,
          e.actor, e.reference, stored if postgresql else e.evidence, e.evidence_digest, e.occurred_at, e.prev_hash,
-         e.hash) for e, stored in zip(events, evidence_json)])
+         e.hash) for e, stored in zip(events, evidence_json)], copy_from=0)
     bulk.insert_rows(session, CONSENTS, CONSENT_COLUMNS, new_consents)
     if changed_consents:
         session.execute(update(CONSENTS).where(CONSENTS.c.id == bindparam("b_id")).values(

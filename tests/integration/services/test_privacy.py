@@ -1,6 +1,5 @@
 """Export, erasure (with the suppression hash that outlives it) and consent import."""
 
-import io
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +9,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.domain.quiet_hours import default_rules
-from gateway.services import consents, policy, privacy
+from gateway.services import consents, imports, policy, privacy
 from gateway.store import consents as store_consents
 from gateway.store import ledger
 from gateway.store.models import LedgerEvent, PhoneNumber, Suppression
@@ -91,12 +90,12 @@ def test_import_applies_rows_and_refuses_what_cannot_apply(db):
         "+14155552674,nope,opted_in,,\n"
         "+14155552675,deals,maybe,,\n"
     )
-    with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
-                                     suppression_key=b"k" * 32)
-    assert dict(report.applied) == {"import_opt_in": 1, "import_opt_out": 1}
-    assert [line for line, _ in report.refused] == [4, 5, 6, 7]
-    assert "not allowed from opted_out" in report.refused[0][1]
+    report = imports.import_text(db, csv_text, region="US", actor="ops", rules=default_rules(),
+                                 suppression_key=b"k" * 32)
+    refused = imports.refusals(db, report.import_id)
+    assert dict(report.counts) == {"import_opt_in": 1, "import_opt_out": 1}
+    assert [line for line, _ in refused] == [4, 5, 6, 7]
+    assert "not allowed from opted_out" in refused[0][1]
     with db.sessions() as session:
         imported = select(LedgerEvent).where(LedgerEvent.source == "import").order_by(LedgerEvent.id)
         event = session.scalars(imported).first()
@@ -125,12 +124,12 @@ def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
         privacy.erase(session, store_consents.find_number(session, PHONE), settings.suppression_key,
                       consents.Evidence(Source.API, actor="dpo"))
     csv_text = "phone,program,status\n(415) 555-2671,deals,opted_in\n+14155552671,orders,opted_out\n"
-    with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
-                                    suppression_key=settings.suppression_key)
-    assert not report.applied
-    assert [line for line, _ in report.refused] == [2, 3]
-    assert all(why.startswith("suppressed") for _, why in report.refused)
+    report = imports.import_text(db, csv_text, region="US", actor="ops", rules=default_rules(),
+                                 suppression_key=settings.suppression_key)
+    refused = imports.refusals(db, report.import_id)
+    assert not report.counts
+    assert [line for line, _ in refused] == [2, 3]
+    assert all(why.startswith("suppressed") for _, why in refused)
     with db.sessions() as session:
         assert store_consents.find_number(session, PHONE) is None
 
@@ -138,14 +137,14 @@ def test_import_refuses_a_number_erased_after_it_opted_out(db, settings):
 def test_import_refuses_a_row_the_store_cannot_hold_and_takes_the_others(db, settings):
     csv_text = ("phone,program,status,note\n+14155552671,deals,opted_in,a\x00b\n"
                 "+14155552672,deals,opted_in,fine\n")
-    with db.transaction() as session:
-        report = privacy.import_csv(session, io.StringIO(csv_text), region="US", actor="ops", rules=default_rules(),
-                                    suppression_key=settings.suppression_key)
-    assert dict(report.applied) == {"import_opt_in": 1}
-    assert report.refused == [(2, "column 'note' contains a NUL character (U+0000), which cannot be stored")]
+    report = imports.import_text(db, csv_text, region="US", actor="ops", rules=default_rules(),
+                                 suppression_key=settings.suppression_key)
+    assert dict(report.counts) == {"import_opt_in": 1}
+    assert imports.refusals(db, report.import_id) == [
+        (2, "column 'note' contains a NUL character (U+0000), which cannot be stored")]
 
 
 def test_import_refuses_a_file_whose_column_names_the_store_cannot_hold(db, settings):
-    with db.transaction() as session, pytest.raises(ValueError, match="column name"):
-        privacy.import_csv(session, io.StringIO("phone,program,status,no\x00te\n"), region="US", actor="ops",
-                           rules=default_rules(), suppression_key=settings.suppression_key)
+    with pytest.raises(ValueError, match="column name"):
+        imports.import_text(db, "phone,program,status,no\x00te\n", region="US", actor="ops",
+                            rules=default_rules(), suppression_key=settings.suppression_key)

@@ -4,7 +4,6 @@ quiet hours, and Virginia's ten-year STOP."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -15,7 +14,7 @@ from sqlalchemy import select
 from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind, Reason
 from gateway.domain.numbers import parse
-from gateway.services import consents, inbound, policy, privacy, sending
+from gateway.services import consents, imports, inbound, policy, sending
 from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, Program
@@ -218,10 +217,9 @@ def _opted_in_then_stopped(gateway, db, phone):
 
 
 def _import(gateway, db, phone, slug, now):
-    with db.transaction() as session:
-        return privacy.import_csv(session, io.StringIO(f"phone,program,status\n{phone},{slug},opted_in\n"),
-                                  region="US", actor="ops", suppression_key=gateway.settings.suppression_key,
-                                  rules=gateway.quiet_hours, now=now)
+    outcome = imports.import_text(db, f"phone,program,status\n{phone},{slug},opted_in\n", region="US", actor="ops",
+                                  suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours, now=now)
+    return outcome.counts, imports.refusals(db, outcome.import_id)
 
 
 def _status(db, phone, slug):
@@ -235,26 +233,26 @@ def test_an_import_cannot_lift_a_virginia_stop_for_ten_years(gateway, db):
     _opted_in_then_stopped(gateway, db, NYC)
     # "orders" is on another sender: the STOP left it untouched, so an import could opt the number in.
     later = datetime(2035, 12, 31, tzinfo=UTC)
-    report = _import(gateway, db, RICHMOND_VA, "orders", later)
-    assert dict(report.applied) == {}
-    [(line, why)] = report.refused
+    applied, refused = _import(gateway, db, RICHMOND_VA, "orders", later)
+    assert dict(applied) == {}
+    [(line, why)] = refused
     assert line == 2 and why.startswith("stop_binding: this number opted out on 2026-01-05")
     assert "Virginia SB 1339" in why and "until 2036-01-05" in why
     assert _status(db, RICHMOND_VA, "orders") is None
     # Elsewhere no such rule: the same import goes in.
-    assert dict(_import(gateway, db, NYC, "orders", later).applied) == {"import_opt_in": 1}
+    assert dict(_import(gateway, db, NYC, "orders", later)[0]) == {"import_opt_in": 1}
     # Ten years on, the STOP no longer binds.
-    assert dict(_import(gateway, db, RICHMOND_VA, "orders", datetime(2036, 1, 6, tzinfo=UTC)).applied) \
+    assert dict(_import(gateway, db, RICHMOND_VA, "orders", datetime(2036, 1, 6, tzinfo=UTC))[0]) \
         == {"import_opt_in": 1}
 
 
 def test_only_the_persons_own_text_lifts_a_virginia_stop(gateway, db):
     _opted_in_then_stopped(gateway, db, RICHMOND_VA)
     soon = STOPPED_AT + timedelta(days=30)
-    assert _import(gateway, db, RICHMOND_VA, "orders", soon).refused
+    assert _import(gateway, db, RICHMOND_VA, "orders", soon)[1]
     inbound.handle(gateway, _text("START", "SM" + "4" * 32, sender=RICHMOND_VA), now=soon)
     assert _status(db, RICHMOND_VA, "deals") == "opted_in"
-    assert dict(_import(gateway, db, RICHMOND_VA, "orders", soon + timedelta(minutes=1)).applied) \
+    assert dict(_import(gateway, db, RICHMOND_VA, "orders", soon + timedelta(minutes=1))[0]) \
         == {"import_opt_in": 1}
 
 
