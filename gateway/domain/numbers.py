@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberType, shortnumberinfo
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumberType, shortnumberinfo
+from phonenumbers.phonenumberutil import REGION_CODE_FOR_NON_GEO_ENTITY, _number_type_helper
 
 _TYPES = {
     PhoneNumberType.MOBILE: "mobile",
@@ -76,9 +78,13 @@ def parse(raw: object, default_region: str = "US") -> Number:
     except NumberParseException as error:
         reason = _PARSE_REASONS.get(error.error_type, "not_a_number")
         raise InvalidNumber(reason, f"not a phone number ({reason.replace('_', ' ')})") from None
-    if shortnumberinfo.is_valid_short_number(parsed):
+    if _may_be_short(parsed) and shortnumberinfo.is_valid_short_number(parsed):
         raise InvalidNumber("short_code", "short codes cannot be subscribed")
-    if not phonenumbers.is_valid_number(parsed):
+    # is_valid_number and number_type, with the number's region and type worked out once rather than
+    # three times (a bulk import parses a million numbers: this halves what each costs).
+    region = phonenumbers.region_code_for_number(parsed)
+    code = _type_in_region(parsed, region)
+    if code == PhoneNumberType.UNKNOWN:
         possible = phonenumbers.is_possible_number_with_reason(parsed)
         reason = {
             phonenumbers.ValidationResult.TOO_SHORT: "too_short",
@@ -86,12 +92,46 @@ def parse(raw: object, default_region: str = "US") -> Number:
             phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "invalid_country_code",
         }.get(possible, "invalid")
         raise InvalidNumber(reason, f"not a valid phone number ({reason.replace('_', ' ')})")
-    kind = _TYPES.get(phonenumbers.number_type(parsed), "unknown")
     return Number(
         e164=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
-        kind=kind,
-        region=phonenumbers.region_code_for_number(parsed),
+        kind=_TYPES.get(code, "unknown"),
+        region=region,
     )
+
+
+def _type_in_region(parsed: phonenumbers.PhoneNumber, region: str | None) -> int:
+    """phonenumbers.number_type(parsed) if phonenumbers.is_valid_number(parsed), else UNKNOWN, given
+    region_code_for_number(parsed): what those two compute, each computing the region again
+    (tests/unit/domain/test_numbers.py holds it to them)."""
+    if region is None:
+        return PhoneNumberType.UNKNOWN
+    country_code = parsed.country_code
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+    if metadata is None or (region != REGION_CODE_FOR_NON_GEO_ENTITY
+                            and country_code != phonenumbers.country_code_for_valid_region(region)):
+        return PhoneNumberType.UNKNOWN
+    return _number_type_helper(phonenumbers.national_significant_number(parsed), metadata)
+
+
+@functools.cache
+def _short_lengths(country_code: int) -> frozenset[int] | None:
+    """The lengths a short code of the country code can have in any of its regions (None: any)."""
+    lengths: set[int] = set()
+    for region in phonenumbers.region_codes_for_country_code(country_code):
+        metadata = PhoneMetadata.short_metadata_for_region(region)
+        if metadata is None or metadata.short_code is None:
+            continue
+        if not metadata.short_code.possible_length:
+            return None
+        lengths.update(metadata.short_code.possible_length)
+    return frozenset(lengths)
+
+
+def _may_be_short(parsed: phonenumbers.PhoneNumber) -> bool:
+    """False when no region of the number's country code has short codes of its length: then
+    is_valid_short_number is False without matching every region's patterns (NANPA has 25)."""
+    lengths = _short_lengths(parsed.country_code)
+    return lengths is None or len(phonenumbers.national_significant_number(parsed)) in lengths
 
 
 def is_e164(text: object) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.domain import numbers
 from gateway.domain.numbers import InvalidNumber, is_e164, mask, parse
 from gateway.logs import MaskNumbers
 
@@ -104,3 +105,50 @@ def test_anything_else_is_not_e164(text):
 @pytest.mark.parametrize("text", ["+14155552671\n", "+1415555267\uff11", "\uff0b14155552671"])
 def test_what_is_not_e164_is_parsed_to_the_number_it_means(text):
     assert parse(text).e164 == "+14155552671"
+
+
+def _parse_as_the_library_says(raw: str, region: str):
+    """What `parse` decided before it worked out the region once: phonenumbers' public functions."""
+    import phonenumbers
+    from phonenumbers import shortnumberinfo
+
+    parsed = phonenumbers.parse(raw, region)
+    if shortnumberinfo.is_valid_short_number(parsed):
+        return "short_code"
+    if not phonenumbers.is_valid_number(parsed):
+        return "invalid"
+    kind = numbers._TYPES.get(phonenumbers.number_type(parsed), "unknown")
+    return (phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), kind,
+            phonenumbers.region_code_for_number(parsed))
+
+
+def test_parse_decides_as_phonenumbers_public_functions_do():
+    """`parse` calls a private helper of phonenumbers once instead of its public functions three
+    times: held to the public answer over numbers of every country and shape, short codes included."""
+    import random
+
+    import phonenumbers
+
+    rng = random.Random(18)
+    inputs = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        example = phonenumbers.example_number(region)
+        code = phonenumbers.country_code_for_region(region)
+        if example is not None:
+            inputs.append((phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164), "US"))
+        for length in (3, 4, 5, 6, 8, 9, 10, 11):
+            inputs.append((f"+{code}" + "".join(rng.choice("0123456789") for _ in range(length)), "US"))
+        inputs.append(("".join(rng.choice("0123456789") for _ in range(rng.choice((3, 5, 6, 10)))), region))
+    inputs += [(f"+1{rng.randint(200, 999)}{rng.randint(0, 9_999_999):07d}", "US") for _ in range(3000)]
+    inputs += [("911", "US"), ("112", "GB"), ("40404", "US"), ("+447911123456", "US"), ("+8613800138000", "US")]
+    for raw, region in inputs:
+        try:
+            expected = _parse_as_the_library_says(raw, region)
+        except phonenumbers.NumberParseException:
+            continue
+        try:
+            number = numbers.parse(raw, region)
+            got = (number.e164, number.kind, number.region)
+        except numbers.InvalidNumber as error:
+            got = "short_code" if error.reason == "short_code" else "invalid"
+        assert got == expected, (raw, region)
