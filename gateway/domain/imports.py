@@ -9,8 +9,8 @@ still binds) is decided after, in file order.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.domain import ledger, storable
 from gateway.domain.consent import Input
@@ -35,18 +35,17 @@ def check_header(fieldnames: list[str] | None) -> list[str]:
     return names
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A row that passed every check the row alone can answer: what the store must decide on."""
+class Candidate(NamedTuple):
+    """A row that passed every check the row alone can answer: what the store must decide on. Plain
+    values only: chunks of these come back from the screening processes, pickled."""
 
     line: int
     e164: str
     kind: str
     region: str | None
     program_id: int
-    input: Input
-    evidence: dict  # every other non-empty column, verbatim
-    evidence_json: str  # as stored
+    input: str  # an Input's value
+    evidence_json: str  # every other non-empty column, verbatim, as canonical JSON (stored as it is)
     evidence_digest: str  # as the ledger chains it
     suppression: str  # the number's keyed suppression digest
 
@@ -68,11 +67,12 @@ def screen(rows: list[tuple[int, list[str]]], fieldnames: list[str], *, region: 
     for line, values in rows:
         if len(values) < width:  # csv.DictReader's None for a short row
             values = values + [""] * (width - len(values))
-        unstorable = next(((fieldnames[position], reason)
-                           for position, value in enumerate(values[:width])
-                           if (reason := storable.unstorable_reason(value))), None)
-        if unstorable is not None:  # a file's stray NUL: this row is refused, the others go in
-            refusals.append((line, f"column {unstorable[0]!r} {unstorable[1]}"))
+        elif len(values) > width:  # values past the header's columns are not kept (as DictReader's None key)
+            values = values[:width]
+        if storable.UNSTORABLE.search("".join(values)):  # a file's stray NUL: this row is refused, the others go in
+            column, reason = next((fieldnames[position], reason) for position, value in enumerate(values)
+                                  if (reason := storable.unstorable_reason(value)))
+            refusals.append((line, f"column {column!r} {reason}"))
             continue
         try:
             number = parse(values[phone_at], region)
@@ -89,13 +89,13 @@ def screen(rows: list[tuple[int, list[str]]], fieldnames: list[str], *, region: 
         if input is None:
             refusals.append((line, f"status must be opted_in or opted_out, not {status!r}"))
             continue
-        evidence = {name: values[position] for position, name in extra if values[position] != ""}
+        evidence_json, evidence_digest = ledger.canonical_evidence(
+            {name: values[position] for position, name in extra if values[position] != ""})
         first, second = inner.copy(), outer.copy()
         first.update(number.e164.encode())
         second.update(first.digest())
-        candidates.append(Candidate(
-            line, number.e164, number.kind, number.region, program_id, input, evidence,
-            json.dumps(evidence, ensure_ascii=False), ledger.evidence_digest(evidence), second.hexdigest()))
+        candidates.append(Candidate(line, number.e164, number.kind, number.region, program_id, input.value,
+                                    evidence_json, evidence_digest, second.hexdigest()))
     return Screened(candidates, refusals)
 
 

@@ -32,6 +32,13 @@ def evidence_digest(evidence: dict) -> str:
     return hashlib.sha256(_canonical(evidence)).hexdigest()
 
 
+def canonical_evidence(evidence: dict) -> tuple[str, str]:
+    """The evidence as canonical JSON text (what its digest covers, and a fine way to store it) and
+    its digest, from one serialisation."""
+    canonical = _canonical(evidence)
+    return canonical.decode(), hashlib.sha256(canonical).hexdigest()
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="microseconds") if moment else None
 

@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
+
 from gateway.domain import ledger
 from gateway.domain.consent import EVENT_TYPES, OPT_OUT_INPUTS, IllegalTransition, Input, Source, State, Status
 from gateway.domain.consent import apply as transition
@@ -229,18 +231,32 @@ class _Holding:
     consents: dict[int, tuple[int | None, State]]  # program id -> (consent row id or None, state)
     stopped_at: datetime | None = None  # its standing opt-out, if any
     moved: bool = False
+    new: bool = False  # not stored yet: written with its head (PostgreSQL)
 
 
 def _apply(db: Database, import_id: str, line_from: int, line_to: int, screened: Screened, *, actor: str,
            rules: QuietHours, now: datetime) -> Counter:
-    """Apply one screened chunk in one transaction; its applied rows by input."""
+    """Apply one screened chunk in one transaction; its applied rows by input. A number created by
+    someone else between the chunk's read and its write fails the transaction: the chunk runs again."""
+    for attempt in range(3):
+        try:
+            return _apply_once(db, import_id, line_from, line_to, screened, actor=actor, rules=rules, now=now)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_once(db: Database, import_id: str, line_from: int, line_to: int, screened: Screened, *, actor: str,
+                rules: QuietHours, now: datetime) -> Counter:
     candidates = screened.candidates
     distinct: dict[str, tuple] = {}
     for candidate in candidates:
         distinct.setdefault(candidate.e164, (candidate.e164, candidate.kind, candidate.region, candidate.suppression))
     with db.transaction() as session:
-        suppressed, held = store.hold(session, list(distinct.values()), now)
-        holdings: dict[str, _Holding] = {}
+        suppressed, held, new = store.hold(session, list(distinct.values()), now)
+        holdings: dict[str, _Holding] = {e164: _Holding(number_id, 0, ledger.GENESIS_HASH, {}, new=True)
+                                         for e164, number_id in new.items()}
         for number_id, e164, seq, head, consent_id, program_id, status, restorable in held:
             holding = holdings.get(e164)
             if holding is None:
@@ -248,20 +264,26 @@ def _apply(db: Database, import_id: str, line_from: int, line_to: int, screened:
             if consent_id is not None:
                 holding.consents[program_id] = (consent_id, State(Status(status), bool(restorable)))
         opting_in = {holdings[c.e164].number_id for c in candidates
-                     if c.input is Input.IMPORT_OPT_IN and c.e164 in holdings and holdings[c.e164].seq > 0}
+                     if c.input == _OPT_IN and c.e164 in holdings and holdings[c.e164].seq > 0}
         stops = store.standing_stops(session, sorted(opting_in))
         for holding in holdings.values():
             holding.stopped_at = stops.get(holding.number_id)
         plan = _plan(candidates, suppressed, holdings, actor=actor, rules=rules, now=now)
+        new_numbers = [(holding.number_id, e164, *distinct[e164][1:3], "ok", "", holding.seq, holding.head, now)
+                       for e164, holding in holdings.items() if holding.new]
         refusals = sorted(screened.refusals + plan.refusals)
         waiting = store.numbers_with_waiting(session, sorted(plan.opted_out))
         if not store.write(session, import_id=import_id, line_from=line_from, line_to=line_to, events=plan.events,
-                           evidence_json=plan.evidence_json, new_consents=plan.new_consents,
+                           evidence_json=plan.evidence_json, new_numbers=new_numbers, new_consents=plan.new_consents,
                            changed_consents=plan.changed_consents, heads=plan.heads,
                            blocked={n: sorted(plan.opted_out[n]) for n in waiting}, refusals=refusals,
                            applied=sum(plan.counts.values()), now=now, reason=Reason.OPTED_OUT.value):
             raise ImportMoved(f"import {import_id} was moved past line {line_from} by another run")
     return plan.counts
+
+
+_OPT_IN = Input.IMPORT_OPT_IN.value
+_INPUTS = {input.value: input for input in Input}
 
 
 @dataclass
@@ -271,7 +293,7 @@ class _Plan:
     refusals: list[tuple[int, str]] = field(default_factory=list)
     new_consents: list[tuple] = field(default_factory=list)
     changed_consents: list[dict] = field(default_factory=list)
-    heads: list[tuple[int, int, str]] = field(default_factory=list)
+    heads: list[tuple[int, int, str]] = field(default_factory=list)  # of numbers stored before the chunk
     opted_out: dict[int, set[int]] = field(default_factory=dict)  # number id -> programs it opted out of
     counts: Counter = field(default_factory=Counter)
 
@@ -286,7 +308,8 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
             plan.refusals.append((c.line, SUPPRESSED))
             continue
         holding = holdings[c.e164]
-        if c.input is Input.IMPORT_OPT_IN and holding.stopped_at is not None:
+        input = _INPUTS[c.input]
+        if input is Input.IMPORT_OPT_IN and holding.stopped_at is not None:
             rule = rules.stop_binding(c.e164, now)
             if rule is not None and now < (until := rule.binds_until(holding.stopped_at)):
                 binding = StopBinding(rule, holding.stopped_at, until)
@@ -294,26 +317,27 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
                 continue
         consent_id, before = holding.consents.get(c.program_id, (None, State()))
         try:
-            after = transition(before, c.input)
+            after = transition(before, input)
         except IllegalTransition as error:
             plan.refusals.append((c.line, str(error)))
             continue
-        draft = {"type": EVENT_TYPES[c.input], "input": c.input.value, "program_id": c.program_id,
+        # The evidence travels as its canonical JSON and digest (plan.evidence_json): the event needs no dict.
+        draft = {"type": EVENT_TYPES[input], "input": c.input, "program_id": c.program_id,
                  "status_before": before.status.value if before.status else None,
                  "status_after": after.status.value if after.status else None, "expires_at": None,
                  "source": Source.IMPORT.value, "actor": actor, "reference": f"line {c.line}",
-                 "evidence": c.evidence, "evidence_digest": c.evidence_digest, "occurred_at": now}
+                 "evidence": None, "evidence_digest": c.evidence_digest, "occurred_at": now}
         [event] = ledger.chain(holding.number_id, holding.seq, holding.head, [draft])
         plan.events.append(event)
         plan.evidence_json.append(c.evidence_json)
         holding.seq, holding.head, holding.moved = event.seq, event.hash, True
         holding.consents[c.program_id] = (consent_id, after)
-        if c.input in OPT_OUT_INPUTS:
+        if input in OPT_OUT_INPUTS:
             holding.stopped_at = now
             plan.opted_out.setdefault(holding.number_id, set()).add(c.program_id)
-        plan.counts[c.input.value] += 1
+        plan.counts[c.input] += 1
     for holding in holdings.values():
-        if holding.moved:
+        if holding.moved and not holding.new:
             plan.heads.append((holding.number_id, holding.seq, holding.head))
     # Each consent the chunk moved, written once in the state its last row left it in.
     by_id = {holding.number_id: holding for holding in holdings.values()}

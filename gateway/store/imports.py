@@ -10,6 +10,7 @@ where it was read: what is committed and how far the import got can never disagr
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -83,31 +84,44 @@ def claim(session: Session, import_id: str, statuses: Sequence[str], now: dateti
 _STAGE = {"e164": "VARCHAR(20)", "kind": "VARCHAR(20)", "region": "VARCHAR(3)", "digest": "VARCHAR(64)"}
 
 _SUPPRESSED = text("SELECT s.e164 FROM import_stage s JOIN suppressions x ON x.digest = s.digest")
+_NOT_HELD = ("NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.digest = s.digest) "
+             "AND NOT EXISTS (SELECT 1 FROM numbers n WHERE n.e164 = s.e164)")
 _CREATE = text(f"""
     INSERT INTO numbers (e164, kind, region, reachability, twilio_blocks, ledger_seq, ledger_head, created_at)
     SELECT s.e164, s.kind, s.region, 'ok', '', 0, '{ledger.GENESIS_HASH}', :now FROM import_stage s
-    WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.digest = s.digest)
+    WHERE {_NOT_HELD}
     ON CONFLICT (e164) DO NOTHING
 """).bindparams(bindparam("now", type_=UTCDateTime()))
+# PostgreSQL: the new numbers' ids, taken from the table's own sequence, so their rows are written
+# once, with the head of the chain the import gives them (not created, then updated).
+_NEW_IDS = text(f"SELECT s.e164, nextval(pg_get_serial_sequence('numbers', 'id')) FROM import_stage s "
+                f"WHERE {_NOT_HELD} ORDER BY s.e164")
 _HELD = """
     SELECT n.id, n.e164, n.ledger_seq, n.ledger_head, c.id, c.program_id, c.status, c.restorable
     FROM import_stage s JOIN numbers n ON n.e164 = s.e164 LEFT JOIN consents c ON c.number_id = n.id
     ORDER BY n.id
 """
 _HELD_LOCKED = text(_HELD + " FOR UPDATE OF n")
+NEW_NUMBER_COLUMNS = ("id", "e164", "kind", "region", "reachability", "twilio_blocks", "ledger_seq", "ledger_head",
+                      "created_at")
 
 
 def hold(session: Session, numbers: Iterable[tuple[str, str, str | None, str]], now: datetime
-         ) -> tuple[set[str], list]:
-    """For the chunk's distinct numbers (e164, kind, region, suppression digest): those suppressed, and
-    every other one's row, created if new and locked for the transaction, one row per consent it holds
-    (id, e164, ledger_seq, ledger_head, consent id, program_id, status, restorable; the consent's
-    columns None when it holds none)."""
+         ) -> tuple[set[str], list, dict[str, int]]:
+    """For the chunk's distinct numbers (e164, kind, region, suppression digest): those suppressed;
+    every stored one's row, locked for the transaction, one row per consent it holds (id, e164,
+    ledger_seq, ledger_head, consent id, program_id, status, restorable; the consent's columns None
+    when it holds none); and the ids the new ones will have (PostgreSQL: `write` stores them with
+    their heads; elsewhere they are created here, and are among the stored ones)."""
     with bulk.temp_table(session, "import_stage", _STAGE, numbers):
         suppressed = set(session.scalars(_SUPPRESSED))
-        session.execute(_CREATE, {"now": now})
-        held = session.execute(_HELD_LOCKED if dialect.is_postgresql(session) else text(_HELD)).all()
-    return suppressed, held
+        if dialect.is_postgresql(session):
+            held = session.execute(_HELD_LOCKED).all()
+            new = {e164: number_id for e164, number_id in session.execute(_NEW_IDS)}
+        else:
+            session.execute(_CREATE, {"now": now})
+            held, new = session.execute(text(_HELD)).all(), {}
+    return suppressed, held, new
 
 
 # The newest opt-out of each number, unless the person texted an opt-in since (the set-wise form of
@@ -138,7 +152,7 @@ def numbers_with_waiting(session: Session, number_ids: list[int]) -> set[int]:
 
 
 def write(session: Session, *, import_id: str, line_from: int, line_to: int, events: list[ledger.Event],
-          evidence_json: list[str], new_consents: list[tuple], changed_consents: list[dict],
+          evidence_json: list[str], new_numbers: list[tuple], new_consents: list[tuple], changed_consents: list[dict],
           heads: list[tuple[int, int, str]], blocked: dict[int, list[int]], refusals: list[tuple[int, str]],
           applied: int, now: datetime, reason: str) -> bool:
     """Write one chunk's plan and move the import from `line_from` to `line_to`; False (nothing
@@ -151,10 +165,13 @@ def write(session: Session, *, import_id: str, line_from: int, line_to: int, eve
     if moved.rowcount != 1:
         return False
     postgresql = dialect.is_postgresql(session)
+    # A number someone else created since `hold` read makes this fail whole (IntegrityError): the
+    # caller runs the chunk again.
+    bulk.insert_rows(session, NUMBERS, NEW_NUMBER_COLUMNS, new_numbers)
     bulk.insert_rows(session, EVENTS, EVENT_COLUMNS, [
         (e.number_id, e.seq, e.type, e.input, e.program_id, e.status_before, e.status_after, e.expires_at, e.source,
-         e.actor, e.reference, stored if postgresql else e.evidence, e.evidence_digest, e.occurred_at, e.prev_hash,
-         e.hash) for e, stored in zip(events, evidence_json)], copy_from=0)
+         e.actor, e.reference, stored if postgresql else json.loads(stored), e.evidence_digest, e.occurred_at,
+         e.prev_hash, e.hash) for e, stored in zip(events, evidence_json)], copy_from=0)
     bulk.insert_rows(session, CONSENTS, CONSENT_COLUMNS, new_consents)
     if changed_consents:
         session.execute(update(CONSENTS).where(CONSENTS.c.id == bindparam("b_id")).values(
