@@ -328,9 +328,11 @@ def consent_show(ctx: Context, number: str, as_json: bool) -> None:
               help="Where to write the result of every row (default: FILE.results.csv).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=lambda: min(os.cpu_count() or 1, 8), show_default="CPUs",
               help="Processes that check rows (parse numbers) ahead of the one that writes.")
+@click.option("--chunk", type=click.IntRange(1, 1_000_000), default=imports.CHUNK, show_default=True,
+              help="Rows per transaction: what an interrupted import does again.")
 @click.option("--again", is_flag=True, help="Import a file that was already imported to the end once more.")
 @pass_context
-def consent_import(ctx: Context, file: Path, results_path: Path | None, jobs: int, again: bool) -> None:
+def consent_import(ctx: Context, file: Path, results_path: Path | None, jobs: int, chunk: int, again: bool) -> None:
     """Import consent from a CSV: phone, program, status (opted_in|opted_out), then evidence columns.
 
     Rows are applied a chunk at a time, each chunk committed with how far the import got: an import
@@ -354,7 +356,7 @@ def consent_import(ctx: Context, file: Path, results_path: Path | None, jobs: in
     else:
         if found.line_done > 1:
             click.echo(f"continuing import {found.id} after line {found.line_done}", err=True)
-        outcome = _run_import(ctx, found, file, facts, jobs)
+        outcome = _run_import(ctx, found, file, facts, jobs, chunk)
         for status, count in sorted(outcome.counts.items()):
             click.echo(f"{status}: {count}")
     with results_path.open("w", encoding="utf-8", newline="") as handle:
@@ -362,7 +364,7 @@ def consent_import(ctx: Context, file: Path, results_path: Path | None, jobs: in
     _echo_refusals(ctx, found.id, results_path)
 
 
-def _run_import(ctx: Context, found, file: Path, facts, jobs: int):
+def _run_import(ctx: Context, found, file: Path, facts, jobs: int, chunk: int):
     # click's progress bar: already a dependency, and it draws nothing when stderr is not a terminal
     # (a cron job's log gets the summary lines only).
     with click.progressbar(length=max(facts.lines - 1, 1), label="importing", file=sys.stderr,
@@ -379,7 +381,7 @@ def _run_import(ctx: Context, found, file: Path, facts, jobs: int):
             with file.open(encoding="utf-8-sig", newline="") as text:
                 return imports.run(ctx.db, found.id, text, region=ctx.settings.default_region,
                                    suppression_key=ctx.settings.suppression_key, rules=ctx.gateway.quiet_hours,
-                                   jobs=jobs, on_progress=advanced)
+                                   jobs=jobs, chunk=chunk, on_progress=advanced)
         except (ValueError, imports.ImportMoved) as error:
             raise click.ClickException(str(error)) from None
 
