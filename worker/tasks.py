@@ -6,17 +6,20 @@ The Gateway is the worker's own, built by bootstrap when the `worker` package is
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError
 
 from gateway import metrics
 from gateway.queue.app import TaskNames
-from gateway.services import batches, expiry, inbound_reconcile, operations, sending
+from gateway.services import batches, expiry, imports, inbound_reconcile, operations, sending
 from gateway.store import checkpoints
 from worker import gateway
 
 log = logging.getLogger(__name__)
+# Processes that screen an uploaded import's rows beside the worker's own (its threads keep sending).
+IMPORT_JOBS = max(1, (os.cpu_count() or 1) - 1)
 
 
 @shared_task(name=TaskNames.EXPIRE_PENDING)
@@ -75,6 +78,23 @@ def checkpoint_ledger() -> str | None:
         return None
     log.info("ledger checkpoint of %s: %d chains in %s", written.created_at, written.size, written.path.name)
     return str(written.path)
+
+
+# A task lost with its worker is delivered again (acks_late) and the import goes on after its last
+# committed chunk; a store that blinks mid-way is retried the same way.
+@shared_task(name=TaskNames.RUN_IMPORT, acks_late=True, autoretry_for=(DBAPIError,), retry_backoff=5,
+             retry_backoff_max=300, max_retries=8)
+def run_import(import_id: str) -> int:
+    """Run a bulk import uploaded over the API; returns the last line done."""
+    try:
+        outcome = imports.run_uploaded(gateway.db, import_id, region=gateway.settings.default_region,
+                                       suppression_key=gateway.settings.suppression_key, rules=gateway.quiet_hours,
+                                       jobs=IMPORT_JOBS)
+    except (ValueError, imports.ImportMoved) as error:  # the file refused whole, or another run has it
+        log.warning("import %s not run: %s", import_id, error)
+        return 0
+    log.info("import %s done: %d imported, %d refused", import_id, outcome.applied, outcome.refused)
+    return outcome.line_done
 
 
 @shared_task(name=TaskNames.RECONCILE_INBOUND)

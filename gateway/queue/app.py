@@ -24,6 +24,7 @@ class TaskNames:
     CHECKPOINT_LEDGER = "consent.checkpoint_ledger"
     RECONCILE_INBOUND = "inbound.reconcile"
     HEARTBEAT = "worker.heartbeat"
+    RUN_IMPORT = "consent.run_import"  # a bulk import uploaded over the API
 
 
 class QueueNames:
@@ -41,6 +42,7 @@ ROUTES = {
     TaskNames.RECONCILE_STATUSES: {"queue": QueueNames.PERIODIC},
     TaskNames.EXPIRE_PENDING: {"queue": QueueNames.PERIODIC},
     TaskNames.CHECKPOINT_LEDGER: {"queue": QueueNames.PERIODIC},
+    TaskNames.RUN_IMPORT: {"queue": QueueNames.PERIODIC},
     TaskNames.RECONCILE_INBOUND: {"queue": QueueNames.PERIODIC},
     TaskNames.HEARTBEAT: {"queue": QueueNames.PERIODIC},
 }

@@ -22,6 +22,7 @@ import codecs
 import csv
 import hashlib
 import io
+import multiprocessing
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -184,7 +185,9 @@ class _Screening:
 
     def __enter__(self):
         if self.jobs > 1:
-            self.pool = ProcessPoolExecutor(self.jobs)
+            # forkserver, not fork: the caller may be a threaded worker, and a forked copy of another
+            # thread's held lock never comes free.
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("forkserver"))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -364,6 +367,80 @@ def refusals(db: Database, import_id: str) -> list[tuple[int, str]]:
     """Every row the import refused, (line, why), in line order."""
     with db.sessions() as session:
         return [tuple(row) for row in store.refusals(session, import_id)]
+
+
+# --- uploads (POST /v1/consents/import) -------------------------------------------------------------
+
+PART_CHARS = 1 << 20  # an uploaded file is kept in parts of this many characters
+
+
+def receive(db: Database, blocks: Iterable[bytes], *, name: str, actor: str) -> Import:
+    """Keep an uploaded CSV, part by part (memory holds one part), as an import queued for the worker.
+
+    ValueError, with nothing kept, for a file that is not UTF-8 or whose header is refused; the rows
+    are checked when the import runs (their refusals are its results).
+    """
+    with db.transaction() as session:
+        row = store.create(session, digest="", name=name, actor=actor, status="receiving", total_lines=None,
+                           now=utcnow())
+    digest, decoder, lines = hashlib.sha256(), codecs.getincrementaldecoder("utf-8-sig")(), 0
+    part, buffer, header = 0, [], None
+    try:
+        for block in blocks:
+            digest.update(block)
+            lines += block.count(b"\n")
+            buffer.append(decoder.decode(block))
+            if header is None and "\n" in buffer[-1]:
+                header = _check_first_line("".join(buffer))
+            if sum(map(len, buffer)) >= PART_CHARS:
+                part = _keep(db, row.id, part, buffer)
+        buffer.append(decoder.decode(b"", final=True))
+        if header is None:
+            header = _check_first_line("".join(buffer))
+        _keep(db, row.id, part, buffer)
+    except (UnicodeDecodeError, ValueError, csv.Error) as error:
+        with db.transaction() as session:
+            store.forget(session, row.id)
+        if isinstance(error, UnicodeDecodeError):
+            raise ValueError(f"the file is not UTF-8 text ({error.reason}): nothing was imported") from None
+        raise ValueError(str(error)) from None
+    with db.transaction() as session:
+        store.set_received(session, row.id, digest.hexdigest(), lines, utcnow())
+        return store.get(session, row.id)
+
+
+def _check_first_line(text: str) -> list[str]:
+    return check_header(next(csv.reader([text.split("\n", 1)[0]]), None))
+
+
+def _keep(db: Database, import_id: str, part: int, buffer: list[str]) -> int:
+    """Store what the buffer holds as parts of at most PART_CHARS; the next part's number."""
+    data = "".join(buffer)
+    buffer.clear()
+    with db.transaction() as session:
+        for start in range(0, len(data), PART_CHARS):
+            store.add_part(session, import_id, part, data[start:start + PART_CHARS])
+            part += 1
+    return part
+
+
+def _lines(parts: Iterable[str]) -> Iterator[str]:
+    """The text of the parts as lines, each with its "\\n" (a line may run across parts)."""
+    rest = ""
+    for data in parts:
+        pieces = (rest + data).split("\n")
+        rest = pieces.pop()
+        for piece in pieces:
+            yield piece + "\n"
+    if rest:
+        yield rest
+
+
+def run_uploaded(db: Database, import_id: str, *, region: str, suppression_key: bytes, rules: QuietHours,
+                 jobs: int = 1) -> Outcome:
+    """Run (or go on with) an import received by `receive`, reading its parts from the store."""
+    return run(db, import_id, _lines(store.parts(db.sessions, import_id)), region=region,
+               suppression_key=suppression_key, rules=rules, jobs=jobs)
 
 
 # --- results ----------------------------------------------------------------------------------------

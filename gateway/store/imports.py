@@ -230,6 +230,17 @@ def parts(session_factory, import_id: str) -> Iterator[str]:
         part += 1
 
 
+def set_received(session: Session, import_id: str, digest: str, total_lines: int, now: datetime) -> None:
+    session.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
+        digest=digest, total_lines=total_lines, status="queued", updated_at=now))
+
+
+def forget(session: Session, import_id: str) -> None:
+    """An upload refused whole: its parts and its row."""
+    session.execute(delete(PARTS).where(PARTS.c.import_id == import_id))
+    session.execute(delete(IMPORTS).where(IMPORTS.c.id == import_id))
+
+
 def drop_parts(session: Session, import_id: str) -> None:
     """A finished import's upload: the rows are in the ledger now, and personal data is not kept twice."""
     session.execute(delete(PARTS).where(PARTS.c.import_id == import_id))

@@ -13,6 +13,7 @@ from gateway.web.auth import declared_auth
 def register(app: Flask, *, sandbox: bool) -> None:
     from gateway.web import (
         api_consents,
+        api_imports,
         api_messages,
         api_privacy,
         api_subscriptions,
@@ -27,8 +28,8 @@ def register(app: Flask, *, sandbox: bool) -> None:
     errors.register(app)
     headers.register(app)
     app.session_interface = SessionOnlyWithCookie()
-    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, forms, openapi, docs,
-                   console):
+    for module in (ops, webhooks, api_consents, api_messages, api_subscriptions, api_privacy, api_imports, forms,
+                   openapi, docs, console):
         app.register_blueprint(module.bp)
     if sandbox:
         # Imported only when mounted: production never loads the sandbox's code.

@@ -68,6 +68,7 @@ AUTH_ERRORS = {
 TOO_LARGE = {"413": _error("The request body is larger than MAX_CONTENT_LENGTH", "too_large")}
 BAD_JSON = {"400": _error("The body is not a JSON object", "bad_request")}
 PHONE_PARAMETER = {"name": "phone", "in": "path", "required": True, "schema": PHONE}
+IMPORT_PARAMETER = {"name": "import_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 40}}
 
 
 def _operation(summary: str, scopes: list[str], responses: dict, *, body: dict | None = None,
@@ -227,6 +228,25 @@ SCHEMAS = {
             "outbound_messages": {"type": "array", "items": {"type": "object"}},
         },
     },
+    "ImportState": {
+        "type": "object",
+        "required": ["id", "name", "status", "line_done", "total_lines", "applied", "refused", "error", "created_at",
+                     "finished_at"],
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"},
+            "status": {"enum": ["queued", "running", "done", "failed"],
+                       "description": "failed: the file was refused whole (`error` says why), or the run was "
+                                      "interrupted and goes on when the worker runs it again."},
+            "line_done": {"type": "integer", "minimum": 1,
+                          "description": "The last line of the file whose row was applied or refused (the header "
+                                         "is line 1): progress, against total_lines."},
+            "total_lines": {"type": ["integer", "null"], "minimum": 0},
+            "applied": {"type": "integer", "minimum": 0}, "refused": {"type": "integer", "minimum": 0},
+            "error": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
     "Erasure": {
         "type": "object", "required": ["status", "suppressed", "consents_erased"],
         "properties": {"status": {"const": "erased"}, "suppressed": {"type": "boolean"},
@@ -321,6 +341,39 @@ PATHS = {
             "200": _ok("The number, its consents, ledger, and messages both ways", _ref("Export")),
             "404": _error("Nothing is held about that number", "not_found"),
             "422": _error("Not a phone number", "invalid_number"),
+        })},
+    "/v1/consents/import": {"post": {
+        **_operation(
+            "Import consent collected elsewhere, from a CSV", ["admin"],
+            parameters=[{"name": "name", "in": "query", "required": False,
+                         "schema": {"type": "string", "maxLength": 200},
+                         "description": "The file's name, for people."}],
+            description="The body is the CSV itself (`text/csv`, UTF-8, up to 2 GiB, streamed): columns `phone`, "
+                        "`program`, `status` (`opted_in` or `opted_out`), every other column kept as evidence. "
+                        "It is stored and the worker imports it; follow it at the `Location` given. A row is "
+                        "refused, with its line and reason in the results, for a bad number, program or status, "
+                        "a value the store cannot hold, an opt-out it would override, a number erased after it "
+                        "opted out, or an opt-in while a STOP binds under a state rule.",
+            responses={
+                "202": _ok("Received and queued", _ref("ImportState"),
+                           Location={"schema": {"type": "string"}, "description": "The import's state."}),
+                "413": _error("Larger than 2 GiB", "too_large"),
+                "422": _error("Not UTF-8 text, or its header lacks a column or names one twice", "invalid_file"),
+            }),
+        "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
+    }},
+    "/v1/consents/imports/{import_id}": {"get": _operation(
+        "An import's progress and counts", ["admin"], parameters=[IMPORT_PARAMETER],
+        responses={
+            "200": _ok("Where the import stands", _ref("ImportState")),
+            "404": _error("No such import", "not_found"),
+        })},
+    "/v1/consents/imports/{import_id}/results": {"get": _operation(
+        "Every row's result: imported, or refused and why", ["admin"], parameters=[IMPORT_PARAMETER],
+        responses={
+            "200": {"description": "CSV: line,result,reason for every line done so far",
+                    "content": {"text/csv": {"schema": {"type": "string"}}}},
+            "404": _error("No such import", "not_found"),
         })},
     "/v1/consents/{phone}/erase": {"post": _operation(
         "Erase a number's personal data (a suppression hash stays where it opted out)", ["admin"],
