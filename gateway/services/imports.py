@@ -38,6 +38,7 @@ from gateway.domain.consent import EVENT_TYPES, OPT_OUT_INPUTS, IllegalTransitio
 from gateway.domain.consent import apply as transition
 from gateway.domain.gate import Reason
 from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, screen
+from gateway.domain.storable import storable_text
 from gateway.services.consents import STOP_BINDING, StopBinding
 from gateway.store import imports as store
 from gateway.store import programs
@@ -371,7 +372,7 @@ def refusals(db: Database, import_id: str) -> list[tuple[int, str]]:
 
 # --- uploads (POST /v1/consents/import) -------------------------------------------------------------
 
-PART_CHARS = 1 << 20  # an uploaded file is kept in parts of this many characters
+PART_BYTES = 1 << 20  # an uploaded file is kept in parts of this many bytes
 
 
 def receive(db: Database, blocks: Iterable[bytes], *, name: str, actor: str) -> Import:
@@ -381,22 +382,25 @@ def receive(db: Database, blocks: Iterable[bytes], *, name: str, actor: str) -> 
     are checked when the import runs (their refusals are its results).
     """
     with db.transaction() as session:
-        row = store.create(session, digest="", name=name, actor=actor, status="receiving", total_lines=None,
-                           now=utcnow())
+        row = store.create(session, digest="", name=storable_text(name), actor=actor, status="receiving",
+                           total_lines=None, now=utcnow())
     digest, decoder, lines = hashlib.sha256(), codecs.getincrementaldecoder("utf-8-sig")(), 0
-    part, buffer, header = 0, [], None
+    part, buffer, head = 0, bytearray(), ""
     try:
         for block in blocks:
             digest.update(block)
             lines += block.count(b"\n")
-            buffer.append(decoder.decode(block))
-            if header is None and "\n" in buffer[-1]:
-                header = _check_first_line("".join(buffer))
-            if sum(map(len, buffer)) >= PART_CHARS:
+            text = decoder.decode(block)  # only to check it is UTF-8: the parts keep the bytes
+            if head is not None:
+                head += text
+                if "\n" in head:
+                    head = _check_first_line(head)
+            buffer += block
+            if len(buffer) >= PART_BYTES:
                 part = _keep(db, row.id, part, buffer)
-        buffer.append(decoder.decode(b"", final=True))
-        if header is None:
-            header = _check_first_line("".join(buffer))
+        decoder.decode(b"", final=True)
+        if head is not None:
+            _check_first_line(head)
         _keep(db, row.id, part, buffer)
     except (UnicodeDecodeError, ValueError, csv.Error) as error:
         with db.transaction() as session:
@@ -409,29 +413,30 @@ def receive(db: Database, blocks: Iterable[bytes], *, name: str, actor: str) -> 
         return store.get(session, row.id)
 
 
-def _check_first_line(text: str) -> list[str]:
-    return check_header(next(csv.reader([text.split("\n", 1)[0]]), None))
+def _check_first_line(text: str) -> None:
+    """The header (the text's first line) checked; None, so the caller stops looking."""
+    check_header(next(csv.reader([text.split("\n", 1)[0]]), None))
 
 
-def _keep(db: Database, import_id: str, part: int, buffer: list[str]) -> int:
-    """Store what the buffer holds as parts of at most PART_CHARS; the next part's number."""
-    data = "".join(buffer)
-    buffer.clear()
+def _keep(db: Database, import_id: str, part: int, buffer: bytearray) -> int:
+    """Store what the buffer holds as parts of at most PART_BYTES; the next part's number."""
     with db.transaction() as session:
-        for start in range(0, len(data), PART_CHARS):
-            store.add_part(session, import_id, part, data[start:start + PART_CHARS])
+        for start in range(0, len(buffer), PART_BYTES):
+            store.add_part(session, import_id, part, bytes(buffer[start:start + PART_BYTES]))
             part += 1
+    buffer.clear()
     return part
 
 
-def _lines(parts: Iterable[str]) -> Iterator[str]:
-    """The text of the parts as lines, each with its "\\n" (a line may run across parts)."""
-    rest = ""
+def _lines(parts: Iterable[bytes]) -> Iterator[str]:
+    """The parts' text as lines, each with its "\\n" (a line, or a character, may run across parts)."""
+    decoder, rest = codecs.getincrementaldecoder("utf-8-sig")(), ""
     for data in parts:
-        pieces = (rest + data).split("\n")
+        pieces = (rest + decoder.decode(data)).split("\n")
         rest = pieces.pop()
         for piece in pieces:
             yield piece + "\n"
+    rest += decoder.decode(b"", final=True)
     if rest:
         yield rest
 

@@ -58,6 +58,12 @@ def get(session: Session, import_id: str) -> Import | None:
     return session.get(Import, import_id)
 
 
+def newest(session: Session, limit: int) -> list[Import]:
+    """The newest imports, uploads still arriving left out."""
+    return list(session.scalars(select(Import).where(Import.status != "receiving")
+                                .order_by(Import.created_at.desc()).limit(limit)))
+
+
 def latest_of(session: Session, digest: str) -> Import | None:
     """The newest import of the file with this digest."""
     return session.scalars(select(Import).where(Import.digest == digest)
@@ -214,19 +220,19 @@ def refusals(session: Session, import_id: str, *, batch: int = 10_000) -> Iterat
         after = rows[-1][0]
 
 
-def add_part(session: Session, import_id: str, part: int, data: str) -> None:
+def add_part(session: Session, import_id: str, part: int, data: bytes) -> None:
     session.execute(insert(PARTS).values(import_id=import_id, part=part, data=data))
 
 
-def parts(session_factory, import_id: str) -> Iterator[str]:
-    """The uploaded file's text, part by part, each read in a short transaction of its own."""
+def parts(session_factory, import_id: str) -> Iterator[bytes]:
+    """The uploaded file's bytes, part by part, each read in a short transaction of its own."""
     part = 0
     while True:
         with session_factory() as session:
             data = session.scalar(select(PARTS.c.data).where(PARTS.c.import_id == import_id, PARTS.c.part == part))
         if data is None:
             return
-        yield data
+        yield bytes(data)
         part += 1
 
 

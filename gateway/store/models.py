@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -405,10 +406,11 @@ class ImportRefusal(Base):
 
 class ImportPart(Base):
     """A piece of a file uploaded to POST /v1/consents/import, in order: the worker that runs the import
-    reads it from here, so any worker machine can, and again after a restart."""
+    reads it from here, so any worker machine can, and again after a restart. Bytes as uploaded (a NUL
+    in a row is that row's refusal, and PostgreSQL text cannot hold one)."""
 
     __tablename__ = "import_parts"
 
     import_id: Mapped[str] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True)
     part: Mapped[int] = mapped_column(Integer, primary_key=True)
-    data: Mapped[str] = mapped_column(Text)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,5 +1,10 @@
 """Bulk consent imports over the API (admin scope): upload a CSV, follow its progress, read its results.
 
+    POST /v1/consents/import                      the CSV as the body; 202 with the import's state
+    GET  /v1/consents/import                      the newest imports
+    GET  /v1/consents/import/<id>                 one import's state: progress and counts
+    GET  /v1/consents/import/<id>/results         line,result,reason for every line done
+
 The upload streams into the store a part at a time (services/imports.py `receive`), so a file of a
 million rows needs neither the memory nor the body limit of a JSON request; the worker runs the
 import (the task `consent.run_import`), and the import's row says how far it got.
@@ -20,6 +25,7 @@ bp = Blueprint("api_imports", __name__, url_prefix="/v1/consents")
 
 MAX_UPLOAD_BYTES = 2 << 30  # 2 GiB: some 20 million rows with their evidence
 _BLOCK = 1 << 16
+LISTED = 50
 
 
 @bp.post("/import")
@@ -43,14 +49,22 @@ def upload():
     return answer
 
 
-@bp.get("/imports/<import_id>")
+@bp.get("/import")
+@api_key("admin")
+def listing():
+    """The newest imports first (the API's and the command line's)."""
+    with current().db.sessions() as session:
+        return jsonify(imports=[_state(row) for row in import_rows.newest(session, LISTED)])
+
+
+@bp.get("/import/<import_id>")
 @api_key("admin")
 def state(import_id: str):
     with current().db.sessions() as session:
         return jsonify(_state(_found(session, import_id)))
 
 
-@bp.get("/imports/<import_id>/results")
+@bp.get("/import/<import_id>/results")
 @api_key("admin")
 def results(import_id: str):
     db = current().db

@@ -68,7 +68,8 @@ AUTH_ERRORS = {
 TOO_LARGE = {"413": _error("The request body is larger than MAX_CONTENT_LENGTH", "too_large")}
 BAD_JSON = {"400": _error("The body is not a JSON object", "bad_request")}
 PHONE_PARAMETER = {"name": "phone", "in": "path", "required": True, "schema": PHONE}
-IMPORT_PARAMETER = {"name": "import_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 40}}
+IMPORT_PARAMETER = {"name": "import_id", "in": "path", "required": True,
+                    "schema": {"type": "string", "pattern": "^imp_[0-9a-f]{32}$"}}
 
 
 def _operation(summary: str, scopes: list[str], responses: dict, *, body: dict | None = None,
@@ -361,14 +362,17 @@ PATHS = {
                 "422": _error("Not UTF-8 text, or its header lacks a column or names one twice", "invalid_file"),
             }),
         "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}},
-    }},
-    "/v1/consents/imports/{import_id}": {"get": _operation(
+    }, "get": _operation(
+        "The newest imports (50)", ["admin"],
+        responses={"200": _ok("Newest first", {"type": "object", "required": ["imports"], "properties": {
+            "imports": {"type": "array", "items": _ref("ImportState")}}})})},
+    "/v1/consents/import/{import_id}": {"get": _operation(
         "An import's progress and counts", ["admin"], parameters=[IMPORT_PARAMETER],
         responses={
             "200": _ok("Where the import stands", _ref("ImportState")),
             "404": _error("No such import", "not_found"),
         })},
-    "/v1/consents/imports/{import_id}/results": {"get": _operation(
+    "/v1/consents/import/{import_id}/results": {"get": _operation(
         "Every row's result: imported, or refused and why", ["admin"], parameters=[IMPORT_PARAMETER],
         responses={
             "200": {"description": "CSV: line,result,reason for every line done so far",

@@ -46,7 +46,7 @@ def upgrade() -> None:
         'import_parts',
         sa.Column('import_id', sa.String(length=40), nullable=False),
         sa.Column('part', sa.Integer(), nullable=False),
-        sa.Column('data', sa.Text(), nullable=False),
+        sa.Column('data', sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(['import_id'], ['imports.id'], ondelete='CASCADE',
                                 name=op.f('fk_import_parts_import_id_imports')),
         sa.PrimaryKeyConstraint('import_id', 'part', name=op.f('pk_import_parts')),
