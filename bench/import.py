@@ -10,11 +10,12 @@ fresh store each time:
   a size it can do (`--baseline`, default 5,000 rows);
 - bulk: `services.imports` as `smsgate consent import` runs it, at each of `--sizes`.
 
-Prints rows/s (wall clock); this process's CPU seconds with its children's (the screening
-processes); the CPU seconds of the PostgreSQL backends that served the run (read from /proc, so the
-server must run on this machine); their sum per row, the figure a busy machine disturbs least; and
-checks that every row was applied or refused as generated. `--verify` also runs `ledger verify`
-over the result (slow: 10,000 events/s).
+Prints rows/s (wall clock); this process's CPU seconds (with `--jobs 1` that includes the screening
+of rows; with more jobs the screening processes are the forkserver's children, not ours, and are not
+counted); the CPU seconds of the PostgreSQL backends that served the run (read from /proc, so the
+server must run on this machine); their sum per row (with `--jobs 1`: the whole cost of a row, the
+figure a busy machine disturbs least); and checks that every row was applied or refused as
+generated. `--verify` also runs `ledger verify` over the result (slow: 10,000 events/s).
 
     .venv/bin/python bench/import.py [--sizes 100000,1000000] [--baseline 5000] [--jobs 2]
 
