@@ -178,3 +178,40 @@ def test_an_import_killed_midway_continues_where_it_stopped(app, db, test_env, t
     verified = _cli(test_env, "ledger", "verify")
     out, err = verified.communicate(timeout=300)
     assert verified.returncode == 0, err
+
+
+def test_a_store_fault_mid_import_leaves_whole_chunks_and_a_second_run_finishes(db, settings, gateway, monkeypatch):
+    """The database failing during the third chunk's write: that chunk rolls back, the import is
+    marked failed at the second chunk's last line, and running it again applies the rest once."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.store import imports as store
+
+    text = "phone,program,status\n" + "".join(f"+1415{2_100_000 + i:07d},deals,opted_in\n" for i in range(50))
+    found, _ = imports.begin(db, digest="fault", name="t.csv", actor="ops", total_lines=51)
+    real_write, calls = store.write, []
+
+    def failing_write(session, **kwargs):
+        calls.append(kwargs["line_to"])
+        if len(calls) == 3:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+        return real_write(session, **kwargs)
+
+    monkeypatch.setattr(store, "write", failing_write)
+    run = dict(region="US", suppression_key=settings.suppression_key, rules=gateway.quiet_hours, chunk=10)
+    try:
+        imports.run(db, found.id, io.StringIO(text), **run)
+    except OperationalError:
+        pass
+    else:
+        raise AssertionError("the fault did not surface")
+    with db.sessions() as session:
+        row = session.get(Import, found.id)
+        assert (row.status, row.line_done, row.applied) == ("failed", 21, 20)
+        assert session.scalar(select(func.count()).select_from(LedgerEvent)) == 20
+    monkeypatch.setattr(store, "write", real_write)
+    outcome = imports.run(db, found.id, io.StringIO(text), **run)
+    assert (outcome.status, outcome.line_done, outcome.applied, outcome.refused) == ("done", 51, 50, 0)
+    with db.snapshot() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEvent)) == 50
+        assert list(ledger.verify(session)) == []
