@@ -19,6 +19,7 @@ An import killed at any point has committed whole chunks and nothing else; run a
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
@@ -134,32 +135,22 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
                 line_done = last_line
                 if on_progress:
                     on_progress(line_done)
-    except (ValueError, csv.Error) as error:  # the file, refused whole: nothing of it was written
+    except (ValueError, csv.Error) as error:  # its header refused, or a line csv cannot read (chunks before it stay)
         with db.transaction() as session:
             store.set_status(session, import_id, "failed", utcnow(), error=str(error), finished=True)
         raise ValueError(str(error)) from None
     except ImportMoved:
         raise
     except BaseException:
-        with _quietly():
-            with db.transaction() as session:
-                store.set_status(session, import_id, "failed", utcnow(), error="interrupted; run it again to go on")
+        # Recording the failure must not hide it (the database may be what failed).
+        with contextlib.suppress(Exception), db.transaction() as session:
+            store.set_status(session, import_id, "failed", utcnow(), error="interrupted; run it again to go on")
         raise
     with db.transaction() as session:
         store.set_status(session, import_id, "done", utcnow(), finished=True)
         store.drop_parts(session, import_id)
         row = store.get(session, import_id)
         return Outcome(import_id, row.status, row.line_done, row.applied, row.refused, counts)
-
-
-class _quietly:
-    """Recording a failure must not hide the failure (the database may be what failed)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return exc[0] is not None and issubclass(exc[0], Exception)
 
 
 def _rows(reader, *, after: int) -> Iterator[tuple[int, list[str]]]:
