@@ -296,13 +296,13 @@ _FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.mes
 
 # What ends and what lifts a STOP that binds for years (a rule pack's stop_binds_years): any opt-out,
 # and only the person's own opt-in by text. An import or API request is neither.
-_STOPS = ("keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out")
-_OWN_OPT_INS = ("keyword_start", "confirm_yes", "keyword_join", "keyword_join_direct")
+STOPS = ("keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out")
+OWN_OPT_INS = ("keyword_start", "confirm_yes", "keyword_join", "keyword_join_direct")
 _STANDING_STOP = text(f"""
     SELECT input, occurred_at FROM ledger_events
     WHERE number_id = :number_id
-      AND (input IN ({", ".join(f"'{i}'" for i in _STOPS)})
-           OR (input IN ({", ".join(f"'{i}'" for i in _OWN_OPT_INS)}) AND source = 'sms'))
+      AND (input IN ({", ".join(f"'{i}'" for i in STOPS)})
+           OR (input IN ({", ".join(f"'{i}'" for i in OWN_OPT_INS)}) AND source = 'sms'))
     ORDER BY seq DESC LIMIT 1
 """).columns(occurred_at=UTCDateTime())
 
@@ -313,6 +313,6 @@ def standing_stop(session: Session, number_id: int) -> datetime | None:
     One read of the number's ledger, newest first on its (number_id, seq) key.
     """
     row = session.execute(_STANDING_STOP, {"number_id": number_id}).first()
-    if row is None or row[0] not in _STOPS:
+    if row is None or row[0] not in STOPS:
         return None
     return row[1]

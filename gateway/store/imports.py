@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from gateway.domain import ledger
 from gateway.domain.outbound import WAITING
 from gateway.store import bulk, dialect, outbox
+from gateway.store.consents import OWN_OPT_INS, STOPS
 from gateway.store.models import (
     Consent,
     Import,
@@ -132,10 +133,8 @@ def hold(session: Session, numbers: Iterable[tuple[str, str, str | None, str]], 
 
 # The newest opt-out of each number, unless the person texted an opt-in since (the set-wise form of
 # store.consents.standing_stop, for a STOP that binds for years).
-_STOPS = ("keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out")
-_OWN_OPT_INS = ("keyword_start", "confirm_yes", "keyword_join", "keyword_join_direct")
-_RELEVANT = (f"(input IN ({', '.join(repr(i) for i in _STOPS)}) "
-             f"OR (input IN ({', '.join(repr(i) for i in _OWN_OPT_INS)}) AND source = 'sms'))")
+_RELEVANT = (f"(input IN ({', '.join(repr(i) for i in STOPS)}) "
+             f"OR (input IN ({', '.join(repr(i) for i in OWN_OPT_INS)}) AND source = 'sms'))")
 
 
 def standing_stops(session: Session, number_ids: list[int]) -> dict[int, datetime]:
@@ -146,7 +145,7 @@ def standing_stops(session: Session, number_ids: list[int]) -> dict[int, datetim
               .where(EVENTS.c.number_id.in_(number_ids), text(_RELEVANT)).group_by(EVENTS.c.number_id).subquery())
     rows = session.execute(select(EVENTS.c.number_id, EVENTS.c.input, EVENTS.c.occurred_at).join(
         newest, (EVENTS.c.number_id == newest.c.number_id) & (EVENTS.c.seq == newest.c.seq))).all()
-    return {number_id: occurred_at for number_id, input, occurred_at in rows if input in _STOPS}
+    return {number_id: occurred_at for number_id, input, occurred_at in rows if input in STOPS}
 
 
 def numbers_with_waiting(session: Session, number_ids: list[int]) -> set[int]:
