@@ -15,6 +15,7 @@ from gateway.config import ROOT
 from gateway.domain.consent import Input, Source
 from gateway.domain.numbers import parse
 from gateway.services import consents, imports, privacy
+from gateway.store import consents as store_consents
 from gateway.store import ledger
 from gateway.store.models import Consent, Import, LedgerEvent, PhoneNumber
 from gateway.store.programs import by_slug
@@ -25,7 +26,7 @@ RICHMOND_VA = "+18045550123"  # an opt-out binds for ten years in Virginia
 
 def _consent(db, phone, slug, input):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         consents.apply(session, row, by_slug(session, slug), input,
                        consents.Evidence(Source.SMS, reference="SM1", details={"body": "words"}), now=NOW)
 
@@ -47,7 +48,7 @@ def test_each_row_is_applied_or_refused_with_its_reason_in_file_order(db, settin
     _consent(db, "+14155550001", "deals", Input.KEYWORD_STOP)  # the person's own opt-out
     _consent(db, "+14155550002", "deals", Input.KEYWORD_STOP)
     with db.transaction() as session:  # erased after opting out: suppressed for good
-        privacy.erase(session, consents.find_number(session, "+14155550002"), settings.suppression_key,
+        privacy.erase(session, store_consents.find_number(session, "+14155550002"), settings.suppression_key,
                       consents.Evidence(Source.API, actor="dpo"))
     text = (
         "phone,program,status,collected_at\n"
@@ -79,15 +80,15 @@ def test_each_row_is_applied_or_refused_with_its_reason_in_file_order(db, settin
     assert (outcome.status, outcome.line_done, outcome.applied, outcome.refused) == ("done", 13, 4, 8)
     assert dict(outcome.counts) == {"import_opt_in": 2, "import_opt_out": 2}
     with db.sessions() as session:
-        number = consents.find_number(session, "+14155550004")
+        number = store_consents.find_number(session, "+14155550004")
         chain = consents.events(session, number)
         assert [(e.seq, e.reference, e.input, e.status_before, e.status_after) for e in chain] == [
             (1, "line 8", "import_opt_in", None, "opted_in"), (2, "line 10", "import_opt_in", None, "opted_in"),
             (3, "line 13", "import_opt_out", "opted_in", "opted_out")]
         assert chain[0].evidence == {"collected_at": "2025-01-02"} and chain[1].evidence == {}
         assert number.ledger_seq == 3 and number.ledger_head == chain[-1].hash
-        assert consents.find_number(session, "+14155550002") is None  # an erased number is not stored again
-        assert consents.find_number(session, "+14155550003") is None  # nor one whose rows were all refused
+        assert store_consents.find_number(session, "+14155550002") is None  # an erased number is not stored again
+        assert store_consents.find_number(session, "+14155550003") is None  # nor one whose rows were all refused
     results = io.StringIO()
     imports.write_results(db, outcome.import_id, results)
     lines = results.getvalue().splitlines()
@@ -112,7 +113,7 @@ def test_the_projection_equals_a_rebuild_from_the_ledger(db, settings, gateway):
     with db.snapshot() as session:
         assert list(ledger.verify(session)) == []
     with db.transaction() as session:
-        consents.rebuild(session)
+        store_consents.rebuild(session)
     assert _projection(db) == written
     with db.sessions() as session:
         events = session.scalar(select(func.count()).select_from(LedgerEvent).where(LedgerEvent.source == "import"))
