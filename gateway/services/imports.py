@@ -2,7 +2,7 @@
 
 The rules are those of one row at a time (a person's own opt-out is never overridden, an erased
 number that opted out never comes back, an opt-in waits while a STOP binds under a state rule, an
-illegal move is refused) but the work is done a chunk of rows at a time (docs/decisions/0024-bulk-import.md):
+illegal move is refused) but the work is done a chunk of rows at a time (docs/decisions/0025-bulk-import.md):
 
 1. the rows are read in file order and cut into chunks of `CHUNK` rows;
 2. each chunk is screened on its own (number, program, status, storable text: domain/imports.py), in

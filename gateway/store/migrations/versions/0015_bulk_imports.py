@@ -2,14 +2,14 @@
 pieces of an uploaded file.
 
 Revision ID: 0014_bulk_imports
-Revises: 0013
+Revises: 0014_hot_table_indexes
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0014_bulk_imports'
-down_revision = '0013'
+down_revision = '0014_hot_table_indexes'
 branch_labels = None
 depends_on = None
 
