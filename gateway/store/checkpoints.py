@@ -98,13 +98,45 @@ class Checkpoint:
     root: str
     signature: str
 
-    def heads(self) -> Iterator[Head]:
-        """Its heads in ascending number id, read from the file as they are needed."""
-        with open(self.path, encoding="ascii") as handle:
+    def heads(self, first: int | None = None) -> Iterator[Head]:
+        """Its heads in ascending number id, read from the file as they are needed; `first`: from the
+        first head of that number id or above, found by bisecting the file (a job of the parallel
+        check reads only its range)."""
+        with open(self.path, "rb") as handle:
             handle.readline()
+            if first is not None:
+                handle.seek(_offset_of(handle, first))
             for line in handle:
                 number_id, seq, hash = json.loads(line)
                 yield Head(number_id, seq, hash)
+
+
+def _offset_of(handle, number_id: int) -> int:
+    """The offset of the first head line with a number id of `number_id` or above (or the end), in a
+    file whose head lines ascend by number id (`CheckpointLog.check` made sure), by bisection."""
+    start = handle.tell()  # the first head line
+    end = handle.seek(0, os.SEEK_END)
+
+    def line_from(position: int) -> int:  # the first line starting at `position` or after
+        if position <= start:
+            return handle.seek(start)
+        handle.seek(position - 1)
+        handle.readline()
+        return handle.tell()
+
+    def below(position: int) -> bool:
+        handle.seek(line_from(position))
+        line = handle.readline()
+        return bool(line) and json.loads(line)[0] < number_id
+
+    low, high = start, end
+    while low < high:  # the smallest position whose next line is not below number_id
+        middle = (low + high) // 2
+        if below(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return line_from(low)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select as select_module
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from sqlalchemy.sql import Executable
 from gateway.store import dialect
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 
 def _make_engine(url: str, isolation_level: str | None = None) -> Engine:
@@ -133,6 +135,7 @@ class Database:
         # than switching a pooled connection to autocommit and back on every use.
         self._autocommit = _make_engine(url, "AUTOCOMMIT") if dialect.is_postgresql(self.engine) else None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_reader: sessionmaker | None = None
 
     @property
     def dialect(self) -> str:
@@ -175,6 +178,59 @@ class Database:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
 
+    @contextmanager
+    def shared_snapshot(self) -> Iterator[tuple[Session, str | None]]:
+        """`snapshot` for work split across processes (the ledger check's jobs): the session, and a
+        token with which `joined_snapshot` reads the very same moment in another process.
+
+        PostgreSQL: the REPEATABLE READ snapshot exported (pg_export_snapshot), as pg_dump --jobs
+        does; it can be joined while this block runs. SQLite: a deferred read transaction on a
+        read-only connection, which takes no lock, so writers go on beside it (WAL); there is no
+        token: each process reads its own moment.
+        """
+        if self._autocommit is None:
+            with self._reader()() as session:
+                yield session, None
+            return
+        with self.snapshot() as session:
+            yield session, session.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+
+    @contextmanager
+    def joined_snapshot(self, token: str | None) -> Iterator[Session]:
+        """A read session at the moment `shared_snapshot` gave `token` for (SQLite: a moment of its own)."""
+        if self._autocommit is None:
+            with self._reader()() as session:
+                yield session
+            return
+        if token is None or not _SNAPSHOT_ID.match(token):
+            raise ValueError(f"not an exported snapshot: {token!r}")
+        with self.snapshot() as session:
+            # Must be the transaction's first statement; a utility statement takes no parameters.
+            session.execute(text(f"SET TRANSACTION SNAPSHOT '{token}'"))
+            yield session
+
+    def _reader(self) -> sessionmaker:
+        """SQLite sessions whose transaction is a deferred BEGIN on a read-only connection: one
+        snapshot across their statements (WAL), and no lock that a writer would wait on."""
+        if self._sqlite_reader is None:
+            engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False},
+                                   hide_parameters=True)
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection, _record):
+                dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA busy_timeout=30000")
+                cursor.execute("PRAGMA query_only=ON")
+                cursor.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(connection):
+                connection.exec_driver_sql("BEGIN")
+
+            self._sqlite_reader = sessionmaker(engine, expire_on_commit=False)
+        return self._sqlite_reader
+
     def reads_beside_writers(self) -> sessionmaker:
         """Sessions for reads only, which never wait for a writer.
 
@@ -215,6 +271,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.kw["bind"].dispose()
         if self._autocommit is not None:
             self._autocommit.dispose()
 

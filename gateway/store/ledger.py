@@ -1,17 +1,21 @@
-"""Reading the append-only ledger back: `verify` walks every number's chain in the store.
+"""Reading the append-only ledger back: `verify` walks the numbers' chains in the store, `check` splits
+that walk across processes.
 
 The chains themselves (hashing, chaining, checking, replaying) are gateway/domain/ledger.py.
 Someone who can write to the database can still recompute a chain and its head; signed
 checkpoints of every head, kept outside the database, catch that (`checkpoints`,
-docs/decisions/0009-ledger-checkpoints.md).
+docs/decisions/0009-ledger-checkpoints.md). How the check keeps up with tens of millions of events:
+docs/decisions/0023-ledger-check-at-scale.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.ledger import (
@@ -22,6 +26,7 @@ from gateway.domain.ledger import (
     check_projection,
     number_label,
 )
+from gateway.store.database import Database
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program
 
 
@@ -31,42 +36,81 @@ class Tally:
 
     chains: int = 0
     events: int = 0
+    # --since-checkpoint: chains whose head is still the one the checkpoint signed, not read again
+    unchanged: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.chains += other.chains
+        self.events += other.events
+        self.unchanged += other.unchanged
 
 
 _NUMBERS, _EVENTS, _CONSENTS, _PROGRAMS = (
     PhoneNumber.__table__, LedgerEvent.__table__, Consent.__table__, Program.__table__)
 
+# Ordered by id (insertion order), not seq: a swapped seq must show, not be sorted away.
+_CHAINS = select(_EVENTS).order_by(_EVENTS.c.number_id, _EVENTS.c.id)
+_HELD = select(_CONSENTS.c.number_id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable,
+               _CONSENTS.c.expires_at)
+_IN_RANGE = (bindparam("low"), bindparam("high"))
+_CHAINS_IN_RANGE = _CHAINS.where(_EVENTS.c.number_id.between(*_IN_RANGE))
+_CHAINS_OF = _CHAINS.where(_EVENTS.c.number_id.in_(bindparam("ids", expanding=True)))
+_HELD_IN_RANGE = _HELD.where(_CONSENTS.c.number_id.between(*_IN_RANGE))
+_HELD_OF = _HELD.where(_CONSENTS.c.number_id.in_(bindparam("ids", expanding=True)))
 
-def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally | None = None,
-           number_id: int | None = None) -> Iterator[Break]:
-    """Walk every number's chain; yield what disagrees.
+
+def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally | None = None,
+           number_id: int | None = None, first: int | None = None, last: int | None = None,
+           since_checkpoint: bool = False, replay: bool = True) -> Iterator[Break]:
+    """Walk the numbers' chains in number order; yield what disagrees.
 
     For each number: the first break of its hash chain (a broken chain is not replayed: what it leads
     to means nothing); else whether it still holds the head `checkpoint` (a verified
     `checkpoints.Checkpoint`) signed for it, and whether replaying it gives the consents the gate
     reads. Numbers the checkpoint holds that are gone from the store are breaks too. Reads a batch
-    of numbers at a time, as rows (no ORM objects), so memory stays bounded whatever the ledger's size.
+    of numbers at a time by keyset, their events and consents by the batch's range of ids, as rows
+    (no ORM objects): memory stays bounded whatever the ledger's size.
+
     `number_id`: only that number's chain (the checkpoint's other numbers are not looked for).
+    `first`, `last`: only numbers with ids in that range, and the checkpoint's heads in it (a job's
+    share of `check`). `since_checkpoint`: a number whose head is still exactly the one the
+    checkpoint signed is not read further (counted in `tally.unchanged`): its events were checked
+    when it was signed and the signed root still covers its head; every other number is checked
+    whole. Its consent rows and old events are then not read: the full check does that.
+    `replay=False`: the chains and the checkpoint only, not the consents (bench/ledger_verify.py
+    measures what the replay costs).
     """
     tally = tally if tally is not None else Tally()
     slugs = dict(session.execute(select(_PROGRAMS.c.id, _PROGRAMS.c.slug)).all())
-    signed = SignedHeads(checkpoint)
-    for numbers in number_batches(session, batch, only=number_id):
-        ids = [number.id for number in numbers]
-        events: dict[int, list] = {number_id: [] for number_id in ids}
-        # Ordered by id (insertion order), not seq: a swapped seq must show, not be sorted away.
-        for event in session.execute(select(_EVENTS).where(_EVENTS.c.number_id.in_(ids)).order_by(_EVENTS.c.id)).all():
-            events[event.number_id].append(event)
-        consents: dict[int, dict] = {number_id: {} for number_id in ids}
-        for row in session.execute(
-            select(_CONSENTS.c.number_id, _CONSENTS.c.program_id, _CONSENTS.c.status, _CONSENTS.c.restorable,
-                   _CONSENTS.c.expires_at).where(_CONSENTS.c.number_id.in_(ids))
-        ).all():
-            consents[row.number_id][row.program_id] = row
+    signed = SignedHeads(checkpoint, first=first if number_id is None else number_id,
+                         last=last if number_id is None else number_id)
+    for numbers in number_batches(session, batch, only=number_id, first=first, last=last):
+        heads, moved = [], []
         for number in numbers:
             head, missing = signed.take(number.id)
             if number_id is None:  # else the missing ones are other numbers, not asked about
                 yield from missing
+            unchanged = head is not None and (number.ledger_seq, number.ledger_head) == (head.seq, head.hash)
+            if since_checkpoint and unchanged:
+                tally.unchanged += 1
+                continue
+            heads.append(head)
+            moved.append(number)
+        if not moved:
+            continue
+        if since_checkpoint:
+            ids = {"ids": [number.id for number in moved]}
+            found, held = session.execute(_CHAINS_OF, ids), session.execute(_HELD_OF, ids)
+        else:
+            bounds = {"low": numbers[0].id, "high": numbers[-1].id}
+            found, held = session.execute(_CHAINS_IN_RANGE, bounds), session.execute(_HELD_IN_RANGE, bounds)
+        events: dict[int, list] = {number.id: [] for number in moved}
+        for event in found:
+            events[event.number_id].append(event)
+        consents: dict[int, dict] = {number.id: {} for number in moved}
+        for row in held:
+            consents[row.number_id][row.program_id] = row
+        for number, head in zip(moved, heads):
             chain = events[number.id]
             if chain:
                 tally.chains += 1
@@ -77,25 +121,28 @@ def verify(session: Session, *, checkpoint=None, batch: int = 500, tally: Tally 
                 yield broken
                 continue
             if head is not None:
-                moved = check_against_checkpoint(number, chain, label, head, signed.signed_at)
-                if moved:
-                    yield moved
-            yield from check_projection(number, chain, consents[number.id], label, slugs)
+                moved_back = check_against_checkpoint(number, chain, label, head, signed.signed_at)
+                if moved_back:
+                    yield moved_back
+            if replay:
+                yield from check_projection(number, chain, consents[number.id], label, slugs)
     if number_id is None:
         yield from signed.rest()
 
 
-def number_batches(session: Session, batch: int, *, chained_only: bool = False,
-                   only: int | None = None) -> Iterator[list]:
+def number_batches(session: Session, batch: int, *, chained_only: bool = False, only: int | None = None,
+                   first: int | None = None, last: int | None = None) -> Iterator[list]:
     """Every number as a row (id, e164, ledger_seq, ledger_head), `batch` at a time in id order, by keyset:
     memory stays bounded and a number added during the walk is read once or not at all, never twice.
-    `only`: just the number with that id."""
-    last_id = 0
+    `only`: just the number with that id; `first`, `last`: just the ids in that range."""
+    last_id = -1 if first is None else first - 1
     while True:
         query = select(_NUMBERS.c.id, _NUMBERS.c.e164, _NUMBERS.c.ledger_seq, _NUMBERS.c.ledger_head).where(
             _NUMBERS.c.id > last_id)
         if only is not None:
             query = query.where(_NUMBERS.c.id == only)
+        if last is not None:
+            query = query.where(_NUMBERS.c.id <= last)
         if chained_only:
             query = query.where(_NUMBERS.c.ledger_seq > 0)
         rows = session.execute(query.order_by(_NUMBERS.c.id).limit(batch)).all()
@@ -103,3 +150,70 @@ def number_batches(session: Session, batch: int, *, chained_only: bool = False,
             return
         yield rows
         last_id = rows[-1].id
+
+
+# How many numbers one piece of `check`'s work covers: small enough for progress and for the jobs to
+# finish together, large enough that a piece's set-up (a transaction, a bisection of the checkpoint
+# file, the programs' slugs) is noise.
+PIECE = 20_000
+
+
+def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: bool = False,
+          tally: Tally | None = None, progress: Callable[[int, int], None] | None = None,
+          piece: int = PIECE, replay: bool = True) -> Iterator[Break]:
+    """`verify` every number, split by ranges of number ids over `jobs` processes, all reading one
+    snapshot (PostgreSQL; on SQLite each process reads its own moment: docs/ledger.md). Yields the
+    breaks in number order, as one `verify` would; `progress(done, total)` counts number ids after
+    each piece.
+    """
+    tally = tally if tally is not None else Tally()
+    with db.shared_snapshot() as (session, token):
+        low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
+        pieces = _pieces(low, high, piece)
+        total = 0 if low is None else high - low + 1
+        if jobs <= 1:
+            results = (_verified(session, checkpoint, first, last, since_checkpoint, replay) for first, last in pieces)
+            yield from _reported(results, pieces, low, total, tally, progress)
+            return
+        # Spawned, not forked: a forked child would share this process's connections.
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            results = pool.map(_verify_piece, [(db.url, token, checkpoint, first, last, since_checkpoint, replay)
+                                               for first, last in pieces])
+            yield from _reported(results, pieces, low, total, tally, progress)
+
+
+def _pieces(low: int | None, high: int | None, piece: int) -> list[tuple[int | None, int | None]]:
+    """Ranges of number ids covering every id, the first and last open-ended: a checkpoint's heads of
+    numbers below or above every stored one are someone's to report."""
+    if low is None:
+        return [(None, None)]
+    starts = list(range(low, high + 1, piece))
+    return [(None if index == 0 else start, None if index == len(starts) - 1 else start + piece - 1)
+            for index, start in enumerate(starts)]
+
+
+def _reported(results, pieces, low, total, tally, progress) -> Iterator[Break]:
+    for (_, last), (breaks, counted) in zip(pieces, results):
+        yield from breaks
+        tally.add(counted)
+        if progress is not None:
+            progress(total if last is None else last - low + 1, total)
+
+
+def _verified(session: Session, checkpoint, first, last, since_checkpoint, replay) -> tuple[list[Break], Tally]:
+    tally = Tally()
+    breaks = list(verify(session, checkpoint=checkpoint, tally=tally, first=first, last=last,
+                         since_checkpoint=since_checkpoint, replay=replay))
+    return breaks, tally
+
+
+_databases: dict[str, Database] = {}  # a job's one engine, kept across its pieces
+
+
+def _verify_piece(task) -> tuple[list[Break], Tally]:
+    """One piece of `check`, in a job process."""
+    url, token, checkpoint, first, last, since_checkpoint, replay = task
+    if url not in _databases:
+        _databases[url] = Database(url)
+    with _databases[url].joined_snapshot(token) as session:
+        return _verified(session, checkpoint, first, last, since_checkpoint, replay)
