@@ -6,9 +6,13 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from gateway import bootstrap
 from gateway.config import ConfigError, Settings
@@ -453,42 +457,94 @@ def ledger_group() -> None:
 
 @ledger_group.command("verify")
 @click.option("--number", "number", metavar="NUMBER", help="Check only this number's chain.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that check ranges of numbers side by side, on one snapshot of the store.")
+@click.option("--since-checkpoint", is_flag=True,
+              help="Check only the chains that moved since the newest checkpoint; every other chain must "
+                   "still end at the head it signed.")
 @pass_context
-def ledger_verify(ctx: Context, number: str | None) -> None:
+def ledger_verify(ctx: Context, number: str | None, jobs: int, since_checkpoint: bool) -> None:
     """Check every chain, the consents and the newest checkpoint; exit 1 naming each disagreement
     (numbers masked).
+
+    With --since-checkpoint, a chain whose head is still the one the newest checkpoint signed is not
+    read again: its older events and its consent rows are left to the full check (docs/ledger.md).
 
     \b
     Examples:
       smsgate ledger verify
+      smsgate ledger verify --jobs 4
+      smsgate ledger verify --since-checkpoint
       smsgate ledger verify --number +14155552671
     """
     if number is not None:
+        if since_checkpoint or jobs != 1:
+            raise click.UsageError("--number checks one chain: it takes neither --jobs nor --since-checkpoint")
         _verify_one(ctx, _number(ctx, number).e164)
         return
     log, _ = checkpoints.from_settings(ctx.settings)
     # The checkpoint is chosen before the store is read: every head it signed is then older than
     # the snapshot verified, so a checkpoint written meanwhile cannot look ahead of the chains.
     checkpoint, log_problems = log.newest()
+    if since_checkpoint and checkpoint is None:
+        raise click.ClickException("no checkpoint to check since: run the full check (`smsgate ledger verify`) "
+                                   "and write one (`smsgate ledger checkpoint`)")
     found = 0
     for problem in log_problems:
         click.echo(f"BROKEN {problem}", err=True)
         found += 1
     tally = ledger.Tally()
-    with ctx.db.snapshot() as session:
-        for problem in ledger.verify(session, checkpoint=checkpoint, tally=tally):
+    with _progress("checking chains") as progress, _unfinished("the check"):
+        for problem in ledger.check(ctx.db, checkpoint=checkpoint, jobs=jobs, since_checkpoint=since_checkpoint,
+                                    tally=tally, progress=progress):
             click.echo(f"BROKEN {problem}", err=True)
             found += 1
     walked = f"{tally.chains} chains, {tally.events} events"
+    if since_checkpoint:
+        walked = (f"{tally.unchanged} chains end at the head the checkpoint of {checkpoint.created_at} signed; "
+                  f"{walked} moved since it and were checked whole")
     if found:
         click.echo(f"{found} problem(s) in {walked}", err=True)
         sys.exit(1)
-    if checkpoint is None:
+    if since_checkpoint:
+        click.echo(f"ledger intact since the checkpoint: {walked}; their consents agree with them. Older events "
+                   "of the unchanged chains and their consents were not read: the full check reads them")
+    elif checkpoint is None:
         click.echo(f"ledger intact: {walked}; the consents agree with them; no checkpoint yet "
                    "(`smsgate ledger checkpoint` writes one)")
     else:
         click.echo(f"ledger intact: {walked}; the consents agree with them; every chain holds what the "
                    f"checkpoint of {checkpoint.created_at} signed ({checkpoint.size} chains)")
+
+
+@contextmanager
+def _unfinished(what: str) -> Iterator[None]:
+    """A job process that died, or a store that stopped answering, ends the command with exit 1 and
+    says the work did not finish (never a traceback, never "intact")."""
+    try:
+        yield
+    except BrokenProcessPool:
+        raise click.ClickException(f"{what} did not finish: a job process died (killed, or out of memory); "
+                                   "run it again") from None
+    except DBAPIError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
+        raise click.ClickException(f"{what} did not finish: the store stopped answering ({reason}); "
+                                   "run it again") from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on standard error when it is a terminal (nothing in a pipe or a log): the
+    callback takes (done, total)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=1, label=label, file=sys.stderr, show_eta=True) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield advance
 
 
 def _verify_one(ctx: Context, e164: str) -> None:
@@ -546,16 +602,21 @@ def ledger_public_key(ctx: Context) -> None:
 
 
 @ledger_group.command("rebuild")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that replay ranges of numbers side by side (the consents are written in one "
+                   "transaction).")
 @pass_context
-def ledger_rebuild(ctx: Context) -> None:
+def ledger_rebuild(ctx: Context, jobs: int) -> None:
     """Recompute every consent from the ledger alone.
 
     \b
-    Example:
+    Examples:
       smsgate ledger rebuild
+      smsgate ledger rebuild --jobs 4
     """
-    with ctx.db.transaction() as session:
-        count = store_consents.rebuild(session)
+    with _unfinished("the rebuild (nothing was written)"), ctx.db.transaction() as session, \
+            _progress("replaying chains") as progress:
+        count = store_consents.rebuild(session, jobs=jobs, progress=progress)
     click.echo(f"rebuilt {count} consents from the ledger")
 
 

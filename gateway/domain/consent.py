@@ -108,6 +108,9 @@ class IllegalTransition(ValueError):
         self.state = state
         self.input = input
 
+    def __reduce__(self):  # pickled as what it was made from (a job of `ledger rebuild` raises it)
+        return IllegalTransition, (self.state, self.input)
+
 
 @dataclass(frozen=True)
 class State:

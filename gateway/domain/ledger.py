@@ -184,6 +184,9 @@ class ImpossibleEvent(IllegalTransition):
         super().__init__(error.state, error.input)
         self.event = event
 
+    def __reduce__(self):
+        return ImpossibleEvent, (self.event, IllegalTransition(self.state, self.input))
+
 
 _INPUTS = {input.value: input for input in Input}
 _MOVES: dict[tuple[State, str], State | IllegalTransition] = {}  # the machine's answers, learnt once each

@@ -9,14 +9,12 @@ so for them the guard always holds (`write_locked`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import groupby
-from operator import attrgetter
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, false, insert, select, text
+from sqlalchemy import bindparam, delete, exists, false, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -26,7 +24,8 @@ from gateway.domain import ledger
 from gateway.domain.consent import State, Status
 from gateway.domain.gate import Reason
 from gateway.domain.numbers import Number
-from gateway.store import dialect, outbox
+from gateway.store import bulk, dialect, outbox
+from gateway.store import ledger as ledger_store
 from gateway.store.database import Writes, driver_sql, rows
 from gateway.store.models import (
     Consent,
@@ -230,36 +229,25 @@ def write_locked(session: Session, number: PhoneNumber, writes: Writes, events: 
             set_committed_value(held_row, key, value)
 
 
-def rebuild(session: Session) -> int:
-    """Recompute every consent from the ledger alone; return how many consents result.
+def rebuild(session: Session, *, jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> int:
+    """Recompute every consent from the ledger alone, in the session's transaction; return how many
+    consents result.
 
     Replays each chain through the state machine (`ledger.replay`, the replay `ledger verify`
-    compares with), so a ledger that could not have happened (an illegal sequence) raises
-    IllegalTransition rather than being trusted.
+    compares with), streamed by ranges of numbers over `jobs` processes (store/ledger.py
+    `replay_all`), and writes the rows as each range comes (COPY on PostgreSQL). A ledger that
+    could not have happened (an illegal sequence) raises IllegalTransition rather than being
+    trusted, and nothing is written.
     """
     session.execute(delete(Consent))
-    replayable = (select(EVENTS.c.number_id, EVENTS.c.program_id, EVENTS.c.input, EVENTS.c.expires_at,
-                         EVENTS.c.occurred_at, EVENTS.c.id, EVENTS.c.seq)
-                  .order_by(EVENTS.c.number_id, EVENTS.c.seq))
-    count, rebuilt = 0, []
-    for number_id, chain in groupby(session.execute(replayable).all(), key=attrgetter("number_id")):
-        for program_id, replayed in ledger.replay(chain).items():
-            if replayed.state.status is None:
-                continue
-            rebuilt.append({"number_id": number_id, "program_id": program_id, "status": replayed.state.status.value,
-                            "restorable": replayed.state.restorable, "expires_at": replayed.expires_at,
-                            "updated_at": replayed.updated_at})
-        if len(rebuilt) >= 1000:
-            count += _insert_consents(session, rebuilt)
-    return count + _insert_consents(session, rebuilt)
+    count = 0
+    for replayed in ledger_store.replay_all(session, jobs=jobs, progress=progress):
+        bulk.insert_rows(session, CONSENTS, _REBUILT, replayed)
+        count += len(replayed)
+    return count
 
 
-def _insert_consents(session: Session, rebuilt: list[dict]) -> int:
-    if rebuilt:
-        session.execute(insert(CONSENTS), rebuilt)
-    written = len(rebuilt)
-    rebuilt.clear()
-    return written
+_REBUILT = ("number_id", "program_id", "status", "restorable", "expires_at", "updated_at")
 
 
 # Built once: SQLAlchemy then only binds parameters (measurably cheaper than building and

@@ -193,7 +193,15 @@ class Database:
                 yield session, None
             return
         with self.snapshot() as session:
-            yield session, session.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+            yield session, self.exported(session)
+
+    @staticmethod
+    def exported(session: Session) -> str | None:
+        """A token with which `joined_snapshot` reads what `session`'s transaction read at its start
+        (PostgreSQL; None on SQLite, where each process reads its own moment)."""
+        if not dialect.is_postgresql(session):
+            return None
+        return session.execute(text("SELECT pg_export_snapshot()")).scalar_one()
 
     @contextmanager
     def joined_snapshot(self, token: str | None) -> Iterator[Session]:

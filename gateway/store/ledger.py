@@ -10,10 +10,13 @@ docs/decisions/0023-ledger-check-at-scale.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 from multiprocessing import get_context
+from operator import attrgetter
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -26,6 +29,7 @@ from gateway.domain.ledger import (
     check_projection,
     number_label,
 )
+from gateway.domain.ledger import replay as replay_chain
 from gateway.store.database import Database
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program
 
@@ -38,11 +42,15 @@ class Tally:
     events: int = 0
     # --since-checkpoint: chains whose head is still the one the checkpoint signed, not read again
     unchanged: int = 0
+    # CPU seconds the pieces took, in whichever process ran them (bench/ledger_verify.py reads it:
+    # the jobs are not this process's children, so its own rusage does not count them)
+    cpu: float = 0.0
 
     def add(self, other: Tally) -> None:
         self.chains += other.chains
         self.events += other.events
         self.unchanged += other.unchanged
+        self.cpu += other.cpu
 
 
 _NUMBERS, _EVENTS, _CONSENTS, _PROGRAMS = (
@@ -100,10 +108,11 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
             continue
         if since_checkpoint:
             ids = {"ids": [number.id for number in moved]}
-            found, held = session.execute(_CHAINS_OF, ids), session.execute(_HELD_OF, ids)
+            found, held = session.execute(_CHAINS_OF, ids).all(), session.execute(_HELD_OF, ids).all()
         else:
             bounds = {"low": numbers[0].id, "high": numbers[-1].id}
-            found, held = session.execute(_CHAINS_IN_RANGE, bounds), session.execute(_HELD_IN_RANGE, bounds)
+            found = session.execute(_CHAINS_IN_RANGE, bounds).all()  # one fetch, not a row at a time
+            held = session.execute(_HELD_IN_RANGE, bounds).all()
         events: dict[int, list] = {number.id: [] for number in moved}
         for event in found:
             events[event.number_id].append(event)
@@ -160,7 +169,7 @@ PIECE = 20_000
 
 def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: bool = False,
           tally: Tally | None = None, progress: Callable[[int, int], None] | None = None,
-          piece: int = PIECE, replay: bool = True) -> Iterator[Break]:
+          piece: int | None = None, replay: bool = True) -> Iterator[Break]:
     """`verify` every number, split by ranges of number ids over `jobs` processes, all reading one
     snapshot (PostgreSQL; on SQLite each process reads its own moment: docs/ledger.md). Yields the
     breaks in number order, as one `verify` would; `progress(done, total)` counts number ids after
@@ -169,17 +178,68 @@ def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: boo
     tally = tally if tally is not None else Tally()
     with db.shared_snapshot() as (session, token):
         low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
-        pieces = _pieces(low, high, piece)
+        pieces = _pieces(low, high, piece or PIECE)
         total = 0 if low is None else high - low + 1
         if jobs <= 1:
             results = (_verified(session, checkpoint, first, last, since_checkpoint, replay) for first, last in pieces)
             yield from _reported(results, pieces, low, total, tally, progress)
             return
-        # Spawned, not forked: a forked child would share this process's connections.
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(jobs, mp_context=_JOBS)
+        try:
             results = pool.map(_verify_piece, [(db.url, token, checkpoint, first, last, since_checkpoint, replay)
                                                for first, last in pieces])
             yield from _reported(results, pieces, low, total, tally, progress)
+        finally:  # stopped early (a job died, the caller gave up): the pieces not begun are not run
+            pool.shutdown(cancel_futures=True)
+
+
+def replay_all(session: Session, *, jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+               piece: int | None = None) -> Iterator[list[tuple]]:
+    """Every chain replayed through the state machine, in number order, a piece at a time over `jobs`
+    processes (reading what `session`'s transaction reads, on PostgreSQL): for each piece, the consent
+    rows its chains lead to, as (number_id, program_id, status, restorable, expires_at, updated_at).
+    Raises ImpossibleEvent for a chain that could not have happened. What `ledger rebuild` writes."""
+    low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
+    pieces = _pieces(low, high, piece or PIECE)
+    total = 0 if low is None else high - low + 1
+    if jobs <= 1:
+        results = (_replayed(session, first, last) for first, last in pieces)
+    else:
+        url, token = session.get_bind().url.render_as_string(hide_password=False), Database.exported(session)
+        pool = ProcessPoolExecutor(jobs, mp_context=_JOBS)
+        results = pool.map(_replay_piece, [(url, token, first, last) for first, last in pieces])
+    try:
+        for (_, last), rows in zip(pieces, results):
+            yield rows
+            if progress is not None:
+                progress(total if last is None else last - low + 1, total)
+    finally:
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
+
+
+_REPLAYABLE = (select(_EVENTS.c.number_id, _EVENTS.c.program_id, _EVENTS.c.input, _EVENTS.c.expires_at,
+                      _EVENTS.c.occurred_at, _EVENTS.c.id, _EVENTS.c.seq)
+               .where(_EVENTS.c.number_id.between(*_IN_RANGE)).order_by(_EVENTS.c.number_id, _EVENTS.c.seq))
+
+
+def _replayed(session: Session, first: int | None, last: int | None, batch: int = 1000) -> list[tuple]:
+    rows = []
+    for numbers in number_batches(session, batch, chained_only=True, first=first, last=last):
+        found = session.execute(_REPLAYABLE, {"low": numbers[0].id, "high": numbers[-1].id}).all()
+        for number_id, chain in groupby(found, key=attrgetter("number_id")):
+            for program_id, done in replay_chain(chain).items():
+                if done.state.status is not None:
+                    rows.append((number_id, program_id, done.state.status.value, done.state.restorable,
+                                 done.expires_at, done.updated_at))
+    return rows
+
+
+def _replay_piece(task) -> list[tuple]:
+    """One piece of `replay_all`, in a job process."""
+    url, token, first, last = task
+    with _database(url).joined_snapshot(token) as session:
+        return _replayed(session, first, last)
 
 
 def _pieces(low: int | None, high: int | None, piece: int) -> list[tuple[int | None, int | None]]:
@@ -201,19 +261,29 @@ def _reported(results, pieces, low, total, tally, progress) -> Iterator[Break]:
 
 
 def _verified(session: Session, checkpoint, first, last, since_checkpoint, replay) -> tuple[list[Break], Tally]:
-    tally = Tally()
+    tally, started = Tally(), time.process_time()
     breaks = list(verify(session, checkpoint=checkpoint, tally=tally, first=first, last=last,
                          since_checkpoint=since_checkpoint, replay=replay))
+    tally.cpu = time.process_time() - started
     return breaks, tally
 
 
+# Jobs are forked from a server process that has imported this module and opened nothing: quicker
+# to start than spawned ones, and unlike children forked from the caller they share none of its
+# connections.
+_JOBS = get_context("forkserver")
+_JOBS.set_forkserver_preload([__name__])
 _databases: dict[str, Database] = {}  # a job's one engine, kept across its pieces
+
+
+def _database(url: str) -> Database:
+    if url not in _databases:
+        _databases[url] = Database(url)
+    return _databases[url]
 
 
 def _verify_piece(task) -> tuple[list[Break], Tally]:
     """One piece of `check`, in a job process."""
     url, token, checkpoint, first, last, since_checkpoint, replay = task
-    if url not in _databases:
-        _databases[url] = Database(url)
-    with _databases[url].joined_snapshot(token) as session:
+    with _database(url).joined_snapshot(token) as session:
         return _verified(session, checkpoint, first, last, since_checkpoint, replay)
