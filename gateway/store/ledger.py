@@ -5,7 +5,7 @@ The chains themselves (hashing, chaining, checking, replaying) are gateway/domai
 Someone who can write to the database can still recompute a chain and its head; signed
 checkpoints of every head, kept outside the database, catch that (`checkpoints`,
 docs/decisions/0009-ledger-checkpoints.md). How the check keeps up with tens of millions of events:
-docs/decisions/0025-ledger-check-at-scale.md.
+docs/decisions/0026-ledger-check-at-scale.md.
 """
 
 from __future__ import annotations
