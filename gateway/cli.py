@@ -673,6 +673,57 @@ def inbound_reconcile(ctx: Context) -> None:
         sys.exit(1)  # those senders' logs were not read through: their watermarks stayed
 
 
+@main.group("deactivations")
+def deactivations_group() -> None:
+    """The carriers' Deactivations list: numbers their subscribers gave up (beat reads it hourly).
+
+    \b
+    Example:
+      smsgate deactivations run --date 2026-03-01
+    """
+
+
+@deactivations_group.command("run")
+@click.option("--date", "day", metavar="YYYY-MM-DD",
+              help="Read this day's list (a day read before is left as it is). Default: every recent day not read yet.")
+@pass_context
+def deactivations_run(ctx: Context, day: str | None) -> None:
+    """Read the Deactivations list and end the consents of the numbers on it (reason "carrier
+    deactivation"), after a line-type look-up tells a port from a deactivation when LOOKUP_LINE_TYPE is on.
+
+    \b
+    Example:
+      smsgate deactivations run --date 2026-03-01
+    """
+    from datetime import date as Date
+
+    from gateway.services import deactivations
+
+    if day is not None:
+        try:
+            wanted = Date.fromisoformat(day)
+        except ValueError:
+            raise click.BadParameter(f"expected a date as YYYY-MM-DD, got {day!r}", param_hint="--date") from None
+        try:
+            runs = [deactivations.run_day(ctx.gateway, wanted)]
+        except deactivations.NotReadable as error:
+            raise click.BadParameter(str(error), param_hint="--date") from None
+    else:
+        runs = deactivations.run_due(ctx.gateway)
+        if not runs:
+            click.echo("every recent day was read already")
+    for run in runs:
+        if run.already:
+            click.echo(f"{run.day}: read already, nothing changed")
+        elif run.error:
+            click.echo(f"{run.day}: the list could not be read ({run.error}); the next run tries again")
+        else:
+            click.echo(f"{run.day}: listed {run.listed}, ours {run.held}, ended {run.ended}, ported {run.ported}"
+                       + (f", {run.left} left for the next run (look-up unavailable)" if run.left else ""))
+    if not all(run.finished for run in runs):
+        sys.exit(1)
+
+
 @main.group("proof")
 def proof_group() -> None:
     """Proof bundles: a number's consent history that anyone can check offline (docs/proofs.md).

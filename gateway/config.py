@@ -82,6 +82,17 @@ class Settings:
     outbox_backlog_max_seconds: int = 300
     # `text` (one line a record) or `json` (one object a line, event fields as keys): LOG_FORMAT.
     log_format: str = "text"
+    # Carrier look-ups (docs/decisions/0023-lookups-and-deactivations.md). Each Lookup is billed by
+    # Twilio, so both are off unless asked for: the line type of a number before its first message
+    # (landlines refused, non-fixed VoIP flagged), and the reassigned-number check (US numbers, an
+    # account Twilio approved for it); an answer is reused for `lookup_ttl_days`.
+    lookup_line_type: bool = False
+    lookup_reassigned_number: bool = False
+    lookup_ttl_days: int = 30
+    # The carriers' Deactivations list (free): how often beat looks for days not read yet (0: never;
+    # `smsgate deactivations run` does it once), and how many days back it looks.
+    deactivations_check_seconds: int = 3600
+    deactivations_days_back: int = 7
 
     @property
     def is_sqlite(self) -> bool:
@@ -334,4 +345,9 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         outbox_backlog_max_seconds=_as_int("outbox_backlog_max_seconds", raw["outbox_backlog_max_seconds"],
                                            minimum=1),
         log_format=log_format,
+        lookup_line_type=_as_bool("lookup_line_type", raw["lookup_line_type"]),
+        lookup_reassigned_number=_as_bool("lookup_reassigned_number", raw["lookup_reassigned_number"]),
+        lookup_ttl_days=_as_int("lookup_ttl_days", raw["lookup_ttl_days"], minimum=1),
+        deactivations_check_seconds=_as_int("deactivations_check_seconds", raw["deactivations_check_seconds"]),
+        deactivations_days_back=_as_int("deactivations_days_back", raw["deactivations_days_back"], minimum=1),
     )

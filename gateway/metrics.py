@@ -44,6 +44,11 @@ for _how in ("lost_task", "claim_sent", "claim_requeued"):
 STALE_CLAIMS_UNRESOLVED = Counter("smsgate_stale_claims_unresolved_total",
                                   "Dead workers' claims left for the next sweep: the provider could not be asked")
 PROVIDER_LATENCY = Histogram("smsgate_provider_seconds", "Time spent in provider calls")
+# Carrier look-ups (gateway/services/lookups.py, deactivations.py): each costs money at Twilio.
+LOOKUP_LATENCY = Histogram("smsgate_lookup_seconds", "Time spent in carrier look-ups (Twilio Lookup)")
+LOOKUPS = Counter("smsgate_lookups_total", "Carrier look-ups before a send, by what they decided", ["result"])
+DEACTIVATED_NUMBERS = Counter("smsgate_deactivated_numbers_total",
+                              "Numbers of ours on the carriers' Deactivations list, by verdict", ["verdict"])
 # The inbound journal (gateway/services/inbound_journal.py); its length is a gauge of HealthGauges.
 INBOUND_JOURNALED = Counter("smsgate_inbound_journaled_total", "Inbound texts journaled: the store could not take them")
 INBOUND_REPLAYED = Counter("smsgate_inbound_replayed_total", "Journaled texts applied to the store (or found there)")

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import metrics
 from gateway.queue.app import TaskNames
-from gateway.services import batches, expiry, imports, inbound_reconcile, operations, sending
+from gateway.services import batches, deactivations, expiry, imports, inbound_reconcile, operations, sending
 from gateway.store import checkpoints
 from worker import gateway
 
@@ -108,3 +108,10 @@ def heartbeat(self) -> None:
     """Record that this worker takes tasks: a frozen or dead worker stops moving its row."""
     operations.beat(gateway, self.request.hostname or "worker")
     metrics.HEARTBEATS.inc()
+
+
+@shared_task(name=TaskNames.READ_DEACTIVATIONS)
+def read_deactivations() -> int:
+    """Read the carriers' Deactivations list for every recent day not read through yet; end the
+    consents of numbers given up. Returns how many numbers' consents ended."""
+    return sum(run.ended for run in deactivations.run_due(gateway))

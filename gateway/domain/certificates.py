@@ -85,6 +85,8 @@ _WHAT = {
     "keyword_stop": "asked to stop: {program} ended",
     "keyword_start": "asked to start again: {program} was restored",
     "carrier_opt_out": "reported that the person opted out: {program} ended",
+    "carrier_deactivation": "listed the number as deactivated by its carrier: {program} ended",
+    "reassigned_number": "reported the number reassigned since consent was given: {program} ended",
     "api_opt_out": "recorded an opt-out made another way (a call, an email): {program} ended",
     "doi_expired": "closed the request: no YES came in time for {program}",
     "import_opt_in": "recorded consent to {program} collected elsewhere",
@@ -130,7 +132,8 @@ class Summary:
 
 _ASKED = {"api_request", "web_request", "keyword_join", "import_opt_in", "keyword_join_direct"}
 _AGREED = {"confirm_yes", "keyword_join_direct", "keyword_start", "import_opt_in"}
-_STOPPED = {"keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out"}
+_STOPPED = {"keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out",
+            "carrier_deactivation", "reassigned_number"}
 
 
 def summaries(events: Iterable) -> dict[int, Summary]:

@@ -32,6 +32,11 @@ class Input(StrEnum):
     REVIEW_OPT_OUT = "review_opt_out"  # staff read a listed ambiguous reply as a revocation
     KEYWORD_START = "keyword_start"  # START / UNSTOP: restores what was confirmed before the opt-out
     CARRIER_OPT_OUT = "carrier_opt_out"  # Twilio answered 21610: the person opted out at Twilio
+    # The carriers' daily Deactivations list named the number: its subscriber gave it up. Like a wrong
+    # number, what it ends cannot be restored by START (the next holder never agreed).
+    CARRIER_DEACTIVATION = "carrier_deactivation"
+    # Lookup's reassigned-number check said "yes" for the consent's date: someone else holds it now.
+    REASSIGNED_NUMBER = "reassigned_number"
     API_OPT_OUT = "api_opt_out"  # an opt-out heard another way (phone call, email), recorded by staff
     DOI_EXPIRED = "doi_expired"  # a pending request passed its deadline
     IMPORT_OPT_IN = "import_opt_in"  # consent collected elsewhere, imported with its evidence
@@ -61,6 +66,8 @@ EVENT_TYPES: dict[Input, str] = {
     Input.REVIEW_OPT_OUT: "opt_out",
     Input.KEYWORD_START: "opt_in",
     Input.CARRIER_OPT_OUT: "carrier_opt_out",
+    Input.CARRIER_DEACTIVATION: "opt_out",
+    Input.REASSIGNED_NUMBER: "opt_out",
     Input.API_OPT_OUT: "opt_out",
     Input.DOI_EXPIRED: "expiry",
     Input.IMPORT_OPT_IN: "import",
@@ -85,6 +92,8 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
     Input.AMBIGUOUS_REPLY: (_ANY, Status.OPTED_OUT),
     Input.REVIEW_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.CARRIER_OPT_OUT: (_ANY, Status.OPTED_OUT),
+    Input.CARRIER_DEACTIVATION: (_ANY, Status.OPTED_OUT),
+    Input.REASSIGNED_NUMBER: (_ANY, Status.OPTED_OUT),
     Input.API_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.IMPORT_OPT_OUT: (_ANY, Status.OPTED_OUT),
     Input.KEYWORD_START: ((Status.OPTED_OUT,), Status.OPTED_IN),
@@ -96,8 +105,10 @@ TRANSITIONS: dict[Input, tuple[tuple[Status | None, ...], Status | None]] = {
 
 OPT_OUT_INPUTS = frozenset(
     {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT,
-     Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
+     Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
 )
+# Inputs that say the consent was (or will be) another person's: START must never revive what they end.
+NOT_RESTORABLE = frozenset({Input.WRONG_NUMBER, Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER})
 
 
 class IllegalTransition(ValueError):
@@ -133,7 +144,7 @@ def apply(state: State, input: Input) -> State:
     if not allowed(state, input):
         raise IllegalTransition(state.status, input)
     _, target = TRANSITIONS[input]
-    if input is Input.WRONG_NUMBER:
+    if input in NOT_RESTORABLE:
         return State(target, restorable=False)  # the consent was another person's: START must not revive it
     if input in OPT_OUT_INPUTS:
         # A second STOP must not forget that the first one ended a real consent.

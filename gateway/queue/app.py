@@ -25,6 +25,7 @@ class TaskNames:
     RECONCILE_INBOUND = "inbound.reconcile"
     HEARTBEAT = "worker.heartbeat"
     RUN_IMPORT = "consent.run_import"  # a bulk import uploaded over the API
+    READ_DEACTIVATIONS = "consent.read_deactivations"
 
 
 class QueueNames:
@@ -45,6 +46,7 @@ ROUTES = {
     TaskNames.RUN_IMPORT: {"queue": QueueNames.PERIODIC},
     TaskNames.RECONCILE_INBOUND: {"queue": QueueNames.PERIODIC},
     TaskNames.HEARTBEAT: {"queue": QueueNames.PERIODIC},
+    TaskNames.READ_DEACTIVATIONS: {"queue": QueueNames.PERIODIC},
 }
 
 
@@ -104,6 +106,9 @@ def make_celery(settings: Settings) -> Celery:
                           "options": {"expires": float(settings.worker_heartbeat_seconds)}},
         } | ({"reconcile-inbound": {"task": TaskNames.RECONCILE_INBOUND,
                                     "schedule": float(settings.inbound_reconcile_seconds)}}
-             if settings.inbound_reconcile_seconds else {}),
+             if settings.inbound_reconcile_seconds else {})
+          | ({"read-deactivations": {"task": TaskNames.READ_DEACTIVATIONS,
+                                     "schedule": float(settings.deactivations_check_seconds)}}
+             if settings.deactivations_check_seconds else {}),
     )
     return celery

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
@@ -75,6 +75,13 @@ class Provider(Protocol):
 
     def inbound_messages(self, *, to: str | None, since: datetime) -> list[LoggedText]:
         """Inbound texts the provider logged to `to` (None: to any of ours) sent since `since`, newest first."""
+
+    def lookup(self, e164: str, *, fields: tuple[str, ...], last_verified: date | None = None) -> dict:
+        """The carrier look-up's answer for `fields` (line_type_intelligence, reassigned_number), as a
+        dict in the provider's words; ProviderError when it could not be made."""
+
+    def deactivated_numbers(self, day: date) -> list[str]:
+        """The lines of the carriers' deactivation list for `day`; ProviderError when it cannot be read."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from gateway.domain.consent import Source
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
-from gateway.services import carrier, policy, release, throughput, unit_of_work
+from gateway.services import carrier, lookups, policy, release, throughput, unit_of_work
 from gateway.services.consents import Evidence
 from gateway.services.ports import Gateway
 from gateway.store import outbox
@@ -102,6 +102,9 @@ def send(gateway: Gateway, message_id: str, now: datetime | None = None, *, wait
     `waited`: how many times this message has already been retried (its wait for a busy sender grows).
     """
     now = now or utcnow()
+    if lookups.enabled(gateway):
+        # Before the claim: what the look-up learns is what the claim's gate then judges by.
+        lookups.before_send(gateway, message_id, now)
     started = time.monotonic()
     prepared = _prepare(gateway, message_id, now, waited)
     if isinstance(prepared, Outcome):

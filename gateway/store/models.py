@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     JSON,
@@ -89,6 +89,14 @@ class PhoneNumber(Base):
     # When someone texting from this number last said it is a wrong number ("wrong number", "new number
     # who dis"): it may have been reassigned, and every consent it held then was ended (docs/decisions/0022).
     possibly_reassigned_at: Mapped[datetime | None]
+    # What the last carrier look-up said (services/lookups.py; each answer is also a ledger event with
+    # the provider's words): Lookup's line type, the carrier it placed the number on ("MCC-MNC", or
+    # its name), when; and the last reassigned-number check: the consent date asked about, when.
+    line_type: Mapped[str | None] = mapped_column(String(20))
+    carrier: Mapped[str | None] = mapped_column(String(120))
+    line_checked_at: Mapped[datetime | None]
+    reassigned_since: Mapped[date | None]
+    reassigned_checked_at: Mapped[datetime | None]
     ledger_seq: Mapped[int] = mapped_column(Integer, default=0)
     ledger_head: Mapped[str] = mapped_column(String(64), default=GENESIS_HASH)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -309,6 +317,31 @@ class InboundWatermark(Base):
     sender: Mapped[str] = mapped_column(String(40), primary_key=True)
     listed_through: Mapped[datetime]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeactivationDay(Base):
+    """A day of the carriers' Deactivations list read through to the end (services/deactivations.py):
+    a day here is never read again, so a re-run changes nothing."""
+
+    __tablename__ = "deactivation_days"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    listed: Mapped[int] = mapped_column(Integer)  # numbers on the list
+    held: Mapped[int] = mapped_column(Integer)  # of them, numbers we hold a live consent for
+    ended: Mapped[int] = mapped_column(Integer)  # numbers whose consents ended
+    ported: Mapped[int] = mapped_column(Integer)  # numbers kept as ported
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeactivationCheck(Base):
+    """One number of one day's list, handled: a run that stopped half-way resumes after it."""
+
+    __tablename__ = "deactivation_checks"
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(20))
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WorkerHeartbeat(Base):

@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
@@ -75,6 +75,9 @@ class Provider:
         # A non-empty environment keeps the client from reading TWILIO_* variables on its own.
         self.client = Client(account_sid, auth_token, http_client=http_client, environment={"_": "_"})
         self.status_callback = status_callback
+        self.timeout = timeout
+        self._files = requests.Session()
+        _read_environment_once(self._files)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Provider:
@@ -135,6 +138,45 @@ class Provider:
             return [_logged(m) for m in self.client.messages.stream(date_sent_after=since, page_size=page_size,
                                                                      **filters)
                     if m.direction == "inbound" and (m.date_sent or m.date_created) is not None]
+
+
+    # What of a Lookup answer is kept as evidence: the number itself is left out (the ledger event is
+    # the number's already, and erasure must not have a second copy to find).
+    LOOKUP_KEPT = ("valid", "validation_errors", "country_code", "calling_country_code", "line_type_intelligence",
+                   "reassigned_number")
+
+    def lookup(self, e164: str, *, fields: tuple[str, ...], last_verified: date | None = None) -> dict:
+        """Lookup v2 for one number (`line_type_intelligence`, `reassigned_number`), as Twilio answered.
+
+        Each package is billed per request: the caller asks only for what it will use.
+        """
+        options = {"fields": ",".join(fields)}
+        if last_verified is not None:
+            options["last_verified_date"] = last_verified.strftime("%Y%m%d")
+        started = time.perf_counter()
+        try:
+            with _translated():
+                found = self.client.lookups.v2.phone_numbers(e164).fetch(**options)
+        finally:
+            metrics.LOOKUP_LATENCY.observe(time.perf_counter() - started)
+        return {key: getattr(found, key, None) for key in self.LOOKUP_KEPT}
+
+    def deactivated_numbers(self, day: date) -> list[str]:
+        """The lines of the carriers' Deactivations file for `day` (one United States number a line).
+
+        Twilio answers the list request with a short-lived signed URL of the file (`redirect_to`);
+        the file is fetched from it without our credentials, which belong to Twilio's API only.
+        """
+        with _translated():
+            redirect = self.client.messaging.v1.deactivations().fetch(date=day).redirect_to
+        if not redirect:
+            raise ProviderError(ErrorKind.RETRYABLE, None, "the Deactivations answer named no file")
+        with _translated():
+            response = self._files.get(redirect, timeout=self.timeout)
+        if response.status_code != 200:
+            raise ProviderError(ErrorKind.RETRYABLE, None,
+                                f"the Deactivations file answered HTTP {response.status_code}")
+        return response.text.splitlines()
 
 
 def _twilio_code(code: object) -> int | None:

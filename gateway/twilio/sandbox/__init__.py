@@ -84,4 +84,4 @@ def _start_courier() -> None:
     current_sandbox().courier.start()
 
 
-from gateway.twilio.sandbox import api, phone  # noqa: E402,F401  (registers the routes on bp)
+from gateway.twilio.sandbox import api, lookups, phone  # noqa: E402,F401  (registers the routes on bp)

@@ -29,6 +29,29 @@ class TestNumber:
 
 
 @dataclass(frozen=True)
+class LookupNumber:
+    """How Lookup v2 answers for one number, and whether it is on the Deactivations list."""
+
+    __test__ = False
+
+    number: str
+    description: str
+    line_type: str | None = "mobile"
+    carrier: str | None = "Sandbox Mobile"
+    mobile_country_code: str | None = "310"
+    mobile_network_code: str | None = "999"
+    error_code: int | None = None  # line_type_intelligence.error_code (60600: unprovisioned or out of coverage)
+    reassigned: str = "no"  # yes | no | no_data
+    deactivated: bool = False  # on every day's Deactivations list
+    http_status: int | None = None  # the look-up fails: 429, 500, 503…
+    delay: float = 0.0  # seconds before answering (a slow Lookup, for timeouts)
+
+
+# What Lookup says of a number the sandbox has no entry for: a mobile line on the sandbox's carrier.
+DEFAULT_LOOKUP = LookupNumber(number="", description="any other number: a mobile line")
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     sent_delay: float = 1.0
     final_delay: float = 2.0
@@ -40,6 +63,12 @@ class SandboxConfig:
     service_number: str = "+15005550010"
     messaging_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     test_numbers: dict[str, TestNumber] = field(default_factory=dict)
+    lookup_numbers: dict[str, LookupNumber] = field(default_factory=dict)
+    # The HTTP status the Deactivations file answers with (tests set 503: the file is unreachable).
+    deactivations_file_status: int = 200
+
+    def lookup_of(self, number: str) -> LookupNumber:
+        return self.lookup_numbers.get(number, DEFAULT_LOOKUP)
 
     def service_numbers(self, service_sid: str) -> tuple[str, ...]:
         return self.messaging_services.get(service_sid) or (self.service_number,)
@@ -76,6 +105,24 @@ def _test_number(raw: dict) -> TestNumber:
     return entry
 
 
+_LOOKUP_KEYS = {"number", "description", "line_type", "carrier", "mobile_country_code", "mobile_network_code",
+                "error_code", "reassigned", "deactivated", "http_status", "delay"}
+
+
+def _lookup_number(raw: dict) -> LookupNumber:
+    number = raw.get("number", "")
+    if not is_e164(number):
+        raise ConfigError(f"sandbox lookup_numbers: {number!r} is not an E.164 number")
+    unknown = set(raw) - _LOOKUP_KEYS
+    if unknown:
+        raise ConfigError(f"sandbox lookup number {number}: unknown keys {', '.join(sorted(unknown))}")
+    entry = LookupNumber(**{key: raw[key] for key in raw if key != "delay"},
+                         delay=_seconds("delay", raw.get("delay", 0)))
+    if entry.reassigned not in ("yes", "no", "no_data"):
+        raise ConfigError(f"sandbox lookup number {number}: reassigned must be yes, no or no_data")
+    return entry
+
+
 def load_sandbox_config(env: Mapping[str, str] | None = None, file: Path | None = None) -> SandboxConfig:
     """Read config/sandbox.toml, apply SANDBOX_* environment overrides, validate."""
     env = os.environ if env is None else env
@@ -103,4 +150,5 @@ def load_sandbox_config(env: Mapping[str, str] | None = None, file: Path | None 
         service_number=service_number,
         messaging_services=services,
         test_numbers={entry.number: entry for entry in map(_test_number, raw.get("test_numbers", []))},
+        lookup_numbers={entry.number: entry for entry in map(_lookup_number, raw.get("lookup_numbers", []))},
     )
