@@ -27,7 +27,10 @@ def export(session: Session, number: PhoneNumber) -> dict:
     return {
         "phone": number.e164,
         "number": {"kind": number.kind, "reachability": number.reachability,
-                   "created_at": number.created_at.isoformat()},
+                   "created_at": number.created_at.isoformat(),
+                   # What the last carrier look-up said (each answer is also among the events).
+                   "line_type": number.line_type, "carrier": number.carrier,
+                   "line_checked_at": number.line_checked_at.isoformat() if number.line_checked_at else None},
         "consents": [
             {"program": c.program.slug, "status": c.status, "updated_at": c.updated_at.isoformat(),
              "expires_at": c.expires_at.isoformat() if c.expires_at else None}
@@ -88,5 +91,6 @@ def erase(session: Session, number: PhoneNumber, key: bytes, evidence: consents.
     session.execute(update(OutboundMessage).where(OutboundMessage.number_id == number.id)
                     .values(body=ERASED_BODY))
     number.e164 = None
+    number.line_type = number.carrier = None  # the look-up's answer went with the evidence
     number.erased_at = now
     return Erasure(suppressed=opted_out, consents_erased=erased)
