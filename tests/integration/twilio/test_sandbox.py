@@ -633,7 +633,8 @@ def test_sandbox_config_file_is_valid():
 STRANGER = "203.0.113.9"
 FORGED_LOCAL = {"Host": "127.0.0.1:5000", "Origin": "http://127.0.0.1:5000", "X-Forwarded-For": "127.0.0.1",
                 "X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
-ROUTE_ARGUMENTS = {"account_sid": ACCOUNT_SID, "sid": "SM" + "0" * 32, "name": "phone.js", "rest": "Calls.json"}
+ROUTE_ARGUMENTS = {"account_sid": ACCOUNT_SID, "sid": "SM" + "0" * 32, "name": "phone.js", "rest": "Calls.json",
+                   "raw": "+14155550110", "day": "2026-01-01"}
 
 
 def sandbox_requests(app):
