@@ -51,7 +51,8 @@ for opt_out in (Input.KEYWORD_STOP, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT,
         (OPTED_OUT_RESTORABLE, opt_out): OPTED_OUT_RESTORABLE,
     })
 # A wrong number ends every consent and none of them can come back with START: it was someone else's.
-LEGAL.update({(state, Input.WRONG_NUMBER): OPTED_OUT for state in ALL_STATES})
+LEGAL.update({(state, ending): OPTED_OUT for state in ALL_STATES
+              for ending in (Input.WRONG_NUMBER, Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER)})
 
 
 def test_start_after_a_wrong_number_restores_nothing():
