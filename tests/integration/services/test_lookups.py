@@ -13,6 +13,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Kind
 from gateway.domain.numbers import parse
 from gateway.services import consents, deactivations, lookups, sending
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import DeactivationDay, LedgerEvent, PhoneNumber, utcnow
 from gateway.twilio.client import Provider
@@ -41,7 +42,7 @@ def with_lookups(gateway, **settings):
 
 def opted_in(db, phone: str, *slugs: str) -> None:
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         for slug in slugs:
             consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN,
                           consents.Evidence(Source.IMPORT, actor="test"))
@@ -49,7 +50,7 @@ def opted_in(db, phone: str, *slugs: str) -> None:
 
 def accepted(db, phone: str, slug: str = "orders") -> str:
     with db.transaction() as session:
-        row = consents.find_number(session, phone)
+        row = store_consents.find_number(session, phone)
         program = programs.by_slug(session, slug)
         return outbox.accept(session, number=row, program=program, kind=Kind(program.category), body="Shipped",
                              decision=ALLOW).id
