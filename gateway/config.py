@@ -82,7 +82,7 @@ class Settings:
     outbox_backlog_max_seconds: int = 300
     # `text` (one line a record) or `json` (one object a line, event fields as keys): LOG_FORMAT.
     log_format: str = "text"
-    # Carrier look-ups (docs/decisions/0025-lookups-and-deactivations.md). Each Lookup is billed by
+    # Carrier look-ups (docs/decisions/0027-lookups-and-deactivations.md). Each Lookup is billed by
     # Twilio, so both are off unless asked for: the line type of a number before its first message
     # (landlines refused, non-fixed VoIP flagged), and the reassigned-number check (US numbers, an
     # account Twilio approved for it); an answer is reused for `lookup_ttl_days`.

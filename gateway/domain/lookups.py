@@ -2,7 +2,7 @@
 whether a number on the carriers' Deactivations list was given up or only moved to another carrier.
 
 Pure: the answers come in as the provider gave them (Lookup v2's JSON, as a dict) and the rules
-answer in our words. docs/decisions/0025-lookups-and-deactivations.md has the reasoning.
+answer in our words. docs/decisions/0027-lookups-and-deactivations.md has the reasoning.
 """
 
 from __future__ import annotations

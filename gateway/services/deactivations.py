@@ -12,7 +12,7 @@ Resumable: each number is handled in a transaction of its own and recorded (deac
 so a run that stops half-way (a process killed, the database gone) resumes after the last number
 it finished. A list that cannot be read (Twilio down, the file's link expired) or a look-up that
 fails leaves the day unrecorded: the next run (beat's, hourly) reads it again.
-docs/decisions/0025-lookups-and-deactivations.md.
+docs/decisions/0027-lookups-and-deactivations.md.
 """
 
 from __future__ import annotations

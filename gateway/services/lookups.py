@@ -11,7 +11,7 @@ transaction applies it by the rules it already has: a landline is the same fact 
 A Lookup that fails (timeout, 5xx, 429, refused) changes nothing and the message goes on unchecked:
 the check is hygiene on top of consent, which the gate still enforces, and a Lookup outage must not
 hold back order updates and codes. The number stays unchecked, so its next message asks again.
-docs/decisions/0025-lookups-and-deactivations.md.
+docs/decisions/0027-lookups-and-deactivations.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Carrier look-ups: each number's last line type, carrier and reassigned-number check, and the days
 of the carriers' Deactivations list read through (with the numbers handled, so a run resumes).
 
-Revision ID: 0014_number_lookups
+Revision ID: 0016_number_lookups
 Revises: 0014_bulk_imports
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0014_number_lookups'
+revision = '0016_number_lookups'
 down_revision = '0014_bulk_imports'
 branch_labels = None
 depends_on = None
