@@ -1,14 +1,14 @@
 """Bulk imports: where each stands (so an interrupted one continues), the rows it refused, and the
 pieces of an uploaded file.
 
-Revision ID: 0014_bulk_imports
+Revision ID: 0015_bulk_imports
 Revises: 0014_hot_table_indexes
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0014_bulk_imports'
+revision = '0015_bulk_imports'
 down_revision = '0014_hot_table_indexes'
 branch_labels = None
 depends_on = None

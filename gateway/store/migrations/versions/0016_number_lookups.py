@@ -2,14 +2,14 @@
 of the carriers' Deactivations list read through (with the numbers handled, so a run resumes).
 
 Revision ID: 0016_number_lookups
-Revises: 0014_bulk_imports
+Revises: 0015_bulk_imports
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0016_number_lookups'
-down_revision = '0014_bulk_imports'
+down_revision = '0015_bulk_imports'
 branch_labels = None
 depends_on = None
 
