@@ -378,9 +378,11 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
         row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
     if row is None:
         return None
-    id_, kind, sender, body, attempts, number_id, e164, program_id, settings = row
+    id_, kind, sender, body, attempts, number_id, e164, program_id, category, version, settings = row
+    # All the gate reads of a program: its category names the texts its cap counts, its version the
+    # promise a refusal cites. Without them the worker's second look counted nothing against the cap.
     return Claimed(id_, kind, sender, body, attempts, now, PhoneNumber(id=number_id, e164=e164),
-                   Program(id=program_id, settings=settings))
+                   Program(id=program_id, category=category, version=version, settings=settings))
 
 
 def waiting_until(session: Store, message_id: str) -> tuple[Status, datetime] | None:
@@ -395,7 +397,7 @@ def waiting_until(session: Store, message_id: str) -> tuple[Status, datetime] | 
 _CLAIM_SET = f"""status = '{Status.SENDING.value}', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
                 not_before = NULL, recheck_at = NULL"""
 _CLAIMABLE = f"""status IN ({_moving_to(Status.SENDING)}) AND (not_before IS NULL OR not_before <= :now)"""
-_CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.settings"
+_CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.category, p.version, p.settings"
 _CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
 
 

@@ -155,6 +155,24 @@ def test_oregons_3_per_24_hours_blocks_in_the_worker_from_its_date_and_says_so(c
     assert len(earlier) == 3
 
 
+def test_a_programs_own_cap_blocks_in_the_worker_and_cites_the_promise(client, headers, gateway, db, weekly):
+    """Two texts accepted at once past the cap (two API processes, each seeing one earlier): the worker's
+    second look counts the program's texts accepted before this one and blocks it, citing the promise."""
+    noon = datetime(2025, 12, 3, 12, tzinfo=PACIFIC)  # a Wednesday, before Oregon's own cap applies
+    _accepted(db, PORTLAND_OR, "weekly", noon - timedelta(hours=2), count=2)
+    [third] = _accepted(db, PORTLAND_OR, "weekly", noon - timedelta(hours=1))
+    outcome = sending.send(gateway, third, now=noon)
+    assert (outcome.status, outcome.reason) == ("blocked", "frequency_cap")
+    rule = history(client, headers, third)[-1]["rule"]
+    assert (rule["rule"], rule["citation"]) == ("program:weekly", "Up to 2 msgs/week")
+    assert rule["version"] == weekly_version(db)
+
+
+def weekly_version(db) -> str:
+    with db.sessions() as session:
+        return programs.by_slug(session, "weekly").version
+
+
 def test_a_deferral_at_accept_time_is_cited_in_the_history(client, headers, db, gateway, example_programs):
     _world_program(db, example_programs)
     phone = _number_in_quiet_hours(gateway, quiet=True)
