@@ -52,11 +52,18 @@ def _recent(count_recent: bool, exclude_message: str | None, numbers: str) -> tu
 
 
 # The program's own texts that count against its cap: its kind (not the double opt-in question), not
-# refused. With `exclude` (the worker's second look at a queued message), only texts accepted before
-# that one count: when two were accepted at once past the cap, the earlier goes, not neither.
+# refused. With `exclude` (the worker's second look at a queued message), the texts accepted before
+# that one count, so when two were accepted at once past the cap the earlier goes, not neither; and
+# every text already handed to the provider counts, whenever it was accepted: a web process that
+# stalled between stamping a text and committing it must not send it past one that went out
+# meanwhile (claims of one number take turns, store/outbox.py, so a send under way is seen).
+HANDED_OVER = (Status.SENDING, Status.SENT, Status.DELIVERED, Status.UNDELIVERED)
+_HANDED_OVER_SQL = ", ".join(f"'{status.value}'" for status in HANDED_OVER)
+
+
 def _cap_filter(exclude_message: bool) -> str:
-    exclude = (" AND m.id <> :exclude AND m.created_at <= (SELECT e.created_at FROM messages e WHERE e.id = :exclude)"
-               if exclude_message else "")
+    exclude = (" AND m.id <> :exclude AND (m.created_at <= (SELECT e.created_at FROM messages e WHERE e.id = :exclude)"
+               f" OR m.status IN ({_HANDED_OVER_SQL}))" if exclude_message else "")
     return (f"m.program_id = :program AND m.kind = :cap_kind AND m.status IN ({_COUNTED_SQL})"
             f" AND m.created_at >= :cap_since{exclude}")
 

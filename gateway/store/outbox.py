@@ -401,6 +401,13 @@ _CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.
 _CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
 
 
+# The claims of one number's texts take turns: each holds this lock (the number's id in our own key
+# space) until its transaction ends, so the gate's next read in a claim sees every earlier claim of
+# that number committed, and the program's cap counts a text another worker is sending right now.
+# Claims of different numbers never wait for each other; SQLite's write lock serialises every claim.
+_NUMBER_TURN = 0x5E2D
+
+
 def _claimed_statement(sql: str):
     return text(sql).columns(settings=Program.__table__.c.settings.type)  # JSON: SQLite gives it as text
 
@@ -412,8 +419,10 @@ _CLAIM = _claimed_statement(f"""
         RETURNING id, kind, sender, body, attempts, number_id, program_id
     ), step AS (
         INSERT INTO message_events (message_id, status, occurred_at) SELECT id, '{Status.SENDING.value}', :now FROM c
+    ), turn AS (
+        SELECT pg_advisory_xact_lock({_NUMBER_TURN}, (number_id % 2147483647)::int) FROM c
     )
-    SELECT {_CLAIMED_COLUMNS} FROM c {_CLAIMED_JOINS}
+    SELECT {_CLAIMED_COLUMNS} FROM c CROSS JOIN turn {_CLAIMED_JOINS}
 """).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_SQLITE = text(f"UPDATE messages SET {_CLAIM_SET} WHERE id = :id AND {_CLAIMABLE}").bindparams(
     bindparam("now", type_=UTCDateTime()))

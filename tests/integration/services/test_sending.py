@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from gateway.domain import pacing
 from gateway.domain.consent import Input, Source
@@ -359,6 +360,41 @@ def test_a_message_is_claimed_once(gateway, db):
     found = message(db, message_id)
     assert (found.status, found.claimed_at, found.attempts, [e.status for e in found.events]) == (
         "sending", now, 1, ["queued", "sending"])
+
+
+def test_claims_of_one_numbers_texts_take_turns(gateway, db):
+    """A claim holds its number's turn until its transaction ends: a second worker's claim of another
+    text to that number waits for it (so its gate sees the first one sending), and a claim of a text
+    to any other number does not. SQLite: every claim takes the one write lock at BEGIN anyway."""
+    first, second = accept(db, count=2)
+    [elsewhere] = accept(db, phone="+14155550162")
+    now = utcnow()
+    with db.transaction() as session:
+        assert outbox.claim(session, first, now) is not None
+        if db.dialect == "postgresql":
+            with db.transaction() as other:
+                assert outbox.claim(other, elsewhere, now) is not None
+            with pytest.raises(OperationalError, match="lock timeout"), db.transaction() as other:
+                other.execute(text("SET LOCAL lock_timeout = '300ms'"))
+                outbox.claim(other, second, now)
+    with db.transaction() as session:  # the first claim committed: the second's turn
+        assert outbox.claim(session, second, now) is not None
+
+
+def test_a_text_sent_while_an_earlier_one_waited_counts_against_the_cap(gateway, db, example_programs):
+    """Web process A stamps a text, stalls, and commits it after web process B's later text went
+    out: at the worker, A's text sees B's among those sent and is blocked, not sent past the cap."""
+    daily = replace(next(p for p in example_programs if p.slug == "orders"), slug="once", join_keywords=("ONCE",),
+                    max_messages=1, per="day", frequency="Up to 1 msg/day")
+    with db.transaction() as session:
+        programs.store(session, [daily])
+    now = utcnow()
+    [later] = accept(db, slug="once", now=now - timedelta(seconds=1))
+    with db.transaction() as session:
+        outbox.advance_by_id(session, later, Status.SENT, now=now)
+    [stalled] = accept(db, slug="once", now=now - timedelta(seconds=2))  # stamped before `later`
+    outcome = sending.send(gateway, stalled, now=now)
+    assert (outcome.status, outcome.reason) == ("blocked", "frequency_cap")
 
 
 def test_sent_never_undoes_a_status_callback_that_came_first(gateway, db):
