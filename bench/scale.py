@@ -83,6 +83,7 @@ def main() -> int:
     for size in (int(s) for s in args.sizes.split(",")):
         print(f"\n=== {size:,} numbers")
         rows.append(measure(size, args))
+        print_table(rows[-1:])  # each size's row as soon as it is measured: a long run can be stopped
     print()
     print_table(rows)
     return 0

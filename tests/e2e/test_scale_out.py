@@ -144,7 +144,7 @@ def _settled(db, ids: list[str]) -> dict[str, OutboundMessage]:
                 row.status in FINAL for row in rows) else None
 
     all_final.__name__ = f"{len(ids)} messages settle"
-    return wait_for(all_final, timeout=120, interval=0.2)
+    return wait_for(all_final, timeout=180, interval=0.2)
 
 
 def _at_twilio(db, handsets: list[str]) -> list[SandboxMessage]:
