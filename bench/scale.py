@@ -101,6 +101,7 @@ def measure(size: int, args) -> dict:
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE")
     row["disk_per_million"] = (_database_bytes(url) - empty) / size * 1_000_000
+    print(f"  disk: {row['disk_per_million'] / 2**30:.2f} GiB per million numbers (growth over the import, scaled)")
     row["verify"] = _verify(env, url)
     row["gate"] = _gate_batch(settings, size)
     row.update(_one_number_operations(settings, size))
@@ -226,7 +227,7 @@ def _one_number_operations(settings, size: int) -> dict:
 
 def _http(env: dict, settings, size: int, work: Path, args) -> dict:
     """Inbound webhook (the mix) and send API, each beside the baseline app, rounds back to back."""
-    runs = args.rounds * 2 + 2
+    runs = args.rounds * 2 + 2  # the baseline's slices: a warm-up, then a run per round of each path
     webhooks, sends = work / "webhooks.tsv", work / "sends.jsonl"
     _write_requests(webhooks, INBOUND_NUMBERS, runs * args.per_run, None)
     with open(sends, "w") as out:
@@ -240,7 +241,8 @@ def _http(env: dict, settings, size: int, work: Path, args) -> dict:
             servers[name] = _start_gunicorn(name, app, env, work)
         base = servers["gateway"]["url"].rsplit("/webhooks", 1)[0]
         _primer(INBOUND_NUMBERS, lambda number: CYCLE[:number % len(CYCLE)])(servers["gateway"]["url"])
-        slices = itertools.count(0, args.per_run)
+        slices = itertools.count(0, args.per_run)  # the baseline's, in webhooks.tsv
+        send_slices = itertools.count(0, args.per_run)  # the gateway's sends, in sends.jsonl
         inbound_cursor = [0]
 
         def inbound(name: str, duration: int) -> dict:
@@ -255,7 +257,7 @@ def _http(env: dict, settings, size: int, work: Path, args) -> dict:
             if name == "baseline":
                 return _wrk(servers[name], webhooks, next(slices), args.per_run, duration, args)
             target = {**servers[name], "url": base + "/v1/messages"}
-            return _wrk_sends(target, sends, next(slices), args.per_run, duration, key, args)
+            return _wrk_sends(target, sends, next(send_slices), args.per_run, duration, key, args)
 
         print("  inbound webhook (the mix):")
         for name in servers:
