@@ -110,11 +110,14 @@ def test_a_burst_is_paced_to_the_senders_rate(gateway, db, live_server, instant_
     started = time.monotonic()
     outcomes = {message_id: timed_send(message_id) for message_id in ids}
     # On a loaded machine the burst itself can take over a second; the rate bounds what went meanwhile.
-    allowed = 3 * (1 + int(time.monotonic() - started))
+    elapsed = time.monotonic() - started
+    allowed = 3 * (1 + int(elapsed))
     busy = [i for i, o in outcomes.items() if o.reason == "sender_busy"]
     assert len(outcomes) - len(busy) == len(provider_texts(db))  # a busy sender is never called
     assert len(provider_texts(db)) <= allowed and len(busy) >= len(ids) - allowed
-    assert busy
+    # Some found the sender busy, unless the machine was so loaded that the burst itself went no
+    # faster than the rate (then the pacing is checked below all the same).
+    assert busy or elapsed >= (len(ids) - 1) / 3
     for message_id in busy:
         waiting = message(db, message_id)
         # Still queued as it was: no claim, no step in its history, only held back.
