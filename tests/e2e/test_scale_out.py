@@ -182,8 +182,8 @@ def test_each_message_goes_out_once_across_two_webs_and_two_workers(webs, worker
 def test_the_senders_twilio_rate_holds_across_two_workers(webs, workers, db, make_key):
     """orders' sender takes 1 message per second (the default): twelve messages handed to two workers at
     once reach Twilio at that pace. The window allows for the time between a worker taking its slot and
-    its call arriving (under load, up to 2 s): at 1/s, at most 4 + 2 calls arrive in any 4 seconds,
-    where two workers counting on their own would send about twice that many in the first seconds."""
+    its call arriving (on a loaded machine, up to 3 s): at 1/s, at most 4 + 3 calls arrive in any 4
+    seconds, where two workers counting on their own send 2 a second: 8 to 10 in the first four."""
     handsets = [f"+1415555{3100 + i:04d}" for i in range(12)]
     for handset in handsets:
         opt_in(db, handset, "orders")
@@ -195,8 +195,8 @@ def test_the_senders_twilio_rate_holds_across_two_workers(webs, workers, db, mak
     arrivals = [m.date_created.timestamp() for m in _at_twilio(db, handsets)]
     assert len(arrivals) == len(handsets)
     busiest = max(sum(1 for t in arrivals if start <= t < start + 4.0) for start in arrivals)
-    assert busiest <= 6, f"{busiest} sends in 4 s at 1/s: {[round(t - arrivals[0], 2) for t in arrivals]}"
-    assert arrivals[-1] - arrivals[0] >= len(handsets) - 1 - 2.0
+    assert busiest <= 7, f"{busiest} sends in 4 s at 1/s: {[round(t - arrivals[0], 2) for t in arrivals]}"
+    assert arrivals[-1] - arrivals[0] >= len(handsets) - 1 - 3.0
 
 
 @needs_redis
