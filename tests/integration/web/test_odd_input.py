@@ -159,6 +159,19 @@ def v1_requests(route: str) -> st.SearchStrategy[dict]:
         shape = st.tuples(st.just("GET"), phone_path.map(lambda p: f"/v1/consents/{p}/export"), st.just(""))
     elif route == "/v1/consents/<phone>":
         shape = st.tuples(st.just("GET"), phone_path.map(lambda p: f"/v1/consents/{p}"), st.just(""))
+    elif route == "/v1/consents/import":
+        # A CSV upload (the header usually right, the cells anything), or the listing.
+        header = mostly(st.just("phone,program,status"), st.one_of(odd_text, st.just("phone,program")))
+        cell = st.one_of(phones, slugs, st.sampled_from(["opted_in", "opted_out", "pending"]), odd_text)
+        rows = st.lists(st.lists(cell, min_size=1, max_size=4).map(lambda cells: ",".join(cells)), max_size=4)
+        csv_text = st.tuples(header, rows).map(lambda parts: "\n".join([parts[0], *parts[1]]) + "\n")
+        shape = st.one_of(st.tuples(st.just("POST"), st.just(route), csv_text),
+                          st.tuples(st.just("GET"), st.just(route), st.just("")))
+    elif route in ("/v1/consents/import/<import_id>", "/v1/consents/import/<import_id>/results"):
+        ids = st.one_of(st.uuids().map(str), st.text(alphabet="0123456789abcdef-", max_size=60), odd_text)
+        tail = "/results" if route.endswith("/results") else ""
+        paths = ids.map(lambda i: "/v1/consents/import/" + quote(i, safe="", errors="surrogatepass") + tail)
+        shape = st.tuples(st.just("GET"), paths, st.just(""))
     else:
         raise AssertionError(f"no strategy for {route}: add one")
     encoded = shape.map(lambda s: (s[0], s[1], s[2].encode("utf-8", "surrogatepass")))
@@ -170,11 +183,13 @@ def v1_requests(route: str) -> st.SearchStrategy[dict]:
 # The routes this test drives: a test below fails when the app has one it does not.
 V1_ROUTES = ["/v1/messages", "/v1/messages/batch", "/v1/messages/<message_id:message_id>", "/v1/subscriptions",
              "/v1/consents/<phone>/opt-out", "/v1/consents/<phone>/erase", "/v1/consents/<phone>/export",
-             "/v1/consents/<phone>"]
+             "/v1/consents/<phone>", "/v1/consents/import", "/v1/consents/import/<import_id>",
+             "/v1/consents/import/<import_id>/results"]
 
 
 def test_every_v1_route_is_driven(app):
-    assert sorted(rule.rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1")) == sorted(V1_ROUTES)
+    # A set: one path may be two rules (POST /v1/consents/import uploads, GET lists).
+    assert {rule.rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1")} == set(V1_ROUTES)
 
 
 # --- the store, before and after --------------------------------------------------------------------
@@ -217,7 +232,8 @@ def check_answer(response, before, after) -> None:
 def test_property_odd_requests_to_v1_are_never_a_server_error_and_refusals_change_nothing(
         route, client, make_key, db, person, gateway):
     key = make_key("admin")
-    takes_a_body = route in ("/v1/messages", "/v1/messages/batch", "/v1/subscriptions", "/v1/consents/<phone>/opt-out")
+    takes_a_body = route in ("/v1/messages", "/v1/messages/batch", "/v1/subscriptions", "/v1/consents/<phone>/opt-out",
+                             "/v1/consents/import")
 
     @examples(35 if takes_a_body else 15)
     @given(v1_requests(route))
