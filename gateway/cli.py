@@ -888,5 +888,114 @@ def users_create(ctx: Context, name: str, role: str, password_stdin: bool) -> No
         click.echo(password)
 
 
+def _users_change(ctx: Context, change):
+    """Run one account change in a transaction; a refusal (an unknown name, a short password) exits 1."""
+    from gateway.services import console
+
+    try:
+        with ctx.db.transaction() as session:
+            return change(session, console)
+    except console.ConsoleError as error:
+        raise click.ClickException(error.message) from None
+
+
+@users_group.command("list")
+@pass_context
+def users_list(ctx: Context) -> None:
+    """List the console's accounts: name, role, created, last sign-in, and whether locked or disabled.
+
+    \b
+    Example:
+      smsgate users list
+    """
+    from gateway.store.models import utcnow
+
+    now = utcnow()
+    users = _users_change(ctx, lambda session, console: [
+        (u.name, u.role, u.created_at, u.last_login_at, u.locked_until, u.disabled_at)
+        for u in console.list_users(session)])
+    if not users:
+        click.echo("no console users (smsgate users create NAME --role ROLE)")
+        return
+    click.echo(f"{'name':<24} {'role':<11} {'created':<17} {'last sign-in':<17} state")
+    stamp = lambda moment: moment.strftime("%Y-%m-%d %H:%M") if moment else "never"
+    for name, role, created, last, locked_until, disabled_at in users:
+        if disabled_at:
+            state = f"disabled since {stamp(disabled_at)} UTC"
+        elif locked_until and locked_until > now:
+            state = f"locked until {stamp(locked_until)} UTC"
+        else:
+            state = "active"
+        click.echo(f"{name:<24} {role:<11} {stamp(created):<17} {stamp(last):<17} {state}")
+
+
+@users_group.command("disable")
+@click.argument("name")
+@pass_context
+def users_disable(ctx: Context, name: str) -> None:
+    """Disable an account: it cannot sign in, and its open sessions stop working at once. The account
+    and its entries in the access log stay (`smsgate users enable NAME` lets it in again).
+
+    \b
+    Example:
+      smsgate users disable alice
+    """
+    ended = _users_change(ctx, lambda session, console: console.disable_user(session, name))
+    click.echo(f"disabled console user {name!r}; {ended} open session(s) ended")
+
+
+@users_group.command("enable")
+@click.argument("name")
+@pass_context
+def users_enable(ctx: Context, name: str) -> None:
+    """Let a disabled account sign in again, with its password as it was.
+
+    \b
+    Example:
+      smsgate users enable alice
+    """
+    _users_change(ctx, lambda session, console: console.enable_user(session, name))
+    click.echo(f"enabled console user {name!r}")
+
+
+@users_group.command("unlock")
+@click.argument("name")
+@pass_context
+def users_unlock(ctx: Context, name: str) -> None:
+    """End an account's lockout after too many failed sign-ins (CONSOLE_MAX_FAILED_LOGINS), now rather
+    than after CONSOLE_LOCKOUT_SECONDS, and forget its failed attempts.
+
+    \b
+    Example:
+      smsgate users unlock alice
+    """
+    was_locked = _users_change(ctx, lambda session, console: console.unlock_user(session, name))
+    click.echo(f"unlocked console user {name!r}" if was_locked else f"console user {name!r} was not locked")
+
+
+@users_group.command("password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input instead of "
+                                                     "generating one.")
+@pass_context
+def users_password(ctx: Context, name: str, password_stdin: bool) -> None:
+    """Reset an account's password: a new one is generated and printed once, alone on the last line
+    (or read with --password-stdin). It also ends a lockout and signs the account out everywhere.
+
+    \b
+    Example:
+      smsgate users password alice
+      printf '%s' "$PASSWORD" | smsgate users password alice --password-stdin
+    """
+    from gateway.services import console
+
+    password = sys.stdin.read().rstrip("\r\n") if password_stdin else console.generate_password()
+    ended = _users_change(ctx, lambda session, console: console.set_password(session, name, password))
+    click.echo(f"new password set for console user {name!r}; {ended} open session(s) ended")
+    if not password_stdin:
+        click.echo("password (shown only now):")
+        click.echo(password)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

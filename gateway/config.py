@@ -93,6 +93,14 @@ class Settings:
     # `smsgate deactivations run` does it once), and how many days back it looks.
     deactivations_check_seconds: int = 3600
     deactivations_days_back: int = 7
+    # The compliance console's sign-in limits (gateway/services/console.py): attempts per client address
+    # (`limits` notation, shared by every web process); consecutive failures that lock an account, and
+    # for how long; how long a session lasts unused, and at most.
+    console_login_limit_per_client: str = "20 per 10 minutes"
+    console_max_failed_logins: int = 5
+    console_lockout_seconds: int = 900
+    console_session_idle_seconds: int = 1800
+    console_session_lifetime_seconds: int = 43200
 
     @property
     def is_sqlite(self) -> bool:
@@ -350,4 +358,12 @@ def load_settings(env: Mapping[str, str] | None = None, file: Path | None = None
         lookup_ttl_days=_as_int("lookup_ttl_days", raw["lookup_ttl_days"], minimum=1),
         deactivations_check_seconds=_as_int("deactivations_check_seconds", raw["deactivations_check_seconds"]),
         deactivations_days_back=_as_int("deactivations_days_back", raw["deactivations_days_back"], minimum=1),
+        console_login_limit_per_client=_as_rate("console_login_limit_per_client",
+                                                raw["console_login_limit_per_client"]),
+        console_max_failed_logins=_as_int("console_max_failed_logins", raw["console_max_failed_logins"], minimum=1),
+        console_lockout_seconds=_as_int("console_lockout_seconds", raw["console_lockout_seconds"], minimum=1),
+        console_session_idle_seconds=_as_int("console_session_idle_seconds", raw["console_session_idle_seconds"],
+                                             minimum=60),
+        console_session_lifetime_seconds=_as_int("console_session_lifetime_seconds",
+                                                 raw["console_session_lifetime_seconds"], minimum=60),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -51,6 +51,9 @@ class Decision:
     not_before: datetime | None = None
     # The rule behind a deferral or a cap: which law or promise, its version, its citation (Rule.cited).
     rule: Mapping[str, str | None] | None = None
+    # Everything the decision weighed, as the message's history keeps it (domain/decisions.py): JSON
+    # text, attached by the Gate for the paths that store the decision with a message.
+    record: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def deferred(self) -> bool:
@@ -85,6 +88,9 @@ class Facts:
     # this number within `cap_lookback` (None: fewer than that many). The gate compares it with the
     # start of the recipient's current calendar period.
     cap_reached_at: datetime | None = None
+    # The ledger event that made the consent what it is: (id, seq, hash); None when no event of the
+    # program exists. Kept in the decision's record (domain/decisions.py), not read by the rules.
+    consent_event: tuple[int, int, str] | None = None
 
 
 # How far back the store looks for a program's texts: the longest period plus a day for time zones.

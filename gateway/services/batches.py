@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from gateway.domain.decisions import Stage
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.numbers import TEXTABLE, InvalidNumber, is_e164, parse
 from gateway.services import policy, unit_of_work
@@ -105,7 +106,7 @@ def accept(
             candidates[e164] = facts
             number_ids[e164] = known.id
     # 4. The one gate, for all of them at one moment.
-    decisions = gate.decide_many(candidates, program, kind, now)
+    decisions = gate.decide_many(candidates, program, kind, now, stage=Stage.BATCH)
     allowed = []
     for e164, decision in decisions.items():
         if decision.allowed or decision.deferred:

@@ -4,7 +4,9 @@ person's data, each written to the access log in the same transaction as the rea
 Passwords are hashed with Argon2id (argon2-cffi's defaults, RFC 9106's second recommended set); the
 session cookie carries a random token of which only a SHA-256 is stored. Sign-in is limited per client
 address (the shared limiter, so every web process counts together) and each account is locked for a
-while after consecutive failures (in the store, so a restart does not reset it).
+while after consecutive failures (in the store, so a restart does not reset it). The limits are
+settings (CONSOLE_*: gateway/config.py). A disabled account cannot sign in, and its sessions end at
+once: each request reads the account with its session.
 See docs/decisions/0021-compliance-console.md.
 """
 
@@ -31,11 +33,6 @@ ROLES = ("viewer", "compliance", "admin")  # each role may do all that the ones 
 # viewer: sees; compliance: also downloads certificates, proof bundles and exports; admin: also reads
 # the access log and erases.
 
-SESSION_IDLE = timedelta(minutes=30)
-SESSION_LIFETIME = timedelta(hours=12)
-LOGIN_LIMIT_PER_CLIENT = "20 per 10 minutes"  # `limits` notation, shared by every web process
-MAX_FAILED_LOGINS = 5  # consecutive failures that lock an account …
-LOCKOUT = timedelta(minutes=15)  # … for this long
 MIN_PASSWORD_LENGTH = 12
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,120}")
 
@@ -69,18 +66,67 @@ def generate_password() -> str:
     return secrets.token_urlsafe(15)  # 20 characters, 120 bits
 
 
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ConsoleError("weak_password", f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+
+
 def create_user(session: Session, name: str, role: str, password: str) -> Staff:
     """Make an account; raise ConsoleError for a bad name, role or password, or a name in use."""
     if not _NAME.fullmatch(name or ""):
         raise ConsoleError("invalid_name", "a user name is 1 to 120 letters, digits or . _ @ -")
     if role not in ROLES:
         raise ConsoleError("invalid_role", f"the role must be one of {', '.join(ROLES)}")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ConsoleError("weak_password", f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    _check_password(password)
     if store.user_by_name(session, name) is not None:
         raise ConsoleError("name_taken", f"a user named {name!r} exists already")
     user = store.add_user(session, name, role, _hasher.hash(password))
     return Staff(user.id, user.name, user.role)
+
+
+# Looking after accounts (`smsgate users …`). Each raises ConsoleError for an unknown name, and changes nothing then.
+
+def _user(session: Session, name: str):
+    user = store.user_by_name_locked(session, name) if _NAME.fullmatch(name or "") else None
+    if user is None:
+        raise ConsoleError("unknown_user", f"there is no console user named {name!r}")
+    return user
+
+
+def list_users(session: Session) -> list:
+    """Every account, by name (never a password hash)."""
+    return store.all_users(session)
+
+
+def disable_user(session: Session, name: str, now: datetime | None = None) -> int:
+    """Stop an account: it cannot sign in, and every session it has ends now. Returns how many ended."""
+    user = _user(session, name)
+    if user.disabled_at is None:
+        user.disabled_at = now or utcnow()
+    return store.delete_sessions_of(session, user.id)
+
+
+def enable_user(session: Session, name: str) -> None:
+    """Let a disabled account sign in again (with its password as it was)."""
+    _user(session, name).disabled_at = None
+
+
+def unlock_user(session: Session, name: str) -> bool:
+    """End a lockout and forget the failed sign-ins; returns whether the account was locked."""
+    user = _user(session, name)
+    was_locked = user.locked_until is not None and user.locked_until > utcnow()
+    user.failed_logins, user.locked_until = 0, None
+    return was_locked
+
+
+def set_password(session: Session, name: str, password: str) -> int:
+    """Give an account a new password (a reset). It also ends a lockout, and every session the account
+    has: whoever held the old password is signed out. Returns how many sessions ended."""
+    _check_password(password)
+    user = _user(session, name)
+    user.password_hash = _hasher.hash(password)
+    user.failed_logins, user.locked_until = 0, None
+    return store.delete_sessions_of(session, user.id)
 
 
 def _client_counter(gateway: Gateway, client: str | None) -> tuple[str, str, str]:
@@ -92,8 +138,9 @@ def sign_in(gateway: Gateway, name: str, password: str, *, client: str | None, n
     """The member of staff whose name and password these are; ConsoleError otherwise (wrong name or
     password alike, a locked account, too many attempts from this address)."""
     now = now or utcnow()
+    settings = gateway.settings
     counter = _client_counter(gateway, client)
-    verdict = gateway.limiter.hit(LOGIN_LIMIT_PER_CLIENT, *counter)
+    verdict = gateway.limiter.hit(settings.console_login_limit_per_client, *counter)
     if not verdict.allowed:
         raise ConsoleError("rate_limited", "Too many sign-in attempts from this address. Try again later.",
                            verdict.retry_after)
@@ -105,14 +152,18 @@ def sign_in(gateway: Gateway, name: str, password: str, *, client: str | None, n
             refusal = ConsoleError("wrong_credentials", "Wrong name or password.")
         elif user.locked_until is not None and user.locked_until > now:
             left = (user.locked_until - now).total_seconds()
-            refusal = ConsoleError("locked", f"This account is locked after {MAX_FAILED_LOGINS} failed sign-ins. "
-                                             f"Try again in {int(left // 60) + 1} minutes.", left)
+            refusal = ConsoleError("locked", f"This account is locked after {settings.console_max_failed_logins} "
+                                             f"failed sign-ins. Try again in {int(left // 60) + 1} minutes.", left)
         elif not _matches(user.password_hash, password):
             # Committed, then refused: the count must survive the refusal.
             user.failed_logins += 1
-            if user.failed_logins >= MAX_FAILED_LOGINS:
-                user.failed_logins, user.locked_until = 0, now + LOCKOUT
+            if user.failed_logins >= settings.console_max_failed_logins:
+                user.failed_logins = 0
+                user.locked_until = now + timedelta(seconds=settings.console_lockout_seconds)
             refusal = ConsoleError("wrong_credentials", "Wrong name or password.")
+        elif user.disabled_at is not None:
+            # Said only to whoever knows the password: a wrong one gets the same answer as any other.
+            refusal = ConsoleError("disabled", "This account is disabled. Ask an administrator.")
         else:
             user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
             if _hasher.check_needs_rehash(user.password_hash):
@@ -156,7 +207,8 @@ def open_session(gateway: Gateway, token: str, now: datetime | None = None) -> O
         if found is None:
             return None
         row, user = found
-        if row.expires_at <= now or row.last_seen_at + SESSION_IDLE <= now:
+        idle = timedelta(seconds=gateway.settings.console_session_idle_seconds)
+        if row.expires_at <= now or row.last_seen_at + idle <= now or (user is not None and user.disabled_at):
             store.delete_session(session, row.id)
             return None
         return Opened(token, dict(row.data or {}), None if user is None else Staff(user.id, user.name, user.role))
@@ -169,7 +221,8 @@ def start_session(gateway: Gateway, data: dict, staff: Staff | None, now: dateti
     token = secrets.token_urlsafe(32)
     with gateway.db.transaction() as session:
         store.delete_sessions_before(session, now)
-        store.add_session(session, _digest(token), staff.id if staff else None, data, now, now + SESSION_LIFETIME)
+        lifetime = timedelta(seconds=gateway.settings.console_session_lifetime_seconds)
+        store.add_session(session, _digest(token), staff.id if staff else None, data, now, now + lifetime)
     return token
 
 

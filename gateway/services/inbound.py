@@ -52,6 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import logs, metrics
 from gateway.domain import storable, twilio_filter
 from gateway.domain.consent import IllegalTransition, Input, Source, Status
+from gateway.domain.decisions import Stage
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.keywords import Intent
 from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164, mask
@@ -482,7 +483,8 @@ def _join(read: _Read, also: list[tuple[Program, Input]] | None = None) -> _Effe
     reachability = reachability_after(state.reachability, Reachability.OK)
     facts = Facts(read.e164, reachability, Status.PENDING.value, expires_at, state.suppressed,
                   region=state.region, kind=state.kind)
-    decision = policy.gate_of(read.gateway).decide(facts, program, Kind.CONFIRMATION, read.now)
+    decision = policy.gate_of(read.gateway).decide(facts, program, Kind.CONFIRMATION, read.now,
+                                                   stage=Stage.CONFIRMATION)
     if not decision.allowed:
         # suppressed, landline, country: nothing recorded for the join, nothing said
         return _resubscribe_only(read, also) if also else _Effect()

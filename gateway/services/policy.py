@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.domain import gate as gate_rules
+from gateway.domain.decisions import Recorder, Stage
 from gateway.domain.gate import CAP_LOOKBACK, Decision, Facts, Kind, Reason
 from gateway.domain.numbers import Number, parse
 from gateway.domain.quiet_hours import QuietHours
@@ -57,25 +58,46 @@ class Gate:
         known.update({n.id: Facts(e164="", suppressed=True) for n in by_id.values() if not n.e164})
         return known
 
-    def decide(self, facts: Facts, program: Program, kind: Kind, now: datetime) -> Decision:
-        return gate_rules.decide(facts, program, kind, now, self.rules)
+    def decide(self, facts: Facts, program: Program, kind: Kind, now: datetime, *,
+               stage: Stage | None = None) -> Decision:
+        """The rules' answer; with `stage`, carrying its record (Decision.record) for the message's history."""
+        decision = gate_rules.decide(facts, program, kind, now, self.rules)
+        if stage is None:
+            return decision
+        return replace(decision, record=Recorder(program, kind, now, self.rules, stage).record(facts, decision))
 
-    def decide_many(self, facts: Mapping[K, Facts], program: Program, kind: Kind, now: datetime) -> dict[K, Decision]:
-        """`decide` for many numbers at one moment (a batch: up to 100,000 facts and decisions)."""
+    def decide_many(self, facts: Mapping[K, Facts], program: Program, kind: Kind, now: datetime, *,
+                    stage: Stage | None = None) -> dict[K, Decision]:
+        """`decide` for many numbers at one moment (a batch: up to 100,000 facts and decisions). With
+        `stage`, the decisions that store a message (allowed or deferred) carry their records."""
         with bulk.collector_paused():
-            return gate_rules.decide_many(facts, program, kind, now, self.rules)
+            places = gate_rules.Places(self.rules, now)
+            decided = {key: gate_rules.decide(one, program, kind, now, self.rules, places)
+                       for key, one in facts.items()}
+            if stage is not None:
+                recorder = Recorder(program, kind, now, self.rules, stage, places)
+                for key, decision in decided.items():
+                    if decision.allowed or decision.deferred:
+                        decided[key] = replace(decision, record=recorder.record(facts[key], decision))
+            return decided
 
     def may_send(self, store: Store, number: PhoneNumber, program: Program, kind: Kind, now: datetime, *,
-                 message_id: str | None = None) -> Decision:
-        """May `program` text `number` now? `message_id`: the message asking, not counted against its own cap."""
+                 message_id: str | None = None, stage: Stage | None = None) -> Decision:
+        """May `program` text `number` now? `message_id`: the message asking, not counted against its own cap.
+        `stage`: record the decision (Decision.record) as made there."""
         if not number.e164:
-            return Decision(False, Reason.SUPPRESSED)  # erased: only its suppression hash is left
+            # Erased: only its suppression hash is left, and the record knows nothing else of it.
+            known = Facts(e164="", suppressed=True)
+            decision = Decision(False, Reason.SUPPRESSED)
+            if stage is None:
+                return decision
+            return replace(decision, record=Recorder(program, kind, now, self.rules, stage).record(known, decision))
         known = self.facts(store, [number], program, now, count_recent=kind is Kind.MARKETING,
                            exclude_message=message_id)[number.id]
-        return self.decide(known, program, kind, now)
+        return self.decide(known, program, kind, now, stage=stage)
 
     def may_send_to(self, store: Store, to: Number | str, program: Program, kind: Kind, now: datetime, *,
-                    default_region: str = "US") -> tuple[Known | None, Number, Decision]:
+                    default_region: str = "US", stage: Stage | None = None) -> tuple[Known | None, Number, Decision]:
         """`may_send` for a number as a caller gave it, which we may not hold yet (then: no consent).
 
         `to` is a parsed Number, or E.164 text (numbers.is_e164): a number we hold was validated when
@@ -92,7 +114,7 @@ class Gate:
             number = to if isinstance(to, Number) else parse(to, default_region)
             if known is None:
                 found = replace(found, region=number.region, kind=number.kind)
-        return known, number, self.decide(found, program, kind, now)
+        return known, number, self.decide(found, program, kind, now, stage=stage)
 
 
 def program_cap(program: Program, now: datetime) -> tuple[int, datetime] | None:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from gateway.domain import ledger
 from gateway.domain.consent import Input, Status
 from gateway.services import consents
+from gateway.store import outbox
 from gateway.store.models import InboundMessage, LedgerEvent, OutboundMessage, PhoneNumber, utcnow
 
 ERASED_BODY = "[erased]"
@@ -23,6 +24,7 @@ def export(session: Session, number: PhoneNumber) -> dict:
     ).all()
     outbound = session.scalars(
         select(OutboundMessage).where(OutboundMessage.number_id == number.id).order_by(OutboundMessage.created_at)
+        .options(selectinload(OutboundMessage.events))
     ).all()
     return {
         "phone": number.e164,
@@ -44,7 +46,11 @@ def export(session: Session, number: PhoneNumber) -> dict:
         ],
         "outbound_messages": [
             {"id": m.id, "program": m.program.slug, "kind": m.kind, "from": m.sender, "body": m.body,
-             "status": m.status, "reason": m.reason, "created_at": m.created_at.isoformat()}
+             "status": m.status, "reason": m.reason, "created_at": m.created_at.isoformat(),
+             # Each step, with the gate's whole record where the step was its decision (docs/compliance.md).
+             "history": [{"status": step.status, "reason": step.reason, "error_code": step.error_code,
+                          "at": step.at.isoformat(), "rule": step.rule, "decision": step.decision}
+                         for step in outbox.history(m)]}
             for m in outbound
         ],
     }

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from gateway import logs, metrics
 from gateway.domain.consent import Source
+from gateway.domain.decisions import Stage
 from gateway.domain.gate import Kind
 from gateway.domain.numbers import mask
 from gateway.domain.outbound import ErrorKind, ProviderError, SentMessage, Status
@@ -76,15 +77,16 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
             if waiting is not None and now < waiting[1] <= now + EARLY_TASK:
                 return Outcome(waiting[0], "not_yet_due", retry_in=waiting[1] - now)
             return SKIPPED
+        stage = Stage.RELEASE if claimed.released else Stage.WORKER
         decision = policy.gate_of(gateway).may_send(connection, claimed.number, claimed.program, Kind(claimed.kind),
-                                                    now, message_id=claimed.id)
+                                                    now, message_id=claimed.id, stage=stage)
         if decision.deferred:
             outbox.advance_by_id(connection, claimed.id, Status.DEFERRED, now=now, reason=decision.reason.value,
-                                 not_before=decision.not_before, rule=decision.rule)
+                                 not_before=decision.not_before, rule=decision.rule, decision=decision.record)
             return Outcome(Status.DEFERRED, decision.reason.value)
         if not decision.allowed:
             outbox.advance_by_id(connection, claimed.id, Status.BLOCKED, now=now, reason=decision.reason.value,
-                                 rule=decision.rule)
+                                 rule=decision.rule, decision=decision.record)
             metrics.MESSAGES_REFUSED.labels(reason=decision.reason.value, stage="worker").inc()
             logs.event(log, "send_blocked", message_id=claimed.id, number=claimed.number.e164,
                        reason=decision.reason.value, stage="worker")
@@ -93,6 +95,9 @@ def _claim_and_check(gateway: Gateway, message_id: str, now: datetime) -> outbox
         verdict = throughput.take(gateway.limiter, claimed.sender, mps)
         if not verdict.allowed:
             raise _SenderBusy(verdict.retry_after, mps)
+        # Allowed: kept on the claim's "sending" step, committed with the claim, before the provider call
+        # (a worker that dies after the call leaves the reason it sent behind).
+        outbox.keep_decision(connection, claimed.step_id, decision.record)
         return claimed
 
 

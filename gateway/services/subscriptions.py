@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.domain.consent import IllegalTransition, Input, Status
+from gateway.domain.decisions import Stage
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import Number
 from gateway.domain.programs import RATES, ProgramSpec, spec_of
@@ -98,7 +99,7 @@ def start(
     consents.apply(session, number, program, input,
                   consents.Evidence(evidence.source, evidence.actor, evidence.reference, details),
                   now=now, expires_at=expires_at)
-    decision = gate.may_send(session, number, program, Kind.CONFIRMATION, now)
+    decision = gate.may_send(session, number, program, Kind.CONFIRMATION, now, stage=Stage.CONFIRMATION)
     if not decision.allowed:
         return Started(Status.PENDING, expires_at, None, decision.reason)
     message = outbox.accept(session, number=number, program=program, kind=Kind.CONFIRMATION, body=text,

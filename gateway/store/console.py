@@ -63,6 +63,11 @@ def delete_session(session: Session, digest: str) -> None:
     session.execute(delete(ConsoleSession).where(ConsoleSession.id == digest))
 
 
+def delete_sessions_of(session: Session, user_id: int) -> int:
+    """End every session of one account (disabled, or its password reset)."""
+    return session.execute(delete(ConsoleSession).where(ConsoleSession.user_id == user_id)).rowcount
+
+
 def delete_sessions_before(session: Session, moment: datetime) -> int:
     """Forget sessions past their absolute end (their cookies are refused already)."""
     return session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at < moment)).rowcount

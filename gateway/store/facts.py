@@ -93,6 +93,14 @@ def _cap_reached_many(capped: bool, exclude_message: bool, numbers: str) -> tupl
     return join, "cap.created_at"
 
 
+# The ledger event that made the consent what it is: the number's newest event of the program (its
+# chain's (number_id, seq) index, read newest first). Only where a consent row exists: a number
+# without one has no event of the program that counts.
+_CONSENT_EVENT = """
+    LEFT JOIN ledger_events le ON k.id IS NOT NULL AND le.number_id = n.id AND le.seq = (
+        SELECT MAX(x.seq) FROM ledger_events x WHERE x.number_id = n.id AND x.program_id = :program)"""
+
+
 def by_e164(
     session: Store,
     e164s: Sequence[str],
@@ -138,10 +146,12 @@ def by_e164(
             session.execute(text("SET LOCAL work_mem = '64MB'"))
         query = _facts_query(f"""
             SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
-                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}, {cap_reached} AS cap_reached_at
+                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}, {cap_reached} AS cap_reached_at,
+                   le.id, le.seq, le.hash
             FROM {candidates} c
             LEFT JOIN numbers n ON n.e164 = c.e164
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
+            {_CONSENT_EVENT}
             LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
             {capped}
@@ -169,10 +179,11 @@ def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool = 
     query = _facts_query(f"""
         SELECT :e164 AS e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
                CASE WHEN EXISTS (SELECT 1 FROM suppressions s WHERE s.digest = :digest) THEN 1 ELSE 0 END,
-               {counts}, {_cap_reached_one(capped, exclude_message)} AS cap_reached_at
+               {counts}, {_cap_reached_one(capped, exclude_message)} AS cap_reached_at, le.id, le.seq, le.hash
         FROM (SELECT 1 AS probe) probe
         LEFT JOIN numbers n ON n.e164 = :e164
         LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
+        {_CONSENT_EVENT}
         {recent}
     """, count_recent, capped)
     return query, driver_sql(query)
@@ -185,7 +196,7 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
         for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,
-             cap_reached_at) in rows(session, query, params, sql):
+             cap_reached_at, event_id, event_seq, event_hash) in rows(session, query, params, sql):
             if on_postgresql:
                 # psycopg gives the server's zone
                 expires_at = expires_at.astimezone(UTC) if expires_at is not None else None
@@ -193,6 +204,7 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
             found[e164] = (
                 None if number_id is None else Known(number_id, kind),
                 Facts(e164, reachability or Reachability.OK, status, expires_at, bool(suppressed), total or 0,
-                      region, kind, cap_reached_at),
+                      region, kind, cap_reached_at,
+                      None if event_id is None else (event_id, event_seq, event_hash)),
             )
     return found

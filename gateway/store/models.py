@@ -268,6 +268,9 @@ class MessageEvent(Base):
     # The rule behind a deferral or refusal, as JSON text: {rule, law, version, citation, source}. A copy,
     # not a reference: the history keeps citing the version in force then after the rule packs change.
     rule: Mapped[str | None] = mapped_column(Text)
+    # The gate's whole decision when this step is one (acceptance, the worker's re-check, a release), as
+    # JSON text: every fact and rule it weighed (domain/decisions.py). A copy, for the same reason.
+    decision: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -368,6 +371,8 @@ class ConsoleUser(Base):
     locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
+    # Set by `smsgate users disable`: the account cannot sign in and its sessions stop working.
+    disabled_at: Mapped[datetime | None]
 
 
 class ConsoleSession(Base):

@@ -96,8 +96,11 @@ def advance(
     error_message: str | None = None,
     not_before: datetime | None = None,
     rule: Mapping | None = None,
+    decision: str | None = None,
 ) -> bool:
     """Move `message` to `status` if that is forward; record the step. Return whether it moved.
+
+    `decision`: the gate's record when the step is its decision (Decision.record, domain/decisions.py).
 
     `advance_by_id` is the same move for a row that is not loaded, written in SQL.
     """
@@ -117,7 +120,7 @@ def advance(
     if status != Status.SENDING:
         message.claimed_at = None
     session.add(MessageEvent(message_id=message.id, status=status, reason=reason, error_code=error_code,
-                             rule=rule_text(rule), occurred_at=now))
+                             rule=rule_text(rule), decision=decision, occurred_at=now))
     return True
 
 
@@ -155,7 +158,7 @@ def accept(
     session.add(message)
     session.flush()
     session.add(MessageEvent(message_id=message.id, status=status, reason=message.reason,
-                             rule=rule_text(decision.rule), occurred_at=now))
+                             rule=rule_text(decision.rule), decision=decision.record, occurred_at=now))
     return message
 
 
@@ -199,7 +202,7 @@ def accept_many(
         messages.append((message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments,
                          segments.encoding, status, reason, decision.not_before, 0, api_key_id, idempotency_key,
                          batch_id, now, now, recheck_time(status, now, decision.not_before)))
-        events.append((message_id, status, reason, rule_text(decision.rule), now))
+        events.append((message_id, status, reason, rule_text(decision.rule), decision.record, now))
         accepted.append(Accepted(message_id, status, segments.segments, segments.encoding, decision.not_before))
     message_columns, event_columns = _MESSAGE_COLUMNS, _EVENT_COLUMNS
     if len(messages) == 1:
@@ -221,7 +224,7 @@ def accept_many(
 _MESSAGE_COLUMNS = ("id", "number_id", "program_id", "kind", "sender", "body", "segments", "encoding", "status",
                     "reason", "not_before", "attempts", "api_key_id", "idempotency_key", "batch_id", "created_at",
                     "updated_at", "recheck_at")
-_EVENT_COLUMNS = ("message_id", "status", "reason", "rule", "occurred_at")
+_EVENT_COLUMNS = ("message_id", "status", "reason", "rule", "decision", "occurred_at")
 
 
 def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind, body: str, decision: Decision,
@@ -239,7 +242,7 @@ def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind,
         message_id, number_id, program.id, kind.value, program.sender_key, body, segments.segments, segments.encoding,
         status, reason, decision.not_before, 0, None, None, None, now, now, recheck_at))))
     writes.insert(MessageEvent.__table__, dict(zip(_EVENT_COLUMNS, (message_id, status, reason,
-                                                                    rule_text(decision.rule), now))))
+                                                                    rule_text(decision.rule), decision.record, now))))
     return message_id
 
 
@@ -322,8 +325,8 @@ _ACCEPT_ONE = text("""
                 :not_before, :attempts, :api_key_id, :idempotency_key, :batch_id, :created_at, :updated_at,
                 :recheck_at)
     )
-    INSERT INTO message_events (message_id, status, reason, rule, occurred_at)
-    VALUES (:event_message_id, :event_status, :event_reason, :event_rule, :event_occurred_at)
+    INSERT INTO message_events (message_id, status, reason, rule, decision, occurred_at)
+    VALUES (:event_message_id, :event_status, :event_reason, :event_rule, :event_decision, :event_occurred_at)
 """).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in (
     "not_before", "created_at", "updated_at", "recheck_at", "event_occurred_at")))
 _ACCEPT_ONE_SQL = driver_sql(_ACCEPT_ONE)  # run on the driver: aware datetimes, as `now` is
@@ -356,6 +359,8 @@ class Claimed:
     claimed_at: datetime
     number: PhoneNumber
     program: Program
+    step_id: int  # its "sending" step in the history: the worker's decision is kept on it (`keep_decision`)
+    released: bool = False  # a deferred message whose slot came (paced release), not a first look
 
 
 def claim(session: Store, message_id: str, now: datetime | None = None) -> Claimed | None:
@@ -373,16 +378,27 @@ def claim(session: Store, message_id: str, now: datetime | None = None) -> Claim
     else:
         moved = session.execute(_CLAIM_SQLITE, params).rowcount
         if moved:
-            session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.SENDING, "reason": None,
-                                           "error_code": None, "rule": None, "occurred_at": now})
-        row = session.execute(_CLAIMED_SQLITE, {"id": message_id}).one() if moved else None
+            step_id = session.execute(_STEP_SQLITE, {
+                "message_id": message_id, "status": Status.SENDING, "reason": None, "error_code": None, "rule": None,
+                "decision": None, "occurred_at": now}).lastrowid
+        row = (*session.execute(_CLAIMED_SQLITE, {"id": message_id}).one(), step_id) if moved else None
     if row is None:
         return None
-    id_, kind, sender, body, attempts, number_id, e164, program_id, category, version, settings = row
+    id_, kind, sender, body, attempts, number_id, e164, program_id, category, version, settings, reason, step_id = row
     # All the gate reads of a program: its category names the texts its cap counts, its version the
     # promise a refusal cites. Without them the worker's second look counted nothing against the cap.
     return Claimed(id_, kind, sender, body, attempts, now, PhoneNumber(id=number_id, e164=e164),
-                   Program(id=program_id, category=category, version=version, settings=settings))
+                   Program(id=program_id, category=category, version=version, settings=settings), step_id,
+                   released=reason == PACED)
+
+
+def keep_decision(session: Store, step_id: int, decision: str | None) -> None:
+    """Keep the gate's record on a history step already written (the claim's "sending" step: the
+    worker decides after it claims, in the same transaction)."""
+    session.execute(_KEEP_DECISION, {"id": step_id, "decision": decision})
+
+
+_KEEP_DECISION = text("UPDATE message_events SET decision = :decision WHERE id = :id")
 
 
 def waiting_until(session: Store, message_id: str) -> tuple[Status, datetime] | None:
@@ -397,7 +413,8 @@ def waiting_until(session: Store, message_id: str) -> tuple[Status, datetime] | 
 _CLAIM_SET = f"""status = '{Status.SENDING.value}', updated_at = :now, claimed_at = :now, attempts = attempts + 1,
                 not_before = NULL, recheck_at = NULL"""
 _CLAIMABLE = f"""status IN ({_moving_to(Status.SENDING)}) AND (not_before IS NULL OR not_before <= :now)"""
-_CLAIMED_COLUMNS = "c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.category, p.version, p.settings"
+_CLAIMED_COLUMNS = ("c.id, c.kind, c.sender, c.body, c.attempts, n.id, n.e164, p.id, p.category, p.version, "
+                    "p.settings, c.reason")
 _CLAIMED_JOINS = "JOIN numbers n ON n.id = c.number_id JOIN programs p ON p.id = c.program_id"
 
 
@@ -416,20 +433,21 @@ _CLAIM = _claimed_statement(f"""
     WITH c AS (
         UPDATE messages SET {_CLAIM_SET}
         WHERE id = (SELECT id FROM messages WHERE id = :id AND {_CLAIMABLE} FOR UPDATE SKIP LOCKED)
-        RETURNING id, kind, sender, body, attempts, number_id, program_id
+        RETURNING id, kind, sender, body, attempts, number_id, program_id, reason
     ), step AS (
         INSERT INTO message_events (message_id, status, occurred_at) SELECT id, '{Status.SENDING.value}', :now FROM c
+        RETURNING id
     ), turn AS (
         SELECT pg_advisory_xact_lock({_NUMBER_TURN}, (number_id % 2147483647)::int) FROM c
     )
-    SELECT {_CLAIMED_COLUMNS} FROM c CROSS JOIN turn {_CLAIMED_JOINS}
+    SELECT {_CLAIMED_COLUMNS}, step.id FROM c CROSS JOIN turn CROSS JOIN step {_CLAIMED_JOINS}
 """).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_SQLITE = text(f"UPDATE messages SET {_CLAIM_SET} WHERE id = :id AND {_CLAIMABLE}").bindparams(
     bindparam("now", type_=UTCDateTime()))
 _CLAIMED_SQLITE = _claimed_statement(f"SELECT {_CLAIMED_COLUMNS} FROM messages c {_CLAIMED_JOINS} WHERE c.id = :id")
 _STEP_SQLITE = text("""
-    INSERT INTO message_events (message_id, status, reason, error_code, rule, occurred_at)
-    VALUES (:message_id, :status, :reason, :error_code, :rule, :occurred_at)
+    INSERT INTO message_events (message_id, status, reason, error_code, rule, decision, occurred_at)
+    VALUES (:message_id, :status, :reason, :error_code, :rule, :decision, :occurred_at)
 """).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
 
 
@@ -445,26 +463,28 @@ def advance_by_id(
     not_before: datetime | None = None,
     provider_sid: str | None = None,
     rule: Mapping | None = None,
+    decision: str | None = None,
 ) -> bool:
     """`advance` for a row that is not loaded: the same move and history step, with `may_move`
     checked in the UPDATE itself (so a status callback that got there first, e.g. "delivered"
     before the worker writes "sent", is never undone). One statement on PostgreSQL.
 
     `provider_sid` is stored with the move (the provider's id for the message, once sent); `rule`
-    with its history step (the rule behind a deferral or refusal).
+    with its history step (the rule behind a deferral or refusal), and `decision`, the gate's record.
     """
     if status == Status.SENDING:
         raise ValueError("a message moves to sending only by `claim`")
     params = {"id": message_id, "status": status, "now": now, "reason": reason, "error_code": error_code,
               "error_message": error_message[:500] if error_message is not None else None,
               "not_before": not_before, "recheck_at": recheck_time(status, now, not_before),
-              "provider_sid": provider_sid, "rule": rule_text(rule)}
+              "provider_sid": provider_sid, "rule": rule_text(rule), "decision": decision}
     if dialect.is_postgresql(session):
         return session.execute(_advance_statement(status, "postgresql"), params).rowcount > 0
     if not session.execute(_advance_statement(status, "sqlite"), params).rowcount:
         return False
     session.execute(_STEP_SQLITE, {"message_id": message_id, "status": status, "reason": reason,
-                                   "error_code": error_code, "rule": params["rule"], "occurred_at": now})
+                                   "error_code": error_code, "rule": params["rule"], "decision": decision,
+                                   "occurred_at": now})
     return True
 
 
@@ -481,8 +501,9 @@ def _advance_statement(status: Status, dialect: str):
         # Typed: a NULL parameter in a SELECT list would otherwise be text.
         update_sql = f"""
             WITH moved AS ({update_sql} RETURNING id)
-            INSERT INTO message_events (message_id, status, reason, error_code, rule, occurred_at)
-            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), CAST(:rule AS TEXT), :now
+            INSERT INTO message_events (message_id, status, reason, error_code, rule, decision, occurred_at)
+            SELECT id, :status, CAST(:reason AS VARCHAR), CAST(:error_code AS INTEGER), CAST(:rule AS TEXT),
+                   CAST(:decision AS TEXT), :now
             FROM moved"""
     return text(update_sql).bindparams(*(bindparam(name, type_=UTCDateTime())
                                          for name in ("now", "not_before", "recheck_at")))
@@ -569,7 +590,8 @@ def pace(session: Session, slots: Sequence[tuple[str, datetime]], now: datetime)
         for message_id, slot in chunk:
             if session.execute(_PACE_ONE, {"b_id": message_id, "b_slot": slot, "b_now": now}).rowcount:
                 session.execute(_STEP_SQLITE, {"message_id": message_id, "status": Status.DEFERRED, "reason": PACED,
-                                               "error_code": None, "rule": None, "occurred_at": now})
+                                               "error_code": None, "rule": None, "decision": None,
+                                               "occurred_at": now})
                 paced.add(message_id)
     return paced
 
@@ -647,10 +669,12 @@ class History:
     error_code: int | None
     at: datetime
     rule: dict | None = None  # the rule behind a deferral or refusal: {rule, law, version, citation, source}
+    decision: dict | None = None  # the gate's whole record when the step is its decision (domain/decisions.py)
 
 
 def history(message: OutboundMessage) -> list[History]:
-    return [History(e.status, e.reason, e.error_code, e.occurred_at, json.loads(e.rule) if e.rule else None)
+    return [History(e.status, e.reason, e.error_code, e.occurred_at, json.loads(e.rule) if e.rule else None,
+                    json.loads(e.decision) if e.decision else None)
             for e in message.events]
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import selectinload
 from werkzeug.routing import BaseConverter
 
 from gateway import metrics
+from gateway.domain.decisions import Stage
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
 from gateway.domain.outbound import Status
@@ -166,7 +167,7 @@ def create_message():
         # A number we do not hold cannot have consented: it is refused, and not stored either.
         try:
             known, number, decision = policy.gate_of(gateway).may_send_to(connection, given, program, kind, now,
-                                                                          default_region=region)
+                                                                          default_region=region, stage=Stage.API)
         except InvalidNumber as error:
             raise _invalid_number(error) from None
         if not number.textable:

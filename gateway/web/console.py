@@ -22,6 +22,7 @@ from werkzeug.datastructures import CallbackDict
 from wtforms import PasswordField, StringField
 
 from gateway.domain import certificates as words
+from gateway.domain import decisions
 from gateway.domain.numbers import InvalidNumber, parse
 from gateway.services import certificates, console
 from gateway.store.models import utcnow
@@ -275,7 +276,8 @@ def number(number_id: int):
     when = lambda moment: certificates.local_time(moment, zone)
     return _page("console/number.html", record=record, zone=zone, zones=certificates.ZONES, when=when,
                  as_of=as_of, as_of_raw=request.args.get("as_of", ""), then=then, status_words=words.STATUS_WORDS,
-                 json=lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True))
+                 json=lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True),
+                 why=lambda step: decisions.explain(decisions.load(step.decision), when) if step.decision else [])
 
 
 def _certificate(number_id: int, action: str) -> certificates.Certificate:

@@ -4,6 +4,7 @@ the access log. The browser test (tests/e2e/test_console_browser.py) walks the m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -83,9 +84,9 @@ def test_sign_in_gives_a_new_token(client, db):
     assert before != after
 
 
-def test_wrong_password_is_refused_and_counted_then_the_account_locks(client, db):
+def test_wrong_password_is_refused_and_counted_then_the_account_locks(client, db, gateway):
     make_user(db, "vera", "viewer")
-    for _ in range(console.MAX_FAILED_LOGINS - 1):
+    for _ in range(gateway.settings.console_max_failed_logins - 1):
         response = sign_in(client, "vera", "wrong password!")
         assert response.status_code == 401
         assert "Wrong name or password." in response.get_data(as_text=True)
@@ -106,8 +107,9 @@ def test_unknown_name_reads_as_a_wrong_password(client, db):
     assert "Wrong name or password." in response.get_data(as_text=True)
 
 
-def test_sign_in_attempts_are_limited_per_address(client, db, monkeypatch):
-    monkeypatch.setattr(console, "LOGIN_LIMIT_PER_CLIENT", "3 per 10 minutes")
+def test_sign_in_attempts_are_limited_per_address(client, db, gateway, monkeypatch):
+    monkeypatch.setattr(gateway, "settings",
+                        replace(gateway.settings, console_login_limit_per_client="3 per 10 minutes"))
     make_user(db, "vera", "viewer")
     assert [sign_in(client, "nobody").status_code for _ in range(3)] == [401, 401, 401]
     limited = sign_in(client, "vera")  # even the right password
@@ -283,12 +285,12 @@ def test_unknown_number_id_is_404(client, db):
     assert log_entries(db) == []
 
 
-def test_an_expired_session_is_refused_and_deleted(client, db):
+def test_an_expired_session_is_refused_and_deleted(client, db, gateway):
     make_user(db, "vera", "viewer")
     sign_in(client, "vera")
     with db.transaction() as session:
         session.execute(ConsoleSession.__table__.update().values(
-            last_seen_at=utcnow() - console.SESSION_IDLE - timedelta(seconds=1)))
+            last_seen_at=utcnow() - timedelta(seconds=gateway.settings.console_session_idle_seconds + 1)))
     assert client.get("/console").status_code == 303
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(ConsoleSession).where(
@@ -306,3 +308,34 @@ def test_the_timeline_shows_how_a_text_was_read_an_ambiguous_reply_too(client, g
     page = client.get(f"/console/numbers/{number_id}").get_data(as_text=True)
     assert "ambiguous_reply" in page and "read as: ambiguous" in page
     assert "read as: confirm" in page  # the YES before it
+
+
+def test_a_disabled_accounts_live_session_stops_working(client, db):
+    make_user(db, "vera", "viewer")
+    sign_in(client, "vera")
+    assert client.get("/console").status_code == 200
+    # Even with its session rows left in place (disable_user deletes them too), the account's state is
+    # read with every request.
+    with db.transaction() as session:
+        session.execute(ConsoleUser.__table__.update().values(disabled_at=utcnow()))
+    assert client.get("/console").status_code == 303
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(ConsoleSession).where(
+            ConsoleSession.user_id.is_not(None))) == 0
+        session.execute(ConsoleUser.__table__.update().values(disabled_at=None))
+    sign_in(client, "vera")
+    with db.transaction() as session:
+        assert console.disable_user(session, "vera") == 1
+    assert client.get("/console").status_code == 303
+    refused = sign_in(client, "vera")
+    assert refused.status_code == 401 and "This account is disabled" in refused.get_data(as_text=True)
+
+
+def test_sign_in_limits_are_settings(client, db, gateway, monkeypatch):
+    monkeypatch.setattr(gateway, "settings", replace(gateway.settings, console_max_failed_logins=2,
+                                                     console_lockout_seconds=60))
+    make_user(db, "vera", "viewer")
+    assert [sign_in(client, "vera", "wrong password!").status_code for _ in range(2)] == [401, 401]
+    locked = sign_in(client, "vera")
+    assert locked.status_code == 429 and "locked after 2 failed sign-ins" in locked.get_data(as_text=True)
+    assert int(locked.headers["Retry-After"]) <= 61
