@@ -1,7 +1,8 @@
 """The compliance console in a real browser (Debian's chromium through Playwright), against the live
 server and a real worker: sign in, find a number by its national form, read the disclosure it was
 shown, its YES and its STOP with their times, download the certificate (page and PDF) and the proof
-bundle, which tools/verify_proof.py accepts; a viewer sees no downloads and is refused them; every
+bundle, which tools/verify_proof.py accepts; see why the confirmation text went out (each send
+decision in plain words); a viewer sees no downloads and is refused them; every
 look is in the access log. Each page passes axe-core's accessibility rules (shipped inside the
 axe-playwright-python package: no network)."""
 
@@ -116,6 +117,15 @@ def test_compliance_answers_a_complaint_in_the_browser(pages, live_server, gatew
     expect(timeline.locator(f"#event-{stop.seq}")).to_contain_text("STOP")
     expect(timeline.locator(f"#event-{stop.seq}")).to_contain_text(local_time(stop.occurred_at, ZONE))
     expect(page.locator("#outbound")).to_contain_text("delivered")
+    # Why the confirmation text went out: the decision that queued it and the worker's, in plain words.
+    with db.transaction() as session:
+        confirmation = session.scalars(select(OutboundMessage.id)).one()
+    sent = page.locator(f"#message-{confirmation}")
+    expect(sent.locator(".decision").first).to_contain_text("Allowed when the opt-in request queued it")
+    expect(sent).to_contain_text("Allowed by the worker right before sending")
+    expect(sent).to_contain_text("Consent read: pending (the request expires ")
+    expect(sent).to_contain_text(f"made so by ledger event #{request.seq} (id {request.id}, hash {request.hash})")
+    expect(sent).to_contain_text("Not on the suppression list.")
     accessible(page)
 
     # The certificate: a printable page, its PDF, and the proof bundle that anyone can check.

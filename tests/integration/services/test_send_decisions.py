@@ -153,6 +153,7 @@ def test_the_worker_keeps_a_refusal_for_the_programs_cap(gateway, db, weekly):
     assert kept["program_cap"]["reached"] is True and kept["program_cap"]["max"] == 2
     assert kept["program_cap"]["reached_at"] is not None
     assert kept["decided_by"]["citation"] == "Up to 2 msgs/week"
+    assert kept["program"]["version"] and kept["decided_by"]["version"] == kept["program"]["version"]
 
 
 def test_the_worker_keeps_an_allowed_decision_on_its_sending_step_before_the_provider_call(
