@@ -32,6 +32,7 @@ import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from gateway.config import load_settings  # noqa: E402
+from gateway.domain.decisions import Stage  # noqa: E402
 from gateway.domain.gate import Kind  # noqa: E402
 from gateway.domain.programs import load_file
 from gateway.domain.quiet_hours import default_rules  # noqa: E402
@@ -131,6 +132,15 @@ def _prepare(url: str, settings, store: int) -> Database:
         session.execute(text("INSERT INTO suppressions (digest, reason, created_at) "
                              "SELECT md5(id::text) || md5((id * 7)::text), 'erased', now() "
                              "FROM generate_series(1, 20000) id"))
+        # The ledger event behind each consent, which the gate's read finds for the decision's record
+        # (since 2026-12-06; runs before that date had no ledger events here).
+        session.execute(text("""
+            INSERT INTO ledger_events (number_id, seq, type, input, program_id, status_before, status_after, source,
+                                       evidence, evidence_digest, occurred_at, prev_hash, hash)
+            SELECT number_id, ROW_NUMBER() OVER (PARTITION BY number_id ORDER BY program_id), 'consent',
+                   'import_opt_in', program_id, NULL, status, 'import', '{}', md5(id::text) || md5(id::text), now(),
+                   repeat('0', 64), md5((id * 3)::text) || md5((id * 5)::text)
+            FROM consents"""))
     with database.engine.begin() as connection:
         connection.execute(text("ANALYZE"))
     print(f"store: {store:,} numbers, consents, 20,000 suppressions ({time.perf_counter() - started:.0f} s)")
@@ -161,7 +171,9 @@ def _gateway_filter(database, recipients, program, settings, rules):
     gate = policy.Gate(settings.suppression_key, rules)
     with database.transaction() as session:
         found = gate.facts_by_e164(session, recipients, program, now)
-    decided = gate.decide_many({e164: facts for e164, (_, facts) in found.items()}, program, Kind.MARKETING, now)
+    # With the records of the messages it would store (the batch API's stage), as batches.accept asks.
+    decided = gate.decide_many({e164: facts for e164, (_, facts) in found.items()}, program, Kind.MARKETING, now,
+                               stage=Stage.BATCH)
     return time.perf_counter() - started, decided
 
 

@@ -18,6 +18,7 @@ between numbers only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -72,6 +73,8 @@ class Recorder:
                                         "frequency": spec.get("frequency")},
                             "allowed_countries": list(spec.get("allowed_countries") or []) or None})[:-1]
         self._places: dict[int, tuple[Window, tuple[ZoneInfo, ...], str]] = {}
+        self._outcomes: dict[tuple, tuple[Mapping | None, str]] = {}
+        self._caps: dict[tuple, str] = {}
 
     def _place(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...]]:
         if self.places is not None:
@@ -99,36 +102,61 @@ class Recorder:
         self._places[key] = (window, zones, fragment)
         return fragment
 
+    def _outcome(self, decision: Decision) -> str:
+        """The decision's own part: shared by every number the same decision was given to."""
+        key = (decision.allowed, decision.reason, decision.not_before, id(decision.rule))
+        kept = self._outcomes.get(key)
+        if kept is None or kept[0] is not decision.rule:
+            outcome = "allowed" if decision.allowed else "deferred" if decision.deferred else "refused"
+            kept = self._outcomes[key] = (decision.rule, _dump({
+                "outcome": outcome, "reason": decision.reason.value if decision.reason else None,
+                "not_before": _iso(decision.not_before), "decided_by": decision.rule})[1:-1])
+        return kept[1]
+
+    def _cap(self, facts: Facts, zones: tuple[ZoneInfo, ...] | None) -> str:
+        """The program's cap part: shared by every number in one period that has not reached it."""
+        if not (self._max and zones):
+            return "null"
+        start = (self.places.period_start(facts, self._per) if self.places is not None
+                 else period_start(self._per, zones, self.now))
+        key = (start, facts.cap_reached_at)
+        kept = self._caps.get(key)
+        if kept is None:
+            kept = self._caps[key] = _dump({
+                "max": self._max, "per": self._per, "period_start": _iso(start),
+                "reached_at": _iso(facts.cap_reached_at),
+                "reached": facts.cap_reached_at is not None and facts.cap_reached_at >= start,
+                "lookback_days": CAP_LOOKBACK[self._per].days, "rule": self._program_rule})
+        return kept
+
     def record(self, facts: Facts, decision: Decision) -> str:
-        """The record of `decision` on `facts`, as JSON text."""
+        """The record of `decision` on `facts`, as JSON text.
+
+        Written from fragments: the parts shared by many numbers (the look, the place, the decision,
+        the cap's period) are JSON made once; what is the number's own is written here (a batch of
+        100,000 makes as many records)."""
         # An erased number is nothing but its suppression hash: there is no place to record.
         window, zones = self._place(facts) if facts.e164 else (None, None)
-        if decision.allowed:
-            outcome = "allowed"
-        elif decision.deferred:
-            outcome = "deferred"
-        else:
-            outcome = "refused"
-        cap = None
-        if self._max and zones:
-            start = (self.places.period_start(facts, self._per) if self.places is not None
-                     else period_start(self._per, zones, self.now))
-            cap = {"max": self._max, "per": self._per, "period_start": _iso(start),
-                   "reached_at": _iso(facts.cap_reached_at),
-                   "reached": facts.cap_reached_at is not None and facts.cap_reached_at >= start,
-                   "lookback_days": CAP_LOOKBACK[self._per].days, "rule": self._program_rule}
-        event = facts.consent_event
-        number = _dump({
-            "outcome": outcome, "reason": decision.reason.value if decision.reason else None,
-            "not_before": _iso(decision.not_before), "decided_by": decision.rule,
-            "consent": {"status": facts.status, "expires_at": _iso(facts.expires_at),
-                        "event": None if event is None else {"id": event[0], "seq": event[1], "hash": event[2]}},
-            "suppressed": facts.suppressed, "reachability": facts.reachability, "line_type": facts.kind,
-            "region": facts.region, "program_cap": cap,
-            "sent_last_day": facts.sent_last_day if self.kind is Kind.MARKETING else None,
-        })
         clock = self._clock(window, zones) if zones else "null"
-        return f'{self._head},"quiet_hours":{clock},{number[1:]}'
+        event = facts.consent_event
+        event = "null" if event is None else f'{{"id":{int(event[0])},"seq":{int(event[1])},"hash":{_q(event[2])}}}'
+        sent = facts.sent_last_day if self.kind is Kind.MARKETING else None
+        return (f'{self._head},"quiet_hours":{clock},{self._outcome(decision)},'
+                f'"consent":{{"status":{_q(facts.status)},"expires_at":{_q(_iso(facts.expires_at))},"event":{event}}},'
+                f'"suppressed":{"true" if facts.suppressed else "false"},"reachability":{_q(facts.reachability)},'
+                f'"line_type":{_q(facts.kind)},"region":{_q(facts.region)},"program_cap":{self._cap(facts, zones)},'
+                f'"sent_last_day":{"null" if sent is None else int(sent)}}}')
+
+
+# Values of our own (statuses, ISO times, hex digests, region codes) need no escaping; anything else
+# goes through json.
+_PLAIN = re.compile(r"[A-Za-z0-9_:.+\-]*")
+
+
+def _q(value: str | None) -> str:
+    if value is None:
+        return "null"
+    return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value, ensure_ascii=False)
 
 
 def load(text: str | None) -> dict | None:

@@ -255,7 +255,8 @@ K = TypeVar("K")
 
 
 def decide_many(facts: Mapping[K, Facts], program: ProgramSettings, kind: Kind, now: datetime,
-                rules: QuietHours) -> dict[K, Decision]:
-    """`decide` for many numbers at one moment, sharing the work that depends only on where they are."""
-    places = Places(rules, now)
+                rules: QuietHours, places: Places | None = None) -> dict[K, Decision]:
+    """`decide` for many numbers at one moment, sharing the work that depends only on where they are
+    (`places`: for `now`; give one to share it further, with the decisions' records)."""
+    places = places or Places(rules, now)
     return {key: decide(one, program, kind, now, rules, places) for key, one in facts.items()}

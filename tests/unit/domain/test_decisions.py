@@ -162,3 +162,10 @@ def test_load_reads_what_the_recorder_writes_and_nothing_as_none():
     text = Recorder(program(), Kind.MARKETING, NOON_NY, default_rules(), "release").record(facts(), ALLOW)
     assert load(text)["stage"] == "release"
     assert load(None) is None and load("") is None
+
+
+def test_a_stored_value_that_needs_escaping_still_makes_valid_json():
+    odd = facts(status='opted_in"}', kind="mobile\\", region="U\"S", consent_event=(1, 1, 'x"y'))
+    kept = record(odd, ALLOW)
+    assert (kept["consent"]["status"], kept["line_type"], kept["region"]) == ('opted_in"}', "mobile\\", 'U"S')
+    assert kept["consent"]["event"]["hash"] == 'x"y'
