@@ -54,6 +54,21 @@ def _hours(window: Window, local: datetime) -> str:
     return "closed" if hours is None else f"{hours[0]:%H:%M}-{hours[1]:%H:%M}"
 
 
+# Fragments shared by many records, kept per process: most sends meet the same few programs, places
+# and periods again and again. Bounded: cleared when full.
+_SHARED: dict[tuple, tuple] = {}
+_SHARED_LIMIT = 10_000
+
+
+def _shared(key: tuple, make: Callable[[], tuple]) -> tuple:
+    kept = _SHARED.get(key)
+    if kept is None:
+        if len(_SHARED) >= _SHARED_LIMIT:
+            _SHARED.clear()
+        kept = _SHARED[key] = make()
+    return kept
+
+
 class Recorder:
     """Makes the records of one look: one program, one kind, one moment, one stage.
 
@@ -66,15 +81,17 @@ class Recorder:
         self.kind, self.now, self.rules, self.places = kind, now, rules, places
         spec = program.settings.get("spec", {})
         self._max, self._per = spec.get("max_messages"), spec.get("per")
-        self._program_rule = program_rule(program) if self._max else None
-        # The parts every record of this look shares, written once.
-        self._head = _dump({"v": VERSION, "stage": str(stage), "at": _iso(now), "kind": kind.value,
-                            "program": {"slug": spec.get("slug"), "version": getattr(program, "version", None),
-                                        "frequency": spec.get("frequency")},
-                            "allowed_countries": list(spec.get("allowed_countries") or []) or None})[:-1]
+        version = getattr(program, "version", None)
+        key = ("head", str(stage), kind.value, spec.get("slug"), version, spec.get("frequency"), self._max, self._per,
+               tuple(spec.get("allowed_countries") or ()))
+        head, self._program_rule = _shared(key, lambda: (_dump({
+            "v": VERSION, "stage": str(stage), "kind": kind.value,
+            "program": {"slug": spec.get("slug"), "version": version, "frequency": spec.get("frequency")},
+            "allowed_countries": list(spec.get("allowed_countries") or []) or None})[:-1],
+            program_rule(program) if self._max else None))
+        # The parts every record of this look shares.
+        self._head = f'{head},"at":{_q(_iso(now))}'
         self._places: dict[int, tuple[Window, tuple[ZoneInfo, ...], str]] = {}
-        self._outcomes: dict[tuple, tuple[Mapping | None, str]] = {}
-        self._caps: dict[tuple, str] = {}
 
     def _place(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...]]:
         if self.places is not None:
@@ -90,28 +107,31 @@ class Recorder:
         kept = self._places.get(key)
         if kept is not None and kept[0] is window and kept[1] == zones:
             return kept[2]
-        locals_ = [self.now.astimezone(zone) for zone in zones]
-        fragment = _dump({
-            "applies": self.kind is Kind.MARKETING,
-            "local": [{"zone": zone.key, "time": _iso(local), "hours": _hours(window, local),
-                       "open": window.is_open_at(local)} for zone, local in zip(zones, locals_, strict=True)],
-            "rules": [rule.cited for rule in window.rules],
-            "daily_cap": window.daily_cap,
-            "daily_cap_rule": (window.capping_rule().cited if window.daily_cap else None),
-        })
+        # The rules' part is the window's (windows live as long as their rule packs: the identity check
+        # keeps a reused id from matching).
+        held, rules = _shared(("window", id(window)), lambda: (window, _dump({
+            "rules": [rule.cited for rule in window.rules], "daily_cap": window.daily_cap,
+            "daily_cap_rule": (window.capping_rule().cited if window.daily_cap else None)})[1:-1]))
+        if held is not window:
+            _SHARED.pop(("window", id(window)), None)
+            return self._clock(window, zones)
+        local = ",".join(
+            f'{{"zone":{_q(zone.key)},"time":{_q(_iso(moment))},"hours":"{_hours(window, moment)}",'
+            f'"open":{"true" if window.is_open_at(moment) else "false"}}}'
+            for zone, moment in ((zone, self.now.astimezone(zone)) for zone in zones))
+        fragment = f'{{"applies":{"true" if self.kind is Kind.MARKETING else "false"},"local":[{local}],{rules}}}'
         self._places[key] = (window, zones, fragment)
         return fragment
 
     def _outcome(self, decision: Decision) -> str:
         """The decision's own part: shared by every number the same decision was given to."""
-        key = (decision.allowed, decision.reason, decision.not_before, id(decision.rule))
-        kept = self._outcomes.get(key)
-        if kept is None or kept[0] is not decision.rule:
-            outcome = "allowed" if decision.allowed else "deferred" if decision.deferred else "refused"
-            kept = self._outcomes[key] = (decision.rule, _dump({
-                "outcome": outcome, "reason": decision.reason.value if decision.reason else None,
-                "not_before": _iso(decision.not_before), "decided_by": decision.rule})[1:-1])
-        return kept[1]
+        rule = decision.rule
+        key = ("outcome", decision.allowed, decision.reason, decision.not_before,
+               None if rule is None else tuple(rule.items()))
+        outcome = "allowed" if decision.allowed else "deferred" if decision.deferred else "refused"
+        return _shared(key, lambda: (_dump({
+            "outcome": outcome, "reason": decision.reason.value if decision.reason else None,
+            "not_before": _iso(decision.not_before), "decided_by": rule})[1:-1],))[0]
 
     def _cap(self, facts: Facts, zones: tuple[ZoneInfo, ...] | None) -> str:
         """The program's cap part: shared by every number in one period that has not reached it."""
@@ -119,15 +139,12 @@ class Recorder:
             return "null"
         start = (self.places.period_start(facts, self._per) if self.places is not None
                  else period_start(self._per, zones, self.now))
-        key = (start, facts.cap_reached_at)
-        kept = self._caps.get(key)
-        if kept is None:
-            kept = self._caps[key] = _dump({
-                "max": self._max, "per": self._per, "period_start": _iso(start),
-                "reached_at": _iso(facts.cap_reached_at),
-                "reached": facts.cap_reached_at is not None and facts.cap_reached_at >= start,
-                "lookback_days": CAP_LOOKBACK[self._per].days, "rule": self._program_rule})
-        return kept
+        reached_at = facts.cap_reached_at
+        key = ("cap", self._max, self._per, start, reached_at, tuple(self._program_rule.items()))
+        return _shared(key, lambda: (_dump({
+            "max": self._max, "per": self._per, "period_start": _iso(start), "reached_at": _iso(reached_at),
+            "reached": reached_at is not None and reached_at >= start,
+            "lookback_days": CAP_LOOKBACK[self._per].days, "rule": self._program_rule}),))[0]
 
     def record(self, facts: Facts, decision: Decision) -> str:
         """The record of `decision` on `facts`, as JSON text.
@@ -150,7 +167,7 @@ class Recorder:
 
 # Values of our own (statuses, ISO times, hex digests, region codes) need no escaping; anything else
 # goes through json.
-_PLAIN = re.compile(r"[A-Za-z0-9_:.+\-]*")
+_PLAIN = re.compile(r"[A-Za-z0-9_:.+/\-]*")
 
 
 def _q(value: str | None) -> str:
