@@ -37,8 +37,9 @@ from gateway.config import load_settings  # noqa: E402
 from gateway.domain.gate import ALLOW, Kind  # noqa: E402
 from gateway.domain.numbers import parse  # noqa: E402
 from gateway.domain.programs import load_file  # noqa: E402
-from gateway.services import batches, consents, keys, policy, sending  # noqa: E402
+from gateway.services import batches, keys, policy, sending  # noqa: E402
 from gateway.store import bulk, outbox, programs  # noqa: E402
+from gateway.store import consents as store_consents  # noqa: E402
 from gateway.store.models import utcnow  # noqa: E402
 from gateway.web.app import create_app  # noqa: E402
 
@@ -127,7 +128,7 @@ def main() -> int:
     def worker_round() -> float:
         with gateway.db.transaction() as session:
             fast = programs.by_slug(session, "fast")
-            ids = [outbox.accept(session, number=consents.number_row(session, parse(number(next(cursor)))),
+            ids = [outbox.accept(session, number=store_consents.number_row(session, parse(number(next(cursor)))),
                                  program=fast, kind=Kind.TRANSACTIONAL, body="Shipped", decision=ALLOW).id
                    for _ in range(args.numbers)]
         began = time.process_time()

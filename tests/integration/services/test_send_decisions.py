@@ -15,6 +15,7 @@ from gateway.domain.consent import Input, Source
 from gateway.domain.gate import ALLOW, Decision, Kind, Reason
 from gateway.domain.numbers import parse
 from gateway.services import consents, privacy, release, sending
+from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from tests.console_support import PASSWORD, csrf_of, make_user, web_request
@@ -48,14 +49,14 @@ def weekly(db, example_programs):
 
 def opt_in(db, phone=NYC, slug="deals", at=NOON - timedelta(days=30)):
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN, EVIDENCE, now=at)
 
 
 def accept(db, phone=NYC, slug="deals", at=NOON, decision=ALLOW) -> str:
     """A message stored as accepted without asking the gate (as one accepted before a change would be)."""
     with db.transaction() as session:
-        row = consents.number_row(session, parse(phone))
+        row = store_consents.number_row(session, parse(phone))
         program = programs.by_slug(session, slug)
         return outbox.accept(session, number=row, program=program, kind=Kind(program.category), body="Sale",
                              decision=decision, now=at).id
@@ -70,7 +71,7 @@ def steps(db, message_id) -> list[tuple[str, dict | None]]:
 
 def last_event(db, phone=NYC, slug="deals"):
     with db.sessions() as session:
-        row = consents.find_number(session, phone)
+        row = store_consents.find_number(session, phone)
         program = programs.by_slug(session, slug)
         event = [e for e in consents.events(session, row) if e.program_id == program.id][-1]
         return {"id": event.id, "seq": event.seq, "hash": event.hash}
@@ -132,7 +133,7 @@ def test_the_worker_keeps_a_deferral_for_quiet_hours_with_the_local_time(gateway
 def test_the_worker_keeps_a_refusal_for_an_opt_out_with_the_stop_event(gateway, db):
     opt_in(db)
     with db.transaction() as session:
-        row = consents.find_number(session, NYC)
+        row = store_consents.find_number(session, NYC)
         consents.apply(session, row, programs.by_slug(session, "deals"), Input.KEYWORD_STOP, EVIDENCE,
                        now=NOON - timedelta(hours=1))
     message_id = accept(db)
@@ -213,7 +214,7 @@ def test_the_console_says_why_texts_waited_were_refused_or_went_out(client, gate
     sent = accept(db, slug="orders")
     assert sending.send(gateway, sent).status == "sent"
     with db.transaction() as session:
-        row = consents.find_number(session, NYC)
+        row = store_consents.find_number(session, NYC)
         consents.apply(session, row, programs.by_slug(session, "deals"), Input.KEYWORD_STOP, EVIDENCE)
     stopped = accept(db)
     sending.send(gateway, stopped)
@@ -236,7 +237,7 @@ def test_the_export_carries_each_decision_in_the_messages_history(gateway, db):
     message_id = accept(db, at=NIGHT - timedelta(minutes=5))
     sending.send(gateway, message_id, now=NIGHT)
     with db.sessions() as session:
-        document = privacy.export(session, consents.find_number(session, NYC))
+        document = privacy.export(session, store_consents.find_number(session, NYC))
     [message] = document["outbound_messages"]
     assert [step["status"] for step in message["history"]] == ["queued", "sending", "deferred"]
     assert message["history"][-1]["decision"]["reason"] == "quiet_hours"
@@ -247,7 +248,7 @@ def test_erasure_leaves_the_decisions_without_the_number(gateway, db):
     message_id = accept(db, at=NIGHT - timedelta(minutes=5))
     sending.send(gateway, message_id, now=NIGHT)
     with db.transaction() as session:
-        row = consents.find_number(session, NYC)
+        row = store_consents.find_number(session, NYC)
         privacy.erase(session, row, gateway.settings.suppression_key, EVIDENCE)
     with db.sessions() as session:
         kept = list(session.scalars(select(MessageEvent.decision).where(MessageEvent.message_id == message_id,
