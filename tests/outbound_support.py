@@ -8,6 +8,7 @@ in-memory transport for their duration and read back which tasks were sent with 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from celery import Celery
@@ -16,6 +17,7 @@ from kombu import Message
 from gateway.queue.app import ROUTES, QueueNames
 from gateway.queue.dispatcher import Dispatcher
 from gateway.services import throughput
+from gateway.store import programs
 
 
 class CapturedQueue:
@@ -68,3 +70,13 @@ def fresh_limits(gateway):
     throughput.forget()
     yield
     throughput.forget()
+
+
+@pytest.fixture
+def weekly(db, example_programs):
+    """A marketing program that promises "Up to 2 msgs/week" (its cap is what the tests count against)."""
+    spec = replace(next(p for p in example_programs if p.slug == "deals"), slug="weekly", join_keywords=("WEEKLY",),
+                   max_messages=2, per="week", frequency="Up to 2 msgs/week")
+    with db.transaction() as session:
+        programs.store(session, [spec])
+    return spec

@@ -5,7 +5,6 @@ console's page says of them; the export; and that erasure leaves no number in th
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,7 +18,7 @@ from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import MessageEvent, OutboundMessage, PhoneNumber, utcnow
 from tests.console_support import PASSWORD, csrf_of, make_user, web_request
-from tests.outbound_support import captured_queue, fresh_limits  # noqa: F401  (fixtures)
+from tests.outbound_support import captured_queue, fresh_limits, weekly  # noqa: F401  (fixtures)
 from tests.sandbox_support import instant_sandbox, sandbox_config  # noqa: F401  (a fixture)
 
 NYC = "+12125550171"  # federal rules only, America/New_York
@@ -37,14 +36,6 @@ def queue(captured_queue):
 def headers(make_key):
     return {"Authorization": f"Bearer {make_key('send', 'read', 'admin')}"}
 
-
-@pytest.fixture
-def weekly(db, example_programs):
-    spec = replace(next(p for p in example_programs if p.slug == "deals"), slug="weekly", join_keywords=("WEEKLY",),
-                   max_messages=2, per="week", frequency="Up to 2 msgs/week")
-    with db.transaction() as session:
-        programs.store(session, [spec])
-    return spec
 
 
 def opt_in(db, phone=NYC, slug="deals", at=NOON - timedelta(days=30)):

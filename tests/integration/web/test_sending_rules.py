@@ -19,7 +19,7 @@ from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import Consent, OutboundMessage, PhoneNumber, Program
 from tests.integration.web.test_api_messages import _number_in_quiet_hours, _world_program, consent, post
-from tests.outbound_support import captured_queue  # noqa: F401  (a fixture)
+from tests.outbound_support import captured_queue, weekly  # noqa: F401  (fixtures)
 
 NYC = "+12125550141"  # federal rules only
 PORTLAND_OR = "+15035550141"
@@ -38,15 +38,6 @@ def queue(captured_queue):
 def headers(make_key):
     return {"Authorization": f"Bearer {make_key('send', 'read')}"}
 
-
-@pytest.fixture
-def weekly(db, example_programs):
-    """A marketing program that promises "Up to 2 msgs/week"."""
-    spec = replace(next(p for p in example_programs if p.slug == "deals"), slug="weekly", join_keywords=("WEEKLY",),
-                   max_messages=2, per="week", frequency="Up to 2 msgs/week")
-    with db.transaction() as session:
-        programs.store(session, [spec])
-    return spec
 
 
 def history(client, headers, message_id):
