@@ -16,7 +16,6 @@ from kombu import Message
 
 from gateway.queue.app import ROUTES, QueueNames
 from gateway.queue.dispatcher import Dispatcher
-from gateway.services import throughput
 from gateway.store import programs
 
 
@@ -64,12 +63,10 @@ def captured_queue(gateway) -> Iterator[CapturedQueue]:
 
 @pytest.fixture(autouse=True)
 def fresh_limits(gateway):
-    """Rate limits and cached sender rates start empty (the session's worker shares the limiter).
-    Autouse in every module that imports it."""
+    """Rate limits start empty (the session's worker shares the limiter). Autouse in every module that
+    imports it. (A sender's rate comes from the programs cache, which `programs.store` refreshes.)"""
     gateway.limiter.reset()
-    throughput.forget()
     yield
-    throughput.forget()
 
 
 @pytest.fixture

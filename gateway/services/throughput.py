@@ -11,48 +11,26 @@ rate, and the slowest of them sets it. A sender without any setting gets DEFAULT
 from __future__ import annotations
 
 import random
-import threading
-import time
 from datetime import timedelta
-
-from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
 from gateway.domain.programs import spec_of
 from gateway.services.ports import Limiter, Verdict
 from gateway.store import programs
+from gateway.store.database import Store
 
 DEFAULT_MPS = 1
 # A busy sender's messages wait for a free slot plus a random share of this spread, which doubles
 # with each wait (up to MAX_SPREAD), so a backlog does not retry all at once every second.
 MAX_SPREAD = timedelta(seconds=60)
-# Programs change rarely (on a programs load); a worker re-reads a sender's rate this often.
-_CACHE_SECONDS = 30.0
-_cache: dict[str, tuple[int, float]] = {}
-_cache_lock = threading.Lock()
 
 
-def sender_mps(session: Session | Connection, sender: str) -> int:
-    """Messages per second `sender` may send: the lowest `mps` of its programs, else DEFAULT_MPS."""
-    now = time.monotonic()
-    cached = _cache.get(sender)
-    if cached and cached[1] > now:
-        return cached[0]
-    if isinstance(session, Connection):  # the worker's claim transaction: read the rows in it
-        with Session(bind=session) as in_transaction:
-            rates = [spec_of(p).mps for p in programs.on_sender(in_transaction, sender)]
-    else:
-        rates = [spec_of(p).mps for p in programs.on_sender(session, sender)]
-    mps = min((r for r in rates if r), default=DEFAULT_MPS)
-    with _cache_lock:
-        _cache[sender] = (mps, now + _CACHE_SECONDS)
-    return mps
+def sender_mps(store: Store, sender: str) -> int:
+    """Messages per second `sender` may send: the lowest `mps` of its programs, else DEFAULT_MPS.
 
-
-def forget() -> None:
-    """Drop cached rates (after programs are reloaded; tests)."""
-    with _cache_lock:
-        _cache.clear()
+    From the programs cache (gateway/store/programs.py): a rate set by `smsgate programs load` reaches
+    every worker within its few seconds."""
+    rates = [spec_of(p).mps for p in programs.cached_on_senders(store, (sender,)).programs]
+    return min((r for r in rates if r), default=DEFAULT_MPS)
 
 
 def take(limiter: Limiter, sender: str, mps: int) -> Verdict:

@@ -15,7 +15,7 @@ from gateway.domain import pacing
 from gateway.domain.consent import Input, Source
 from gateway.domain.gate import Decision, Kind, Reason
 from gateway.domain.numbers import parse
-from gateway.services import consents, release, sending, throughput
+from gateway.services import consents, release, sending
 from gateway.store import consents as store_consents
 from gateway.store import outbox, programs
 from gateway.store.models import OutboundMessage, utcnow
@@ -29,13 +29,6 @@ MPS = 3
 @pytest.fixture(autouse=True)
 def queue(captured_queue):
     return captured_queue
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rates():
-    throughput.forget()
-    yield
-    throughput.forget()
 
 
 @pytest.fixture
