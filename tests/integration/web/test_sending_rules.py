@@ -286,6 +286,18 @@ def test_a_wrong_number_or_an_ambiguous_reply_from_virginia_binds_like_stop(gate
     assert _status(db, RICHMOND_VA, "orders") == ("opted_out" if reply == "wrong number" else None)
 
 
+def test_an_opt_out_by_review_binds_like_stop(gateway, db):
+    from gateway.services import review
+
+    _opted_in_then(gateway, db, RICHMOND_VA, "not interested")
+    with db.transaction() as session:
+        [item] = review.pending(session).items
+    # Staff read it a month later: the opt-out binds from then.
+    review.resolve(gateway, item.event_id, "opt-out", by="ada", via="cli", now=STOPPED_AT + timedelta(days=30))
+    applied, [(_, why)] = _import(gateway, db, RICHMOND_VA, "orders", datetime(2030, 1, 1, tzinfo=UTC))
+    assert dict(applied) == {} and why.startswith("stop_binding: this number opted out on 2026-02-04")
+
+
 def test_a_number_that_changed_hands_binds_nobody(gateway, db):
     """A carrier deactivation ends consent but is no one's STOP: the number's next holder may opt in."""
     with db.transaction() as session:
