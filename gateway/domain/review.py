@@ -6,9 +6,10 @@ event of the same number settles it:
 
 * staff resolve it: as an opt-out (the consent input `review_opt_out`) or as not a revocation (a
   `review_not_revocation` event that changes no state), each naming the review event it resolves;
-* the consent of its program ends by any other way (STOP, a carrier opt-out, an erasure…): there is
-  nothing left to revoke;
-* the person texts an opt-in for that program (START, YES, a join keyword): their newer word wins.
+* the consent of its program ends by any other way (STOP, a carrier opt-out, a wrong number…): there
+  is nothing left to revoke;
+* the person texts an opt-in for that program (START, YES, a join keyword): their newer word wins;
+* the number is erased (for every program).
 
 Anything else leaves it waiting, a second "no" included (each reply is listed for itself), and so does a
 business's new request or an import of consent: a "no" said before them matters more after them.

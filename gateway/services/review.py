@@ -47,7 +47,6 @@ from gateway.store.models import utcnow
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 200  # replies on one page of the list
-VIA = ("console", "cli")  # where a decision was made: the actor is "<via>:<name>"
 
 
 class ReviewError(ValueError):
