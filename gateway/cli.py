@@ -19,7 +19,8 @@ from gateway.config import ConfigError, Settings
 from gateway.domain.consent import Source
 from gateway.domain.numbers import InvalidNumber, mask, parse
 from gateway.domain.programs import ProgramError, load_file, spec_of
-from gateway.services import consents, imports, keys, privacy, subscriptions
+from gateway.domain.review import Resolution
+from gateway.services import consents, imports, keys, privacy, review, subscriptions
 from gateway.services.ports import Gateway
 from gateway.store import checkpoints, ledger, programs
 from gateway.store import consents as store_consents
@@ -443,6 +444,80 @@ def erase(ctx: Context, number: str, yes: bool) -> None:
                                consents.Evidence(Source.SYSTEM, actor="cli", details={"request": "erasure"}))
     click.echo(f"erased {mask(parsed.e164)}: {result.consents_erased} consents"
                + ("; kept a suppression hash (it had opted out)" if result.suppressed else ""))
+
+
+@main.group("review")
+def review_group() -> None:
+    """Replies that may be revocations ("no thanks", "not interested"), kept for review by programs with
+    ambiguous_replies = "review": list them, and resolve each as an opt-out or as not a revocation.
+
+    \b
+    Example:
+      smsgate review list
+      smsgate review resolve 1234 --as opt-out --by alice
+    """
+
+
+@review_group.command("list")
+@click.option("--program", help="Only this program's replies (its slug).")
+@click.option("--limit", type=int, default=50, show_default=True, help="How many replies to show.")
+@click.option("--before", type=int, help="Only replies recorded before this event id (the next page).")
+@pass_context
+def review_list(ctx: Context, program: str | None, limit: int, before: int | None) -> None:
+    """Replies awaiting review, newest first: event id, when, the number masked, program, language, the
+    program's consent now, and the text. A reply leaves the list when staff resolve it, or when the
+    person's later STOP, START or YES (or an erasure) settles it.
+
+    \b
+    Example:
+      smsgate review list --program alerts --limit 20
+    """
+    try:
+        with ctx.db.transaction() as session:
+            page = review.pending(session, program=program, limit=limit, before=before)
+    except review.ReviewError as error:
+        raise click.ClickException(error.message) from None
+    if not page.items:
+        click.echo("no replies await review")
+        return
+    for item in page.items:
+        text = json.dumps(item.text, ensure_ascii=False)  # one line, whatever the person typed
+        click.echo(f"{item.event_id:<8} {item.received_at:%Y-%m-%d %H:%M} UTC  {item.number:<14} {item.program:<12} "
+                   f"{item.language or '-':<7} {item.consent or 'no consent':<11} {text}")
+    if page.older is not None:
+        click.echo(f"older: smsgate review list --before {page.older}"
+                   + (f" --program {program}" if program else "") + f" --limit {limit}")
+
+
+@review_group.command("resolve")
+@click.argument("event_id", type=int)
+@click.option("--as", "decision", required=True, type=click.Choice([each.value for each in Resolution]),
+              help="opt-out: the reply revoked consent (the program ends, as on STOP); not-revocation: it did "
+                   "not (the consent stays).")
+@click.option("--by", "by", required=True, help="Who decided (recorded in the ledger as cli:NAME).")
+@click.option("--note", help="Why, in a few words (kept with the decision).")
+@pass_context
+def review_resolve(ctx: Context, event_id: int, decision: str, by: str, note: str | None) -> None:
+    """Resolve the reply of review event EVENT_ID (from `smsgate review list`). An opt-out ends the
+    program's consent and blocks its queued and deferred texts to the number, as every opt-out does;
+    not-revocation records the decision and changes nothing else. Either is a ledger event naming the
+    review event and who decided. No text is sent to the person. A reply already resolved, or settled
+    by the person's later STOP, START or YES, is refused.
+
+    \b
+    Example:
+      smsgate review resolve 1234 --as not-revocation --by alice --note "answer to 'any questions?'"
+    """
+    try:
+        done = review.resolve(ctx.gateway, event_id, decision, by=by, via="cli", note=note)
+    except review.ReviewError as error:
+        raise click.ClickException(error.message) from None
+    if done.status_after is not None:
+        click.echo(f"review event {event_id} resolved as an opt-out: {done.program} of {done.number} is "
+                   f"{done.status_after} (seq {done.seq})")
+    else:
+        click.echo(f"review event {event_id} resolved as not a revocation: {done.program} of {done.number} "
+                   f"unchanged (seq {done.seq})")
 
 
 @main.group("ledger")

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.domain.consent import Status
+from gateway.domain.consent import OPT_OUT_INPUTS, Status
 from gateway.domain.ledger import Replayed, replay
+from gateway.domain.review import NOT_REVOCATION_EVENT, REVIEW_EVENT
 
 # Evidence fields that are the exact text a person saw or sent, with how a certificate names them.
 QUOTED = (("disclosure_text", "The page showed"), ("consent_label", "The box they ticked said"),
@@ -83,6 +84,13 @@ _WHAT = {
     "keyword_join_direct": "texted a join keyword and joined {program} (single opt-in)",
     "confirm_yes": "replied to confirm: consent to {program} was given",
     "keyword_stop": "asked to stop: {program} ended",
+    "wrong_number": "said this is a wrong number: {program} ended, and START cannot restore it",
+    "ambiguous_reply": "replied in words that may revoke (\"no thanks\"), which {program} takes as an opt-out: "
+                       "{program} ended",
+    REVIEW_EVENT: "replied in words that may revoke (\"no thanks\"); {program} kept the consent and listed the "
+                  "reply for staff to review",
+    "review_opt_out": "read the person's reply on review as a revocation: {program} ended",
+    NOT_REVOCATION_EVENT: "read the person's reply on review as not a revocation: {program} kept the consent",
     "keyword_start": "asked to start again: {program} was restored",
     "carrier_opt_out": "reported that the person opted out: {program} ended",
     "carrier_deactivation": "listed the number as deactivated by its carrier: {program} ended",
@@ -132,8 +140,7 @@ class Summary:
 
 _ASKED = {"api_request", "web_request", "keyword_join", "import_opt_in", "keyword_join_direct"}
 _AGREED = {"confirm_yes", "keyword_join_direct", "keyword_start", "import_opt_in"}
-_STOPPED = {"keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out",
-            "carrier_deactivation", "reassigned_number"}
+_STOPPED = {input.value for input in OPT_OUT_INPUTS}
 
 
 def summaries(events: Iterable) -> dict[int, Summary]:

@@ -107,8 +107,19 @@ OPT_OUT_INPUTS = frozenset(
     {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT, Input.CARRIER_OPT_OUT,
      Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
 )
+# The number changed hands: the consent ends, but nobody revoked it (its next holder never agreed, and
+# never said no either).
+NUMBER_CHANGED_HANDS = frozenset({Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER})
 # Inputs that say the consent was (or will be) another person's: START must never revive what they end.
-NOT_RESTORABLE = frozenset({Input.WRONG_NUMBER, Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER})
+NOT_RESTORABLE = frozenset({Input.WRONG_NUMBER, *NUMBER_CHANGED_HANDS})
+# Revocations: every opt-out that is the person's own "no", whether texted (STOP, a wrong-number reply, an
+# ambiguous reply a program takes as one or staff read as one), given at Twilio, told to staff another way
+# or collected elsewhere and imported. What a STOP that binds for years binds (a rule pack's
+# stop_binds_years, services/consents.stop_binding). A number that changed hands is no revocation: a
+# STOP binds the person who said it, and the number's next holder may well opt in the day they get it.
+REVOCATIONS = OPT_OUT_INPUTS - NUMBER_CHANGED_HANDS
+# The person's own "yes", by text: the only thing that lifts a STOP that binds for years.
+OWN_OPT_INS = frozenset({Input.KEYWORD_START, Input.CONFIRM_YES, Input.KEYWORD_JOIN, Input.KEYWORD_JOIN_DIRECT})
 
 
 class IllegalTransition(ValueError):

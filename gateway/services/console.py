@@ -23,15 +23,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.orm import Session
 
 from gateway.domain.numbers import Number
-from gateway.services import abuse, consents
+from gateway.services import abuse, consents, review
 from gateway.services.ports import Gateway
 from gateway.store import consents as store_consents
 from gateway.store import console as store
 from gateway.store.models import utcnow
 
 ROLES = ("viewer", "compliance", "admin")  # each role may do all that the ones before it may
-# viewer: sees; compliance: also downloads certificates, proof bundles and exports; admin: also reads
-# the access log and erases.
+# viewer: sees, the replies awaiting review included; compliance: also downloads certificates, proof
+# bundles and exports, and resolves replies kept for review; admin: also reads the access log and erases.
+REVIEW_ROLE = "compliance"  # resolving a reply changes consent: the role that answers complaints
 
 MIN_PASSWORD_LENGTH = 12
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,120}")
@@ -285,6 +286,7 @@ class Record:
     inbound: list
     programs: dict  # id -> Program
     proof: dict | None  # the proof bundle (services/proofs.py), when asked for
+    awaiting_review: frozenset[int] = frozenset()  # ids of its review events no later event settled
 
     @property
     def had_opted_out(self) -> bool:
@@ -307,7 +309,8 @@ def record(gateway: Gateway, staff: Staff, number_id: int, *, action: str, addre
             number=number, consents=consents.consents(session, number), events=consents.events(session, number),
             outbound=store.outbound_of(session, number.id), inbound=store.inbound_of(session, number.id),
             programs={program.id: program for program in programs.all_programs(session)},
-            proof=proofs.bundle(session, number, gateway.settings) if with_proof else None)
+            proof=proofs.bundle(session, number, gateway.settings) if with_proof else None,
+            awaiting_review=frozenset(review.awaiting(session, number.id)))
         session.commit()  # the log entry: a look that cannot be logged is not shown
         return found
 
@@ -361,3 +364,43 @@ def access_log(gateway: Gateway, staff: Staff, *, limit: int = 500, address: str
     with gateway.db.transaction() as session:
         log_access(session, staff, "access_log", address=address)
         return store.access_log(session, limit=limit)
+
+
+# Replies kept for review (services/review.py).
+
+REVIEW_PAGE = 50  # replies on one page of the console's list
+
+
+@dataclass(frozen=True)
+class ReviewList:
+    page: review.Page
+    programs: list[tuple[str, str]]  # (slug, name) of every program whose replies are kept for review
+
+
+def review_list(gateway: Gateway, staff: Staff, *, program: str | None, before: int | None,
+                address: str | None) -> ReviewList:
+    """The replies awaiting review, newest first; each reply shown is a look at a number's text, so each
+    is an entry of the access log (with its number), in the same transaction as the read. An empty page
+    shows nothing of anyone and is not logged. ReviewError for an unknown program."""
+    from gateway.domain.programs import spec_of
+    from gateway.store import programs
+
+    with gateway.db.transaction() as session:
+        page = review.pending(session, program=program, limit=REVIEW_PAGE, before=before)
+        for item in page.items:
+            log_access(session, staff, "review_list", number_id=item.number_id, detail=f"review event {item.event_id}",
+                       address=address)
+        reviewing = [(row.slug, row.name) for row in programs.all_programs(session)
+                     if spec_of(row).ambiguous_replies == "review"]
+        return ReviewList(page, reviewing)
+
+
+def resolve_review(gateway: Gateway, staff: Staff, event_id: int, decision: str, *, note: str | None,
+                   address: str | None) -> review.Resolved:
+    """Resolve a reply as the signed-in member of staff (recorded as console:NAME), logged with the
+    decision in the same transaction. ReviewError, and nothing changed or logged, when it is refused."""
+    def audit(session: Session, done: review.Resolved) -> None:
+        log_access(session, staff, "review_resolve", number_id=done.number_id,
+                   detail=f"review event {event_id} as {done.decision.value}", address=address)
+
+    return review.resolve(gateway, event_id, decision, by=staff.name, via="console", note=note, audit=audit)

@@ -59,6 +59,7 @@ from gateway.domain.numbers import E164_PATTERN, InvalidNumber, Number, is_e164,
 from gateway.domain.numbers import parse as parse_number
 from gateway.domain.outbound import Reachability, reachability_after
 from gateway.domain.programs import spec_of
+from gateway.domain.review import REVIEW_EVENT
 from gateway.domain.subscriptions import plan_confirm, plan_start
 from gateway.domain.twilio_filter import Reaction
 from gateway.services import carrier, consents, policy, unit_of_work
@@ -364,17 +365,13 @@ def _wrong_number(read: _Read) -> _Effect:
                    writes=planned.writes)
 
 
-# The ledger event of an ambiguous reply on a program that keeps consent for review: it changes no state
-# (its input is no consent input, so replaying the chain passes it), and `smsgate review list` finds it.
-REVIEW_EVENT = "review"
-
-
 def _ambiguous(read: _Read) -> _Effect:
     """A whole reply that may or may not revoke ("no thanks", "not interested"). Each program on this
     sender decides (ambiguous_replies): "opt_out" ends its consent as STOP does (and can be restored by
-    START), "review" keeps it and records the reply in the ledger for staff to resolve. The opt-out
-    confirmation names what ended; a reply that ended nothing gets no answer (anything said would read
-    as a sales reply to a "no")."""
+    START), "review" keeps it and records the reply in the ledger for staff to resolve (a `review`
+    event: it changes no state, its input being no consent input; gateway/services/review.py lists it).
+    The opt-out confirmation names what ended; a reply that ended nothing gets no answer (anything said
+    would read as a sales reply to a "no")."""
     ending = [p for p in read.on_sender if spec_of(p).ambiguous_replies == "opt_out"]
     kept = [p for p in read.on_sender if p not in ending]
     planned = consents.plan_steps(read.state, [(p, Input.AMBIGUOUS_REPLY) for p in ending], read.evidence,

@@ -21,7 +21,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from gateway.domain import ledger
-from gateway.domain.consent import State, Status
+from gateway.domain.consent import OWN_OPT_INS as OWN_OPT_IN_INPUTS
+from gateway.domain.consent import REVOCATIONS, State, Status
 from gateway.domain.gate import Reason
 from gateway.domain.numbers import Number
 from gateway.store import bulk, dialect, outbox
@@ -282,10 +283,11 @@ _READS = {(consents, suppression): _read(consents, suppression) for consents in 
 _FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
 
 
-# What ends and what lifts a STOP that binds for years (a rule pack's stop_binds_years): any opt-out,
-# and only the person's own opt-in by text. An import or API request is neither.
-STOPS = ("keyword_stop", "carrier_opt_out", "api_opt_out", "import_opt_out")
-OWN_OPT_INS = ("keyword_start", "confirm_yes", "keyword_join", "keyword_join_direct")
+# What ends and what lifts a STOP that binds for years (a rule pack's stop_binds_years): any revocation,
+# and only the person's own opt-in by text. An import or API request is neither. Both from the domain
+# (gateway/domain/consent.py says which opt-outs are revocations, and why a number that changed hands is not).
+STOPS = tuple(sorted(input.value for input in REVOCATIONS))
+OWN_OPT_INS = tuple(sorted(input.value for input in OWN_OPT_IN_INPUTS))
 _STANDING_STOP = text(f"""
     SELECT input, occurred_at FROM ledger_events
     WHERE number_id = :number_id

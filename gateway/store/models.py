@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from gateway.domain.ledger import GENESIS_HASH
 from gateway.domain.outbound import Reachability, Status
+from gateway.domain.review import REVIEW_EVENT
 
 
 def utcnow() -> datetime:
@@ -157,11 +158,18 @@ class Consent(Base):
     program: Mapped[Program] = relationship()
 
 
+_REVIEW_ONLY = f"type = '{REVIEW_EVENT}'"
+
+
 class LedgerEvent(Base):
     """One consent event, append-only, hash-chained per number (see docs/decisions/0002)."""
 
     __tablename__ = "ledger_events"
-    __table_args__ = (UniqueConstraint("number_id", "seq"),)
+    # Replies kept for review are few among many events; the review list reads them newest first
+    # (store/review.py), and no other event writes an entry here.
+    __table_args__ = (UniqueConstraint("number_id", "seq"),
+                      Index("ix_ledger_events_review", "id", postgresql_where=text(_REVIEW_ONLY),
+                            sqlite_where=text(_REVIEW_ONLY)))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     number_id: Mapped[int] = mapped_column(ForeignKey("numbers.id"))

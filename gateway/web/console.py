@@ -1,5 +1,6 @@
 """The compliance console, /console: staff sign in, find a number in any form, read its whole consent
-record, and (by role) download its certificate, proof bundle and export, or erase it.
+record, and (by role) download its certificate, proof bundle and export, or erase it; and read the
+replies kept for review and (by role) resolve them.
 
 Thin: the use cases and the access log are gateway/services/console.py, the words and the PDF
 gateway/services/certificates.py. Sessions are server-side (ConsoleSessionInterface below): the cookie
@@ -24,7 +25,7 @@ from wtforms import PasswordField, StringField
 from gateway.domain import certificates as words
 from gateway.domain import decisions
 from gateway.domain.numbers import InvalidNumber, parse
-from gateway.services import certificates, console
+from gateway.services import certificates, console, review
 from gateway.store.models import utcnow
 from gateway.web.auth import declare
 from gateway.web.context import current
@@ -354,3 +355,52 @@ def access_log():
     entries = console.access_log(current(), g.staff, address=request.remote_addr)
     return _page("console/access_log.html", entries=entries, zone=zone, zones=certificates.ZONES,
                  when=lambda moment: certificates.local_time(moment, zone))
+
+
+# Replies kept for review ("no thanks" on a program with ambiguous_replies = "review": services/review.py).
+
+# A refusal's HTTP status by ReviewError code; its words say what to do, and that nothing was changed.
+_REVIEW_REFUSALS = {"unknown_event": (404, "No such reply"), "not_a_review": (404, "No such reply"),
+                    "settled": (409, "Already settled"), "unknown_program": (404, "No such program")}
+
+
+def _review_refused(error: review.ReviewError) -> _Refused:
+    status, title = _REVIEW_REFUSALS.get(error.code, (422, "Cannot do that"))
+    return _Refused(status, title, f"{error.message[0].upper()}{error.message[1:]}. Nothing was changed.")
+
+
+def _event_id(raw: str | None, what: str) -> int | None:
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise _Refused(400, "Unreadable page", f"{what} must be an event id (digits), not {raw!r}.")
+    return int(raw)
+
+
+@bp.get("/review")
+@staff("viewer")
+def review_list():
+    zone = _zone()
+    program = request.args.get("program") or None
+    try:
+        found = console.review_list(current(), g.staff, program=program,
+                                    before=_event_id(request.args.get("before"), "before"), address=request.remote_addr)
+    except review.ReviewError as error:
+        raise _review_refused(error) from None
+    return _page("console/review.html", found=found, program=program, zone=zone, zones=certificates.ZONES,
+                 when=lambda moment: certificates.local_time(moment, zone), status_words=words.STATUS_WORDS,
+                 resolved=_event_id(request.args.get("resolved"), "resolved"), decided=request.args.get("as"))
+
+
+@bp.post("/review/<int:event_id>")
+@staff(console.REVIEW_ROLE)
+def review_resolve(event_id: int):
+    if not _csrf_valid():
+        return _csrf_refused()
+    try:
+        done = console.resolve_review(current(), g.staff, event_id, request.form.get("as", ""),
+                                      note=request.form.get("note"), address=request.remote_addr)
+    except review.ReviewError as error:
+        raise _review_refused(error) from None
+    return redirect(url_for("console.review_list", tz=request.args.get("tz") or "UTC", resolved=event_id,
+                            **{"as": done.decision.value}), 303)

@@ -265,6 +265,59 @@ def test_only_the_persons_own_text_lifts_a_virginia_stop(gateway, db):
         == {"import_opt_in": 1}
 
 
+def _opted_in_then(gateway, db, phone, body):
+    """`phone` opted in to deals and alerts (on one sender), then texted `body` to that sender."""
+    with db.transaction() as session:
+        row = store_consents.number_row(session, parse(phone))
+        for slug in ("deals", "alerts"):
+            consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN, EVIDENCE,
+                          now=STOPPED_AT - timedelta(days=10))
+    inbound.handle(gateway, _text(body, "SM" + phone[1:].rjust(32, "5"), sender=phone), now=STOPPED_AT)
+
+
+@pytest.mark.parametrize("reply", ["wrong number", "no thanks"])
+def test_a_wrong_number_or_an_ambiguous_reply_from_virginia_binds_like_stop(gateway, db, reply):
+    # A wrong number ends every program; "no thanks" ends deals (the default) and leaves alerts for review.
+    # Either is the person's own revocation: no import opts the number in to orders for ten years.
+    _opted_in_then(gateway, db, RICHMOND_VA, reply)
+    later = datetime(2035, 12, 31, tzinfo=UTC)
+    applied, [(line, why)] = _import(gateway, db, RICHMOND_VA, "orders", later)
+    assert dict(applied) == {} and why.startswith("stop_binding: this number opted out on 2026-01-05")
+    assert _status(db, RICHMOND_VA, "orders") == ("opted_out" if reply == "wrong number" else None)
+
+
+def test_an_opt_out_by_review_binds_like_stop(gateway, db):
+    from gateway.services import review
+
+    _opted_in_then(gateway, db, RICHMOND_VA, "not interested")
+    with db.transaction() as session:
+        [item] = review.pending(session).items
+    # Staff read it a month later: the opt-out binds from then.
+    review.resolve(gateway, item.event_id, "opt-out", by="ada", via="cli", now=STOPPED_AT + timedelta(days=30))
+    applied, [(_, why)] = _import(gateway, db, RICHMOND_VA, "orders", datetime(2030, 1, 1, tzinfo=UTC))
+    assert dict(applied) == {} and why.startswith("stop_binding: this number opted out on 2026-02-04")
+
+
+def test_a_number_that_changed_hands_binds_nobody(gateway, db):
+    """A carrier deactivation ends consent but is no one's STOP: the number's next holder may opt in."""
+    with db.transaction() as session:
+        row = store_consents.number_row(session, parse(RICHMOND_VA))
+        deals = programs.by_slug(session, "deals")
+        consents.apply(session, row, deals, Input.IMPORT_OPT_IN, EVIDENCE, now=STOPPED_AT - timedelta(days=10))
+        consents.apply(session, row, deals, Input.CARRIER_DEACTIVATION, consents.Evidence(Source.CARRIER),
+                      now=STOPPED_AT)
+    assert dict(_import(gateway, db, RICHMOND_VA, "orders", STOPPED_AT + timedelta(days=1))[0]) == {"import_opt_in": 1}
+
+
+def test_the_stores_binding_stops_are_the_domains_revocations():
+    from gateway.domain.consent import OWN_OPT_INS, REVOCATIONS
+
+    assert set(store_consents.STOPS) == {input.value for input in REVOCATIONS}
+    assert set(store_consents.OWN_OPT_INS) == {input.value for input in OWN_OPT_INS}
+    assert {"wrong_number", "ambiguous_reply", "review_opt_out"} <= set(store_consents.STOPS)
+    assert not {"carrier_deactivation", "reassigned_number"} & set(store_consents.STOPS)
+
+
 def test_an_api_request_cannot_lift_a_virginia_stop(gateway, db, client, make_key):
     _opted_in_then_stopped(gateway, db, RICHMOND_VA)
     key = make_key("subscribe")

@@ -75,3 +75,27 @@ def test_summaries_give_asked_agreed_and_stopped_per_program():
     assert (summary[1].asked_at, summary[1].agreed_at, summary[1].stopped_at) == (
         T0, T0 + timedelta(minutes=2), T0 + timedelta(days=30))
     assert summary[2].asked_at is None and summary[2].stopped_at == T0 + timedelta(days=30)
+
+
+def test_a_reply_kept_for_review_and_its_resolution_are_said_in_words_and_end_like_a_stop():
+    by_staff = {"review_event": 41, "review_seq": 3, "decision": "opt-out", "via": "console", "body": "No thanks"}
+    reviewed = [
+        E(1, "import_opt_in", "import", "import", T0, status_after="opted_in", actor="crm"),
+        E(2, "review", "review", "sms", T0 + timedelta(days=1), evidence={"body": "No thanks", "class": "ambiguous"}),
+        E(3, "review_not_revocation", "review_not_revocation", "system", T0 + timedelta(days=2), actor="console:ada",
+          reference="review:41", evidence={**by_staff, "decision": "not-revocation"}),
+        E(4, "review_opt_out", "opt_out", "system", T0 + timedelta(days=3), status_after="opted_out",
+          actor="console:ada", reference="review:41", evidence=by_staff),
+        E(5, "wrong_number", "opt_out", "sms", T0 + timedelta(days=4), program_id=2, status_after="opted_out"),
+    ]
+    said = statements(reviewed, {1: "Acme Alerts", 2: "Acme Deals"}.get, str)
+    assert said[1].text.endswith("replied in words that may revoke (\"no thanks\"); Acme Alerts kept the consent "
+                                 "and listed the reply for staff to review.")
+    assert said[2].text == "The gateway (console:ada) read the person's reply on review as not a revocation: " \
+                           "Acme Alerts kept the consent."
+    assert said[3].text.endswith("read the person's reply on review as a revocation: Acme Alerts ended.")
+    assert said[3].quotes == [("Their text read", "No thanks")]
+    assert said[4].text.endswith("said this is a wrong number: Acme Deals ended, and START cannot restore it.")
+    # Every opt-out input ends consent in the summary, those of review and wrong numbers included.
+    summary = summaries(reviewed)
+    assert summary[1].stopped_at == T0 + timedelta(days=3) and summary[2].stopped_at == T0 + timedelta(days=4)

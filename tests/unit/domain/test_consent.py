@@ -4,7 +4,20 @@ import itertools
 
 import pytest
 
-from gateway.domain.consent import TRANSITIONS, IllegalTransition, Input, State, Status, allowed, apply
+from gateway.domain.consent import (
+    NOT_RESTORABLE,
+    NUMBER_CHANGED_HANDS,
+    OPT_OUT_INPUTS,
+    OWN_OPT_INS,
+    REVOCATIONS,
+    TRANSITIONS,
+    IllegalTransition,
+    Input,
+    State,
+    Status,
+    allowed,
+    apply,
+)
 
 NEVER = State()
 PENDING = State(Status.PENDING)
@@ -96,3 +109,16 @@ def test_start_restores_only_what_had_been_confirmed():
     assert apply(stopped_while_confirmed, Input.KEYWORD_START) == OPTED_IN
     # A second STOP keeps the memory of the first one's consent.
     assert apply(stopped_while_confirmed, Input.KEYWORD_STOP).restorable
+
+
+def test_revocations_are_every_opt_out_but_a_number_that_changed_hands():
+    """What a STOP that binds for years binds: the person's own no, however it reached us."""
+    assert REVOCATIONS == {Input.KEYWORD_STOP, Input.WRONG_NUMBER, Input.AMBIGUOUS_REPLY, Input.REVIEW_OPT_OUT,
+                           Input.CARRIER_OPT_OUT, Input.API_OPT_OUT, Input.IMPORT_OPT_OUT}
+    assert REVOCATIONS | NUMBER_CHANGED_HANDS == OPT_OUT_INPUTS and not REVOCATIONS & NUMBER_CHANGED_HANDS
+    assert NOT_RESTORABLE == {Input.WRONG_NUMBER, Input.CARRIER_DEACTIVATION, Input.REASSIGNED_NUMBER}
+    # Every input that ends in opted_out is an opt-out input: a new one cannot be left out of these sets.
+    assert {input for input, (_, target) in TRANSITIONS.items() if target is Status.OPTED_OUT} == OPT_OUT_INPUTS
+    # Only the person's texts lift such a STOP, and each of them leads to a consent.
+    assert OWN_OPT_INS == {Input.KEYWORD_START, Input.CONFIRM_YES, Input.KEYWORD_JOIN, Input.KEYWORD_JOIN_DIRECT}
+    assert all(TRANSITIONS[input][1] in (Status.PENDING, Status.OPTED_IN) for input in OWN_OPT_INS)
