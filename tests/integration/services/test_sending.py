@@ -225,7 +225,12 @@ def test_a_dead_workers_claim_that_was_sent_is_recorded_not_resent(gateway, db, 
     result = sending.sweep(gateway, claimed_at + sending.claim_lease(gateway) + timedelta(seconds=1))
     assert (result.found_sent, result.requeued) == (1, 0)
     found = message(db, message_id)
-    assert (found.status, found.provider_sid, found.reason) == ("sent", sid, "recovered")
+    # Recorded as sent, from Twilio's log; the sandbox's own "delivered" callback may land after the
+    # sweep (it knows the message now) and move it on, which is as it should be.
+    assert (found.provider_sid, found.reason) == (sid, "recovered")
+    sent_steps = [(step.status, step.reason) for step in outbox.history(found) if step.status == "sent"]
+    assert sent_steps == [("sent", "recovered")]
+    assert found.status in ("sent", "delivered")
     assert len(provider_texts(db)) == 1
 
 
