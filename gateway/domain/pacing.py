@@ -47,8 +47,8 @@ def schedule(waiting: Sequence[Waiting], rates: Mapping[str, int], now: datetime
     Each sender's messages take their turns in the order of their openings, then as given (the
     caller gives them oldest first): each slot is the later of the message's opening (plus the
     sender's `jitter`) and one `spacing` after the sender's previous slot. `tails`: the last slot a
-    sender already has scheduled (from an earlier pass); a sender without one running starts at
-    `now` plus its `jitter`.
+    sender already has scheduled (from an earlier pass); a sender with one still ahead carries on from
+    it, without jitter; a sender without one starts at `now` plus its `jitter`.
     """
     tails, jitter = tails or {}, jitter or {}
     by_sender: dict[str, list[Waiting]] = {}
@@ -63,7 +63,13 @@ def schedule(waiting: Sequence[Waiting], rates: Mapping[str, int], now: datetime
         if not timedelta(0) <= offset <= JITTER:
             raise ValueError(f"jitter must be within 0 and {JITTER}, not {offset}")
         tail = tails.get(sender)
-        free = now + offset if tail is None or tail + step <= now else tail + step
+        running = tail is not None and tail + step > now
+        if running:
+            # A sender already under way carries on one spacing after its last slot. Its jitter was
+            # drawn when it started; a second draw here would push the next slot past that spacing
+            # whenever the opening plus the new draw fell after it (a gap in the sender's rate).
+            offset = timedelta(0)
+        free = tail + step if running else now + offset
         for message in sorted(messages, key=lambda m: m.not_before):  # stable: oldest first within an opening
             slot = max(free, message.not_before + offset)
             slots.append((message.id, slot))

@@ -75,6 +75,16 @@ def test_a_schedule_still_running_is_carried_on_not_overlaid():
     assert [slot for _, slot in slots] == [tail + timedelta(seconds=0.5 * n) for n in (1, 2, 3)]
 
 
+def test_a_schedule_still_running_near_its_opening_is_carried_on_without_a_second_jitter():
+    # A pass that died after five slots of a 3-a-second sender that opened a second and a third ago;
+    # the next pass draws another jitter (up to 2 s): the opening plus it must not jump the spacing.
+    step = spacing(3)
+    tail = OPENING + timedelta(milliseconds=17) + 4 * step
+    slots = schedule(waiting(7, sender="s"), {"s": 3}, OPENING + timedelta(milliseconds=10), tails={"s": tail},
+                     jitter={"s": JITTER})
+    assert [slot for _, slot in slots] == [tail + n * step for n in range(1, 8)]
+
+
 def test_a_schedule_that_has_run_out_starts_afresh_from_now():
     now = OPENING + timedelta(minutes=5)
     slots = schedule(waiting(2, sender="s"), {"s": 1}, now, tails={"s": OPENING})
