@@ -36,7 +36,7 @@ from gateway.domain.ledger import (
 from gateway.domain.ledger import replay as replay_chain
 from gateway.store import dialect
 from gateway.store.database import Database
-from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program, UTCDateTime
+from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program
 
 
 @dataclass
@@ -95,6 +95,8 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
     """
     tally = tally if tally is not None else Tally()
     postgresql = dialect.is_postgresql(session)
+    if postgresql:  # the slim rows' times as psycopg reads them, in UTC: what UTCDateTime would give, cheaper
+        session.execute(_TIMES_IN_UTC)
     slugs = dict(session.execute(select(_PROGRAMS.c.id, _PROGRAMS.c.slug)).all())
     signed = SignedHeads(checkpoint, first=first if number_id is None else number_id,
                          last=last if number_id is None else number_id)
@@ -192,7 +194,8 @@ def _sha256_hex(sql: str) -> str:
 
 def _confirming(where: str):
     return text(f"""
-SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_at, hash, linked, evidence_holds,
+SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_at, hash,
+       linked AND evidence_holds AS confirmed, linked, evidence_holds,
        CASE WHEN evidence_holds THEN NULL ELSE evidence END AS evidence,
        CASE WHEN evidence_holds THEN NULL ELSE evidence_digest END AS evidence_digest
 FROM (SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_at, hash, evidence, evidence_digest,
@@ -201,10 +204,12 @@ FROM (SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_a
              coalesce({_sha256_hex("evidence::text")} = evidence_digest, false) AS evidence_holds
       FROM ledger_events WHERE {where}
       WINDOW chain AS (PARTITION BY number_id ORDER BY id)) AS checked
-ORDER BY number_id, id""").columns(expires_at=UTCDateTime(), occurred_at=UTCDateTime(), evidence=JSON()).bindparams(
-        genesis=GENESIS_HASH)
+ORDER BY number_id, id""").columns(evidence=JSON()).bindparams(genesis=GENESIS_HASH)
 
 
+# For the rest of the check's transaction (a read-only snapshot): every other time it reads is a
+# UTCDateTime column, which reads the same in any zone.
+_TIMES_IN_UTC = text("SET LOCAL TIME ZONE 'UTC'")
 _CONFIRMING_IN_RANGE = _confirming("number_id BETWEEN :low AND :high")
 _CONFIRMING_OF = _confirming("number_id = ANY(:ids)")
 
@@ -214,12 +219,14 @@ def _confirmed_chains(session: Session, numbers: list, ids: dict) -> tuple[dict[
     by event (slim rows: only their head is left to check); the others as whole rows, for check_chain."""
     found = session.execute(_CONFIRMING_OF if "ids" in ids else _CONFIRMING_IN_RANGE, ids).all()
     events: dict[int, list] = {number.id: [] for number in numbers}
+    unconfirmed = set()
     for event in found:
         events[event.number_id].append(event)
+        if not event.confirmed:
+            unconfirmed.add(event.number_id)
     confirmed, doubtful = set(), []
     for number in numbers:
-        chain = events[number.id]
-        if all(event.linked and event.evidence_holds for event in chain) or _evidence_holds(chain):
+        if number.id not in unconfirmed or _evidence_holds(events[number.id]):
             confirmed.add(number.id)
         else:
             doubtful.append(number)
@@ -261,8 +268,10 @@ def number_batches(session: Session, batch: int, *, chained_only: bool = False, 
 
 # How many numbers one piece of `check`'s work covers: small enough for progress and for the jobs to
 # finish together, large enough that a piece's set-up (a transaction, a bisection of the checkpoint
-# file, the programs' slugs) is noise.
+# file, the programs' slugs) is noise. With jobs, a ledger of fewer numbers is cut into at least four
+# pieces a job (of no fewer than SMALLEST_PIECE numbers), or one job would be left with most of it.
 PIECE = 20_000
+SMALLEST_PIECE = 1_000
 
 
 def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: bool = False,
@@ -276,7 +285,7 @@ def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: boo
     tally = tally if tally is not None else Tally()
     with db.shared_snapshot() as (session, token):
         low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
-        pieces = _pieces(low, high, piece or PIECE)
+        pieces = _pieces(low, high, piece, jobs)
         total = 0 if low is None else high - low + 1
         if jobs <= 1:
             results = (_verified(session, checkpoint, first, last, since_checkpoint, replay) for first, last in pieces)
@@ -298,7 +307,7 @@ def replay_all(session: Session, *, jobs: int = 1, progress: Callable[[int, int]
     rows its chains lead to, as (number_id, program_id, status, restorable, expires_at, updated_at).
     Raises ImpossibleEvent for a chain that could not have happened. What `ledger rebuild` writes."""
     low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
-    pieces = _pieces(low, high, piece or PIECE)
+    pieces = _pieces(low, high, piece, jobs)
     total = 0 if low is None else high - low + 1
     if jobs <= 1:
         results = (_replayed(session, first, last) for first, last in pieces)
@@ -340,11 +349,14 @@ def _replay_piece(task) -> list[tuple]:
         return _replayed(session, first, last)
 
 
-def _pieces(low: int | None, high: int | None, piece: int) -> list[tuple[int | None, int | None]]:
+def _pieces(low: int | None, high: int | None, piece: int | None, jobs: int) -> list[tuple[int | None, int | None]]:
     """Ranges of number ids covering every id, the first and last open-ended: a checkpoint's heads of
-    numbers below or above every stored one are someone's to report."""
+    numbers below or above every stored one are someone's to report. `piece`: numbers a piece, else
+    as PIECE says."""
     if low is None:
         return [(None, None)]
+    if piece is None:
+        piece = PIECE if jobs <= 1 else min(PIECE, max(SMALLEST_PIECE, -(-(high - low + 1) // (4 * jobs))))
     starts = list(range(low, high + 1, piece))
     return [(None if index == 0 else start, None if index == len(starts) - 1 else start + piece - 1)
             for index, start in enumerate(starts)]
