@@ -92,6 +92,9 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
     whole. Its consent rows and old events are then not read: the full check does that.
     `replay=False`: the chains and the checkpoint only, not the consents (bench/ledger_verify.py
     measures what the replay costs).
+
+    On PostgreSQL the database confirms each event as it reads it (`_confirmed_chains`), and the
+    session's transaction reads times in UTC from then on (`SET LOCAL`).
     """
     tally = tally if tally is not None else Tally()
     postgresql = dialect.is_postgresql(session)
