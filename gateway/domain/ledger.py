@@ -231,11 +231,22 @@ def replay(events: Iterable) -> dict[int, Replayed]:
             for program_id, (state, event) in last.items()}
 
 
+def records_erasure(events: Iterable) -> bool:
+    """Whether a chain records an erasure: only then may its events' evidence be redacted."""
+    return any(event.type == "erasure" for event in events)
+
+
+def evidence_changed(event, erased: bool) -> bool:
+    """Whether an event's evidence is no longer what its digest covers (`erased`: its chain records
+    an erasure, so a redacted evidence is allowed)."""
+    return (not (erased and event.evidence.get("redacted") is True)
+            and evidence_digest(event.evidence) != event.evidence_digest)
+
+
 def check_chain(number, events: list, label: str) -> Break | None:
     """The first place where `events` (in insertion order) stop being the number's chain, or None."""
     previous = GENESIS_HASH
-    # Evidence may only be missing where the chain itself records an erasure.
-    erased = any(event.type == "erasure" for event in events)
+    erased = records_erasure(events)
     position = 0
     for event in events:
         position += 1
@@ -244,16 +255,21 @@ def check_chain(number, events: list, label: str) -> Break | None:
             problem = f"expected seq {position}: an event was removed or reordered"
         elif event.prev_hash != previous:
             problem = "does not follow the event before it: an event was removed or reordered"
-        elif (not (erased and event.evidence.get("redacted") is True)
-              and evidence_digest(event.evidence) != event.evidence_digest):
+        elif evidence_changed(event, erased):
             problem = "evidence was changed"
         elif event_hash(event) != event.hash:
             problem = "content was changed"
         if problem is not None:
             return Break(number.id, label, problem, event_id=event.id, seq=event.seq)
         previous = event.hash
-    if number.ledger_seq != len(events) or number.ledger_head != previous:
-        last = events[-1] if events else None
+    return check_head(number, events, label)
+
+
+def check_head(number, events: list, label: str) -> Break | None:
+    """Whether the number's head is the last of `events`, a chain whose every event is already known
+    to follow the one before it: the last event cannot vanish unseen."""
+    last = events[-1] if events else None
+    if number.ledger_seq != len(events) or number.ledger_head != (last.hash if last else GENESIS_HASH):
         return Break(
             number.id, label,
             f"the chain ends at seq {len(events)} but the number's head says {number.ledger_seq}: events were removed",

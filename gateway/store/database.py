@@ -473,7 +473,10 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
 
 
 def _json_rows(rows: list[dict]) -> str:
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), default=_json_value)
+    # Keys sorted: a JSON column's text is stored as written, and a ledger event's evidence so written
+    # is its canonical JSON, the text its digest covers, which `ledger verify` then checks in SQL
+    # (store/ledger.py). The order of a row's own keys does not matter to json_populate_recordset.
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=_json_value)
 
 
 def _json_value(value):

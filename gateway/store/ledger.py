@@ -18,18 +18,23 @@ from itertools import groupby
 from multiprocessing import get_context
 from operator import attrgetter
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import JSON, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from gateway.domain.ledger import (
+    GENESIS_HASH,
     Break,
     SignedHeads,
     check_against_checkpoint,
     check_chain,
+    check_head,
     check_projection,
+    evidence_changed,
     number_label,
+    records_erasure,
 )
 from gateway.domain.ledger import replay as replay_chain
+from gateway.store import dialect
 from gateway.store.database import Database
 from gateway.store.models import Consent, LedgerEvent, PhoneNumber, Program
 
@@ -87,8 +92,14 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
     whole. Its consent rows and old events are then not read: the full check does that.
     `replay=False`: the chains and the checkpoint only, not the consents (bench/ledger_verify.py
     measures what the replay costs).
+
+    On PostgreSQL the database confirms each event as it reads it (`_confirmed_chains`), and the
+    session's transaction reads times in UTC from then on (`SET LOCAL`).
     """
     tally = tally if tally is not None else Tally()
+    postgresql = dialect.is_postgresql(session)
+    if postgresql:  # the slim rows' times as psycopg reads them, in UTC: what UTCDateTime would give, cheaper
+        session.execute(_TIMES_IN_UTC)
     slugs = dict(session.execute(select(_PROGRAMS.c.id, _PROGRAMS.c.slug)).all())
     signed = SignedHeads(checkpoint, first=first if number_id is None else number_id,
                          last=last if number_id is None else number_id)
@@ -108,14 +119,12 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
             continue
         if since_checkpoint:
             ids = {"ids": [number.id for number in moved]}
-            found, held = session.execute(_CHAINS_OF, ids).all(), session.execute(_HELD_OF, ids).all()
+            held = session.execute(_HELD_OF, ids).all()
         else:
-            bounds = {"low": numbers[0].id, "high": numbers[-1].id}
-            found = session.execute(_CHAINS_IN_RANGE, bounds).all()  # one fetch, not a row at a time
-            held = session.execute(_HELD_IN_RANGE, bounds).all()
-        events: dict[int, list] = {number.id: [] for number in moved}
-        for event in found:
-            events[event.number_id].append(event)
+            ids = {"low": numbers[0].id, "high": numbers[-1].id}
+            held = session.execute(_HELD_IN_RANGE, ids).all()
+        events, confirmed = (_confirmed_chains(session, moved, ids) if postgresql
+                             else (_chains(session, moved, ids), set()))
         consents: dict[int, dict] = {number.id: {} for number in moved}
         for row in held:
             consents[row.number_id][row.program_id] = row
@@ -125,7 +134,7 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
                 tally.chains += 1
                 tally.events += len(chain)
             label = number_label(number.id, number.e164)
-            broken = check_chain(number, chain, label)
+            broken = (check_head if number.id in confirmed else check_chain)(number, chain, label)
             if broken:
                 yield broken
                 continue
@@ -137,6 +146,105 @@ def verify(session: Session, *, checkpoint=None, batch: int = 1000, tally: Tally
                 yield from check_projection(number, chain, consents[number.id], label, slugs)
     if number_id is None:
         yield from signed.rest()
+
+
+def _chains(session: Session, numbers: list, ids: dict) -> dict[int, list]:
+    """The numbers' chains as whole rows, each in insertion order: `ids` is {"ids": [...]} or the
+    range {"low", "high"}."""
+    found = session.execute(_CHAINS_OF if "ids" in ids else _CHAINS_IN_RANGE, ids).all()  # one fetch
+    events: dict[int, list] = {number.id: [] for number in numbers}
+    for event in found:
+        events[event.number_id].append(event)
+    return events
+
+
+# PostgreSQL checks every event itself, in the backend, a second CPU beside this process: its link
+# (seq and prev_hash, in insertion order), its hash over the canonical JSON of its content, written
+# here in SQL key by key as domain/ledger.py `_hash` writes it in Python (to_json escapes a string as
+# Python's encoder does with ensure_ascii=False; a time is isoformat(timespec="microseconds") of the
+# UTC time), and its evidence digest over the stored text, which is what the digest covers when the
+# text was stored canonical (store/database.py `_json_rows`, store/imports.py). The rows come back
+# slim (what the replay, the head and the checkpoint need), the evidence only where its text did not
+# match. What SQL confirms is only what the Python check would pass (tests/integration/store/
+# test_ledger_in_sql.py holds the two renderings byte-equal); a chain with an event SQL could not
+# confirm is read again whole and checked in Python, which names what broke: the same findings.
+# docs/decisions/0026-ledger-check-at-scale.md.
+_INTEGERS, _TIMES = ("number_id", "seq", "program_id"), ("expires_at", "occurred_at")
+# The hashed content's keys in sorted order, as domain/ledger.py `_hash` writes them.
+_HASHED_IN_ORDER = ("actor", "evidence_digest", "expires_at", "input", "number_id", "occurred_at", "prev_hash",
+                    "program_id", "reference", "seq", "source", "status_after", "status_before", "type")
+
+
+def _json_sql(column: str) -> str:
+    """One column's value as SQL text, as domain/ledger.py `_json` writes it (colons escaped for text())."""
+    if column in _INTEGERS:
+        value = f"{column}::text"
+    elif column in _TIMES:
+        value = rf"""'"' || to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24\:MI\:SS.US') || '+00\:00"'"""
+    else:
+        value = f"to_json({column})::text"
+    return f"coalesce({value}, 'null')"
+
+
+# '{"actor":' || … || ',"evidence_digest":' || … || '}'
+_CANONICAL_SQL = " || ".join([*(f"""'{"," if index else "{"}"{column}":' || {_json_sql(column)}"""
+                                for index, column in enumerate(_HASHED_IN_ORDER)), "'}'"])
+
+
+def _sha256_hex(sql: str) -> str:
+    return f"encode(sha256(convert_to({sql}, 'UTF8')), 'hex')"
+
+
+def _confirming(where: str):
+    return text(f"""
+SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_at, hash,
+       linked AND evidence_holds AS confirmed, linked, evidence_holds,
+       CASE WHEN evidence_holds THEN NULL ELSE evidence END AS evidence,
+       CASE WHEN evidence_holds THEN NULL ELSE evidence_digest END AS evidence_digest
+FROM (SELECT number_id, id, seq, type, program_id, input, expires_at, occurred_at, hash, evidence, evidence_digest,
+             coalesce(seq = row_number() OVER chain AND prev_hash = coalesce(lag(hash) OVER chain, :genesis)
+                      AND {_sha256_hex(_CANONICAL_SQL)} = hash, false) AS linked,
+             coalesce({_sha256_hex("evidence::text")} = evidence_digest, false) AS evidence_holds
+      FROM ledger_events WHERE {where}
+      WINDOW chain AS (PARTITION BY number_id ORDER BY id)) AS checked
+ORDER BY number_id, id""").columns(evidence=JSON()).bindparams(genesis=GENESIS_HASH)
+
+
+# For the rest of the check's transaction (a read-only snapshot): every other time it reads is a
+# UTCDateTime column, which reads the same in any zone.
+_TIMES_IN_UTC = text("SET LOCAL TIME ZONE 'UTC'")
+_CONFIRMING_IN_RANGE = _confirming("number_id BETWEEN :low AND :high")
+_CONFIRMING_OF = _confirming("number_id = ANY(:ids)")
+
+
+def _confirmed_chains(session: Session, numbers: list, ids: dict) -> tuple[dict[int, list], set[int]]:
+    """PostgreSQL: the numbers' chains, and which of them SQL and the evidence check confirmed event
+    by event (slim rows: only their head is left to check); the others as whole rows, for check_chain."""
+    found = session.execute(_CONFIRMING_OF if "ids" in ids else _CONFIRMING_IN_RANGE, ids).all()
+    events: dict[int, list] = {number.id: [] for number in numbers}
+    unconfirmed = set()
+    for event in found:
+        events[event.number_id].append(event)
+        if not event.confirmed:
+            unconfirmed.add(event.number_id)
+    confirmed, doubtful = set(), []
+    for number in numbers:
+        if number.id not in unconfirmed or _evidence_holds(events[number.id]):
+            confirmed.add(number.id)
+        else:
+            doubtful.append(number)
+    if doubtful:
+        events.update(_chains(session, doubtful, {"ids": [number.id for number in doubtful]}))
+    return events, confirmed
+
+
+def _evidence_holds(chain: list) -> bool:
+    """Every event linked, and the evidence SQL did not match (stored in another key order, redacted)
+    still what the digest covers, as check_chain sees it."""
+    if not all(event.linked for event in chain):
+        return False
+    erased = records_erasure(chain)
+    return not any(not event.evidence_holds and evidence_changed(event, erased) for event in chain)
 
 
 def number_batches(session: Session, batch: int, *, chained_only: bool = False, only: int | None = None,
@@ -163,8 +271,10 @@ def number_batches(session: Session, batch: int, *, chained_only: bool = False, 
 
 # How many numbers one piece of `check`'s work covers: small enough for progress and for the jobs to
 # finish together, large enough that a piece's set-up (a transaction, a bisection of the checkpoint
-# file, the programs' slugs) is noise.
+# file, the programs' slugs) is noise. With jobs, a ledger of fewer numbers is cut into at least four
+# pieces a job (of no fewer than SMALLEST_PIECE numbers), or one job would be left with most of it.
 PIECE = 20_000
+SMALLEST_PIECE = 1_000
 
 
 def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: bool = False,
@@ -178,7 +288,7 @@ def check(db: Database, *, checkpoint=None, jobs: int = 1, since_checkpoint: boo
     tally = tally if tally is not None else Tally()
     with db.shared_snapshot() as (session, token):
         low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
-        pieces = _pieces(low, high, piece or PIECE)
+        pieces = _pieces(low, high, piece, jobs)
         total = 0 if low is None else high - low + 1
         if jobs <= 1:
             results = (_verified(session, checkpoint, first, last, since_checkpoint, replay) for first, last in pieces)
@@ -200,7 +310,7 @@ def replay_all(session: Session, *, jobs: int = 1, progress: Callable[[int, int]
     rows its chains lead to, as (number_id, program_id, status, restorable, expires_at, updated_at).
     Raises ImpossibleEvent for a chain that could not have happened. What `ledger rebuild` writes."""
     low, high = session.execute(select(func.min(_NUMBERS.c.id), func.max(_NUMBERS.c.id))).one()
-    pieces = _pieces(low, high, piece or PIECE)
+    pieces = _pieces(low, high, piece, jobs)
     total = 0 if low is None else high - low + 1
     if jobs <= 1:
         results = (_replayed(session, first, last) for first, last in pieces)
@@ -242,11 +352,14 @@ def _replay_piece(task) -> list[tuple]:
         return _replayed(session, first, last)
 
 
-def _pieces(low: int | None, high: int | None, piece: int) -> list[tuple[int | None, int | None]]:
+def _pieces(low: int | None, high: int | None, piece: int | None, jobs: int) -> list[tuple[int | None, int | None]]:
     """Ranges of number ids covering every id, the first and last open-ended: a checkpoint's heads of
-    numbers below or above every stored one are someone's to report."""
+    numbers below or above every stored one are someone's to report. `piece`: numbers a piece, else
+    as PIECE says."""
     if low is None:
         return [(None, None)]
+    if piece is None:
+        piece = PIECE if jobs <= 1 else min(PIECE, max(SMALLEST_PIECE, -(-(high - low + 1) // (4 * jobs))))
     starts = list(range(low, high + 1, piece))
     return [(None if index == 0 else start, None if index == len(starts) - 1 else start + piece - 1)
             for index, start in enumerate(starts)]

@@ -332,3 +332,13 @@ def test_rebuild_cover_up_is_still_caught_by_two_jobs(db, settings):
     rebuild(db)
     (found,) = checked(db, settings, jobs=2)
     assert found.startswith(masked(PHONES[2])) and found.endswith("events were removed and the head moved back")
+
+
+def test_jobs_get_at_least_four_pieces_each_of_a_small_ledger():
+    """26,668 numbers for two jobs: eight pieces, not one of 20,000 numbers and one of the rest."""
+    pieces = ledger._pieces(1, 26_668, None, 2)
+    assert len(pieces) == 8 and pieces[0] == (None, 3_334) and pieces[-1] == (23_339, None)
+    assert all(last + 1 == first for (_, last), (first, _) in zip(pieces, pieces[1:]))
+    assert ledger._pieces(1, 26_668, None, 1) == [(None, 20_000), (20_001, None)]  # one process: as before
+    assert len(ledger._pieces(1, 5_000_000, None, 2)) == 250  # a large one: PIECE numbers a piece
+    assert len(ledger._pieces(1, 3_000, None, 2)) == 3  # never below SMALLEST_PIECE numbers
