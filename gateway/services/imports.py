@@ -35,10 +35,10 @@ from typing import IO, TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain import ledger
-from gateway.domain.consent import EVENT_TYPES, OPT_OUT_INPUTS, IllegalTransition, Input, Source, State, Status
+from gateway.domain.consent import OPT_OUT_INPUTS, IllegalTransition, Input, State, Status
 from gateway.domain.consent import apply as transition
 from gateway.domain.gate import Reason
-from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, screen
+from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, event_row, screen
 from gateway.domain.storable import storable_text
 from gateway.services.consents import STOP_BINDING, StopBinding
 from gateway.store import imports as store
@@ -126,7 +126,7 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
     try:
         reader = csv.reader(text)
         fieldnames = check_header(next(reader, None))
-        screening = _Screening(jobs, fieldnames, region, known, suppression_key)
+        screening = _Screening(jobs, fieldnames, region, known, suppression_key, actor=actor, now=now)
         with screening:
             for last_line, screened in screening.chunks(_rows(reader, after=line_done), chunk):
                 applied = _apply(db, import_id, line_done, last_line, screened, actor=actor, rules=rules,
@@ -169,10 +169,12 @@ class _Screening:
     """Screens chunks ahead of the writer: in `jobs` processes (a few chunks in flight, so memory
     stays bounded), or in this one when jobs is 1."""
 
-    def __init__(self, jobs: int, fieldnames: list[str], region: str, known: dict[str, int], key: bytes):
+    def __init__(self, jobs: int, fieldnames: list[str], region: str, known: dict[str, int], key: bytes, *,
+                 actor: str, now: datetime):
         self.jobs = max(1, jobs)
         self.args = (fieldnames,)
-        self.kwargs = {"region": region, "programs": known, "suppression_key": key}
+        self.kwargs = {"region": region, "programs": known, "suppression_key": key, "actor": actor,
+                       "occurred_at": now}
         self.pool: Executor | None = None
 
     def __enter__(self):
@@ -269,7 +271,7 @@ def _apply_once(db: Database, import_id: str, line_from: int, line_to: int, scre
         refusals = sorted(screened.refusals + plan.refusals)
         waiting = store.numbers_with_waiting(session, sorted(plan.opted_out))
         if not store.write(session, import_id=import_id, line_from=line_from, line_to=line_to, events=plan.events,
-                           evidence_json=plan.evidence_json, new_numbers=new_numbers, new_consents=plan.new_consents,
+                           new_numbers=new_numbers, new_consents=plan.new_consents,
                            changed_consents=plan.changed_consents, heads=plan.heads,
                            blocked={n: sorted(plan.opted_out[n]) for n in waiting}, refusals=refusals,
                            applied=sum(plan.counts.values()), now=now, reason=Reason.OPTED_OUT.value):
@@ -279,12 +281,13 @@ def _apply_once(db: Database, import_id: str, line_from: int, line_to: int, scre
 
 _OPT_IN = Input.IMPORT_OPT_IN.value
 _INPUTS = {input.value: input for input in Input}
+_STATUS_VALUES: dict[Status | None, str | None] = {None: None, **{status: status.value for status in Status}}
+_NEVER = State()
 
 
 @dataclass
 class _Plan:
-    events: list[ledger.Event] = field(default_factory=list)
-    evidence_json: list[str] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)  # rows: ledger.Event's fields, the evidence as JSON text
     refusals: list[tuple[int, str]] = field(default_factory=list)
     new_consents: list[tuple] = field(default_factory=list)
     changed_consents: list[dict] = field(default_factory=list)
@@ -310,22 +313,17 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
                 binding = StopBinding(rule, holding.stopped_at, until)
                 plan.refusals.append((c.line, f"{STOP_BINDING}: {binding.message}"))
                 continue
-        consent_id, before = holding.consents.get(c.program_id, (None, State()))
+        consent_id, before = holding.consents.get(c.program_id, (None, _NEVER))
         try:
             after = transition(before, input)
         except IllegalTransition as error:
             plan.refusals.append((c.line, str(error)))
             continue
-        # The evidence travels as its canonical JSON and digest (plan.evidence_json): the event needs no dict.
-        draft = {"type": EVENT_TYPES[input], "input": c.input, "program_id": c.program_id,
-                 "status_before": before.status.value if before.status else None,
-                 "status_after": after.status.value if after.status else None, "expires_at": None,
-                 "source": Source.IMPORT.value, "actor": actor, "reference": f"line {c.line}",
-                 "evidence": None, "evidence_digest": c.evidence_digest, "occurred_at": now}
-        [event] = ledger.chain(holding.number_id, holding.seq, holding.head, [draft])
+        # The screening wrote the event's content; here it takes its place on the number's chain.
+        event = event_row(c, holding.number_id, holding.seq + 1, holding.head, _STATUS_VALUES[before.status],
+                          _STATUS_VALUES[after.status], actor=actor, occurred_at=now)
         plan.events.append(event)
-        plan.evidence_json.append(c.evidence_json)
-        holding.seq, holding.head, holding.moved = event.seq, event.hash, True
+        holding.seq, holding.head, holding.moved = event[1], event[-1], True
         holding.consents[c.program_id] = (consent_id, after)
         if input in OPT_OUT_INPUTS:
             holding.stopped_at = now
@@ -336,7 +334,7 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
             plan.heads.append((holding.number_id, holding.seq, holding.head))
     # Each consent the chunk moved, written once in the state its last row left it in.
     by_id = {holding.number_id: holding for holding in holdings.values()}
-    for number_id, program_id in dict.fromkeys((event.number_id, event.program_id) for event in plan.events):
+    for number_id, program_id in dict.fromkeys((event[0], event[4]) for event in plan.events):
         consent_id, state = by_id[number_id].consents[program_id]
         if consent_id is None:
             plan.new_consents.append((number_id, program_id, state.status.value, state.restorable, None, now))
