@@ -285,10 +285,11 @@ class _Writer:
     """Applies screened chunks in file order, each in one transaction that commits its progress.
 
     A chunk's write (COPY of its rows, the foreign-key checks, the commit) is mostly the database's
-    work, so it runs in a thread while the next chunk is read and planned on a second connection:
-    first its rows of numbers the chunk being written does not touch, then, once that chunk has
-    committed, the rest, read as it left them. The rows are stored exactly as one chunk after the
-    other would store them; each chunk's write starts after the one before it committed.
+    work, so, where the store allows it (store.writes_overlap), it runs in a thread while the next
+    chunk is read and planned on a second connection: first its rows of numbers the chunk being
+    written does not touch, then, once that chunk has committed, the rest, read as it left them. The
+    rows are stored exactly as one chunk after the other would store them; each chunk's write starts
+    after the one before it committed.
     """
 
     ATTEMPTS = 3  # a chunk whose write fails on a unique key runs again, up to this many times in all
@@ -303,7 +304,8 @@ class _Writer:
         self.thread: ThreadPoolExecutor | None = None
 
     def __enter__(self):
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="import-write")
+        if store.writes_overlap(self.db):
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="import-write")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -312,7 +314,8 @@ class _Writer:
         if self.writing is not None:
             with contextlib.suppress(BaseException):
                 self.writing[1].result()
-        self.thread.shutdown()
+        if self.thread is not None:
+            self.thread.shutdown()
 
     def apply(self, line_to: int, screened: Screened) -> None:
         """Read and plan the chunk of lines after the last one given, up to `line_to`, and start
@@ -325,7 +328,10 @@ class _Writer:
                 break
             except _RunAgain as again:  # this chunk was rolled back; it starts over after that one
                 self._alone(again.chunk, attempts=self.ATTEMPTS - 1)
-        self.writing = (chunk, self.thread.submit(self._write, chunk))
+        if self.thread is None:
+            self._alone(chunk, attempts=self.ATTEMPTS, prepared=True)
+        else:
+            self.writing = (chunk, self.thread.submit(self._write, chunk))
 
     def finish(self) -> None:
         """Wait for the last chunk's write."""
@@ -334,10 +340,12 @@ class _Writer:
         except _RunAgain as again:
             self._alone(again.chunk, attempts=self.ATTEMPTS - 1)
 
-    def _alone(self, chunk: _Chunk, *, attempts: int) -> None:
-        """Run a chunk whose write failed on a unique key again, with nothing beside it."""
+    def _alone(self, chunk: _Chunk, *, attempts: int, prepared: bool = False) -> None:
+        """Write a chunk with nothing beside it (a chunk whose write failed on a unique key runs
+        again so, as every chunk does where writes do not overlap)."""
         for attempt in range(attempts):
-            self._prepare(chunk)
+            if attempt or not prepared:
+                self._prepare(chunk)
             try:
                 self._write(chunk)
             except IntegrityError:

@@ -23,6 +23,7 @@ from gateway.domain import ledger
 from gateway.domain.outbound import WAITING
 from gateway.store import bulk, dialect, outbox
 from gateway.store.consents import OWN_OPT_INS, STOPS
+from gateway.store.database import Database
 from gateway.store.models import (
     Consent,
     Import,
@@ -88,6 +89,13 @@ def claim(session: Session, import_id: str, statuses: Sequence[str], now: dateti
 
 
 # --- one chunk --------------------------------------------------------------------------------------
+
+def writes_overlap(db: Database) -> bool:
+    """Whether a chunk may be read and planned in a transaction of its own while the chunk before it
+    is written (PostgreSQL). SQLite has one write lock: an import that asked for it again while
+    committing would keep it from the gateway's other writers (a STOP would wait for the import)."""
+    return dialect.is_postgresql(db.engine)
+
 
 _STAGE = {"e164": "VARCHAR(20)", "kind": "VARCHAR(20)", "region": "VARCHAR(3)", "digest": "VARCHAR(64)"}
 
