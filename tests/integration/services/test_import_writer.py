@@ -2,21 +2,16 @@
 and the store ends up as one chunk after the other would leave it, whatever fails where, on
 PostgreSQL and SQLite (docs/decisions/0025-bulk-import.md)."""
 
-import io
-from datetime import UTC, datetime
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from gateway.domain.numbers import parse
-from gateway.services import imports
 from gateway.store import consents as store_consents
 from gateway.store import imports as store
 from gateway.store import ledger
 from gateway.store.models import Consent, Import, LedgerEvent, PhoneNumber
-
-NOW = datetime(2026, 3, 4, 17, 0, tzinfo=UTC)
+from tests.integration.services.test_imports import _run
 
 
 def _number(i: int) -> str:
@@ -34,13 +29,6 @@ def _file(rows: int) -> str:
         else:
             lines.append(f"{_number(i)},deals,opted_in,r{i}")
     return "\n".join(lines) + "\n"
-
-
-def _run(db, settings, gateway, text, *, chunk, jobs=1):
-    found, _ = imports.begin(db, digest=str(hash(text)), name="t.csv", actor="ops", total_lines=None, again=True)
-    return imports.run(db, found.id, io.StringIO(text, newline=""), region="US",
-                       suppression_key=settings.suppression_key, rules=gateway.quiet_hours, jobs=jobs, chunk=chunk,
-                       now=NOW)
 
 
 def _events(db):
@@ -114,16 +102,14 @@ def test_a_fault_while_the_next_chunk_is_read_lets_the_chunk_being_written_commi
 
     monkeypatch.setattr(store, "hold", failing_hold)
     text = _file(16)
-    found, _ = imports.begin(db, digest="fault", name="t.csv", actor="ops", total_lines=17)
-    run = dict(region="US", suppression_key=settings.suppression_key, rules=gateway.quiet_hours, chunk=4, now=NOW)
     with pytest.raises(OperationalError):
-        imports.run(db, found.id, io.StringIO(text), **run)
+        _run(db, settings, gateway, text, chunk=4)
     with db.sessions() as session:
-        row = session.get(Import, found.id)
+        row = session.scalars(select(Import)).one()
         assert (row.status, row.line_done, row.applied) == ("failed", 9, 8)
         assert session.scalar(select(func.count()).select_from(LedgerEvent)) == 8
     monkeypatch.setattr(store, "hold", real_hold)
-    outcome = imports.run(db, found.id, io.StringIO(text), **run)
+    outcome = _run(db, settings, gateway, text, chunk=4)  # the same file: the same import, run again
     assert (outcome.status, outcome.line_done, outcome.applied, outcome.refused) == ("done", 17, 16, 0)
     assert [reference for reference, *_ in _events(db)] == [f"line {line}" for line in range(2, 18)]
     with db.snapshot() as session:
