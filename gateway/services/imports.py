@@ -7,10 +7,11 @@ illegal move is refused) but the work is done a chunk of rows at a time (docs/de
 1. the rows are read in file order and cut into chunks of `CHUNK` rows;
 2. each chunk is screened on its own (number, program, status, storable text: domain/imports.py), in
    `jobs` worker processes, a few chunks ahead of the writer;
-3. each chunk is applied in file order, in one transaction: its numbers staged and created set-wise,
-   read and locked with their consents in one statement, every row planned in Python through the
-   state machine and chained onto its number's ledger (so a number that appears twice chains twice,
-   in order), then written by COPY, with the import's progress in the same transaction.
+3. each chunk is applied in file order, in one transaction: its numbers read and locked with their
+   consents set-wise, every row planned in Python through the state machine and chained onto its
+   number's ledger (so a number that appears twice chains twice, in order), then written by COPY,
+   with the import's progress in the same transaction; on PostgreSQL the next chunk is read and
+   planned while one is written (`_Writer`).
 
 An import killed at any point has committed whole chunks and nothing else; run again on the same file
 (found by its SHA-256) it skips the lines it had done and goes on. Memory holds a few chunks.
@@ -128,11 +129,11 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
         reader = csv.reader(text)
         fieldnames = check_header(next(reader, None))
         screening = _Screening(jobs, fieldnames, region, known, suppression_key, actor=actor, now=now)
+        writer = _Writer(db, import_id, line_done, actor=actor, rules=rules, now=now, on_progress=on_progress)
         # No cyclic garbage collection while the rows go through: a chunk is a few hundred thousand
         # small objects (none in a cycle), which otherwise set the collector off over and over
         # (a third of the writer's time). What little cyclic garbage a chunk's session leaves waits
         # for the end.
-        writer = _Writer(db, import_id, line_done, actor=actor, rules=rules, now=now, on_progress=on_progress)
         with screening, bulk.collector_paused(), writer:
             for last_line, screened in screening.chunks(_rows(reader, after=line_done), chunk):
                 writer.apply(last_line, screened)

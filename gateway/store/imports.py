@@ -1,11 +1,11 @@
 """The statements of a bulk import (services/imports.py): a chunk of rows read and written set-wise.
 
-Per chunk, in one transaction: the chunk's numbers go into a staging table (COPY on PostgreSQL, one
-multi-row statement on SQLite); one statement says which are suppressed, one creates the missing
-ones, one reads and locks them all with their consents (in id order, so two writers never wait on
-each other in a circle). The chained events go back by COPY, the numbers' new heads through a
-staging table and one UPDATE, and the import's progress moves in the same transaction, guarded by
-where it was read: what is committed and how far the import got can never disagree.
+Per chunk, in one transaction: the chunk's numbers are looked up as arrays (PostgreSQL) or staged in
+a temporary table (SQLite); one statement says which are suppressed, one reads and locks the stored
+ones with their consents (in id order), and the missing ones take ids from the table's sequence
+(PostgreSQL) or are created (SQLite). The chained events go back by COPY, the numbers' new heads
+through a staging table and one UPDATE, and the import's progress moves in the same transaction,
+guarded by where it was read: what is committed and how far the import got can never disagree.
 """
 
 from __future__ import annotations
