@@ -26,6 +26,7 @@ import hashlib
 import io
 import multiprocessing
 import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -133,8 +134,10 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
         # No cyclic garbage collection while the rows go through: a chunk is a few hundred thousand
         # small objects (none in a cycle), which otherwise set the collector off over and over
         # (a third of the writer's time). What little cyclic garbage a chunk's session leaves waits
-        # for the end.
-        with screening, bulk.collector_paused(), writer:
+        # for the end. Only where the import has the process to itself (the command line): in the
+        # worker's thread pool, the other tasks' garbage would wait as long.
+        alone = threading.active_count() == 1
+        with screening, bulk.collector_paused() if alone else contextlib.nullcontext(), writer:
             for last_line, screened in screening.chunks(_rows(reader, after=line_done), chunk):
                 writer.apply(last_line, screened)
             writer.finish()
