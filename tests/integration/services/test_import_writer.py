@@ -114,3 +114,27 @@ def test_a_fault_while_the_next_chunk_is_read_lets_the_chunk_being_written_commi
     assert [reference for reference, *_ in _events(db)] == [f"line {line}" for line in range(2, 18)]
     with db.snapshot() as session:
         assert list(ledger.verify(session)) == []
+
+
+def test_the_collector_stays_on_when_the_process_runs_other_threads(db, settings, gateway, monkeypatch):
+    """The writer pauses cyclic garbage collection only when the import has its process to itself: in
+    the worker's thread pool the other tasks' garbage would wait for the whole import."""
+    import gc
+    import threading
+
+    real_write, seen = store.write, []
+
+    def write_seeing_the_collector(session, **kwargs):
+        seen.append(gc.isenabled())
+        return real_write(session, **kwargs)
+
+    monkeypatch.setattr(store, "write", write_seeing_the_collector)
+    other_task, stop = threading.Thread(target=lambda: stop.wait(60)), threading.Event()
+    other_task.start()
+    try:
+        assert gc.isenabled()
+        _run(db, settings, gateway, _file(8), chunk=4)
+    finally:
+        stop.set()
+        other_task.join()
+    assert seen == [True, True]
