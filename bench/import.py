@@ -10,11 +10,12 @@ fresh store each time:
   a size it can do (`--baseline`, default 5,000 rows);
 - bulk: `services.imports` as `smsgate consent import` runs it, at each of `--sizes`.
 
-Prints rows/s (wall clock); this process's CPU seconds (with `--jobs 1` that includes the screening
-of rows; with more jobs the screening processes are the forkserver's children, not ours, and are not
-counted); the CPU seconds of the PostgreSQL backends that served the run (read from /proc, so the
-server must run on this machine); their sum per row (with `--jobs 1`: the whole cost of a row, the
-figure a busy machine disturbs least); and checks that every row was applied or refused as
+Prints rows/s (wall clock); the CPU seconds of this process and of the screening processes (with
+`--jobs` above 1 they are the children of multiprocessing's fork server, which collects them as they
+end: its children's time is read from /proc); the CPU seconds of the PostgreSQL backends that served
+the run (read from /proc, so the server must run on this machine); their sum per row (the whole cost
+of a row, the figure a busy machine disturbs least; the server's own background processes, WAL
+writer and checkpointer, are not in it); and checks that every row was applied or refused as
 generated. `--verify` also runs `ledger verify` over the result (slow: 10,000 events/s).
 
     .venv/bin/python bench/import.py [--sizes 100000,1000000] [--baseline 5000] [--jobs 2]
@@ -32,6 +33,7 @@ import resource
 import sys
 import tempfile
 import time
+from multiprocessing import forkserver
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -102,7 +104,18 @@ def fresh_store(url: str, settings) -> Database:
 
 def cpu() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + screening_cpu()
+
+
+def screening_cpu() -> float:
+    """CPU seconds of the screening processes that have ended (`--jobs` above 1): children of the fork
+    server (started with the first pool), which waits for each as it ends. A pool's processes have
+    ended when the import returns (it shuts its pool down)."""
+    pid = forkserver._forkserver._forkserver_pid
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu(database: Database) -> float:

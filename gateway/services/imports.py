@@ -7,10 +7,11 @@ illegal move is refused) but the work is done a chunk of rows at a time (docs/de
 1. the rows are read in file order and cut into chunks of `CHUNK` rows;
 2. each chunk is screened on its own (number, program, status, storable text: domain/imports.py), in
    `jobs` worker processes, a few chunks ahead of the writer;
-3. each chunk is applied in file order, in one transaction: its numbers staged and created set-wise,
-   read and locked with their consents in one statement, every row planned in Python through the
-   state machine and chained onto its number's ledger (so a number that appears twice chains twice,
-   in order), then written by COPY, with the import's progress in the same transaction.
+3. each chunk is applied in file order, in one transaction: its numbers read and locked with their
+   consents set-wise, every row planned in Python through the state machine and chained onto its
+   number's ledger (so a number that appears twice chains twice, in order), then written by COPY,
+   with the import's progress in the same transaction; on PostgreSQL the next chunk is read and
+   planned while one is written (`_Writer`).
 
 An import killed at any point has committed whole chunks and nothing else; run again on the same file
 (found by its SHA-256) it skips the lines it had done and goes on. Memory holds a few chunks.
@@ -24,25 +25,28 @@ import csv
 import hashlib
 import io
 import multiprocessing
+import sys
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.domain import ledger
-from gateway.domain.consent import EVENT_TYPES, OPT_OUT_INPUTS, IllegalTransition, Input, Source, State, Status
+from gateway.domain.consent import OPT_OUT_INPUTS, IllegalTransition, Input, State, Status
 from gateway.domain.consent import apply as transition
 from gateway.domain.gate import Reason
-from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, screen
+from gateway.domain.imports import SUPPRESSED, Candidate, Screened, check_header, event_row, screen
 from gateway.domain.storable import storable_text
 from gateway.services.consents import STOP_BINDING, StopBinding
+from gateway.store import bulk, programs
 from gateway.store import imports as store
-from gateway.store import programs
 from gateway.store.database import Database
 from gateway.store.models import Import, utcnow
 
@@ -122,19 +126,21 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
         row = store.get(session, import_id)
         line_done, actor = row.line_done, row.actor
         known = {program.slug: program.id for program in programs.all_programs(session)}
-    counts: Counter = Counter()
     try:
         reader = csv.reader(text)
         fieldnames = check_header(next(reader, None))
-        screening = _Screening(jobs, fieldnames, region, known, suppression_key)
-        with screening:
+        screening = _Screening(jobs, fieldnames, region, known, suppression_key, actor=actor, now=now)
+        writer = _Writer(db, import_id, line_done, actor=actor, rules=rules, now=now, on_progress=on_progress)
+        # No cyclic garbage collection while the rows go through: a chunk is a few hundred thousand
+        # small objects (none in a cycle), which otherwise set the collector off over and over
+        # (a third of the writer's time). What little cyclic garbage a chunk's session leaves waits
+        # for the end. Only where the import has the process to itself (the command line): in the
+        # worker's thread pool, the other tasks' garbage would wait as long.
+        alone = threading.active_count() == 1
+        with screening, bulk.collector_paused() if alone else contextlib.nullcontext(), writer:
             for last_line, screened in screening.chunks(_rows(reader, after=line_done), chunk):
-                applied = _apply(db, import_id, line_done, last_line, screened, actor=actor, rules=rules,
-                                 now=now)
-                counts.update(applied)
-                line_done = last_line
-                if on_progress:
-                    on_progress(line_done)
+                writer.apply(last_line, screened)
+            writer.finish()
     except (ValueError, csv.Error) as error:  # its header refused, or a line csv cannot read (chunks before it stay)
         with db.transaction() as session:
             store.set_status(session, import_id, "failed", utcnow(), error=str(error), finished=True)
@@ -150,7 +156,7 @@ def run(db: Database, import_id: str, text: Iterable[str], *, region: str, suppr
         store.set_status(session, import_id, "done", utcnow(), finished=True)
         store.drop_parts(session, import_id)
         row = store.get(session, import_id)
-        return Outcome(import_id, row.status, row.line_done, row.applied, row.refused, counts)
+        return Outcome(import_id, row.status, row.line_done, row.applied, row.refused, writer.counts)
 
 
 def _rows(reader, *, after: int) -> Iterator[tuple[int, list[str]]]:
@@ -169,10 +175,12 @@ class _Screening:
     """Screens chunks ahead of the writer: in `jobs` processes (a few chunks in flight, so memory
     stays bounded), or in this one when jobs is 1."""
 
-    def __init__(self, jobs: int, fieldnames: list[str], region: str, known: dict[str, int], key: bytes):
+    def __init__(self, jobs: int, fieldnames: list[str], region: str, known: dict[str, int], key: bytes, *,
+                 actor: str, now: datetime):
         self.jobs = max(1, jobs)
         self.args = (fieldnames,)
-        self.kwargs = {"region": region, "programs": known, "suppression_key": key}
+        self.kwargs = {"region": region, "programs": known, "suppression_key": key, "actor": actor,
+                       "occurred_at": now}
         self.pool: Executor | None = None
 
     def __enter__(self):
@@ -196,7 +204,7 @@ class _Screening:
             if self.pool is None:
                 pending.append((last, screen(list(batch), *self.args, **self.kwargs)))
             else:
-                pending.append((last, self.pool.submit(screen, list(batch), *self.args, **self.kwargs)))
+                pending.append((last, self.pool.submit(_screen_paused, list(batch), *self.args, **self.kwargs)))
             batch.clear()
 
         for row in rows:
@@ -209,6 +217,12 @@ class _Screening:
             submit()
         while pending:
             yield _done(pending.popleft())
+
+
+def _screen_paused(*args, **kwargs) -> Screened:
+    """`screen` in a screening process, without cyclic garbage collection (as the writer's loop)."""
+    with bulk.collector_paused():
+        return screen(*args, **kwargs)
 
 
 def _done(item: tuple[int, Future | Screened]) -> tuple[int, Screened]:
@@ -229,27 +243,165 @@ class _Holding:
     new: bool = False  # not stored yet: written with its head (PostgreSQL)
 
 
-def _apply(db: Database, import_id: str, line_from: int, line_to: int, screened: Screened, *, actor: str,
-           rules: QuietHours, now: datetime) -> Counter:
-    """Apply one screened chunk in one transaction; its applied rows by input. A number created by
-    someone else between the chunk's read and its write fails the transaction: the chunk runs again."""
-    for attempt in range(3):
+_OPT_IN = Input.IMPORT_OPT_IN.value
+_INPUTS = {input.value: input for input in Input}
+_STATUS_VALUES: dict[Status | None, str | None] = {None: None, **{status: status.value for status in Status}}
+_NEVER = State()
+
+
+@dataclass
+class _Plan:
+    events: list[tuple] = field(default_factory=list)  # rows: ledger.Event's fields, the evidence as JSON text
+    lines: list[int] = field(default_factory=list)  # each event's line
+    refusals: list[tuple[int, str]] = field(default_factory=list)
+    new_consents: list[tuple] = field(default_factory=list)
+    changed_consents: list[dict] = field(default_factory=list)
+    heads: list[tuple[int, int, str]] = field(default_factory=list)  # of numbers stored before the chunk
+    opted_out: dict[int, set[int]] = field(default_factory=dict)  # number id -> programs it opted out of
+    counts: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Chunk:
+    """One chunk of screened rows on its way through the writer: its transaction, once open, what it
+    holds and what it will write."""
+
+    line_from: int
+    line_to: int
+    screened: Screened
+    numbers: set[str]  # the e164 of every row that passed the screening
+    session: Session | None = None
+    transaction: contextlib.ExitStack | None = None
+    distinct: dict[str, tuple] = field(default_factory=dict)  # e164 -> (e164, kind, region, suppression)
+    holdings: dict[str, _Holding] = field(default_factory=dict)
+    plan: _Plan = field(default_factory=_Plan)
+
+
+class _RunAgain(Exception):  # noqa: N818 (not an error: a chunk to run again)
+    """The chunk being written failed on a unique key (a number someone else created since its read)."""
+
+    def __init__(self, chunk: _Chunk):
+        super().__init__(f"lines {chunk.line_from + 1}-{chunk.line_to} run again")
+        self.chunk = chunk
+
+
+class _Writer:
+    """Applies screened chunks in file order, each in one transaction that commits its progress.
+
+    A chunk's write (COPY of its rows, the foreign-key checks, the commit) is mostly the database's
+    work, so, where the store allows it (store.writes_overlap), it runs in a thread while the next
+    chunk is read and planned on a second connection: first its rows of numbers the chunk being
+    written does not touch, then, once that chunk has committed, the rest, read as it left them. The
+    rows are stored exactly as one chunk after the other would store them; each chunk's write starts
+    after the one before it committed.
+    """
+
+    ATTEMPTS = 3  # a chunk whose write fails on a unique key runs again, up to this many times in all
+
+    def __init__(self, db: Database, import_id: str, line_done: int, *, actor: str, rules: QuietHours,
+                 now: datetime, on_progress: Callable[[int], None] | None):
+        self.db, self.import_id, self.actor, self.rules, self.now = db, import_id, actor, rules, now
+        self.line_done = self.planned_to = line_done
+        self.on_progress = on_progress
+        self.counts: Counter = Counter()
+        self.writing: tuple[_Chunk, Future] | None = None
+        self.thread: ThreadPoolExecutor | None = None
+
+    def __enter__(self):
+        if store.writes_overlap(self.db):
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="import-write")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # On a failure, the chunk being written still ends (committed or rolled back) before the
+        # failure is recorded; its own failure would only hide the first one.
+        if self.writing is not None:
+            with contextlib.suppress(BaseException):
+                self.writing[1].result()
+        if self.thread is not None:
+            self.thread.shutdown()
+
+    def apply(self, line_to: int, screened: Screened) -> None:
+        """Read and plan the chunk of lines after the last one given, up to `line_to`, and start
+        writing it (after the chunk before it committed)."""
+        chunk = _Chunk(self.planned_to, line_to, screened, {c.e164 for c in screened.candidates})
+        self.planned_to = line_to
+        while True:
+            try:
+                self._prepare(chunk)
+                break
+            except _RunAgain as again:  # this chunk was rolled back; it starts over after that one
+                self._alone(again.chunk, attempts=self.ATTEMPTS - 1)
+        if self.thread is None:
+            self._alone(chunk, attempts=self.ATTEMPTS, prepared=True)
+        else:
+            self.writing = (chunk, self.thread.submit(self._write, chunk))
+
+    def finish(self) -> None:
+        """Wait for the last chunk's write."""
         try:
-            return _apply_once(db, import_id, line_from, line_to, screened, actor=actor, rules=rules, now=now)
+            self._wait()
+        except _RunAgain as again:
+            self._alone(again.chunk, attempts=self.ATTEMPTS - 1)
+
+    def _alone(self, chunk: _Chunk, *, attempts: int, prepared: bool = False) -> None:
+        """Write a chunk with nothing beside it (a chunk whose write failed on a unique key runs
+        again so, as every chunk does where writes do not overlap)."""
+        for attempt in range(attempts):
+            if attempt or not prepared:
+                self._prepare(chunk)
+            try:
+                self._write(chunk)
+            except IntegrityError:
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._committed(chunk)
+            return
+
+    def _prepare(self, chunk: _Chunk) -> None:
+        chunk.distinct, chunk.holdings, chunk.plan = {}, {}, _Plan()  # from the start, if it runs again
+        busy = self.writing[0].numbers if self.writing is not None else set()
+        first = [c for c in chunk.screened.candidates if c.e164 not in busy]
+        later = [c for c in chunk.screened.candidates if c.e164 in busy] if busy else []
+        chunk.transaction = contextlib.ExitStack()
+        chunk.session = chunk.transaction.enter_context(self.db.transaction())
+        try:
+            self._hold_and_plan(chunk, first)
+            self._wait()
+            if later:
+                self._hold_and_plan(chunk, later)
+                _in_file_order(chunk.plan)
+            _finish(chunk.plan, chunk.holdings, self.now)
+        except BaseException:
+            chunk.transaction.__exit__(*sys.exc_info())  # rolled back
+            raise
+
+    def _wait(self) -> None:
+        """Wait for the chunk being written to commit."""
+        if self.writing is None:
+            return
+        chunk, future = self.writing
+        self.writing = None
+        try:
+            future.result()
         except IntegrityError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            raise _RunAgain(chunk) from None
+        self._committed(chunk)
 
+    def _committed(self, chunk: _Chunk) -> None:
+        self.counts.update(chunk.plan.counts)
+        self.line_done = chunk.line_to
+        if self.on_progress:
+            self.on_progress(self.line_done)
 
-def _apply_once(db: Database, import_id: str, line_from: int, line_to: int, screened: Screened, *, actor: str,
-                rules: QuietHours, now: datetime) -> Counter:
-    candidates = screened.candidates
-    distinct: dict[str, tuple] = {}
-    for candidate in candidates:
-        distinct.setdefault(candidate.e164, (candidate.e164, candidate.kind, candidate.region, candidate.suppression))
-    with db.transaction() as session:
-        suppressed, held, new = store.hold(session, list(distinct.values()), now)
+    def _hold_and_plan(self, chunk: _Chunk, candidates: list[Candidate]) -> None:
+        """Hold (lock and read) the numbers of `candidates` and plan their rows, in file order."""
+        distinct: dict[str, tuple] = {}
+        for c in candidates:
+            distinct.setdefault(c.e164, (c.e164, c.kind, c.region, c.suppression))
+        session = chunk.session
+        suppressed, held, new = store.hold(session, list(distinct.values()), self.now)
         holdings: dict[str, _Holding] = {e164: _Holding(number_id, 0, ledger.GENESIS_HASH, {}, new=True)
                                          for e164, number_id in new.items()}
         for number_id, e164, seq, head, consent_id, program_id, status, restorable in held:
@@ -263,41 +415,34 @@ def _apply_once(db: Database, import_id: str, line_from: int, line_to: int, scre
         stops = store.standing_stops(session, sorted(opting_in))
         for holding in holdings.values():
             holding.stopped_at = stops.get(holding.number_id)
-        plan = _plan(candidates, suppressed, holdings, actor=actor, rules=rules, now=now)
-        new_numbers = [(holding.number_id, e164, *distinct[e164][1:3], "ok", "", holding.seq, holding.head, now)
-                       for e164, holding in holdings.items() if holding.new]
-        refusals = sorted(screened.refusals + plan.refusals)
-        waiting = store.numbers_with_waiting(session, sorted(plan.opted_out))
-        if not store.write(session, import_id=import_id, line_from=line_from, line_to=line_to, events=plan.events,
-                           evidence_json=plan.evidence_json, new_numbers=new_numbers, new_consents=plan.new_consents,
-                           changed_consents=plan.changed_consents, heads=plan.heads,
-                           blocked={n: sorted(plan.opted_out[n]) for n in waiting}, refusals=refusals,
-                           applied=sum(plan.counts.values()), now=now, reason=Reason.OPTED_OUT.value):
-            raise ImportMoved(f"import {import_id} was moved past line {line_from} by another run")
-    return plan.counts
+        _plan(candidates, suppressed, holdings, chunk.plan, actor=self.actor, rules=self.rules, now=self.now)
+        chunk.distinct.update(distinct)
+        chunk.holdings.update(holdings)
+
+    def _write(self, chunk: _Chunk) -> None:
+        """Write the chunk's plan and commit it with the import's progress (in the writer's thread)."""
+        session, plan, now = chunk.session, chunk.plan, self.now
+        try:
+            new_numbers = sorted((holding.number_id, e164, *chunk.distinct[e164][1:3], "ok", "", holding.seq,
+                                  holding.head, now) for e164, holding in chunk.holdings.items() if holding.new)
+            waiting = store.numbers_with_waiting(session, sorted(plan.opted_out))
+            if not store.write(session, import_id=self.import_id, line_from=chunk.line_from, line_to=chunk.line_to,
+                               events=plan.events, new_numbers=new_numbers, new_consents=plan.new_consents,
+                               changed_consents=plan.changed_consents, heads=plan.heads,
+                               blocked={n: sorted(plan.opted_out[n]) for n in waiting},
+                               refusals=sorted(chunk.screened.refusals + plan.refusals),
+                               applied=sum(plan.counts.values()), now=now, reason=Reason.OPTED_OUT.value):
+                raise ImportMoved(f"import {self.import_id} was moved past line {chunk.line_from} by another run")
+        except BaseException:
+            chunk.transaction.__exit__(*sys.exc_info())  # rolled back
+            raise
+        chunk.transaction.close()  # committed
 
 
-_OPT_IN = Input.IMPORT_OPT_IN.value
-_INPUTS = {input.value: input for input in Input}
-
-
-@dataclass
-class _Plan:
-    events: list[ledger.Event] = field(default_factory=list)
-    evidence_json: list[str] = field(default_factory=list)
-    refusals: list[tuple[int, str]] = field(default_factory=list)
-    new_consents: list[tuple] = field(default_factory=list)
-    changed_consents: list[dict] = field(default_factory=list)
-    heads: list[tuple[int, int, str]] = field(default_factory=list)  # of numbers stored before the chunk
-    opted_out: dict[int, set[int]] = field(default_factory=dict)  # number id -> programs it opted out of
-    counts: Counter = field(default_factory=Counter)
-
-
-def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str, _Holding], *, actor: str,
-          rules: QuietHours, now: datetime) -> _Plan:
-    """Every row of the chunk in file order, through the state machine onto its number's chain, as the
-    one-row-at-a-time import decided it."""
-    plan = _Plan()
+def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str, _Holding], plan: _Plan, *,
+          actor: str, rules: QuietHours, now: datetime) -> None:
+    """`candidates` in file order, through the state machine onto their numbers' chains, as the
+    one-row-at-a-time import decided them, into `plan`."""
     for c in candidates:
         if c.e164 in suppressed:
             plan.refusals.append((c.line, SUPPRESSED))
@@ -310,40 +455,46 @@ def _plan(candidates: list[Candidate], suppressed: set[str], holdings: dict[str,
                 binding = StopBinding(rule, holding.stopped_at, until)
                 plan.refusals.append((c.line, f"{STOP_BINDING}: {binding.message}"))
                 continue
-        consent_id, before = holding.consents.get(c.program_id, (None, State()))
+        consent_id, before = holding.consents.get(c.program_id, (None, _NEVER))
         try:
             after = transition(before, input)
         except IllegalTransition as error:
             plan.refusals.append((c.line, str(error)))
             continue
-        # The evidence travels as its canonical JSON and digest (plan.evidence_json): the event needs no dict.
-        draft = {"type": EVENT_TYPES[input], "input": c.input, "program_id": c.program_id,
-                 "status_before": before.status.value if before.status else None,
-                 "status_after": after.status.value if after.status else None, "expires_at": None,
-                 "source": Source.IMPORT.value, "actor": actor, "reference": f"line {c.line}",
-                 "evidence": None, "evidence_digest": c.evidence_digest, "occurred_at": now}
-        [event] = ledger.chain(holding.number_id, holding.seq, holding.head, [draft])
+        # The screening wrote the event's content; here it takes its place on the number's chain.
+        event = event_row(c, holding.number_id, holding.seq + 1, holding.head, _STATUS_VALUES[before.status],
+                          _STATUS_VALUES[after.status], actor=actor, occurred_at=now)
         plan.events.append(event)
-        plan.evidence_json.append(c.evidence_json)
-        holding.seq, holding.head, holding.moved = event.seq, event.hash, True
+        plan.lines.append(c.line)
+        holding.seq, holding.head, holding.moved = event[1], event[-1], True
         holding.consents[c.program_id] = (consent_id, after)
         if input in OPT_OUT_INPUTS:
             holding.stopped_at = now
             plan.opted_out.setdefault(holding.number_id, set()).add(c.program_id)
         plan.counts[c.input] += 1
+
+
+def _in_file_order(plan: _Plan) -> None:
+    """The events of a chunk planned in two parts, put back in the order of their lines (their ids
+    are given in that order, as are their consents')."""
+    order = sorted(range(len(plan.events)), key=plan.lines.__getitem__)
+    plan.events = [plan.events[i] for i in order]
+    plan.lines = [plan.lines[i] for i in order]
+
+
+def _finish(plan: _Plan, holdings: dict[str, _Holding], now: datetime) -> None:
+    """The chunk's new heads, and each consent it moved, written once in the state its last row left it in."""
     for holding in holdings.values():
         if holding.moved and not holding.new:
             plan.heads.append((holding.number_id, holding.seq, holding.head))
-    # Each consent the chunk moved, written once in the state its last row left it in.
     by_id = {holding.number_id: holding for holding in holdings.values()}
-    for number_id, program_id in dict.fromkeys((event.number_id, event.program_id) for event in plan.events):
+    for number_id, program_id in dict.fromkeys((event[0], event[4]) for event in plan.events):
         consent_id, state = by_id[number_id].consents[program_id]
         if consent_id is None:
             plan.new_consents.append((number_id, program_id, state.status.value, state.restorable, None, now))
         else:
             plan.changed_consents.append({"b_id": consent_id, "b_status": state.status.value,
                                           "b_restorable": state.restorable, "b_updated_at": now})
-    return plan
 
 
 def import_text(db: Database, text: str, *, actor: str, region: str, suppression_key: bytes, rules: QuietHours,

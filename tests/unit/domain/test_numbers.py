@@ -122,6 +122,56 @@ def _parse_as_the_library_says(raw: str, region: str):
             phonenumbers.region_code_for_number(parsed))
 
 
+def _e164_shaped(rng) -> list[str]:
+    """Text of E.164's shape for every country code phonenumbers knows: each region's example number
+    of every type; the same with the national prefix, a trunk zero or another digit put after the
+    country code (which phonenumbers.parse strips or keeps by the region's rules); Italian leading
+    zeros; random digits of every length the pattern allows; North American numbers of every area code."""
+    import phonenumbers
+    from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+
+    texts = []
+    for code, regions in sorted(COUNTRY_CODE_TO_REGION_CODE.items()):
+        for region in regions:
+            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+            prefixes = {"0", "1", "8", "00", "06", "10", "9"} | {metadata.national_prefix or ""} if metadata else {""}
+            for kind in phonenumbers.PhoneNumberType.values():
+                example = phonenumbers.example_number_for_type(region, kind) if region != "001" else \
+                    phonenumbers.example_number_for_non_geo_entity(code)
+                if example is None:
+                    continue
+                national = phonenumbers.national_significant_number(example)
+                texts += [f"+{code}{prefix}{national}" for prefix in prefixes]
+                texts += [f"+{code}{national[:-1]}", f"+{code}{national}{rng.randint(0, 9)}"]
+        for length in range(4, 15):
+            texts += [f"+{code}" + "".join(rng.choice("0123456789") for _ in range(length)) for _ in range(3)]
+        texts += [f"+{code}0" + "".join(rng.choice("0123456789") for _ in range(8)), f"+{code}000000"]
+    texts += [f"+1{area}{rng.randint(0, 9_999_999):07d}" for area in range(100, 1000) for _ in range(3)]
+    unassigned = [code for code in range(1, 1000) if not any(int(str(code)[:size]) in COUNTRY_CODE_TO_REGION_CODE
+                                                             for size in (1, 2, 3))]
+    texts += [f"+{code}{rng.randint(0, 10 ** 9):09d}" for code in unassigned]
+    return [text for text in dict.fromkeys(texts) if numbers.is_e164(text)]
+
+
+def test_e164_text_is_parsed_as_phonenumbers_parses_it():
+    """`parse` builds the number of text already in E.164 itself, without phonenumbers.parse's search
+    for a number in the text: the same PhoneNumber (country code, national number, leading zeros)
+    wherever phonenumbers.parse takes the text, and nothing where it refuses it (then it says why)."""
+    import random
+
+    import phonenumbers
+
+    texts = _e164_shaped(random.Random(18))
+    assert len(texts) > 15_000
+    for text in texts:
+        for region in ("US", "GB", "IT"):
+            try:
+                expected = phonenumbers.parse(text, region)
+            except phonenumbers.NumberParseException:
+                expected = None
+            assert numbers._from_e164(text) == expected, (text, region)
+
+
 def test_parse_decides_as_phonenumbers_public_functions_do():
     """`parse` calls a private helper of phonenumbers once instead of its public functions three
     times: held to the public answer over numbers of every country and shape, short codes included."""
@@ -136,11 +186,13 @@ def test_parse_decides_as_phonenumbers_public_functions_do():
         code = phonenumbers.country_code_for_region(region)
         if example is not None:
             inputs.append((phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164), "US"))
+            inputs.append((phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL), region))
         for length in (3, 4, 5, 6, 8, 9, 10, 11):
             inputs.append((f"+{code}" + "".join(rng.choice("0123456789") for _ in range(length)), "US"))
         inputs.append(("".join(rng.choice("0123456789") for _ in range(rng.choice((3, 5, 6, 10)))), region))
     inputs += [(f"+1{rng.randint(200, 999)}{rng.randint(0, 9_999_999):07d}", "US") for _ in range(3000)]
     inputs += [("911", "US"), ("112", "GB"), ("40404", "US"), ("+447911123456", "US"), ("+8613800138000", "US")]
+    inputs += [(text, "US") for text in _e164_shaped(rng)]
     for raw, region in inputs:
         try:
             expected = _parse_as_the_library_says(raw, region)
@@ -152,3 +204,22 @@ def test_parse_decides_as_phonenumbers_public_functions_do():
         except numbers.InvalidNumber as error:
             got = "short_code" if error.reason == "short_code" else "invalid"
         assert got == expected, (raw, region)
+
+
+def test_e164_text_is_refused_for_the_reason_phonenumbers_gives():
+    """Text of E.164's shape that phonenumbers.parse refuses is refused with its reason, as before
+    `parse` built such numbers itself (the import's results file names the reason)."""
+    import random
+
+    import phonenumbers
+
+    refused = 0
+    for text in _e164_shaped(random.Random(7)):
+        try:
+            phonenumbers.parse(text, "US")
+        except phonenumbers.NumberParseException as error:
+            with pytest.raises(InvalidNumber) as caught:
+                parse(text, "US")
+            assert caught.value.reason == numbers._PARSE_REASONS.get(error.error_type, "not_a_number"), text
+            refused += 1
+    assert refused > 50
