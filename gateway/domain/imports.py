@@ -8,12 +8,11 @@ still binds) is decided after, in file order.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from gateway.domain import ledger, storable
+from gateway.domain import ledger, storable, suppression
 from gateway.domain.consent import EVENT_TYPES, Input, Source
 from gateway.domain.numbers import InvalidNumber, parse
 
@@ -71,7 +70,7 @@ def screen(rows: list[tuple[int, list[str]]], fieldnames: list[str], *, region: 
            suppression_key: bytes, actor: str, occurred_at: datetime) -> Screened:
     """Check each (line, values) row on its own; `programs` maps slugs to ids. A row that passes has
     its event written as far as it can be without the store: `actor` imports it at `occurred_at`."""
-    inner, outer = _hmac_pads(suppression_key)
+    suppression_digest = suppression.digester(suppression_key)
     source = Source.IMPORT.value
     shared: dict[str, str] = {}
     phone_at, program_at, status_at = (fieldnames.index(column) for column in REQUIRED_COLUMNS)
@@ -105,14 +104,11 @@ def screen(rows: list[tuple[int, list[str]]], fieldnames: list[str], *, region: 
             continue
         evidence_json, evidence_digest = ledger.canonical_evidence(
             {name: values[position] for position, name in extra if values[position] != ""})
-        first, second = inner.copy(), outer.copy()
-        first.update(number.e164.encode())
-        second.update(first.digest())
         event = ledger.unplaced(EVENT_TYPES[input], input.value, program_id, None, source, actor, reference(line),
                                 evidence_digest, occurred_at)
         event = tuple(shared.setdefault(piece, piece) for piece in event)  # pickled once, not once a row
         candidates.append(Candidate(line, number.e164, number.kind, number.region, program_id, input.value,
-                                    evidence_json, evidence_digest, second.hexdigest(), event))
+                                    evidence_json, evidence_digest, suppression_digest(number.e164), event))
     return Screened(candidates, refusals)
 
 
@@ -132,11 +128,3 @@ def event_row(candidate: Candidate, number_id: int, seq: int, prev_hash: str, st
     return (number_id, seq, EVENT_TYPES[_INPUTS[candidate.input]], candidate.input, candidate.program_id,
             status_before, status_after, None, Source.IMPORT.value, actor, reference(candidate.line),
             candidate.evidence_json, candidate.evidence_digest, occurred_at, prev_hash, hash)
-
-
-def _hmac_pads(key: bytes):
-    """HMAC-SHA256's keyed inner and outer states, hashed once for a whole chunk (RFC 2104)."""
-    block = hashlib.sha256().block_size
-    padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
-    return (hashlib.sha256(bytes(byte ^ 0x36 for byte in padded)),
-            hashlib.sha256(bytes(byte ^ 0x5C for byte in padded)))
