@@ -51,7 +51,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 # What an event's hash covers: all of its content (evidence through its digest) and the hash before it.
-_HASHED = ("number_id", "seq", "type", "input", "program_id", "status_before", "status_after", "expires_at",
+HASHED = ("number_id", "seq", "type", "input", "program_id", "status_before", "status_after", "expires_at",
            "source", "actor", "reference", "evidence_digest", "occurred_at", "prev_hash")
 
 
@@ -65,14 +65,14 @@ def event_hash(event) -> str:
 def hashed_content(event) -> dict:
     """Exactly what an event's hash covers, times as ISO text: what a proof bundle carries, so that
     anyone can recompute the hash (tools/verify_proof.py)."""
-    content = {name: getattr(event, name) for name in _HASHED}
+    content = {name: getattr(event, name) for name in HASHED}
     content["expires_at"] = _iso(content["expires_at"])
     content["occurred_at"] = _iso(content["occurred_at"])
     return content
 
 
 def _content_hash(fields: dict) -> str:
-    return _hash(*(fields[name] for name in _HASHED))
+    return _hash(*(fields[name] for name in HASHED))
 
 
 def _json(value) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.ledger import (
     GENESIS_HASH,
+    HASHED,
     Break,
     SignedHeads,
     check_against_checkpoint,
@@ -171,8 +172,7 @@ def _chains(session: Session, numbers: list, ids: dict) -> dict[int, list]:
 # docs/decisions/0026-ledger-check-at-scale.md.
 _INTEGERS, _TIMES = ("number_id", "seq", "program_id"), ("expires_at", "occurred_at")
 # The hashed content's keys in sorted order, as domain/ledger.py `_hash` writes them.
-_HASHED_IN_ORDER = ("actor", "evidence_digest", "expires_at", "input", "number_id", "occurred_at", "prev_hash",
-                    "program_id", "reference", "seq", "source", "status_after", "status_before", "type")
+_HASHED_IN_ORDER = tuple(sorted(HASHED))
 
 
 def _json_sql(column: str) -> str:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.ledger import _HASHED, _content_hash, event_hash, evidence_digest, hashed_content
+from gateway.domain.ledger import HASHED, _content_hash, event_hash, evidence_digest, hashed_content
 
 text = st.text(max_size=40)  # any code point: quotes, backslashes, control characters, U+2028, emoji
 maybe_text = st.none() | text
@@ -21,7 +21,7 @@ odd = st.none() | text | st.integers() | st.booleans() | st.floats(allow_nan=Fal
 
 def reference_hash(content: dict) -> str:
     """The definition: SHA-256 of json.dumps with sorted keys, no spaces, UTF-8 as is."""
-    fields = {name: content[name] for name in _HASHED}
+    fields = {name: content[name] for name in HASHED}
     fields["expires_at"] = fields["expires_at"].isoformat(timespec="microseconds") if fields["expires_at"] else None
     fields["occurred_at"] = fields["occurred_at"].isoformat(timespec="microseconds") if fields["occurred_at"] else None
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
