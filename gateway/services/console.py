@@ -23,10 +23,12 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.orm import Session
 
 from gateway.domain.numbers import Number
+from gateway.domain.programs import spec_of
 from gateway.services import abuse, consents, review
 from gateway.services.ports import Gateway
 from gateway.store import consents as store_consents
 from gateway.store import console as store
+from gateway.store import programs
 from gateway.store.models import utcnow
 
 ROLES = ("viewer", "compliance", "admin")  # each role may do all that the ones before it may
@@ -382,9 +384,6 @@ def review_list(gateway: Gateway, staff: Staff, *, program: str | None, before: 
     """The replies awaiting review, newest first; each reply shown is a look at a number's text, so each
     is an entry of the access log (with its number), in the same transaction as the read. An empty page
     shows nothing of anyone and is not logged. ReviewError for an unknown program."""
-    from gateway.domain.programs import spec_of
-    from gateway.store import programs
-
     with gateway.db.transaction() as session:
         page = review.pending(session, program=program, limit=REVIEW_PAGE, before=before)
         for item in page.items:
