@@ -900,6 +900,8 @@ def status(ctx: Context) -> None:
             ("last inbound text", ago(health.last_inbound)),
             ("last message sent", ago(health.last_sent)),
         ]
+        if health.maintenance:
+            lines.append(("store upkeep", health.maintenance))
     lines += [("inbound journal", f"{health.journal_length} waiting"),
               ("last ledger checkpoint", ago(health.last_checkpoint))]
     width = max(len(label) for label, _ in lines)

@@ -45,6 +45,7 @@ class Health:
     last_inbound: datetime | None = None
     last_sent: datetime | None = None
     last_checkpoint: datetime | None = None
+    autovacuum: bool | None = None  # PostgreSQL's; None: not PostgreSQL, or not read
 
     def age(self, moment: datetime | None) -> float | None:
         return None if moment is None else max(0.0, (self.checked_at - moment).total_seconds())
@@ -56,6 +57,16 @@ class Health:
     @property
     def oldest_queued_age(self) -> float | None:
         return self.age(self.backlog.oldest_queued_at) if self.backlog else None
+
+    @property
+    def maintenance(self) -> str | None:
+        """The store's upkeep as an operator should see it (None: nothing to say for this store)."""
+        if self.autovacuum is None:
+            return None
+        if self.autovacuum:
+            return "autovacuum on"
+        return ("autovacuum OFF: tables keep the statistics and plans of when they were small; "
+                "turn it on (postgresql.conf) or run ANALYZE as the tables grow")
 
     def problems(self, settings: Settings) -> list[str]:
         """What is wrong, one sentence each; empty when all is well."""
@@ -95,6 +106,7 @@ def read(gateway: Gateway, *, broker: bool = False, now: datetime | None = None)
                 watermark=operations.oldest_watermark(connection),
                 last_inbound=operations.last_inbound(connection),
                 last_sent=operations.last_sent(connection),
+                autovacuum=operations.autovacuum(connection),
             )
     except Exception as error:  # a store that cannot be read is the answer, not a failure to answer
         log.warning("health: the store cannot be read (%s)", type(error).__name__)

@@ -94,6 +94,16 @@ def last_sent(connection: Connection) -> datetime | None:
                                   .order_by(_EVENTS.c.id.desc()).limit(1)))
 
 
+def autovacuum(connection: Connection) -> bool | None:
+    """Whether PostgreSQL runs autovacuum (None: the store is not PostgreSQL). Without it a table that
+    grew keeps the statistics of when it was small, and statements the web and worker processes
+    prepared then keep plans made for a small table: a send gate planned on an empty `messages`
+    table scans the whole table on every send (bench/README.md, "Scale")."""
+    if not dialect.is_postgresql(connection):
+        return None
+    return connection.exec_driver_sql("SHOW autovacuum").scalar() == "on"
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None

@@ -44,3 +44,16 @@ def test_status_names_an_unreachable_broker(status, gateway):
     result = status(CELERY_BROKER_URL="redis://127.0.0.1:1/0")
     assert result.returncode == 1
     assert "PROBLEM: the broker cannot be reached" in result.stderr
+
+
+def test_status_says_whether_postgresql_runs_autovacuum(status, gateway, db):
+    # Off, the statistics and the prepared statements' plans of a table that grew stay those of when
+    # it was small (a send gate planned on an empty messages table scans it on every send).
+    lines = dict(line.split("  ", 1) for line in status().stdout.splitlines())
+    if db.dialect != "postgresql":
+        assert "store upkeep" not in lines
+        return
+    with db.engine.connect() as connection:
+        running = connection.exec_driver_sql("SHOW autovacuum").scalar()
+    expected = "autovacuum on" if running == "on" else "autovacuum OFF: tables keep the statistics"
+    assert lines["store upkeep"].strip().startswith(expected)
