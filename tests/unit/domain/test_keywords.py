@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
@@ -9,7 +10,17 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.keywords import Classification, Intent, KeywordEngine, KeywordPack, default_engine, normalise
+from gateway.domain import keywords
+from gateway.domain.keywords import (
+    Classification,
+    Intent,
+    KeywordEngine,
+    KeywordPack,
+    _alternation,
+    _first_characters,
+    default_engine,
+    normalise,
+)
 from tests import real_sms
 
 PACK_DIR = Path(__file__).resolve().parents[3] / "config" / "keywords"
@@ -692,3 +703,82 @@ def test_a_pack_without_word_boundaries_matches_inside_words(tmp_path: Path) -> 
     write_pack(tmp_path, "yy.toml", 'language = "yy"\n[free_text]\nphrases = ["退订"]\n')
     engine = KeywordEngine.from_directory(tmp_path)
     assert engine.classify("回复退订谢谢") == Classification(Intent.OPT_OUT, None, "zz")
+
+
+# ---------------------------------------------------------------------------
+# The phrases' quick rejection: filed by first character, it must answer as one alternation of them all
+
+
+def _one_alternation(phrases) -> re.Pattern[str] | None:
+    """What `_Combined` answered with before the phrases were filed by first character."""
+    return _alternation([phrase.source for phrase in phrases if phrase.bounded])
+
+
+def _padded_sentences(text: str) -> list[str]:
+    """The padded, squeezed sentences the engine searches for phrases in, and the whole text padded."""
+    folded = keywords._fold(text)
+    squeezed = keywords._squeeze(folded)
+    sentences = [f" {keywords._words(part)} " for part in squeezed.split(keywords._BOUNDARY) if part.strip()]
+    return sentences + [f" {keywords._words(squeezed)} "]
+
+
+@pytest.mark.parametrize("source, first", [
+    ("STOP", {"S"}),
+    ("(DONT|DO NOT) TEXT", {"D"}),
+    ("(PLEASE )?STOP", {"P", "S"}),
+    ("(?:A|B)?(?:C )*D", {"A", "B", "C", "D"}),
+    ("[A-C]X", {"A", "B", "C"}),
+    ("(?=S)STOP", {"S"}),
+    ("(?<! )STOP", {"S"}),
+    ("(?>AB|C)", {"A", "C"}),
+    ("X{0,2}Y", {"X", "Y"}),
+    ("\\S+ STOP", None),  # a class of characters: tried at every word
+    ("[^A]B", None),
+    (".STOP", None),
+    ("(A)?", None),  # can match nothing
+    ("(?i)stop", None),
+    ("(A)\\1", {"A"}),
+])
+def test_first_characters_of_a_phrase(source: str, first: set[str] | None) -> None:
+    assert _first_characters(source) == (None if first is None else frozenset(first))
+
+
+def test_every_shipped_phrase_is_filed_by_its_first_characters(engine: KeywordEngine) -> None:
+    # If Python's re parser changes under us, phrases fall back to being tried at every word: still
+    # right, but slow again. This notices.
+    for combined in (engine._any_phrase, engine._any_wrong_number):
+        assert combined._always is None
+    assert all(_first_characters(p.source) for p in engine._phrases + engine._wrong_number if p.bounded)
+
+
+def test_filed_phrases_answer_as_one_alternation_on_the_corpus(engine: KeywordEngine) -> None:
+    texts = [text for _, _, _, text in load_corpus()] + [text for _, _, text in labelled_rows("ambiguous")]
+    for combined, phrases in ((engine._any_phrase, engine._phrases), (engine._any_wrong_number, engine._wrong_number)):
+        reference = _one_alternation(phrases)
+        for text in texts:
+            for padded in _padded_sentences(text):
+                assert combined.search(padded) == bool(reference.search(padded) or (
+                    combined._anywhere and combined._anywhere.search(padded))), (text, padded)
+
+
+@st.composite
+def _around_a_phrase(draw, phrases):
+    """A padded sentence holding a match of one shipped phrase (as hypothesis writes one), words
+    before and after it, and sometimes its first character changed."""
+    phrase = draw(st.sampled_from(phrases))
+    middle = draw(st.from_regex(re.compile(phrase.source), fullmatch=True))
+    assume(middle and " " not in (middle[0], middle[-1]) and "  " not in middle and "\n" not in middle)
+    if draw(st.booleans()):
+        middle = draw(st.sampled_from("ABDEHMNOPRSTUWY")) + middle[1:]
+    word = st.text(alphabet="ABCDEHILMNOPRSTUWY", min_size=1, max_size=6)
+    before, after = draw(st.lists(word, max_size=3)), draw(st.lists(word, max_size=3))
+    return " " + " ".join([*before, middle, *after]) + " "
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_filed_phrases_answer_as_one_alternation_around_each_phrase(engine: KeywordEngine, data) -> None:
+    for combined, phrases in ((engine._any_phrase, engine._phrases), (engine._any_wrong_number, engine._wrong_number)):
+        bounded = [phrase for phrase in phrases if phrase.bounded]
+        padded = data.draw(_around_a_phrase(bounded))
+        assert combined.search(padded) == bool(_one_alternation(phrases).search(padded)), padded
