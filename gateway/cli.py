@@ -900,8 +900,10 @@ def status(ctx: Context) -> None:
             ("last inbound text", ago(health.last_inbound)),
             ("last message sent", ago(health.last_sent)),
         ]
-        if health.maintenance:
-            lines.append(("store upkeep", health.maintenance))
+        if health.autovacuum is not None:  # PostgreSQL's: store/operations.autovacuum says why it matters
+            lines.append(("store upkeep", "autovacuum on" if health.autovacuum else
+                          "autovacuum OFF: tables keep the statistics and plans of when they were small; "
+                          "turn it on (postgresql.conf) or run ANALYZE as the tables grow"))
     lines += [("inbound journal", f"{health.journal_length} waiting"),
               ("last ledger checkpoint", ago(health.last_checkpoint))]
     width = max(len(label) for label, _ in lines)

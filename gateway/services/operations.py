@@ -58,16 +58,6 @@ class Health:
     def oldest_queued_age(self) -> float | None:
         return self.age(self.backlog.oldest_queued_at) if self.backlog else None
 
-    @property
-    def maintenance(self) -> str | None:
-        """The store's upkeep as an operator should see it (None: nothing to say for this store)."""
-        if self.autovacuum is None:
-            return None
-        if self.autovacuum:
-            return "autovacuum on"
-        return ("autovacuum OFF: tables keep the statistics and plans of when they were small; "
-                "turn it on (postgresql.conf) or run ANALYZE as the tables grow")
-
     def problems(self, settings: Settings) -> list[str]:
         """What is wrong, one sentence each; empty when all is well."""
         found = []
