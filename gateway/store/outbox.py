@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from gateway.domain.gate import Decision, Kind
 from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may_move
@@ -670,6 +670,15 @@ class History:
     at: datetime
     rule: dict | None = None  # the rule behind a deferral or refusal: {rule, law, version, citation, source}
     decision: dict | None = None  # the gate's whole record when the step is its decision (domain/decisions.py)
+
+
+def find(session: Session, message_id: str) -> OutboundMessage | None:
+    """One message with its number, program and every step (what GET /v1/messages/{id} shows)."""
+    return session.scalars(
+        select(OutboundMessage).where(OutboundMessage.id == message_id)
+        .options(selectinload(OutboundMessage.number), selectinload(OutboundMessage.program),
+                 selectinload(OutboundMessage.events))
+    ).one_or_none()
 
 
 def history(message: OutboundMessage) -> list[History]:

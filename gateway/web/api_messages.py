@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, g, jsonify, request, url_for
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 from werkzeug.routing import BaseConverter
 
 from gateway import metrics
+from gateway.domain import decisions
 from gateway.domain.decisions import Stage
 from gateway.domain.gate import Kind, Reason
 from gateway.domain.numbers import InvalidNumber, Number, is_e164, parse
@@ -22,7 +21,7 @@ from gateway.domain.segments import MAX_BODY_CHARS
 from gateway.queue.app import TaskNames
 from gateway.services import batches, policy, unit_of_work
 from gateway.store import idempotency, outbox, programs
-from gateway.store.models import OutboundMessage, Program, utcnow
+from gateway.store.models import Program, utcnow
 from gateway.web.auth import api_key
 from gateway.web.context import current
 from gateway.web.errors import ApiError
@@ -246,11 +245,7 @@ def create_batch():
 def show_message(message_id: str):
     """A message's status, why it is there, and every step it took."""
     with current().db.transaction() as session:
-        message = session.scalars(
-            select(OutboundMessage).where(OutboundMessage.id == message_id)
-            .options(selectinload(OutboundMessage.number), selectinload(OutboundMessage.program),
-                     selectinload(OutboundMessage.events))
-        ).one_or_none()
+        message = outbox.find(session, message_id)
         if message is None:
             raise ApiError(404, "not_found", "no such message")
         return jsonify({
@@ -269,6 +264,9 @@ def show_message(message_id: str):
             "created_at": iso(message.created_at),
             "updated_at": iso(message.updated_at),
             "history": [{"status": h.status, "reason": h.reason, "error_code": h.error_code, "at": iso(h.at),
-                         **({"rule": h.rule} if h.rule else {})}
+                         **({"rule": h.rule} if h.rule else {}),
+                         # The gate's record where the step was its decision, and the same in words
+                         # (docs/decisions/0028-send-decisions.md): what it read, weighed and answered.
+                         **({"decision": h.decision, "why": decisions.explain(h.decision)} if h.decision else {})}
                         for h in outbox.history(message)],
         })

@@ -137,7 +137,13 @@ SCHEMAS = {
             "history": {"type": "array", "items": {
                 "type": "object", "required": ["status", "reason", "error_code", "at"],
                 "properties": {"status": {"enum": MESSAGE_STATUSES}, "reason": {"type": ["string", "null"]},
-                               "error_code": {"type": ["integer", "null"]}, "at": TIME, "rule": RULE},
+                               "error_code": {"type": ["integer", "null"]}, "at": TIME, "rule": RULE,
+                               "decision": {"type": "object", "description": (
+                                   "The send gate's record, on a step that was its decision: the stage, the "
+                                   "outcome and reason, and what it read (the consent and its ledger event, "
+                                   "suppression, reachability, region, quiet hours, caps).")},
+                               "why": {"type": "array", "items": {"type": "string"},
+                                       "description": "The decision in plain sentences, the outcome first."}},
             }},
         },
     },

@@ -337,10 +337,16 @@ def test_a_message_shows_its_status_reason_and_history(client, headers, make_key
         "error_code": None, "segments": 1}
     assert [h["status"] for h in body["history"]] == ["queued"]
     assert body["created_at"].endswith("Z") and body["updated_at"].endswith("Z")
+    # The acceptance was the gate's decision: its record and the same in words come with the step.
+    accepted = body["history"][0]
+    assert (accepted["decision"]["stage"], accepted["decision"]["outcome"]) == ("api", "allowed")
+    assert accepted["decision"]["consent"]["status"] == "opted_in"
+    assert accepted["why"][0].startswith("Allowed when the API accepted it")
     with db.transaction() as session:
         session.add(MessageEvent(message_id=created["id"], status="blocked", reason="opted_out"))
-    assert [h["reason"] for h in client.get(f"/v1/messages/{created['id']}", headers=headers).json["history"]] == [
-        None, "opted_out"]
+    steps = client.get(f"/v1/messages/{created['id']}", headers=headers).json["history"]
+    assert [h["reason"] for h in steps] == [None, "opted_out"]
+    assert "decision" not in steps[1] and "why" not in steps[1]  # a step no gate decided
 
 
 @pytest.mark.parametrize("message_id", ["msg_" + "0" * 32, "nope", "msg_../../etc"])
