@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
+from bench.support import empty_store  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.decisions import Stage  # noqa: E402
 from gateway.domain.gate import Kind  # noqa: E402
@@ -97,16 +97,7 @@ def main() -> int:
 
 
 def _prepare(url: str, settings, store: int) -> Database:
-    parts = urlsplit(url)
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    name = parts.path.lstrip("/")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(settings.database_url)
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    database.upgrade()
+    database = empty_store(settings.database_url)
     started = time.perf_counter()
     now = utcnow()
     with database.transaction() as session:

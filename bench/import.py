@@ -35,15 +35,15 @@ import tempfile
 import time
 from multiprocessing import forkserver
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from bench.legacy_import import import_csv  # noqa: E402
+from bench.support import empty_store  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.programs import load_file  # noqa: E402
 from gateway.domain.quiet_hours import default_rules  # noqa: E402
@@ -86,15 +86,7 @@ def generate(path: Path, rows: int) -> int:
 
 
 def fresh_store(url: str, settings) -> Database:
-    parts = urlsplit(url)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as connection:
-        name = parts.path.lstrip("/")
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(settings.database_url)
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    database.upgrade()
+    database = empty_store(settings.database_url)
     with database.transaction() as session:
         programs.store(session, load_file(settings.programs_file))
     with database.engine.begin() as connection:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import shutil
 import signal
 import socket
@@ -42,16 +41,16 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 import requests  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
+from bench.support import empty_store, wrk_report  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.consent import Input, Source  # noqa: E402
 from gateway.domain.numbers import parse  # noqa: E402
@@ -189,16 +188,7 @@ def _environment(database_url: str, work: Path) -> dict[str, str]:
 
 
 def _prepare_database(url: str, settings, numbers: int) -> None:
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(settings.database_url)
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    database.upgrade()
+    database = empty_store(settings.database_url)
     from bench.baseline_app import SCHEMA
 
     now = utcnow()
@@ -310,16 +300,11 @@ def _wrk(server: dict, requests_file: Path, first: int, count: int, duration: in
                "-s", str(ROOT / "bench" / "rotate.lua"), server["url"], "--",
                str(requests_file), str(first), str(count), str(args.threads)]
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True).stdout
-    done = int(re.search(r"(\d+) requests in", output).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(r"Socket errors: (.*)", output)
-    if errors or socket_errors:
-        raise RuntimeError(f"{server['name']}: requests failed:\n{output}")
-    if done > count:
-        print(f"  warning: {server['name']} sent {done} requests from a slice of {count}: some were repeats")
-    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.MULTILINE))
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), "requests": done,
-            "p50": percentile.get("50"), "p99": percentile.get("99")}
+    report = wrk_report(server["name"], output)
+    if report["requests"] > count:
+        print(f"  warning: {server['name']} sent {report['requests']} requests from a slice of {count}: "
+              "some were repeats")
+    return report
 
 
 def _stored_inbound(settings) -> int:

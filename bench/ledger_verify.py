@@ -32,7 +32,6 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert, text, update  # noqa: E402
 
 from bench import baseline_ledger  # noqa: E402
+from bench.support import empty_store  # noqa: E402
 from gateway.domain.consent import EVENT_TYPES, Input, State  # noqa: E402
 from gateway.domain.consent import apply as transition  # noqa: E402
 from gateway.domain.ledger import GENESIS_HASH, canonical_evidence, chain, replay  # noqa: E402
@@ -317,25 +317,6 @@ def measure(name: str, run, repeat: int, server: ServerCpu) -> dict:
     return best
 
 
-def _database(url: str) -> Database:
-    if url.startswith("sqlite"):
-        Path(url.split("///", 1)[1]).unlink(missing_ok=True)
-    else:
-        import psycopg
-
-        parts = urlsplit(url)
-        name = parts.path.lstrip("/")
-        with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as connection:
-            if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                connection.execute(f'CREATE DATABASE "{name}"')
-    db = Database(url)
-    if db.dialect == "postgresql":
-        with db.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    db.upgrade()
-    return db
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1/bench_ledger_verify")
@@ -346,7 +327,7 @@ def main() -> int:
     parser.add_argument("--evidence-as-given", action="store_true",
                         help="store the evidence as the webhook did before it sorted the keys (not canonical)")
     args = parser.parse_args()
-    db = _database(args.database_url)
+    db = empty_store(args.database_url)
     server = ServerCpu(db)
     started = time.perf_counter()
     heads = build(db, ROOT / "config" / "programs.example.toml", args.events, as_given=args.evidence_as_given)

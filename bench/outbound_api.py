@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import shutil
 import signal
 import statistics
@@ -42,6 +41,7 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for both 
     _wrk,
     measure_rounds,
 )
+from bench.support import wrk_report  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.services import keys
 from gateway.store import bulk, programs  # noqa: E402
@@ -168,12 +168,7 @@ def _wrk_sends(server: dict, requests_file: Path, first: int, count: int, durati
                "-s", str(ROOT / "bench" / "send_api.lua"), server["url"], "--",
                str(requests_file), str(first), str(count), str(args.threads), key]
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True).stdout
-    if re.search(r"Non-2xx or 3xx responses: (\d+)", output) or re.search(r"Socket errors: (.*)", output):
-        raise RuntimeError(f"gateway: requests failed:\n{output}")
-    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.MULTILINE))
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", output).group(1)),
-            "p50": percentile.get("50"), "p99": percentile.get("99")}
+    return wrk_report("gateway", output)
 
 
 def _stored(settings) -> int:

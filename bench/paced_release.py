@@ -26,14 +26,14 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from sqlalchemy import select, text  # noqa: E402
 
+from bench.support import empty_store  # noqa: E402
 from gateway import bootstrap  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.programs import load_file  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> int:
     settings = load_settings(env={"DATABASE_URL": args.database_url, "SUPPRESSION_KEY": "bench-" + "k" * 40,
                                   "VAR_DIR": str(ROOT / "var" / "bench"), "SANDBOX": "off", "REDIS_URL": "",
                                   "TWILIO_AUTH_TOKEN": "bench", "TWILIO_ACCOUNT_SID": "AC" + "2" * 32})
-    _create_database(args.database_url)
+    empty_store(settings.database_url).dispose()
     gateway = bootstrap.build(settings)
     try:
         counts = _prepare(gateway, settings, args.messages)
@@ -73,23 +73,8 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _create_database(url: str) -> None:
-    if not url.startswith("postgresql"):
-        Path(url.split("///", 1)[-1]).unlink(missing_ok=True)
-        return
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
-
-
 def _prepare(gateway, settings, total: int) -> dict[str, int]:
     database = gateway.db
-    if database.dialect == "postgresql":
-        with database.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    database.upgrade()
     started = time.perf_counter()
     deals = next(p for p in load_file(settings.programs_file) if p.slug == "deals")
     specs = []

@@ -25,14 +25,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
+from bench.support import create_database  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.gate import ALLOW, Kind  # noqa: E402
 from gateway.domain.numbers import parse  # noqa: E402
@@ -69,11 +68,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    parts = urlsplit(args.database_url)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as connection:
-        name = parts.path.lstrip("/")
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
+    create_database(args.database_url)
     work = Path(tempfile.mkdtemp(prefix="send-cpu-"))
     settings = load_settings(env={
         "DATABASE_URL": args.database_url, "SUPPRESSION_KEY": "bench-" + "k" * 40, "VAR_DIR": str(work),

@@ -28,16 +28,15 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
+from bench.support import empty_store  # noqa: E402
 from bench.twilio_stub import make_server  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.domain.gate import ALLOW, Kind  # noqa: E402
@@ -121,15 +120,7 @@ def _environment(args, work: Path) -> dict[str, str]:
 
 
 def _prepare(url: str, settings, count: int) -> Database:
-    parts = urlsplit(url)
-    admin, name = urlunsplit(parts._replace(path="/postgres")), parts.path.lstrip("/")
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{name}"')
-    database = Database(settings.database_url)
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    database.upgrade()
+    database = empty_store(settings.database_url)
     now = utcnow()
     with database.transaction() as session:
         specs = load_file(settings.programs_file)
