@@ -590,13 +590,13 @@ class _Combined:
 
     def __init__(self, phrases: Sequence[_Phrase]) -> None:
         always, by_first = [], {}
-        for phrase in phrases:
-            if phrase.bounded:
-                first = _first_characters(phrase.source)
-                for character in first if first is not None else ():
-                    by_first.setdefault(character, []).append(phrase.source)
-                if first is None:
-                    always.append(phrase.source)
+        for phrase in (phrase for phrase in phrases if phrase.bounded):
+            first = _first_characters(phrase.source)
+            if first is None:
+                always.append(phrase.source)
+                continue
+            for character in first:
+                by_first.setdefault(character, []).append(phrase.source)
         self._always = _alternation(always)
         self._by_first = {character: _alternation(sources + always) for character, sources in by_first.items()}
         anywhere = [f"(?:{phrase.source})" for phrase in phrases if not phrase.bounded]

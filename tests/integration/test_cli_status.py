@@ -46,7 +46,7 @@ def test_status_names_an_unreachable_broker(status, gateway):
     assert "PROBLEM: the broker cannot be reached" in result.stderr
 
 
-def test_status_says_whether_postgresql_runs_autovacuum(status, gateway, db):
+def test_status_says_whether_postgresql_runs_autovacuum(status, db):
     # Off, the statistics and the prepared statements' plans of a table that grew stay those of when
     # it was small (a send gate planned on an empty messages table scans it on every send).
     lines = dict(line.split("  ", 1) for line in status().stdout.splitlines())
