@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import (
-    ARRAY,
     JSON,
-    BigInteger,
     Table,
     Text,
-    any_,
     bindparam,
     cast,
     create_engine,
@@ -446,13 +443,14 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
     shape = (
         None if guard is None else (guard[0].name, tuple(guard[2]), tuple(guard[3])),
         tuple((table.name, columns) for table, columns in inserts),
-        tuple((table.name, columns) for table, columns in updates),
+        tuple((table.name, columns, len(rows)) for (table, columns), rows in updates.items()),
         tuple(table.name for table, _ in writes.deletes),
         tuple(part.name for part, _ in writes.parts),
     )
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), list(updates), writes.deletes,
+        counted = [(table, columns, len(rows)) for (table, columns), rows in updates.items()]
+        statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), counted, writes.deletes,
                                                            [part for part, _ in writes.parts]))
     params: dict = {}
     if guard is not None:
@@ -464,7 +462,7 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
         params[f"i{index}"] = _json_rows(rows)
     for index, rows in enumerate(updates.values()):
         params[f"u{index}"] = _json_rows(rows)
-        params[f"u{index}_ids"] = [row["id"] for row in rows]
+        params.update({f"u{index}_id{position}": row["id"] for position, row in enumerate(rows)})
     for index, (_, row_id) in enumerate(writes.deletes):
         params[f"d{index}_id"] = row_id
     for index, (_, values) in enumerate(writes.parts):
@@ -515,12 +513,16 @@ def _build(guard, inserts: list[tuple], updates: list[tuple], deletes: list, par
         chosen = select(*(rows.c[column] for column in columns))
         ctes.append(insert(table).from_select(list(columns), chosen if gate is None else chosen.where(gate))
                     .cte(f"insert_{index}"))
-    for index, (table, columns) in enumerate(updates):
+    for index, (table, columns, count) in enumerate(updates):
         rows = _recordset(table, f"u{index}", ("id", *columns))
-        # The ids again as an array: the planner guesses 100 rows for any set-returning function, and
-        # joined on that guess alone it scanned the whole table to update two rows.
-        ids = cast(bindparam(f"u{index}_ids"), ARRAY(BigInteger))
-        changed = (update(table).where(table.c.id == any_(ids), table.c.id == rows.c.id)
+        # The ids again, each a parameter of its own: the planner guesses 100 rows for any set-returning
+        # function, and joined on that guess alone it scanned the whole table to update two rows. Not
+        # one array parameter: PostgreSQL guesses ten elements for an array it plans for in general and
+        # knows the count of one it is given, so it judged its generic plan dearer than one made for
+        # the values at hand and planned the whole statement again on every execution (a YES: 0.3 ms
+        # of the server's CPU). A list of `count` parameters counts the same either way.
+        ids = [bindparam(f"u{index}_id{position}") for position in range(count)]
+        changed = (update(table).where(table.c.id.in_(ids), table.c.id == rows.c.id)
                    .values({column: rows.c[column] for column in columns}))
         ctes.append((changed if gate is None else changed.where(gate)).cte(f"update_{index}"))
     for index, (table, _) in enumerate(deletes):

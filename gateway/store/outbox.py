@@ -271,7 +271,9 @@ class _BlockWaiting:
 
     def ctes(self, gate, prefix: str) -> list:
         messages, events = self._MESSAGES, self._EVENTS
-        # The ids as an array, as `Writes` does for its updates: one index range of the number's messages.
+        # One index range of the number's messages, filtered by program (an array: its count does not
+        # tip PostgreSQL into planning this statement per execution, tests/integration/store/
+        # test_generic_plans.py; `Writes` passes an update's ids one by one because there it did).
         program_ids = messages.c.program_id == any_(cast(bindparam(f"{prefix}program_ids"), ARRAY(BigInteger)))
         blocked = update(messages).where(*self._where(prefix, program_ids))
         if gate is not None:
