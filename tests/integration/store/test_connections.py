@@ -6,13 +6,10 @@ as a restart or pg_terminate_backend does, and check that the next text and the 
 transaction still land. Only a database server can end a connection: SQLite has none.
 """
 
-import dataclasses
 
-import pytest
 from sqlalchemy import func, select, text
 
 from gateway.services import inbound
-from gateway.store.database import Database
 from gateway.store.models import InboundMessage
 
 SENDER = "+15005550006"
@@ -31,16 +28,6 @@ def end_on_the_server(db, pid: int) -> None:
 def stored_texts(db) -> int:
     with db.sessions() as session:
         return session.scalar(select(func.count()).select_from(InboundMessage))
-
-
-@pytest.fixture
-def own_pools(gateway, settings):
-    """A Gateway whose Database has pools of its own, so ending their connections touches nothing else."""
-    if gateway.db.dialect != "postgresql":
-        pytest.skip("only a database server ends connections; the embedded SQLite store has none")
-    database = Database(settings.database_url)
-    yield dataclasses.replace(gateway, db=database)
-    database.dispose()
 
 
 def test_a_text_after_the_server_ended_the_pooled_connection_is_still_recorded(own_pools, db):

@@ -8,14 +8,11 @@ run every kind of text a dozen times on a pool of their own and ask the server, 
 prepared on that connection, how it was planned.
 """
 
-import dataclasses
 import itertools
 
-import pytest
 from sqlalchemy import text
 
 from gateway.services import inbound
-from gateway.store.database import Database
 from tests.sandbox_support import confirmed
 
 SHARED_SENDER = "+15005550006"  # deals and alerts
@@ -30,18 +27,9 @@ ROUND = ((SHARED_SENDER, "STOP"), (SHARED_SENDER, "DEALS"), (SHARED_SENDER, "YES
 ROUNDS = 12  # 5 unprepared, 5 planned for their values, then the generic plan if PostgreSQL keeps it
 
 
-@pytest.fixture
-def own_pool(gateway, settings):
-    """A Gateway whose Database has a pool of its own: one connection, holding only this test's statements."""
-    if gateway.db.dialect != "postgresql":
-        pytest.skip("how PostgreSQL plans prepared statements; SQLite prepares nothing across calls")
-    database = Database(settings.database_url)
-    yield dataclasses.replace(gateway, db=database)
-    database.dispose()
-
-
 def others(db, count: int) -> None:
-    """`count` other people, each opted in to every program: a store the size of a small deployment."""
+    """`count` other people, each opted in to every program and sent three texts of each: a store the
+    size of a small deployment."""
     with db.statements() as connection:
         connection.execute(text("""
             INSERT INTO numbers (e164, kind, reachability, ledger_seq, ledger_head, created_at)
@@ -61,7 +49,7 @@ def others(db, count: int) -> None:
             WHERE numbers.e164 LIKE '+1415600%'"""))
 
 
-def test_every_statement_of_the_webhook_settles_on_a_generic_plan(own_pool, db):
+def test_every_statement_of_the_webhook_settles_on_a_generic_plan(own_pools, db):
     others(db, 1000)
     for person in PEOPLE:
         confirmed(db, person, "deals", "alerts", "orders")
@@ -69,8 +57,8 @@ def test_every_statement_of_the_webhook_settles_on_a_generic_plan(own_pool, db):
     for _ in range(ROUNDS):
         for person in PEOPLE:
             for sender, body in ROUND:
-                inbound.handle(own_pool, inbound.InboundText(f"SM{next(sids):032x}", person, sender, body))
-    with own_pool.db.statements() as connection:
+                inbound.handle(own_pools, inbound.InboundText(f"SM{next(sids):032x}", person, sender, body))
+    with own_pools.db.statements() as connection:
         prepared = connection.execute(text(
             "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")).all()
     # Every statement the webhook runs for these texts was prepared: the read, and the write of each path.
