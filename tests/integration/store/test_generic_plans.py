@@ -4,8 +4,8 @@ psycopg prepares a statement it has run five times on a connection; PostgreSQL t
 five executions for their values and, from the sixth, keeps one generic plan unless that looks dearer.
 A statement whose generic plan looks dearer is planned anew on every execution: the write of a YES
 (four WITH clauses) cost 0.3 ms of the server's CPU that way, more than its execution. These tests
-run every kind of text a dozen times on a pool of their own and ask the server, for each statement
-prepared on that connection, how it was planned.
+run every kind of text, and sends through the API, a dozen times on a pool of their own and ask the
+server, for each statement prepared on that connection, how it was planned.
 """
 
 import itertools
@@ -49,6 +49,19 @@ def others(db, count: int) -> None:
             WHERE numbers.e164 LIKE '+1415600%'"""))
 
 
+def planned(gateway) -> list:
+    """(statement, generic plans, custom plans) of every statement prepared on the pool's connection."""
+    with gateway.db.statements() as connection:
+        return connection.execute(text(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")).all()
+
+
+def replanned(prepared: list) -> list:
+    """The statements PostgreSQL went on planning for their values after its first five plans."""
+    return [(row.statement[:200], row.custom_plans) for row in prepared
+            if row.generic_plans + row.custom_plans > 5 and row.custom_plans > 5]
+
+
 def test_every_statement_of_the_webhook_settles_on_a_generic_plan(own_pools, db):
     others(db, 1000)
     for person in PEOPLE:
@@ -58,12 +71,28 @@ def test_every_statement_of_the_webhook_settles_on_a_generic_plan(own_pools, db)
         for person in PEOPLE:
             for sender, body in ROUND:
                 inbound.handle(own_pools, inbound.InboundText(f"SM{next(sids):032x}", person, sender, body))
-    with own_pools.db.statements() as connection:
-        prepared = connection.execute(text(
-            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")).all()
+    prepared = planned(own_pools)
     # Every statement the webhook runs for these texts was prepared: the read, and the write of each path.
     decided = [row for row in prepared if row.generic_plans + row.custom_plans > 5]
     assert len(decided) >= 8, [row.statement[:60] for row in prepared]
-    replanned = [(row.statement[:200], row.custom_plans) for row in decided if row.custom_plans > 5]
-    assert replanned == []
+    assert replanned(prepared) == []
     assert all(row.generic_plans > 0 for row in decided)
+
+
+def test_every_statement_of_the_send_api_settles_on_a_generic_plan(own_pools, app, client, make_key, db,
+                                                                    monkeypatch):
+    others(db, 1000)
+    for person in PEOPLE:
+        confirmed(db, person, "deals", "alerts", "orders")
+    monkeypatch.setitem(app.extensions, "gateway", own_pools)  # the views use the pool of this test
+    headers = {"Authorization": f"Bearer {make_key('send')}"}
+    for round_ in range(ROUNDS):
+        for person in PEOPLE:
+            for program in ("alerts", "orders"):
+                answer = client.post("/v1/messages", headers=headers,
+                                     json={"to": person, "program": program, "body": f"Update {round_}"})
+                assert answer.status_code == 202, answer.get_json()
+    prepared = planned(own_pools)
+    # The gate's read of the number and the write of the message with its first step, at least.
+    assert len([row for row in prepared if row.generic_plans > 0]) >= 2, [row.statement[:60] for row in prepared]
+    assert replanned(prepared) == []
