@@ -436,7 +436,8 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
     Each table's rows travel as ONE JSON parameter (json_populate_recordset turns it back into rows
     of that table's type), so the statement's text and its parameter count stay small whatever the
     number of rows: psycopg re-parses, on every execution, a statement with more than 50 parameters,
-    which cost more than the rest of a STOP.
+    which cost more than the rest of a STOP. Only an update's ids add a parameter a row (see `_build`):
+    the consents of one number, a handful.
     """
     inserts, updates = _groups(writes)
     guard = writes.guard
