@@ -441,16 +441,16 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
     """
     inserts, updates = _groups(writes)
     guard = writes.guard
+    counted = [(table, columns, len(rows)) for (table, columns), rows in updates.items()]
     shape = (
         None if guard is None else (guard[0].name, tuple(guard[2]), tuple(guard[3])),
         tuple((table.name, columns) for table, columns in inserts),
-        tuple((table.name, columns, len(rows)) for (table, columns), rows in updates.items()),
+        tuple((table.name, columns, count) for table, columns, count in counted),
         tuple(table.name for table, _ in writes.deletes),
         tuple(part.name for part, _ in writes.parts),
     )
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        counted = [(table, columns, len(rows)) for (table, columns), rows in updates.items()]
         statement = _STATEMENTS[shape] = driver_sql(_build(guard, list(inserts), counted, writes.deletes,
                                                            [part for part, _ in writes.parts]))
     params: dict = {}
