@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, text
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -169,6 +169,30 @@ def confirmed(db, e164: str, *slugs: str) -> None:
             consents.apply(session, row, program, Input.API_REQUEST, consents.Evidence(Source.API), now=now,
                            expires_at=now + timedelta(hours=48))
             consents.apply(session, row, program, Input.CONFIRM_YES, consents.Evidence(Source.SMS), now=now)
+
+
+def other_people(db, count: int, *slugs: str, texts: int = 0) -> None:
+    """A store with `count` other people in it (PostgreSQL): each opted in to `slugs` (every program
+    without any), with `texts` delivered messages of each of those programs. Written in bulk, without
+    ledger events: for tests of what the store's size does to query plans, not of the people."""
+    with db.statements() as connection:
+        connection.execute(text("""
+            INSERT INTO numbers (e164, kind, reachability, ledger_seq, ledger_head, created_at)
+            SELECT '+1415600' || lpad(i::text, 4, '0'), 'mobile', 'ok', 0, repeat('0', 64), now()
+            FROM generate_series(1, :count) i"""), {"count": count})
+        chosen = "programs.slug = ANY(:slugs)" if slugs else "true"
+        connection.execute(text(f"""
+            INSERT INTO consents (number_id, program_id, status, restorable, updated_at)
+            SELECT numbers.id, programs.id, 'opted_in', false, now()
+            FROM numbers CROSS JOIN programs WHERE numbers.e164 LIKE '+1415600%' AND {chosen}"""),
+                           {"slugs": list(slugs)})
+        connection.execute(text(f"""
+            INSERT INTO messages (id, number_id, program_id, kind, sender, body, segments, encoding, status,
+                                  attempts, created_at, updated_at)
+            SELECT md5(numbers.id || '-' || programs.id || '-' || n), numbers.id, programs.id, 'marketing',
+                   programs.sender, 'Hello', 1, 'GSM-7', 'delivered', 1, now(), now()
+            FROM numbers CROSS JOIN programs CROSS JOIN generate_series(1, :texts) n
+            WHERE numbers.e164 LIKE '+1415600%' AND {chosen}"""), {"texts": texts, "slugs": list(slugs)})
 
 
 def queue(gateway, e164: str, slug: str, body: str) -> str:

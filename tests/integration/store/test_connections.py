@@ -6,7 +6,6 @@ as a restart or pg_terminate_backend does, and check that the next text and the 
 transaction still land. Only a database server can end a connection: SQLite has none.
 """
 
-
 from sqlalchemy import func, select, text
 
 from gateway.services import inbound

@@ -8,7 +8,7 @@ takes the rest with it, and the webhook then reads again instead of losing or do
 
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.consent import Input, Source
@@ -18,7 +18,7 @@ from gateway.store import consents as store_consents
 from gateway.store import ledger, programs
 from gateway.store.database import Writes, _one_statement, on_driver
 from gateway.store.models import Consent, InboundMessage, LedgerEvent, PhoneNumber, utcnow
-from tests.sandbox_support import confirmed
+from tests.sandbox_support import confirmed, other_people
 
 PERSON = "+14155552671"
 SENDER = "+15005550006"  # deals and alerts
@@ -125,15 +125,8 @@ def test_a_change_to_two_consents_finds_them_by_index_not_by_scanning_the_table(
         pytest.skip("a query plan of PostgreSQL's; SQLite runs the writes one by one, by id")
     confirmed(db, PERSON, "deals", "alerts")
     deals, alerts = on_sender(db)
-    with db.statements() as connection:  # a store with other people in it
-        connection.execute(text("""
-            INSERT INTO numbers (e164, kind, reachability, ledger_seq, ledger_head, created_at)
-            SELECT '+1415600' || lpad(i::text, 4, '0'), 'mobile', 'ok', 0, repeat('0', 64), now()
-            FROM generate_series(1, 5000) i"""))
-        connection.execute(text("""
-            INSERT INTO consents (number_id, program_id, status, restorable, updated_at)
-            SELECT id, :deals, 'opted_in', false, now() FROM numbers WHERE e164 LIKE '+1415600%'"""),
-                           {"deals": deals.id})
+    other_people(db, 5000, "deals")
+    with db.statements() as connection:
         state = store_consents.held(connection, PERSON, [deals.id, alerts.id])
         planned = consents.plan(state, [deals, alerts], Input.KEYWORD_STOP, SMS, now=utcnow())
         sql, params = _one_statement(planned.writes)
