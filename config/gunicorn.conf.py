@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gateway import logs, run_lock
+from gateway import bootstrap, logs, run_lock
 from gateway.config import load_settings
 
 # WEB_HOST and PORT from the same settings every process reads (a bad value stops start-up here,
@@ -50,3 +50,7 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    bootstrap.freeze_loaded_heap()  # the app is built (load_wsgi ran before this hook)

@@ -40,6 +40,12 @@ def _serve_metrics(**_):
     log.info("worker metrics on http://%s:%d/metrics", gateway.settings.web_host, port)
 
 
+@worker_ready.connect
+def _freeze_loaded_heap(**_):
+    # The Procfile's thread pool runs every task in this process, on what it has loaded by now.
+    bootstrap.freeze_loaded_heap()
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _mask_numbers(logger, **_):
