@@ -34,7 +34,13 @@ _NANP = re.compile(
 # A quick look for what might still be a number in another form (a bare run of digits, another
 # country's national format): seven digits or more with at most separators between them, not part of
 # a word (a Twilio SID's hex is not worth asking phonenumbers about).
-_DIGIT_RUN = re.compile(r"(?<![^\W_])\d(?:[ ().-]{0,2}\d){6,}(?![^\W_])")
+# The lookbehind comes after the first digit (a digit not preceded by a letter or digit), so the
+# pattern starts with \d and re skips to the digits instead of trying the whole pattern at every
+# character: masking is most of what a log line costs.
+_DIGIT_RUN = re.compile(r"\d(?<![^\W_]\d)(?:[ ().-]{0,2}\d){6,}(?![^\W_])")
+# Every North American number written as above holds a digit, a separator and four digits: a text
+# without them is not searched with _NANP (whose lookbehind is tried at every character).
+_NANP_HINT = re.compile(r"\d[ .-]\d{4}")
 
 _ANY_DIGIT = re.compile(r"\d")
 
@@ -52,7 +58,8 @@ def mask_text(text: str) -> str:
     if not text or not _ANY_DIGIT.search(text):
         return text
     text = _E164.sub(lambda match: match.group(1) + mask("+" + match.group(2))[1:], text)
-    text = _NANP.sub(lambda m: mask(f"+1{m.group(1) or m.group(2)}{m.group(3)}{m.group(4)}"), text)
+    if _NANP_HINT.search(text):
+        text = _NANP.sub(lambda m: mask(f"+1{m.group(1) or m.group(2)}{m.group(3)}{m.group(4)}"), text)
     if not _DIGIT_RUN.search(text):
         return text
     # Anything else phonenumbers finds valid in the default region: bare national numbers
