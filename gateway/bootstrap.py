@@ -43,5 +43,6 @@ def freeze_loaded_heap() -> None:
     collector's full collections stop walking it. A web worker under the inbound benchmark held
     ~150,000 such objects; unfrozen, a full collection came every ~10 s of its CPU and took 340-420
     ms (3-4% of its time, and a pause of that length for the request it fell in); frozen, 20-45 ms
-    (bench/README.md). What is frozen is never collected, so only what the process loaded goes."""
+    (bench/README.md). A frozen object is never collected, even if it later becomes cyclic garbage:
+    hence once, on what the process loaded, and not again."""
     gc.freeze()
