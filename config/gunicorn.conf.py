@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gateway import bootstrap, logs, run_lock
+from gateway import logs, run_lock
 from gateway.config import load_settings
 
 # WEB_HOST and PORT from the same settings every process reads (a bad value stops start-up here,
@@ -53,4 +53,7 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
+    # Imported here, in the worker whose app loaded it already, so the master stays light.
+    from gateway import bootstrap
+
     bootstrap.freeze_loaded_heap()  # the app is built (load_wsgi ran before this hook)
