@@ -284,6 +284,24 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     pytest.fail(f"condition not met within {timeout}s: {what or getattr(predicate, '__name__', predicate)}")
 
 
+@contextlib.contextmanager
+def gunicorn_serving(tmp_path: Path, app: str, *options: str, **popen) -> Iterator[int]:
+    """gunicorn with the Procfile's config (config/gunicorn.conf.py), one worker serving the WSGI app
+    `app` ("module:name") on a free port, yielded; stopped when the block ends. The config reads the
+    settings: the sandbox's, as `make run` would give them."""
+    port = _free_port()
+    env = {**os.environ, "SANDBOX": "on", "VAR_DIR": str(tmp_path / "var"),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "config/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
+         "-w", "1", *options, app], cwd=ROOT, env=env, **popen)
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With FORBID_SKIPS set (CI's PostgreSQL run), a skipped test fails the run: skips hide gaps."""
     if os.environ.get("FORBID_SKIPS") and exitstatus == 0:

@@ -6,33 +6,24 @@ import os
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
-from tests.conftest import ROOT, _free_port, wait_for
+from tests.conftest import ROOT, gunicorn_serving, wait_for
 
 
 def test_a_gunicorn_worker_freezes_what_it_loaded(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "SANDBOX": "on", "VAR_DIR": str(tmp_path / "var"),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "config/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-         "-w", "1", "tests.gc_wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     answers = []
+    with gunicorn_serving(tmp_path, "tests.gc_wsgi:app", stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as port:
 
-    def answered() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                answers.append(int(response.read()))
-            return True
-        except OSError:
-            return False
+        def answered() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    answers.append(int(response.read()))
+                return True
+            except OSError:
+                return False
 
-    try:
         wait_for(answered, timeout=30)
-    finally:
-        server.terminate()
-        server.wait(10)
     # Everything the worker imported (gunicorn, the settings, SQLAlchemy) is out of the collector's reach.
     assert answers[-1] > 10_000
 

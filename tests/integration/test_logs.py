@@ -3,13 +3,8 @@ database errors carry neither bound parameters nor the values PostgreSQL quotes 
 
 import io
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, text
@@ -18,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from gateway import logs
 from gateway.store import database as db_module
 from gateway.store.models import InboundMessage, PhoneNumber
-from tests.conftest import ROOT, wait_for
+from tests.conftest import gunicorn_serving, wait_for
 from tests.integration.web.test_api_messages import consent
 
 MARKER = "zebra-marker-7Q"  # a message body nobody else writes
@@ -168,24 +163,11 @@ def test_bodies_and_evidence_on_erroring_requests_stay_out_of_the_log(client, ma
     assert "4155550147" not in caplog.text and "4155550148" not in caplog.text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_gunicorns_error_log_masks_a_failing_request(tmp_path):
     """gunicorn (config/gunicorn.conf.py) logs an exception that escapes the app with the request's
     URI and the traceback: both masked."""
-    port = _free_port()
     errors = tmp_path / "error.log"
-    # gunicorn.conf.py reads the settings: the sandbox's, as `make run` would give them.
-    env = {**os.environ, "SANDBOX": "on", "VAR_DIR": str(tmp_path / "var"),
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"), "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "config/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-         "-w", "1", "--error-logfile", str(errors), "tests.failing_wsgi:app"], cwd=ROOT, env=env)
-    try:
+    with gunicorn_serving(tmp_path, "tests.failing_wsgi:app", "--error-logfile", str(errors)) as port:
         wait_for(lambda: errors.exists() and "Booting worker" in errors.read_text(), timeout=30)
         with pytest.raises(urllib.error.HTTPError) as failed:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/consents/4155550147/export?to=%2B14155550148",
@@ -194,9 +176,6 @@ def test_gunicorns_error_log_masks_a_failing_request(tmp_path):
         wait_for(lambda: "RuntimeError" in errors.read_text(), timeout=10)
         time.sleep(0.2)
         printed = errors.read_text()
-    finally:
-        server.terminate()
-        server.wait(10)
     assert "Error handling request" in printed and "Traceback" in printed
     assert "/v1/consents/+1415***0147/export?to=%2B1415***0148" in printed
     assert "RuntimeError: no consent for +1415***0149" in printed
