@@ -18,6 +18,7 @@ from gateway.domain.consent import Status as ConsentStatus
 from gateway.domain.outbound import Status
 from gateway.store import dialect
 from gateway.store.models import (
+    PENDING_DEADLINE,
     Consent,
     InboundMessage,
     InboundWatermark,
@@ -59,9 +60,11 @@ def backlog(connection: Connection, now: datetime) -> Backlog:
 
 
 def pending_requests(connection: Connection) -> int:
-    """Double opt-in requests waiting for their YES (expired ones not yet swept count until they are)."""
+    """Double opt-in requests waiting for their YES (expired ones not yet swept count until they are).
+
+    Read from the index of consents with a deadline (PENDING_DEADLINE), not the whole table."""
     return connection.scalar(select(func.count()).select_from(_CONSENTS)
-                             .where(_CONSENTS.c.status == ConsentStatus.PENDING.value)) or 0
+                             .where(PENDING_DEADLINE, _CONSENTS.c.status == ConsentStatus.PENDING.value)) or 0
 
 
 def beat(connection: Connection, worker: str, now: datetime) -> None:
