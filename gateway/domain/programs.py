@@ -134,9 +134,11 @@ class ProgramSpec:
     def sender_key(self) -> str:
         return self.sender or self.messaging_service or ""
 
-    def text(self, template: str, language: str | None = None) -> str:
+    def text(self, template: str, language: str | None = None, *, name: str | None = None,
+             frequency: str | None = None) -> str:
         """Render one of the program's message templates ("help": its HELP text), in `language` when
-        the program has that text in it, else in the program's own language."""
+        the program has that text in it, else in the program's own language. `name` and `frequency`:
+        what the text names instead of this program's (one reply for several programs)."""
         translated = self.translation(language)
         if template in translated:
             source = translated[template]
@@ -145,7 +147,7 @@ class ProgramSpec:
         else:
             source = self.templates.get(template) or LATER_TEMPLATES[template]
         return source.format(
-            name=self.name, frequency=self.frequency, help=self.help,
+            name=name or self.name, frequency=frequency or self.frequency, help=self.help,
             terms_url=self.terms_url or "", privacy_url=self.privacy_url or "",
         )
 
@@ -366,8 +368,29 @@ class StoredProgram(Protocol):
 
 
 def spec_of(program: StoredProgram) -> ProgramSpec:
-    """The definition a stored program was loaded from."""
-    data = dict(program.settings["spec"])
+    """The definition a stored program was loaded from.
+
+    Built once per stored definition: every inbound text asks for its programs' replies, and the
+    programs' cache hands out the same stored copies for seconds at a time. A stored definition is
+    replaced, never changed in place (it is a JSON column's value), so its identity is its key; the
+    entry holds it, so the identity cannot be reused while cached."""
+    stored = program.settings["spec"]
+    hit = _SPECS.get(id(stored))
+    if hit is not None and hit[0] is stored:
+        return hit[1]
+    spec = _spec_from(stored)
+    if len(_SPECS) >= _SPECS_LIMIT:
+        _SPECS.clear()  # the programs' cache reloads every few seconds: old copies must not pile up here
+    _SPECS[id(stored)] = (stored, spec)
+    return spec
+
+
+_SPECS: dict[int, tuple[Mapping[str, Any], ProgramSpec]] = {}
+_SPECS_LIMIT = 256
+
+
+def _spec_from(stored: Mapping[str, Any]) -> ProgramSpec:
+    data = dict(stored)
     data["join_keywords"] = tuple(data["join_keywords"])
     data["allowed_countries"] = tuple(data["allowed_countries"])
     data["service_numbers"] = tuple(data.get("service_numbers", ()))

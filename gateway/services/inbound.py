@@ -528,9 +528,8 @@ def reply_text(for_programs: list[Program], template: str, language: str | None 
     first = specs[0]
     if len(specs) == 1:
         return first.text(template, language)
-    frequencies = list(dict.fromkeys(spec.frequency for spec in specs))
-    combined = replace(first, name=" & ".join(spec.name for spec in specs), frequency="; ".join(frequencies))
-    return combined.text(template, language)
+    return first.text(template, language, name=" & ".join(spec.name for spec in specs),
+                      frequency="; ".join(dict.fromkeys(spec.frequency for spec in specs)))
 
 
 __all__ = ["BadInbound", "Contended", "Handled", "InboundText", "handle", "reply_text"]

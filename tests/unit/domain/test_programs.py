@@ -202,6 +202,21 @@ def test_a_stored_daily_cap_reads_as_a_cap_per_day(tmp_path):
     assert (spec_of(Stored).max_messages, spec_of(Stored).per) == (3, "day")
 
 
+def test_a_stored_definition_read_again_is_the_same_and_a_replaced_one_is_read_anew(tmp_path):
+    from gateway.domain.programs import spec_of
+
+    (spec,) = load_file(write(tmp_path, UNCAPPED))
+
+    class Stored:
+        settings = {"spec": asdict(spec)}
+
+    first = spec_of(Stored)
+    assert first == spec and spec_of(Stored) is first  # built once for one stored definition
+    Stored.settings = {"spec": {**asdict(spec), "name": "Renamed"}}  # as `programs load` stores a new one
+    assert spec_of(Stored).name == "Renamed"
+    assert spec_of(type("Equal", (), {"settings": {"spec": asdict(spec)}})) == spec  # an equal copy: equal
+
+
 # --------------------------------------------------------------------------------------------------
 # Languages: the program's own, and its replies in others
 
