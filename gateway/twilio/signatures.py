@@ -34,12 +34,9 @@ def signature_algorithm(settings_header: str | None) -> str | None:
 def signed_params(params) -> str:
     """POST parameters as Twilio appends them to the URL: names sorted, then each name's distinct
     values sorted, every pair as name+value with no separator (an empty value still adds its name)."""
-    getlist = getattr(params, "getlist", None)
-    parts = []
-    for name in sorted(set(params)):
-        values = getlist(name) if getlist else [params[name]]
-        parts.extend(name + value for value in sorted(set(values)))
-    return "".join(parts)
+    # A form (werkzeug's MultiDict) gives each name with all its values at once; a plain mapping one value.
+    named = params.lists() if hasattr(params, "lists") else ((name, (value,)) for name, value in params.items())
+    return "".join(name + value for name, values in sorted(named) for value in sorted(set(values)))
 
 
 @functools.lru_cache(maxsize=64)  # a handful of webhook URLs, asked about on every request
