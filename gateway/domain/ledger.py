@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import takewhile
 from json.encoder import encode_basestring
@@ -71,8 +71,13 @@ def hashed_content(event) -> dict:
     return content
 
 
-def _content_hash(fields: dict) -> str:
-    return _hash(*(fields[name] for name in HASHED))
+def _content_text(fields: dict) -> str:
+    """What the hash of an event with these fields covers, as canonical JSON text."""
+    return _placed(unplaced(fields["type"], fields["input"], fields["program_id"], fields["expires_at"],
+                            fields["source"], fields["actor"], fields["reference"], fields["evidence_digest"],
+                            fields["occurred_at"]),
+                   fields["number_id"], fields["seq"], fields["prev_hash"], fields["status_before"],
+                   fields["status_after"])
 
 
 def _json(value) -> str:
@@ -115,9 +120,13 @@ def unplaced(type, input, program_id, expires_at, source, actor, reference, evid
 
 def placed_hash(text: Unplaced, number_id, seq, prev_hash, status_before, status_after) -> str:
     """The hash of the event `text` describes, placed at `seq` on the number's chain after `prev_hash`."""
-    return hashlib.sha256(f'{text[0]}{_json(number_id)}{text[1]}{_json(prev_hash)}{text[2]}{_json(seq)}{text[3]}'
-                          f'{_json(status_after)},"status_before":{_json(status_before)}{text[4]}'.encode()
-                          ).hexdigest()
+    return hashlib.sha256(_placed(text, number_id, seq, prev_hash, status_before, status_after).encode()).hexdigest()
+
+
+def _placed(text: Unplaced, number_id, seq, prev_hash, status_before, status_after) -> str:
+    """The canonical JSON text of what the hash of the event `text` describes covers, once placed."""
+    return (f'{text[0]}{_json(number_id)}{text[1]}{_json(prev_hash)}{text[2]}{_json(seq)}{text[3]}'
+            f'{_json(status_after)},"status_before":{_json(status_before)}{text[4]}')
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,14 @@ class Event:
     occurred_at: datetime
     prev_hash: str
     hash: str
+    # The whole event as one JSON object: its hashed content and its evidence as the canonical JSON
+    # text their hashes were computed over (so what is stored is, byte for byte, what was hashed), and
+    # its hash. Keys not in canonical order: an object for a store to read, not to hash.
+    json: str = field(default="", repr=False, compare=False)
+
+    def row(self) -> dict:
+        """The event's columns and their values (without `json`)."""
+        return {name: getattr(self, name) for name in _COLUMNS}
 
 
 def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event]:
@@ -148,17 +165,22 @@ def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event
     Pure: the caller holds the number's row lock and writes the events and the new head together.
     """
     events = []
-    digests: dict[int, str] = {}  # one opt-out's events share one evidence: hashed once
+    evidences: dict[int, tuple[str, str]] = {}  # one opt-out's events share one evidence: written once
     for draft in drafts:
         seq += 1
         evidence = draft["evidence"]
-        digest = draft.get("evidence_digest") or digests.get(id(evidence))  # a bulk import hashes it ahead
-        if digest is None:
-            digest = digests[id(evidence)] = evidence_digest(evidence)
+        written = evidences.get(id(evidence))
+        if written is None:
+            written = evidences[id(evidence)] = canonical_evidence(evidence)
+        evidence_text, digest = written
         placed = dict(draft, number_id=number_id, seq=seq, prev_hash=head, evidence_digest=digest)
-        head = _content_hash(placed)
-        events.append(Event(**placed, hash=head))
+        content = _content_text(placed)
+        head = hashlib.sha256(content.encode()).hexdigest()
+        events.append(Event(**placed, hash=head, json=f'{{"evidence":{evidence_text},"hash":"{head}",{content[1:]}'))
     return events
+
+
+_COLUMNS = tuple(name for name in Event.__dataclass_fields__ if name != "json")
 
 
 def number_label(number_id: int, e164: str | None) -> str:

@@ -27,7 +27,7 @@ from gateway.domain.gate import Reason
 from gateway.domain.numbers import Number
 from gateway.store import bulk, dialect, outbox
 from gateway.store import ledger as ledger_store
-from gateway.store.database import Writes, driver_sql, rows
+from gateway.store.database import Encoded, Writes, driver_sql, rows
 from gateway.store.models import (
     Consent,
     InboundMessage,
@@ -159,7 +159,7 @@ def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: 
     writes = Writes().guarded_by(NUMBERS, state.number_id, {"ledger_seq": state.seq},
                                  {"ledger_seq": last.seq, "ledger_head": last.hash})
     for event in events:
-        writes.insert(EVENTS, vars(event))
+        writes.insert(EVENTS, Encoded(event.row(), event.json))
     for move in moves:
         if move.after.status is None:
             if move.consent_id is not None:

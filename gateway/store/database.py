@@ -471,10 +471,23 @@ def _one_statement(writes: Writes) -> tuple[str, dict]:
     return statement, params
 
 
+class Encoded(dict):
+    """A row that comes with its JSON text already written, which `Writes` sends as is on PostgreSQL
+    (a ledger event: its evidence as the very text its digest covers). Elsewhere, a row like any other."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, row: dict, json: str):
+        super().__init__(row)
+        self.json = json
+
+
 def _json_rows(rows: list[dict]) -> str:
-    # Keys sorted: a JSON column's text is stored as written, and a ledger event's evidence so written
-    # is its canonical JSON, the text its digest covers, which `ledger verify` then checks in SQL
-    # (store/ledger.py). The order of a row's own keys does not matter to json_populate_recordset.
+    if all(type(row) is Encoded for row in rows):
+        return f"[{','.join(row.json for row in rows)}]"
+    # Keys sorted: a JSON column's text is stored as written, and canonical JSON is what a digest over
+    # it covers (a ledger event's evidence: `ledger verify` checks it in SQL, store/ledger.py). The
+    # order of a row's own keys does not matter to json_populate_recordset.
     return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=_json_value)
 
 

@@ -212,7 +212,7 @@ def rewrite_chain(db, edit, phone=PHONE, cover_up=True):
         session.execute(delete(LedgerEvent).where(LedgerEvent.number_id == number.id))
         chained = chain(number.id, 0, GENESIS_HASH, edit(drafts))
         for event in chained:
-            session.add(LedgerEvent(**vars(event)))
+            session.add(LedgerEvent(**event.row()))
         number.ledger_seq, number.ledger_head = chained[-1].seq, chained[-1].hash
     if cover_up:
         rebuild(db)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.ledger import HASHED, _content_hash, event_hash, evidence_digest, hashed_content
+from gateway.domain.ledger import HASHED, _content_text, chain, event_hash, evidence_digest, hashed_content
 
 text = st.text(max_size=40)  # any code point: quotes, backslashes, control characters, U+2028, emoji
 maybe_text = st.none() | text
@@ -41,7 +41,8 @@ class Row:
     "actor": odd, "reference": odd, "evidence_digest": text, "occurred_at": moments, "prev_hash": text,
 }))
 def test_the_fast_hash_is_the_canonical_json_hash(content):
-    assert event_hash(Row(content)) == reference_hash(content) == _content_hash(content)
+    fast = hashlib.sha256(_content_text(content).encode()).hexdigest()
+    assert event_hash(Row(content)) == reference_hash(content) == fast
 
 
 def test_hashed_content_is_what_the_hash_covers():
@@ -60,3 +61,28 @@ def test_hashed_content_is_what_the_hash_covers():
 def test_the_evidence_digest_is_the_canonical_json_digest(evidence):
     canonical = json.dumps(evidence, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     assert evidence_digest(evidence) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+evidences = st.recursive(st.none() | st.booleans() | st.integers() | text,
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(text, evidences, max_size=5), st.fixed_dictionaries({
+    "type": text, "input": text, "program_id": st.none() | st.integers(min_value=1, max_value=10**9),
+    "status_before": maybe_text, "status_after": maybe_text, "expires_at": moments, "source": text,
+    "actor": maybe_text, "reference": maybe_text, "occurred_at": st.datetimes(timezones=st.just(UTC)),
+}))
+def test_a_chained_events_json_is_its_row_with_the_very_evidence_text_hashed(evidence, draft):
+    first, second = chain(7, 3, "p" * 64, [dict(draft, evidence=evidence), dict(draft, evidence=evidence)])
+    canonical = json.dumps(evidence, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    for event in (first, second):
+        row = event.row()
+        assert event.hash == reference_hash(row) and event.evidence_digest == evidence_digest(evidence)
+        # The evidence as the digest's very text, then every column's value.
+        assert event.json.startswith(f'{{"evidence":{canonical},"hash":"{event.hash}",')
+        stored = json.loads(event.json)
+        for moment in ("expires_at", "occurred_at"):
+            row[moment] = row[moment].isoformat(timespec="microseconds") if row[moment] else None
+        assert stored == row
+    assert (first.seq, second.seq, second.prev_hash) == (4, 5, first.hash)
