@@ -41,6 +41,7 @@ class Journal:
     def __init__(self, directory: Path, name: str = "inbound-journal"):
         self.directory = Path(directory)
         self.path = self.directory / f"{name}.jsonl"
+        self._path_text = str(self.path)  # for `is_empty`, asked on every webhook: os.stat without pathlib
         self.held_path = self.directory / f"{name}.held.jsonl"
         self._lock_path = self.directory / f"{name}.lock"
         self._replay_lock_path = self.directory / f"{name}.replay.lock"
@@ -57,7 +58,7 @@ class Journal:
     def is_empty(self) -> bool:
         """True when nothing waits to be replayed. A stat, no lock: cheap enough for every webhook."""
         try:
-            return self.path.stat().st_size == 0
+            return os.stat(self._path_text).st_size == 0
         except FileNotFoundError:
             return True
 

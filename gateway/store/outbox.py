@@ -42,7 +42,7 @@ from gateway.domain.outbound import MOVES, WAITING, Status, accepted_status, may
 from gateway.domain.pacing import PACED, Waiting
 from gateway.domain.segments import count as count_segments
 from gateway.store import bulk, dialect
-from gateway.store.database import Store, Writes, driver_sql, on_driver
+from gateway.store.database import Ids, Store, Writes, driver_sql, on_driver
 from gateway.store.models import (
     MessageEvent,
     OutboundMessage,
@@ -305,7 +305,7 @@ def block_waiting_into(writes: Writes, *, number_id: int, program_ids: Sequence[
                        now: datetime) -> None:
     """Block the number's queued and deferred messages of `program_ids` with `reason`, as part of `writes`."""
     if program_ids:
-        writes.part(_BLOCK_WAITING, {"number_id": number_id, "program_ids": list(program_ids), "reason": reason,
+        writes.part(_BLOCK_WAITING, {"number_id": number_id, "program_ids": Ids(program_ids), "reason": reason,
                                      "now": now})
 
 
