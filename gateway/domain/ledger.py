@@ -156,7 +156,7 @@ class Event:
 
     def row(self) -> dict:
         """The event's columns and their values (without `json`)."""
-        return {name: getattr(self, name) for name in _COLUMNS}
+        return {name: getattr(self, name) for name in COLUMNS}
 
 
 def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event]:
@@ -180,7 +180,8 @@ def chain(number_id: int, seq: int, head: str, drafts: list[dict]) -> list[Event
     return events
 
 
-_COLUMNS = tuple(name for name in Event.__dataclass_fields__ if name != "json")
+# An event's columns as stored, in its fields' order (its `json` is how it travels, not a column).
+COLUMNS = tuple(name for name in Event.__dataclass_fields__ if name != "json")
 
 
 def number_label(number_id: int, e164: str | None) -> str:

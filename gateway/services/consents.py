@@ -36,6 +36,10 @@ class Evidence:
     reference: str | None = None  # MessageSid, request id, message id
     details: dict = field(default_factory=dict)  # the exact text seen or sent, address, user agent…
 
+    def with_details(self, **more: object) -> Evidence:
+        """The same evidence with more details."""
+        return Evidence(self.source, self.actor, self.reference, {**self.details, **more})
+
 
 @dataclass(frozen=True)
 class Change:

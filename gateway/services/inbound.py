@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import phonenumbers
@@ -440,9 +440,7 @@ def _resubscribe(read: _Read) -> _Effect:
     if not steps:
         # Nothing was ever confirmed here: Twilio lifted its block, and that is all there is to it.
         return _Effect()
-    evidence = read.evidence
-    evidence = replace(evidence, details={**evidence.details, "twilio": "unblocked: the person was told "
-                                          "they are re-subscribed"})
+    evidence = read.evidence.with_details(twilio="unblocked: the person was told they are re-subscribed")
     planned = consents.plan_steps(read.state, steps, evidence, now=read.now)
     programs_ = restored + confirmed
     reply = reply_text(programs_, "welcome" if confirmed else "opt_in")
@@ -480,23 +478,24 @@ def _join(read: _Read, also: list[tuple[Program, Input]] | None = None) -> _Effe
     reachability = reachability_after(state.reachability, Reachability.OK)
     facts = Facts(read.e164, reachability, Status.PENDING.value, expires_at, state.suppressed,
                   region=state.region, kind=state.kind)
-    decision = policy.gate_of(read.gateway).decide(facts, program, Kind.CONFIRMATION, read.now,
-                                                   stage=Stage.CONFIRMATION)
+    gate = policy.gate_of(read.gateway)
+    decision = gate.decide(facts, program, Kind.CONFIRMATION, read.now)
     if not decision.allowed:
         # suppressed, landline, country: nothing recorded for the join, nothing said
         return _resubscribe_only(read, also) if also else _Effect()
-    body = spec_of(program).text("confirmation")
-    evidence = read.evidence
     if not carried:
-        details = {**evidence.details, "program_version": program.version,
-                   "confirmation_not_sent": "Twilio blocks this number on this sender since its opt-out; "
-                                            "the YES, START or UNSTOP that lifts the block confirms this request"}
-        planned = consents.plan(state, [program], step, replace(evidence, details=details), now=read.now,
-                                expires_at=expires_at)
+        evidence = read.evidence.with_details(
+            program_version=program.version,
+            confirmation_not_sent="Twilio blocks this number on this sender since its opt-out; the YES, START "
+                                  "or UNSTOP that lifts the block confirms this request")
+        planned = consents.plan(state, [program], step, evidence, now=read.now, expires_at=expires_at)
         return _Effect(events=_events(planned.changes), writes=planned.writes)
-    details = {**evidence.details, "confirmation_text": body, "program_version": program.version}
-    planned = consents.plan_steps(state, [*also, (program, step)], replace(evidence, details=details),
-                                  now=read.now, expires_at=expires_at)
+    body = spec_of(program).text("confirmation")
+    evidence = read.evidence.with_details(confirmation_text=body, program_version=program.version)
+    planned = consents.plan_steps(state, [*also, (program, step)], evidence, now=read.now, expires_at=expires_at)
+    # Recorded only now: the decision's record is kept with the confirmation text, and none is sent
+    # while Twilio blocks the number (above).
+    decision = gate.recorded(decision, facts, program, Kind.CONFIRMATION, read.now, Stage.CONFIRMATION)
     message_id = outbox.accept_into(planned.writes, number_id=state.number_id, program=program,
                                     kind=Kind.CONFIRMATION, body=body, decision=decision, now=read.now)
     reply = reply_text([p for p, _ in also], "opt_in") if also else None

@@ -62,8 +62,12 @@ class Gate:
                stage: Stage | None = None) -> Decision:
         """The rules' answer; with `stage`, carrying its record (Decision.record) for the message's history."""
         decision = gate_rules.decide(facts, program, kind, now, self.rules)
-        if stage is None:
-            return decision
+        return decision if stage is None else self.recorded(decision, facts, program, kind, now, stage)
+
+    def recorded(self, decision: Decision, facts: Facts, program: Program, kind: Kind, now: datetime,
+                 stage: Stage) -> Decision:
+        """`decision` on `facts` carrying its record, as made at `stage` (for a caller that learns only
+        after deciding whether a message will keep it)."""
         return replace(decision, record=Recorder(program, kind, now, self.rules, stage).record(facts, decision))
 
     def decide_many(self, facts: Mapping[K, Facts], program: Program, kind: Kind, now: datetime, *,
@@ -90,9 +94,7 @@ class Gate:
             # Erased: only its suppression hash is left, and the record knows nothing else of it.
             known = Facts(e164="", suppressed=True)
             decision = Decision(False, Reason.SUPPRESSED)
-            if stage is None:
-                return decision
-            return replace(decision, record=Recorder(program, kind, now, self.rules, stage).record(known, decision))
+            return decision if stage is None else self.recorded(decision, known, program, kind, now, stage)
         known = self.facts(store, [number], program, now, count_recent=kind is Kind.MARKETING,
                            exclude_message=message_id)[number.id]
         return self.decide(known, program, kind, now, stage=stage)

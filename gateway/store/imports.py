@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
 from datetime import datetime
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
@@ -39,7 +38,7 @@ NUMBERS, CONSENTS, EVENTS = PhoneNumber.__table__, Consent.__table__, LedgerEven
 IMPORTS, REFUSALS, PARTS = Import.__table__, ImportRefusal.__table__, ImportPart.__table__
 _MESSAGES = OutboundMessage.__table__
 
-EVENT_COLUMNS = tuple(column.name for column in fields(ledger.Event))
+EVENT_COLUMNS = ledger.COLUMNS
 _EVIDENCE = EVENT_COLUMNS.index("evidence")
 CONSENT_COLUMNS = ("number_id", "program_id", "status", "restorable", "expires_at", "updated_at")
 
