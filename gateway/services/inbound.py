@@ -280,7 +280,7 @@ def _record(connection: Connection, gateway: Gateway, text: InboundText, on_send
     may_unblock = twilio.filtering.reaction(body, True, text.opt_out_type) is Reaction.UNBLOCK
     for _ in range(_ATTEMPTS):
         state = store_consents.held(connection, text.from_, [p.id for p in ended] if act or may_unblock else [],
-                                    digest=digest)
+                                    digest=digest, waiting=intent in _MAY_END)
         if state is None:
             store_consents.create_number(connection, _number(text.from_, gateway.settings.default_region))
             continue
@@ -507,6 +507,9 @@ def _resubscribe_only(read: _Read, steps: list[tuple[Program, Input]]) -> _Effec
     return _Effect(reply_text([p for p, _ in steps], "opt_in"), events=_events(planned.changes),
                    writes=planned.writes)
 
+
+# The intents whose plan may end a consent, and so block the number's waiting messages in its write.
+_MAY_END = frozenset({Intent.OPT_OUT, Intent.OPT_OUT_ALL, Intent.WRONG_NUMBER, Intent.AMBIGUOUS})
 
 _PLANS = {
     Intent.OPT_OUT: _opt_out,

@@ -102,24 +102,32 @@ class Held:
     region: str | None = None
     suppressed: bool = False
     twilio_blocks: str = ""  # the senders Twilio blocks the number on (domain/twilio_filter.py)
+    # Whether the number may have messages waiting (queued or deferred) that a change ending a consent
+    # must block in its write. True unless the read looked and found none.
+    waiting: bool = True
 
 
-def held(connection: Connection, e164: str, program_ids: list[int], *, digest: str | None = None) -> Held | None:
+def held(connection: Connection, e164: str, program_ids: list[int], *, digest: str | None = None,
+         waiting: bool = False) -> Held | None:
     """What `e164` holds now, in one statement (one snapshot), without a lock: a change planned from
     it is written only if the head has not moved since. None: no such number.
 
     `digest`: the number's suppression digest, when the change may text it (a join keyword).
+    `waiting`: look whether the number has messages waiting, when the change may end a consent (an
+    opt-out). The write of a change that ends nothing never touches the outbox; without the look, a
+    change that does end something blocks whatever it finds waiting (Held.waiting stays True).
     """
     # With programs asked about, all the number's consents come back (a handful at most) and are
     # picked here, so each statement stays one text whatever the programs.
-    statement, sql = _READS[bool(program_ids), digest is not None]
+    statement, sql = _READS[bool(program_ids), digest is not None, waiting]
     found = rows(connection, statement, {"b_e164": e164, "b_digest": digest}, sql)
     if not found:
         return None
-    number_id, seq, head, reachability, kind, region, suppressed, blocks = found[0][:8]
+    number_id, seq, head, reachability, kind, region, suppressed, blocks, has_waiting = found[0][:9]
     wanted = set(program_ids)
-    consents = {row[9]: HeldConsent(*row[8:12], _utc(row[12])) for row in found if program_ids and row[9] in wanted}
-    return Held(number_id, seq, head, consents, reachability, kind, region, bool(suppressed), blocks or "")
+    consents = {row[10]: HeldConsent(*row[9:13], _utc(row[13])) for row in found if program_ids and row[10] in wanted}
+    return Held(number_id, seq, head, consents, reachability, kind, region, bool(suppressed), blocks or "",
+                bool(has_waiting) or not waiting)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -171,9 +179,11 @@ def writes_for(state: Held, events: list[ledger.Event], moves: list[Move], now: 
             writes.insert(CONSENTS, {"number_id": state.number_id, "program_id": move.program_id, **values})
         else:
             writes.update(CONSENTS, move.consent_id, values)
-    for reason, status in ((Reason.OPTED_OUT, Status.OPTED_OUT), (Reason.NO_CONSENT, None)):
-        ended = [move.program_id for move in moves if move.after.status is status]
-        outbox.block_waiting_into(writes, number_id=state.number_id, program_ids=ended, reason=reason.value, now=now)
+    if state.waiting:  # an opt-out of a number with nothing waiting leaves the outbox out of its write
+        for reason, status in ((Reason.OPTED_OUT, Status.OPTED_OUT), (Reason.NO_CONSENT, None)):
+            ended = [move.program_id for move in moves if move.after.status is status]
+            outbox.block_waiting_into(writes, number_id=state.number_id, program_ids=ended, reason=reason.value,
+                                      now=now)
     return writes
 
 
@@ -259,15 +269,16 @@ _CONSENTS_OF = select(CONSENTS.c.id, CONSENTS.c.program_id, CONSENTS.c.status, C
     CONSENTS.c.program_id.in_(bindparam("b_program_ids", expanding=True)))
 
 
-def _read(consents: bool, suppression: bool):
-    """`held`'s statement: the number's row, with its consents and whether its digest is suppressed
-    when asked. Four fixed statements, not one with a NULL digest: PostgreSQL re-plans a prepared
-    statement whose best plan depends on a parameter being NULL on every execution (it did, for
-    every plain text)."""
+def _read(consents: bool, suppression: bool, waiting: bool):
+    """`held`'s statement: the number's row, with its consents, whether its digest is suppressed and
+    whether it has messages waiting, each when asked. Fixed statements, not one with a NULL digest:
+    PostgreSQL re-plans a prepared statement whose best plan depends on a parameter being NULL on
+    every execution (it did, for every plain text)."""
     suppressed = (exists().where(_SUPPRESSIONS.c.digest == bindparam("b_digest")) if suppression
                   else false()).label("suppressed")
+    has_waiting = (outbox.waiting_of(NUMBERS.c.id) if waiting else false()).label("waiting")
     columns = (NUMBERS.c.id, NUMBERS.c.ledger_seq, NUMBERS.c.ledger_head, NUMBERS.c.reachability, NUMBERS.c.kind,
-               NUMBERS.c.region, suppressed, NUMBERS.c.twilio_blocks)
+               NUMBERS.c.region, suppressed, NUMBERS.c.twilio_blocks, has_waiting)
     if not consents:
         statement = select(*columns).where(NUMBERS.c.e164 == bindparam("b_e164"))
     else:
@@ -278,8 +289,8 @@ def _read(consents: bool, suppression: bool):
     return statement, driver_sql(statement)
 
 
-_READS = {(consents, suppression): _read(consents, suppression) for consents in (False, True)
-          for suppression in (False, True)}
+_READS = {(consents, suppression, waiting): _read(consents, suppression, waiting) for consents in (False, True)
+          for suppression in (False, True) for waiting in (False, True)}
 _FIRST_ANSWER = select(_INBOUND.c.intent, _INBOUND.c.reply).where(_INBOUND.c.message_sid == bindparam("message_sid"))
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    exists,
     func,
     insert,
     literal_column,
@@ -249,6 +250,9 @@ def accept_into(writes: Writes, *, number_id: int, program: Program, kind: Kind,
 _BLOCKED_SQL = literal_column(f"'{Status.BLOCKED.value}'", String)  # a literal: driver SQL takes no preset values
 
 
+_IS_WAITING = OutboundMessage.__table__.c.status.in_([literal_column(f"'{status.value}'") for status in WAITING])
+
+
 class _BlockWaiting:
     """The `Writes` part that blocks a number's waiting (queued and deferred) messages of some programs,
     with a history step each: an opt-out ends what was already queued for what it ends, in the same
@@ -259,9 +263,7 @@ class _BlockWaiting:
     _MESSAGES, _EVENTS = OutboundMessage.__table__, MessageEvent.__table__
 
     def _where(self, prefix: str, program_ids):
-        messages = self._MESSAGES
-        return (messages.c.number_id == bindparam(f"{prefix}number_id"), program_ids,
-                messages.c.status.in_([literal_column(f"'{status.value}'") for status in WAITING]))
+        return self._MESSAGES.c.number_id == bindparam(f"{prefix}number_id"), program_ids, _IS_WAITING
 
     def _values(self, prefix: str) -> dict:
         # As `advance` to blocked leaves them: nothing left to recheck, no claim.
@@ -299,6 +301,11 @@ class _BlockWaiting:
 
 
 _BLOCK_WAITING = _BlockWaiting()
+
+
+def waiting_of(number_id):
+    """Whether the number (a column) has messages waiting: those `block_waiting_into` would block."""
+    return exists().where(OutboundMessage.__table__.c.number_id == number_id, _IS_WAITING)
 
 
 def block_waiting_into(writes: Writes, *, number_id: int, program_ids: Sequence[int], reason: str,

@@ -191,3 +191,49 @@ def test_the_stop_stays_one_read_and_one_write_on_postgresql(db, twilio_post, mo
     assert statements == ["SELECT", "WITH"]
     with db.sessions() as session:
         assert session.get(OutboundMessage, ids["alerts"]).status == "blocked"
+
+
+def opted_in(db, phone) -> None:
+    """`phone` opted in to deals and alerts, with nothing queued for it."""
+    with db.transaction() as session:
+        row = store_consents.number_row(session, parse(phone))
+        for slug in ("deals", "alerts"):
+            consents.apply(session, row, programs.by_slug(session, slug), Input.IMPORT_OPT_IN, EVIDENCE, now=utcnow())
+
+
+def test_the_read_of_an_opt_out_says_whether_anything_waits(db):
+    ids = waiting_messages(db)
+    opted_in(db, OTHER_PHONE)
+    with db.sessions() as session:
+        both = [programs.by_slug(session, slug).id for slug in ("deals", "alerts")]
+    with db.statements() as connection:
+        assert store_consents.held(connection, PHONE, both, waiting=True).waiting is True
+        assert store_consents.held(connection, OTHER_PHONE, both, waiting=True).waiting is False
+        # Not asked: whatever a change ends is blocked (nothing said there is nothing to block).
+        assert store_consents.held(connection, OTHER_PHONE, both).waiting is True
+    with db.transaction() as session:  # sent: nothing waits any more
+        for message_id in ids.values():
+            session.get(OutboundMessage, message_id).status = "sent"
+    with db.statements() as connection:
+        assert store_consents.held(connection, PHONE, both, waiting=True).waiting is False
+
+
+def test_an_opt_out_with_nothing_waiting_leaves_the_outbox_out_of_its_write(db, twilio_post, monkeypatch):
+    """Fewer tables in the write: PostgreSQL locks and opens every table and index a statement names."""
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite runs the writes one by one inside one transaction")
+    ids = waiting_messages(db)
+    opted_in(db, OTHER_PHONE)
+    run, writes = database.on_driver, []
+
+    def counted(store, sql, params, **options):
+        if sql.startswith("WITH"):
+            writes.append(sql)
+        return run(store, sql, params, **options)
+
+    monkeypatch.setattr(database, "on_driver", counted)
+    text_from(twilio_post, OTHER_PHONE, DEALS_SENDER, "STOP")
+    text_from(twilio_post, PHONE, DEALS_SENDER, "STOP")
+    assert [" messages " in sql for sql in writes] == [False, True]
+    with db.sessions() as session:
+        assert session.get(OutboundMessage, ids["alerts"]).status == "blocked"
