@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 from bench.inbound_webhook import (  # noqa: E402
     BEFORE,
     CYCLE,
-    PATH,
     _environment,
-    _free_port,
     _primer,
+    _start_gunicorn,
     _write_requests,
     _wrk,
     measure_rounds,
+    stop,
 )
 
 SERVER = "postgresql://postgres@127.0.0.1"
@@ -87,13 +83,7 @@ def main() -> int:
             run(name, 3)  # imports, pools, prepared statements
         results = measure_rounds(list(servers), args.rounds, lambda name: run(name, args.duration))
     finally:
-        for server in servers.values():
-            server["process"].send_signal(signal.SIGTERM)
-        for server in servers.values():
-            try:
-                server["process"].wait(15)
-            except subprocess.TimeoutExpired:
-                server["process"].kill()
+        stop(servers)
     ratios = [b["rps"] / a["rps"] for a, b in zip(results["A"], results["B"])]
     print()
     print(f"texts: {args.only or 'the mix (' + ', '.join(CYCLE) + ')'}")
@@ -113,26 +103,7 @@ def _serve(name: str, checkout: Path, work: Path, numbers: int) -> dict:
                     "from gateway.config import load_settings; import os; "
                     f"_prepare_database(os.environ['DATABASE_URL'], load_settings(), {numbers})"],
                    cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(checkout / "config" / "gunicorn.conf.py"),
-         "gateway.web.app:create_app()"],
-        cwd=checkout,
-        env={**env, "PORT": str(port), "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus")},
-        stdout=open(work / "gunicorn.log", "wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} did not start:\n{(work / 'gunicorn.log').read_text()[-3000:]}")
-        try:
-            if requests.get(base + "/healthz", timeout=5).status_code == 200:
-                return {"name": name, "url": base + PATH, "process": process}
-        except requests.RequestException:
-            pass  # still booting
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{name} did not answer /healthz within 60 s")
+    return _start_gunicorn(name, "gateway.web.app:create_app()", env, work, checkout)
 
 
 if __name__ == "__main__":

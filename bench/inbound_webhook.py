@@ -127,13 +127,7 @@ def main() -> int:
         warm_up = {name: run(name, 3) for name in servers}  # imports, pools
         results = measure_rounds(list(servers), args.rounds, lambda name: run(name, args.duration))
     finally:
-        for server in servers.values():
-            server["process"].send_signal(signal.SIGTERM)
-        for server in servers.values():
-            try:
-                server["process"].wait(15)
-            except subprocess.TimeoutExpired:
-                server["process"].kill()
+        stop(servers)
 
     baseline = statistics.median(r["rps"] for r in results["baseline"])
     gateway = statistics.median(r["rps"] for r in results["gateway"])
@@ -153,6 +147,17 @@ def main() -> int:
     print(f"inbound messages stored by the gateway: {stored}; answers counted by wrk: {sent} (warm-up included)")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if ratio >= REQUIRED_RATIO else 1
+
+
+def stop(servers: dict[str, dict]) -> None:
+    """Stop every server started, all at once, killing any that has not stopped within 15 s."""
+    for server in servers.values():
+        server["process"].send_signal(signal.SIGTERM)
+    for server in servers.values():
+        try:
+            server["process"].wait(15)
+        except subprocess.TimeoutExpired:
+            server["process"].kill()
 
 
 def measure_rounds(names: list[str], rounds: int, run) -> dict[str, list[dict]]:
@@ -267,13 +272,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_gunicorn(name: str, app: str, env: dict[str, str], work: Path) -> dict:
+def _start_gunicorn(name: str, app: str, env: dict[str, str], work: Path, checkout: Path = ROOT) -> dict:
+    """`app` served by gunicorn with `checkout`'s config (this one's unless told: bench/inbound_ab.py)."""
     port = _free_port()
     metrics_dir = work / f"prometheus-{name}"
     log = open(work / f"{name}.log", "wb")
     process = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(ROOT / "config" / "gunicorn.conf.py"), app],
-        cwd=ROOT, env={**env, "PORT": str(port), "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        [str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", str(checkout / "config" / "gunicorn.conf.py"), app],
+        cwd=checkout,
+        env={**env, "PORT": str(port), "WEB_CONCURRENCY": "4", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
         stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"

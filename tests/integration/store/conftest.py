@@ -3,8 +3,22 @@
 import dataclasses
 
 import pytest
+from sqlalchemy import text
 
 from gateway.store.database import Database
+
+
+@pytest.fixture
+def query_plan(db):
+    """The plan the store would run `sql` with (EXPLAIN, or SQLite's EXPLAIN QUERY PLAN), as text."""
+    explain = "EXPLAIN " if db.dialect == "postgresql" else "EXPLAIN QUERY PLAN "
+
+    def plan(sql: str, params: dict | None = None) -> str:
+        with db.statements() as connection:
+            found = connection.execute(text(explain + sql), params or {})
+            # PostgreSQL's plan is its one column; SQLite's detail is the last of four.
+            return "\n".join(str(row[-1]) for row in found)
+    return plan
 
 
 @pytest.fixture

@@ -42,15 +42,15 @@ def crowded_consents(db):
     return now
 
 
-def test_pending_requests_are_counted_from_their_index(db, crowded_consents):
+def test_pending_requests_are_counted_from_their_index(db, crowded_consents, query_plan):
     with db.statements() as connection:
         assert operations.pending_requests(connection) == 10
-    plan = _plan(db, "SELECT count(*) FROM consents WHERE expires_at IS NOT NULL AND status = 'pending'")
+    plan = query_plan("SELECT count(*) FROM consents WHERE expires_at IS NOT NULL AND status = 'pending'")
     assert "ix_consents_pending_expires_at" in plan
 
 
-def test_overdue_requests_are_found_by_their_index(db, crowded_consents):
-    plan = _plan(db, "SELECT number_id, program_id FROM consents WHERE status = 'pending' AND expires_at <= :now",
+def test_overdue_requests_are_found_by_their_index(db, crowded_consents, query_plan):
+    plan = query_plan("SELECT number_id, program_id FROM consents WHERE status = 'pending' AND expires_at <= :now",
                  {"now": crowded_consents})
     assert "ix_consents_pending_expires_at" in plan
     with db.transaction() as session:
@@ -75,9 +75,3 @@ def _index_definitions(db, table: str) -> list[str]:
             query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :table AND sql IS NOT NULL"
         return list(connection.execute(text(query), {"table": table}).scalars())
 
-
-def _plan(db, sql: str, params: dict | None = None) -> str:
-    with db.statements() as connection:
-        if db.dialect == "postgresql":
-            return "\n".join(row[0] for row in connection.execute(text("EXPLAIN " + sql), params or {}))
-        return "\n".join(str(row[-1]) for row in connection.execute(text("EXPLAIN QUERY PLAN " + sql), params or {}))

@@ -40,21 +40,15 @@ def crowded_outbox(db):
         connection.execute(text("ANALYZE messages"))
 
 
-def test_a_batchs_messages_are_found_by_the_partial_index(db, crowded_outbox):
+def test_a_batchs_messages_are_found_by_the_partial_index(db, crowded_outbox, query_plan):
     with db.transaction() as session:
         assert len(outbox.queued_in_batch(session, BATCH, utcnow() + timedelta(seconds=1))) == 3
-    plan = _plan(db, "SELECT id FROM messages WHERE batch_id = :batch AND status = 'queued'", {"batch": BATCH})
+    plan = query_plan("SELECT id FROM messages WHERE batch_id = :batch AND status = 'queued'", {"batch": BATCH})
     assert "ix_messages_batch_id" in plan
 
 
-def test_a_numbers_messages_are_found_by_the_number_and_time_index(db, crowded_outbox):
-    plan = _plan(db, "SELECT id FROM messages WHERE number_id = (SELECT id FROM numbers WHERE e164 = :e164)",
+def test_a_numbers_messages_are_found_by_the_number_and_time_index(db, crowded_outbox, query_plan):
+    plan = query_plan("SELECT id FROM messages WHERE number_id = (SELECT id FROM numbers WHERE e164 = :e164)",
                  {"e164": "+14157000007"})
     assert "ix_messages_number_id_created_at" in plan
 
-
-def _plan(db, sql: str, params: dict) -> str:
-    with db.statements() as connection:
-        if db.dialect == "postgresql":
-            return "\n".join(row[0] for row in connection.execute(text("EXPLAIN " + sql), params))
-        return "\n".join(str(row[-1]) for row in connection.execute(text("EXPLAIN QUERY PLAN " + sql), params))
