@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for both 
     _write_requests,
     _wrk,
     measure_rounds,
+    stop,
 )
 from bench.support import wrk_report  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
@@ -104,13 +104,7 @@ def main() -> int:
         warm_up = {name: run(name, next(slices), 3) for name in servers}
         results = measure_rounds(list(servers), args.rounds, lambda name: run(name, next(slices), args.duration))
     finally:
-        for server in servers.values():
-            server["process"].send_signal(signal.SIGTERM)
-        for server in servers.values():
-            try:
-                server["process"].wait(15)
-            except subprocess.TimeoutExpired:
-                server["process"].kill()
+        stop(servers)
 
     baseline = statistics.median(r["rps"] for r in results["baseline"])
     gateway = statistics.median(r["rps"] for r in results["gateway"])

@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from bench.inbound_webhook import (  # noqa: E402  (one set of helpers for every
     _write_requests,
     _wrk,
     measure_rounds,
+    stop,
 )
 from bench.outbound_api import _api_key, _send_number, _wrk_sends  # noqa: E402
 from gateway import bootstrap  # noqa: E402
@@ -286,13 +286,7 @@ def _http(env: dict, settings, size: int, work: Path, args) -> dict:
         print("  send API (deals):")
         send_results = measure_rounds(list(servers), args.rounds, lambda name: send(name, args.duration))
     finally:
-        for server in servers.values():
-            server["process"].send_signal(signal.SIGTERM)
-        for server in servers.values():
-            try:
-                server["process"].wait(15)
-            except subprocess.TimeoutExpired:
-                server["process"].kill()
+        stop(servers)
     return {"inbound": _summary(inbound_results), "send": _summary(send_results)}
 
 
