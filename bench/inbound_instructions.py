@@ -7,7 +7,7 @@ Callgrind counts the instructions this process executes (Python, Flask, SQLAlche
 PostgreSQL's, not the kernel's): the same run repeated differs by 0.2%, so a change's effect on the
 Python side of a text can be told from noise, path by path.
 
-    .venv/bin/python bench/inbound_instructions.py [--texts 240] [--only STOP --only YES]
+    .venv/bin/python bench/inbound_instructions.py [--texts 240] [--only STOP --only YES] [--cache]
 
 Each count runs in a process of its own, two at a time, over a database of its own
 (bench_instructions_<name>, recreated). The gateway's numbers are first brought to their place in the
@@ -55,6 +55,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=240, help="texts counted per path (one per number)")
     parser.add_argument("--only", choices=CYCLE, action="append", help="this kind only (may be repeated)")
+    parser.add_argument("--cache", action="store_true",
+                        help="also simulate the caches (a 1 MB last level, as one core's L2 here): misses per text")
     parser.add_argument("--child", nargs=2, metavar=("APP", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -63,15 +65,18 @@ def main() -> int:
     # Stores made one after another (Alembic's context is the process's), then counted two at a time.
     prepared = [_prepared(app, kind, texts=args.texts) for app, kind in runs]
     with ThreadPoolExecutor(2) as pool:
-        per_text = pool.map(lambda run, store: _under_callgrind(run, store, texts=args.texts), runs, prepared)
+        per_text = pool.map(lambda run, store: _under_callgrind(run, store, texts=args.texts, cache=args.cache),
+                            runs, prepared)
         counted = dict(zip(runs, per_text))
-    baseline = counted["baseline", "mix"]
+    baseline, baseline_misses = counted["baseline", "mix"]
     print(f"instructions per text (callgrind, {args.texts} texts each; the baseline on the mix)")
-    print(f"  baseline (signature + INSERT + UPDATE)  {baseline / 1e6:6.2f} M")
-    for (app, kind), instructions in counted.items():
+    misses = f"   last-level misses {baseline_misses / 1e3:5.1f} k" if args.cache else ""
+    print(f"  baseline (signature + INSERT + UPDATE)  {baseline / 1e6:6.2f} M{misses}")
+    for (app, kind), (instructions, missed) in counted.items():
         if app == "gateway":
+            misses = f"   last-level misses {missed / 1e3:5.1f} k" if args.cache else ""
             print(f"  gateway  {kind:30s} {instructions / 1e6:6.2f} M   baseline / gateway"
-                  f" {baseline / instructions:.0%}")
+                  f" {baseline / instructions:.0%}{misses}")
     return 0
 
 
@@ -84,17 +89,28 @@ def _prepared(app: str, kind: str, *, texts: int) -> tuple[Path, dict[str, str]]
     return work, env
 
 
-def _under_callgrind(run: tuple[str, str], prepared: tuple[Path, dict[str, str]], *, texts: int) -> float:
+# The cache simulation's sizes: one core's L2 on the machines measured (1 MB), their 32 kB first level.
+# A text's working set beyond that goes to L3 or memory, and the misses counted per text are roughly
+# what a text costs above its instructions when other processes share the core (bench/README.md).
+_CACHES = ["--cache-sim=yes", "--LL=1048576,16,64", "--D1=32768,8,64", "--I1=32768,8,64"]
+
+
+def _under_callgrind(run: tuple[str, str], prepared: tuple[Path, dict[str, str]], *, texts: int,
+                     cache: bool = False) -> tuple[float, float]:
+    """Instructions per text, and last-level cache misses per text (0 without `cache`)."""
     (app, kind), (work, env) = run, prepared
     report = work / "valgrind.log"
     with open(work / "app.log", "wb") as app_log:  # the gateway's log lines, as gunicorn's would go to a file
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={work / 'callgrind.out'}",
-             f"--log-file={report}", sys.executable, __file__, "--child", app, kind, "--texts", str(texts)],
+             *(_CACHES if cache else []), f"--log-file={report}", sys.executable, __file__, "--child", app, kind,
+             "--texts", str(texts)],
             cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=app_log)
-    collected = re.search(r"Collected : (\d+)", report.read_text())
+    log = report.read_text()
+    collected = re.search(r"Collected : (\d+)", log)
+    missed = re.search(r"LL misses:\s+([\d,]+)", log)
     shutil.rmtree(work, ignore_errors=True)
-    return int(collected.group(1)) / texts
+    return int(collected.group(1)) / texts, int(missed.group(1).replace(",", "")) / texts if missed else 0.0
 
 
 def _count(app: str, kind: str, *, texts: int) -> int:
