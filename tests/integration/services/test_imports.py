@@ -145,7 +145,9 @@ def test_an_import_killed_midway_continues_where_it_stopped(app, db, test_env, t
     file.write_text("phone,program,status,ref\n" + "".join(
         f"+1415{2_000_000 + i:07d},{'deals' if i % 3 else 'alerts'},{'opted_out' if i % 7 == 0 else 'opted_in'},r{i}\n"
         for i in range(rows)) + "not a number,deals,opted_in,bad\n")
-    first = _cli(test_env, "consent", "import", str(file), "--chunk", "100", "--jobs", "1")
+    # Small chunks, so the first run takes many commits: on a fast machine 30 chunks of 100 were all
+    # written between two looks, and the import was done before it could be killed.
+    first = _cli(test_env, "consent", "import", str(file), "--chunk", "20", "--jobs", "1")
     deadline = time.monotonic() + 120
     done = 1
     while time.monotonic() < deadline and first.poll() is None:
@@ -153,7 +155,7 @@ def test_an_import_killed_midway_continues_where_it_stopped(app, db, test_env, t
             done = session.scalar(select(func.max(Import.line_done))) or 1
         if done > 500:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert first.poll() is None, f"the import ended before it could be killed: {first.communicate()}"
     first.send_signal(signal.SIGKILL)
     first.wait(30)
