@@ -145,19 +145,23 @@ def test_an_import_killed_midway_continues_where_it_stopped(app, db, test_env, t
     file.write_text("phone,program,status,ref\n" + "".join(
         f"+1415{2_000_000 + i:07d},{'deals' if i % 3 else 'alerts'},{'opted_out' if i % 7 == 0 else 'opted_in'},r{i}\n"
         for i in range(rows)) + "not a number,deals,opted_in,bad\n")
-    # Small chunks, so the first run takes many commits: on a fast machine 30 chunks of 100 were all
-    # written between two looks, and the import was done before it could be killed.
-    first = _cli(test_env, "consent", "import", str(file), "--chunk", "20", "--jobs", "1")
+    # The import is paused while we look, so it cannot finish between a look and the kill, and the look
+    # reads beside the writer: on SQLite an ordinary session takes the write lock, and CI once saw the
+    # whole import written while a look waited for it.
+    first = _cli(test_env, "consent", "import", str(file), "--chunk", "20", "--jobs", "1", start_new_session=True)
     deadline = time.monotonic() + 120
     done = 1
+    looks = db.reads_beside_writers()
     while time.monotonic() < deadline and first.poll() is None:
-        with db.sessions() as session:
+        os.killpg(first.pid, signal.SIGSTOP)
+        with looks() as session:
             done = session.scalar(select(func.max(Import.line_done))) or 1
         if done > 500:
             break
-        time.sleep(0.01)
+        os.killpg(first.pid, signal.SIGCONT)
+        time.sleep(0.005)
     assert first.poll() is None, f"the import ended before it could be killed: {first.communicate()}"
-    first.send_signal(signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
     with db.sessions() as session:
         stopped = session.scalars(select(Import)).one()
