@@ -187,7 +187,7 @@ class Database:
         token: each process reads its own moment.
         """
         if self._autocommit is None:
-            with self._reader()() as session:
+            with self.reads_beside_writers()() as session:
                 yield session, None
             return
         with self.snapshot() as session:
@@ -205,7 +205,7 @@ class Database:
     def joined_snapshot(self, token: str | None) -> Iterator[Session]:
         """A read session at the moment `shared_snapshot` gave `token` for (SQLite: a moment of its own)."""
         if self._autocommit is None:
-            with self._reader()() as session:
+            with self.reads_beside_writers()() as session:
                 yield session
             return
         if token is None or not _SNAPSHOT_ID.match(token):
@@ -215,9 +215,17 @@ class Database:
             session.execute(text(f"SET TRANSACTION SNAPSHOT '{token}'"))
             yield session
 
-    def _reader(self) -> sessionmaker:
-        """SQLite sessions whose transaction is a deferred BEGIN on a read-only connection: one
-        snapshot across their statements (WAL), and no lock that a writer would wait on."""
+    def reads_beside_writers(self) -> sessionmaker:
+        """Sessions for reads only, which never wait for a writer.
+
+        On SQLite every transaction of `sessions` begins IMMEDIATE, which takes the database's write
+        lock. Reads that must go on beside a writer (the ledger check's batches, the sandbox answering
+        a fetch the sweeper makes from inside its own transaction) go through an engine of their own:
+        read-only connections whose transaction is a deferred BEGIN, one snapshot across its
+        statements (WAL) and no lock a writer would wait on. PostgreSQL needs nothing of the kind.
+        """
+        if dialect.name(self.engine) != "sqlite":
+            return self.sessions
         if self._sqlite_reader is None:
             engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False},
                                    hide_parameters=True)
@@ -236,27 +244,6 @@ class Database:
 
             self._sqlite_reader = sessionmaker(engine, expire_on_commit=False)
         return self._sqlite_reader
-
-    def reads_beside_writers(self) -> sessionmaker:
-        """Sessions for reads only, which never wait for a writer.
-
-        On SQLite every transaction here begins IMMEDIATE, which takes the database's write lock. A
-        reader that must answer whatever the caller's own transaction holds (the sandbox answering a
-        fetch the sweeper makes from inside one) reads through an engine of its own, whose deferred
-        transactions WAL lets run beside a writer. PostgreSQL needs nothing of the kind.
-        """
-        if dialect.name(self.engine) != "sqlite":
-            return self.sessions
-        engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA query_only=ON")
-            cursor.close()
-
-        return sessionmaker(engine, expire_on_commit=False)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
