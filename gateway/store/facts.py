@@ -95,8 +95,18 @@ def _cap_reached_many(capped: bool, exclude_message: bool, numbers: str) -> tupl
 
 # The ledger event that made the consent what it is: the number's newest event of the program (its
 # chain's (number_id, seq) index, read newest first). Only where a consent row exists: a number
-# without one has no event of the program that counts.
-_CONSENT_EVENT = """
+# without one has no event of the program that counts. PostgreSQL reads it as a LATERAL join, one
+# backward index probe a number; its planner took the portable form for a hash of the whole ledger
+# plus a MAX per row, which cost a 100,000-number batch about a second (bench/README.md). SQLite has
+# no LATERAL.
+def _consent_event(postgresql: bool) -> str:
+    if postgresql:
+        return """
+    LEFT JOIN LATERAL (
+        SELECT x.id, x.seq, x.hash FROM ledger_events x
+        WHERE k.id IS NOT NULL AND x.number_id = n.id AND x.program_id = :program
+        ORDER BY x.seq DESC LIMIT 1) le ON true"""
+    return """
     LEFT JOIN ledger_events le ON k.id IS NOT NULL AND le.number_id = n.id AND le.seq = (
         SELECT MAX(x.seq) FROM ledger_events x WHERE x.number_id = n.id AND x.program_id = :program)"""
 
@@ -134,16 +144,20 @@ def by_e164(
         params.update(cap_kind=program.category, cap_since=cap[1], cap_nth=cap[0], cap_offset=cap[0] - 1)
     if len(e164s) == 1:
         params.update(e164=e164s[0], digest=digests[0])
-        return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap)), params)
+        return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap),
+                                                  dialect.is_postgresql(session)), params)
     with bulk.temp_table(session, "gate_candidates", {"e164": "VARCHAR(20)", "digest": "VARCHAR(64)"},
                          zip(e164s, digests)) as candidates:
         ours = f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 ON n2.e164 = c2.e164)"
         recent, counts = _recent(count_recent, exclude_message, f"{ours} wanted")
         capped, cap_reached = _cap_reached_many(bool(cap), bool(exclude_message), f"{ours} capped")
-        if dialect.is_postgresql(session):
-            # Hash joins over a million numbers in memory rather than in batches on disk; this
-            # transaction only.
+        postgresql = dialect.is_postgresql(session)
+        if postgresql:
+            # Hash joins over a million numbers in memory rather than in batches on disk; and no JIT:
+            # the plan's cost passes its thresholds, and compiling it took ~0.5 s of a ~1.3 s query
+            # that runs once. This transaction only.
             session.execute(text("SET LOCAL work_mem = '64MB'"))
+            session.execute(text("SET LOCAL jit = off"))
         query = _facts_query(f"""
             SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
                    CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}, {cap_reached} AS cap_reached_at,
@@ -151,7 +165,7 @@ def by_e164(
             FROM {candidates} c
             LEFT JOIN numbers n ON n.e164 = c.e164
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
-            {_CONSENT_EVENT}
+            {_consent_event(postgresql)}
             LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
             {capped}
@@ -172,7 +186,8 @@ def _facts_query(sql: str, count_recent: bool, capped: bool = False) -> TextualS
 
 
 @functools.cache
-def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool = False) -> tuple[TextualSelect, str]:
+def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool,
+                      postgresql: bool) -> tuple[TextualSelect, str]:
     """The query for one number (built once per variant) and its SQL as psycopg takes it."""
     recent, counts = _recent(count_recent, exclude_message,
                              "(SELECT id AS number_id FROM numbers WHERE e164 = :e164) wanted")
@@ -183,7 +198,7 @@ def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool = 
         FROM (SELECT 1 AS probe) probe
         LEFT JOIN numbers n ON n.e164 = :e164
         LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
-        {_CONSENT_EVENT}
+        {_consent_event(postgresql)}
         {recent}
     """, count_recent, capped)
     return query, driver_sql(query)
