@@ -41,7 +41,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 
 
-def _make_engine(url: str, isolation_level: str | None = None) -> Engine:
+def _make_engine(url: str, isolation_level: str | None = None, *, read_only: bool = False) -> Engine:
+    """The engine for `url`. SQLite: `read_only` gives connections that cannot write and whose
+    transactions take no lock (Database.reads_beside_writers)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -53,17 +55,23 @@ def _make_engine(url: str, isolation_level: str | None = None) -> Engine:
             # WAL lets the web and worker processes read while one writes; we issue BEGIN ourselves.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                cursor.execute("PRAGMA query_only=ON")
+            else:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can fail
+        # with "database is locked" instead of waiting, which would drop an opt-out. A reader's
+        # deferred BEGIN takes no lock and reads one snapshot (WAL) across its statements.
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection):
-            # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can
-            # fail with "database is locked" instead of waiting, which would drop an opt-out.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql(begin)
 
         return engine
     # An autocommit connection has no transaction to roll back when it returns to the pool.
@@ -220,29 +228,13 @@ class Database:
 
         On SQLite every transaction of `sessions` begins IMMEDIATE, which takes the database's write
         lock. Reads that must go on beside a writer (the ledger check's batches, the sandbox answering
-        a fetch the sweeper makes from inside its own transaction) go through an engine of their own:
-        read-only connections whose transaction is a deferred BEGIN, one snapshot across its
-        statements (WAL) and no lock a writer would wait on. PostgreSQL needs nothing of the kind.
+        a fetch the sweeper makes from inside its own transaction) go through a read-only engine of
+        their own (_make_engine). PostgreSQL needs nothing of the kind.
         """
         if dialect.name(self.engine) != "sqlite":
             return self.sessions
         if self._sqlite_reader is None:
-            engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False},
-                                   hide_parameters=True)
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_connection, _record):
-                dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.execute("PRAGMA query_only=ON")
-                cursor.close()
-
-            @event.listens_for(engine, "begin")
-            def _begin(connection):
-                connection.exec_driver_sql("BEGIN")
-
-            self._sqlite_reader = sessionmaker(engine, expire_on_commit=False)
+            self._sqlite_reader = sessionmaker(_make_engine(self.url, read_only=True), expire_on_commit=False)
         return self._sqlite_reader
 
     def ping(self) -> None:
