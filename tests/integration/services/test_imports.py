@@ -152,16 +152,20 @@ def test_an_import_killed_midway_continues_where_it_stopped(app, db, test_env, t
     deadline = time.monotonic() + 120
     done = 1
     looks = db.reads_beside_writers()
-    while time.monotonic() < deadline and first.poll() is None:
-        os.killpg(first.pid, signal.SIGSTOP)
-        with looks() as session:
-            done = session.scalar(select(func.max(Import.line_done))) or 1
-        if done > 500:
-            break
-        os.killpg(first.pid, signal.SIGCONT)
-        time.sleep(0.005)
-    assert first.poll() is None, f"the import ended before it could be killed: {first.communicate()}"
-    os.killpg(first.pid, signal.SIGKILL)
+    try:
+        while time.monotonic() < deadline and first.poll() is None:
+            os.killpg(first.pid, signal.SIGSTOP)
+            with looks() as session:
+                done = session.scalar(select(func.max(Import.line_done))) or 1
+            if done > 500:
+                break
+            os.killpg(first.pid, signal.SIGCONT)
+            time.sleep(0.005)
+        assert first.poll() is None, f"the import ended before it could be killed: {first.communicate()}"
+    finally:
+        # Killed whatever happened above: a failed look must not leave the import stopped for good.
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
     with db.sessions() as session:
         stopped = session.scalars(select(Import)).one()
