@@ -3,7 +3,7 @@
 Side by side in one run, on the same 100,000 numbers:
 - baseline: COPY the numbers into a temporary table and JOIN numbers and consents, keeping the
   opted-in ones (what a bare "who may I text" query costs);
-- gateway: the batch API's filter, the Gate's `facts_by_e164` + `decide_many`: the same COPY and
+- gateway: the batch API's filter, `batches.read_facts` + the Gate's `decide_many`: the same COPY and
   join plus suppressions, reachability and the last day's texts (caps), then every rule of the gate
   (country, state caps, quiet hours) for every number.
 The gateway must filter at 50% or more of the baseline's numbers per second. For information the run
@@ -89,7 +89,7 @@ def main() -> int:
     print()
     print(f"baseline (COPY into a temp table + JOIN numbers, consents): {args.batch / baseline:10,.0f} numbers/s "
           f"({baseline:.3f} s, median of {args.rounds})")
-    print(f"gateway  (facts_by_e164 + decide_many, every rule):        {args.batch / gateway:10,.0f} numbers/s "
+    print(f"gateway  (read_facts + decide_many, every rule):           {args.batch / gateway:10,.0f} numbers/s "
           f"({gateway:.3f} s)")
     print(f"ratio: {ratio:.0%} (required: at least {REQUIRED_RATIO:.0%})")
     print(f"whole batches.accept (filter + insert messages and history): {statistics.median(accepts):.3f} s")
@@ -161,7 +161,7 @@ def _gateway_filter(database, recipients, program, settings, rules):
     now = utcnow()
     gate = policy.Gate(settings.suppression_key, rules)
     with database.transaction() as session:
-        found = gate.facts_by_e164(session, recipients, program, now)
+        found = batches.read_facts(session, gate, recipients, program, Kind.MARKETING, now)
     # With the records of the messages it would store (the batch API's stage), as batches.accept asks.
     decided = gate.decide_many({e164: facts for e164, (_, facts) in found.items()}, program, Kind.MARKETING, now,
                                stage=Stage.BATCH)

@@ -25,7 +25,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.domain.gate import CAP_LOOKBACK, Decision, Facts, Kind, Places, _placed, period_start, program_rule
+from gateway.domain.gate import CAP_LOOKBACK, Decision, Facts, Kind, Place, Places, _placed, period_start, program_rule
 from gateway.domain.quiet_hours import QuietHours, Window
 
 VERSION = 1  # of the record's shape; `explain` reads every version it knows
@@ -72,8 +72,8 @@ def _shared(key: tuple, make: Callable[[], tuple]) -> tuple:
 class Recorder:
     """Makes the records of one look: one program, one kind, one moment, one stage.
 
-    `places`: the batch's shared Places (gate.decide_many), so a record reuses the placing its
-    decision made; without it, the per-process cache the single-number gate uses.
+    `places`: the batch's shared Places (gate.decide_many), so a record reuses the Place its
+    decision was made in; without it, the per-process cache the single-number gate uses.
     """
 
     def __init__(self, program, kind: Kind, now: datetime, rules: QuietHours, stage: Stage | str,
@@ -89,17 +89,20 @@ class Recorder:
             "program": {"slug": spec.get("slug"), "version": version, "frequency": spec.get("frequency")},
             "allowed_countries": list(spec.get("allowed_countries") or []) or None})[:-1],
             program_rule(program) if self._max else None))
+        self._program_rule_key = tuple(self._program_rule.items()) if self._program_rule else None
         # The parts every record of this look shares.
         self._head = f'{head},"at":{_q(_iso(now))}'
         self._places: dict[int, tuple[Window, tuple[ZoneInfo, ...], str]] = {}
+        # A batch's records differ between numbers of one place and outcome by the consent's ledger event
+        # only, mostly: what comes before and after it, per place, decision and facts read.
+        self._halves: dict[tuple, tuple[str, str, object, object]] = {}
 
-    def _place(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...]]:
+    def _place(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...], Place | None]:
         if self.places is not None:
-            window, zones, _ = self.places.placed(facts)
-        else:
-            timeline, zones = _placed(facts, self.rules)
-            window = timeline.at(self.now)
-        return window, zones
+            place = self.places.placed(facts)
+            return place.window, place.zones, place
+        timeline, zones = _placed(facts, self.rules)
+        return timeline.at(self.now), zones, None
 
     def _clock(self, window: Window, zones: tuple[ZoneInfo, ...]) -> str:
         """The quiet-hour part: the rules in force and the recipient's local time in each zone."""
@@ -133,14 +136,13 @@ class Recorder:
             "outcome": outcome, "reason": decision.reason.value if decision.reason else None,
             "not_before": _iso(decision.not_before), "decided_by": rule})[1:-1],))[0]
 
-    def _cap(self, facts: Facts, zones: tuple[ZoneInfo, ...] | None) -> str:
+    def _cap(self, facts: Facts, zones: tuple[ZoneInfo, ...] | None, place: Place | None) -> str:
         """The program's cap part: shared by every number in one period that has not reached it."""
         if not (self._max and zones):
             return "null"
-        start = (self.places.period_start(facts, self._per) if self.places is not None
-                 else period_start(self._per, zones, self.now))
+        start = place.period_start(self._per) if place is not None else period_start(self._per, zones, self.now)
         reached_at = facts.cap_reached_at
-        key = ("cap", self._max, self._per, start, reached_at, tuple(self._program_rule.items()))
+        key = ("cap", self._max, self._per, start, reached_at, self._program_rule_key)
         return _shared(key, lambda: (_dump({
             "max": self._max, "per": self._per, "period_start": _iso(start), "reached_at": _iso(reached_at),
             "reached": reached_at is not None and reached_at >= start,
@@ -150,19 +152,30 @@ class Recorder:
         """The record of `decision` on `facts`, as JSON text.
 
         Written from fragments: the parts shared by many numbers (the look, the place, the decision,
-        the cap's period) are JSON made once; what is the number's own is written here (a batch of
-        100,000 makes as many records)."""
+        the cap's period) are JSON made once, and so is all but the consent's ledger event for numbers
+        of one place, decision and facts read (a batch of 100,000 makes as many records)."""
         # An erased number is nothing but its suppression hash: there is no place to record.
-        window, zones = self._place(facts) if facts.e164 else (None, None)
-        clock = self._clock(window, zones) if zones else "null"
-        event = facts.consent_event
-        event = "null" if event is None else f'{{"id":{int(event[0])},"seq":{int(event[1])},"hash":{_q(event[2])}}}'
+        window, zones, place = self._place(facts) if facts.e164 else (None, None, None)
         sent = facts.sent_last_day if self.kind is Kind.MARKETING else None
-        return (f'{self._head},"quiet_hours":{clock},{self._outcome(decision)},'
-                f'"consent":{{"status":{_q(facts.status)},"expires_at":{_q(_iso(facts.expires_at))},"event":{event}}},'
-                f'"suppressed":{"true" if facts.suppressed else "false"},"reachability":{_q(facts.reachability)},'
-                f'"line_type":{_q(facts.kind)},"region":{_q(facts.region)},"program_cap":{self._cap(facts, zones)},'
-                f'"sent_last_day":{"null" if sent is None else int(sent)}}}')
+        # Keyed by the identities of the window and the decision, which the entry holds, so neither id
+        # can be reused while it is kept.
+        key = (id(window), zones, id(decision), facts.status, facts.expires_at, facts.suppressed, facts.reachability,
+               facts.kind, facts.region, facts.cap_reached_at, sent)
+        halves = self._halves.get(key)
+        if halves is None:
+            clock = self._clock(window, zones) if zones else "null"
+            halves = self._halves[key] = (
+                f'{self._head},"quiet_hours":{clock},{self._outcome(decision)},'
+                f'"consent":{{"status":{_q(facts.status)},"expires_at":{_q(_iso(facts.expires_at))},"event":',
+                f'}},"suppressed":{"true" if facts.suppressed else "false"},"reachability":{_q(facts.reachability)},'
+                f'"line_type":{_q(facts.kind)},"region":{_q(facts.region)},'
+                f'"program_cap":{self._cap(facts, zones, place)},'
+                f'"sent_last_day":{"null" if sent is None else int(sent)}}}',
+                window, decision)
+        event = facts.consent_event
+        if event is None:
+            return f"{halves[0]}null{halves[1]}"
+        return f'{halves[0]}{{"id":{int(event[0])},"seq":{int(event[1])},"hash":{_q(event[2])}}}{halves[1]}'
 
 
 # Values of our own (statuses, ISO times, hex digests, region codes) need no escaping; anything else

@@ -119,31 +119,47 @@ def program_rule(program: ProgramSettings) -> dict[str, str | None]:
             "version": getattr(program, "version", None), "citation": spec.get("frequency"), "source": None}
 
 
+class Place:
+    """Where numbers are, as the rules see them at one moment: the send window in force, the time
+    zones, and when quiet hours end there (None: open now). One is shared by every number of a batch
+    that the rules cannot tell apart, with what is worked out from it once: the start of each cap
+    period and the quiet-hours deferral."""
+
+    __slots__ = ("window", "zones", "not_before", "_now", "_starts", "_deferral")
+
+    def __init__(self, window: Window, zones: tuple[ZoneInfo, ...], not_before: datetime | None, now: datetime):
+        self.window, self.zones, self.not_before, self._now = window, zones, not_before, now
+        self._starts: dict[str, datetime] = {}
+        self._deferral: Decision | None = None
+
+    def period_start(self, per: str) -> datetime:
+        start = self._starts.get(per)
+        if start is None:
+            start = self._starts[per] = period_start(per, self.zones, self._now)
+        return start
+
+    @property
+    def deferral(self) -> Decision:
+        """The answer for a text that must wait here (asked only while `not_before` is set)."""
+        if self._deferral is None:
+            self._deferral = _deferral(self.window, self.zones, self._now, self.not_before)
+        return self._deferral
+
+
 class Places:
     """Where numbers are, for the rules that depend on it: the state window and cap, and quiet
     hours at one `now`. Parsing a number and scanning its zones costs more than the rest of a
-    decision (bench/README.md, batch filtering), so for 100,000 recipients answers are shared
+    decision (bench/README.md, batch filtering), so for 100,000 recipients a `Place` is shared
     between numbers that the rules cannot tell apart: the window depends only on the +1 area code,
     and phonenumbers takes a number's time zones from its type, its country code and the longest
-    prefix of it in its time-zone table. Numbers whose type is not stored get an answer of their own.
+    prefix of it in its time-zone table. Numbers whose type is not stored get a Place of their own.
     """
 
     def __init__(self, rules: QuietHours, now: datetime):
         self.rules, self.now = rules, now
-        self._answers: dict[tuple, tuple[Window, tuple[ZoneInfo, ...], datetime | None]] = {}
-        self._periods: dict[tuple, datetime] = {}
-        # Numbers sharing their type and first nine digits share the key (it looks at no more).
-        self._keys: dict[tuple[str | None, str], tuple] = {}
-
-    def _key(self, facts: Facts) -> tuple:
-        e164 = facts.e164
-        if not facts.kind or facts.kind == "unknown":
-            return (e164,)
-        short = (facts.kind, e164[:1 + TIMEZONE_LONGEST_PREFIX])
-        key = self._keys.get(short)
-        if key is None:
-            key = self._keys[short] = self._full_key(facts)
-        return key
+        self._places: dict[tuple, Place] = {}
+        # Numbers sharing their type and first nine digits share the Place (its key looks at no more).
+        self._by_prefix: dict[tuple[str, str], Place] = {}
 
     @staticmethod
     def _full_key(facts: Facts) -> tuple:
@@ -155,23 +171,30 @@ class Places:
         area = digits[1:4] if country == "1" else ""
         return (facts.kind, country, area, zone_prefix)
 
-    def placed(self, facts: Facts) -> tuple[Window, tuple[ZoneInfo, ...], datetime | None]:
-        """The number's window now, its time zones and, if it is in quiet hours now, when they end."""
-        key = self._key(facts)
-        answer = self._answers.get(key)
-        if answer is None:
-            where = phonenumbers.parse(facts.e164)
-            window, zones = self.rules.window_for(where, self.now), self.rules.zones_for(where)
-            answer = (window, zones, self.rules.next_opening(window, zones, self.now))
-            self._answers[key] = answer
-        return answer
+    def placed(self, facts: Facts) -> Place:
+        """The number's Place now."""
+        kind = facts.kind
+        if not kind or kind == "unknown":
+            return self._place((facts.e164,), facts.e164)
+        prefix = (kind, facts.e164[:1 + TIMEZONE_LONGEST_PREFIX])
+        place = self._by_prefix.get(prefix)
+        if place is None:
+            place = self._by_prefix[prefix] = self._place(self._full_key(facts), facts.e164)
+        return place
 
-    def period_start(self, facts: Facts, per: str) -> datetime:
-        key = (self._key(facts), per)
-        start = self._periods.get(key)
-        if start is None:
-            start = self._periods[key] = period_start(per, self.placed(facts)[1], self.now)
-        return start
+    def _place(self, key: tuple, e164: str) -> Place:
+        place = self._places.get(key)
+        if place is None:
+            where = phonenumbers.parse(e164)
+            window, zones = self.rules.window_for(where, self.now), self.rules.zones_for(where)
+            place = self._places[key] = Place(window, zones, self.rules.next_opening(window, zones, self.now), self.now)
+        return place
+
+
+def _deferral(window: Window, zones: tuple[ZoneInfo, ...], now: datetime, not_before: datetime) -> Decision:
+    """Quiet hours: the text waits until `not_before`, citing the rule that keeps the window shut."""
+    closing = window.closing_rule(zones, now)
+    return Decision(False, Reason.QUIET_HOURS, not_before, closing.cited if closing else None)
 
 
 # One number at a time (the send API, the worker) still meets the same few places again and again:
@@ -233,21 +256,22 @@ def decide(facts: Facts, program: ProgramSettings, kind: Kind, now: datetime, ru
         return ALLOW
     if places is None:
         timeline, zones = _placed(facts, rules)
-        window, not_before = timeline.at(now), None
+        window, place = timeline.at(now), None
     else:
-        window, zones, not_before = places.placed(facts)
+        place = places.placed(facts)
+        window, zones = place.window, place.zones
     if capped:
-        start = places.period_start(facts, per) if places is not None else period_start(per, zones, now)
+        start = place.period_start(per) if place is not None else period_start(per, zones, now)
         if facts.cap_reached_at >= start:
             return Decision(False, Reason.FREQUENCY_CAP, rule=program_rule(program))
     if kind is Kind.MARKETING:
         if window.daily_cap and facts.sent_last_day >= window.daily_cap:
             return Decision(False, Reason.FREQUENCY_CAP, rule=window.capping_rule().cited)
-        if places is None:
-            not_before = rules.next_opening(window, zones, now)
+        if place is not None:
+            return ALLOW if place.not_before is None else place.deferral
+        not_before = rules.next_opening(window, zones, now)
         if not_before is not None:
-            closing = window.closing_rule(zones, now)
-            return Decision(False, Reason.QUIET_HOURS, not_before, closing.cited if closing else None)
+            return _deferral(window, zones, now, not_before)
     return ALLOW
 
 

@@ -16,12 +16,14 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from gateway.domain.consent import Status
 from gateway.domain.decisions import Stage
 from gateway.domain.gate import Facts, Kind
 from gateway.domain.numbers import TEXTABLE, InvalidNumber, is_e164, parse
 from gateway.services import policy, unit_of_work
 from gateway.services.ports import Gateway
 from gateway.store import outbox
+from gateway.store.facts import Known
 from gateway.store.models import Program, utcnow
 
 MAX_RECIPIENTS = 100_000
@@ -84,7 +86,7 @@ def accept(
         else:
             wanted[e164] = raw
     # 2. Everything the gate needs, for all of them, in one join.
-    found = gate.facts_by_e164(session, list(wanted), program, now, count_recent=kind is Kind.MARKETING)
+    found = read_facts(session, gate, list(wanted), program, kind, now)
     # 3. Numbers we do not hold yet: is the input a real, textable number at all?
     candidates: dict[str, Facts] = {}
     number_ids: dict[str, int] = {}
@@ -118,6 +120,15 @@ def accept(
     result.accepted = outbox.accept_many(session, program=program, kind=kind, body=body, decisions=allowed,
                                          now=now, api_key_id=api_key_id, batch_id=result.batch_id)
     return result
+
+
+def read_facts(session: Session, gate: policy.Gate, e164s: list[str], program: Program, kind: Kind,
+               now: datetime) -> dict[str, tuple[Known | None, Facts]]:
+    """What the gate needs about a batch's numbers, in one join. A batch keeps the decision records of
+    the messages it stores only, allowed or deferred, which an opted-in consent alone allows: the
+    consent's ledger event (a backward index probe per number) is read for those alone."""
+    return gate.facts_by_e164(session, e164s, program, now, count_recent=kind is Kind.MARKETING,
+                              events_of=Status.OPTED_IN)
 
 
 def dispatch(gateway: Gateway, batch_id: str, now: datetime | None = None) -> int:

@@ -39,12 +39,13 @@ class Gate:
     rules: QuietHours
 
     def facts_by_e164(self, store: Store, e164s: Sequence[str], program: Program, now: datetime, *,
-                      count_recent: bool = True, exclude_message: str | None = None,
+                      count_recent: bool = True, exclude_message: str | None = None, events_of: str | None = None,
                       ) -> dict[str, tuple[Known | None, Facts]]:
-        """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query."""
+        """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query. `events_of`:
+        the consents whose ledger event to read, by status, for a caller that records no others."""
         digests = suppression_digests(self.suppression_key, list(e164s))
         return facts.by_e164(store, e164s, digests, program, now, count_recent=count_recent,
-                             exclude_message=exclude_message, cap=program_cap(program, now))
+                             exclude_message=exclude_message, cap=program_cap(program, now), events_of=events_of)
 
     def facts(self, store: Store, numbers: Iterable[PhoneNumber], program: Program, now: datetime, *,
               count_recent: bool = True, exclude_message: str | None = None) -> dict[int, Facts]:

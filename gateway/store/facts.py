@@ -94,20 +94,21 @@ def _cap_reached_many(capped: bool, exclude_message: bool, numbers: str) -> tupl
 
 
 # The ledger event that made the consent what it is: the number's newest event of the program (its
-# chain's (number_id, seq) index, read newest first). Only where a consent row exists: a number
-# without one has no event of the program that counts. PostgreSQL reads it as a LATERAL join, one
-# backward index probe a number; its planner took the portable form for a hash of the whole ledger
-# plus a MAX per row, which cost a 100,000-number batch about a second (bench/README.md). SQLite has
-# no LATERAL.
-def _consent_event(postgresql: bool) -> str:
+# chain's (number_id, seq) index, read newest first). Only where a consent row exists (a number
+# without one has no event of the program that counts), or, with `of_status`, only where the
+# consent has that status. PostgreSQL reads it as a LATERAL join, one backward index probe a number;
+# its planner took the portable form for a hash of the whole ledger plus a MAX per row, which cost a
+# 100,000-number batch about a second (bench/README.md). SQLite has no LATERAL.
+def _consent_event(postgresql: bool, of_status: bool = False) -> str:
+    held = "k.status = :event_status" if of_status else "k.id IS NOT NULL"
     if postgresql:
-        return """
+        return f"""
     LEFT JOIN LATERAL (
         SELECT x.id, x.seq, x.hash FROM ledger_events x
-        WHERE k.id IS NOT NULL AND x.number_id = n.id AND x.program_id = :program
+        WHERE {held} AND x.number_id = n.id AND x.program_id = :program
         ORDER BY x.seq DESC LIMIT 1) le ON true"""
-    return """
-    LEFT JOIN ledger_events le ON k.id IS NOT NULL AND le.number_id = n.id AND le.seq = (
+    return f"""
+    LEFT JOIN ledger_events le ON {held} AND le.number_id = n.id AND le.seq = (
         SELECT MAX(x.seq) FROM ledger_events x WHERE x.number_id = n.id AND x.program_id = :program)"""
 
 
@@ -121,11 +122,14 @@ def by_e164(
     count_recent: bool = True,
     exclude_message: str | None = None,
     cap: tuple[int, datetime] | None = None,
+    events_of: str | None = None,
 ) -> dict[str, tuple[Known | None, Facts]]:
     """Facts for E.164 numbers, ours or not yet (`Known` is None then), in one query.
 
     `cap` (max_messages, since): also find when each number reached the program's cap
-    (`Facts.cap_reached_at`), looking at its texts of the program since `since`.
+    (`Facts.cap_reached_at`), looking at its texts of the program since `since`. `events_of`: read
+    the consent's ledger event (`Facts.consent_event`) only for consents of this status, for a
+    caller that records no other (many numbers only).
 
     `digests` are the numbers' suppression digests, in the same order. One number is looked up
     directly (the send API, the worker); many go into a temporary table (COPY on PostgreSQL) that
@@ -142,6 +146,8 @@ def by_e164(
         params["exclude"] = exclude_message
     if cap:
         params.update(cap_kind=program.category, cap_since=cap[1], cap_nth=cap[0], cap_offset=cap[0] - 1)
+    if events_of:
+        params["event_status"] = events_of
     if len(e164s) == 1:
         params.update(e164=e164s[0], digest=digests[0])
         return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap),
@@ -165,7 +171,7 @@ def by_e164(
             FROM {candidates} c
             LEFT JOIN numbers n ON n.e164 = c.e164
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
-            {_consent_event(postgresql)}
+            {_consent_event(postgresql, bool(events_of))}
             LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
             {capped}

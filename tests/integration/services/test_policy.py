@@ -329,6 +329,15 @@ def test_load_facts_for_many_matches_one_at_a_time(gateway, db):
             if count_recent:  # alerts is informational: only the four deals texts count
                 assert one_by_one[rows[0].id].sent_last_day == 4
                 assert one_by_one[rows[1].id].sent_last_day == 0  # its only message is the one excluded
+            # A batch reads the consent's ledger event only where the consent is opted in (it records nothing
+            # else); every other fact is the same.
+            opted_in_events = gate.facts_by_e164(session, [r.e164 for r in rows], program, now,
+                                                 count_recent=count_recent, exclude_message=excluded,
+                                                 events_of="opted_in")
+            for known, found in opted_in_events.values():
+                alone = one_by_one[known.id]
+                assert alone.consent_event is not None or alone.status is None
+                assert found == (alone if alone.status == "opted_in" else replace(alone, consent_event=None))
 
 
 def test_store_rows_carry_the_region(db):

@@ -4,8 +4,11 @@ keeps no number, and its plain words. Pure: no store, fixed clocks."""
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import pytest
 
 from gateway.domain.decisions import Recorder, Stage, explain, load
 from gateway.domain.gate import ALLOW, Decision, Facts, Kind, Places, Reason, decide
@@ -125,15 +128,27 @@ def test_an_erased_number_is_recorded_as_suppressed_with_no_place():
     assert any("erased" in line for line in explain(kept))
 
 
-def test_records_of_a_batch_share_the_places_and_equal_the_one_at_a_time_records():
+@pytest.mark.parametrize(("now", "outcome"), [(NOON_NY, "allowed"), (NIGHT_NY, "deferred")])
+def test_records_of_a_batch_share_the_places_and_equal_the_one_at_a_time_records(now, outcome):
+    """A batch's records are built from parts shared between numbers: each must still be exactly the
+    record of its own facts (its own ledger event, consent, counts) and its own decision."""
     rules, prog = default_rules(), program(max_messages=4, per="month")
-    many = {n: facts(f"+1212555{n:04d}", sent_last_day=n % 2) for n in range(50)}
-    places = Places(rules, NOON_NY)
-    shared = Recorder(prog, Kind.MARKETING, NOON_NY, rules, Stage.BATCH, places)
-    alone = Recorder(prog, Kind.MARKETING, NOON_NY, rules, Stage.BATCH)
+    pick = random.Random(5).choice  # the facts vary independently, so numbers of one place share some
+    many = {n: facts(f"+1{pick(('212', '305'))}555{n:04d}", sent_last_day=pick((0, 1, 2)),
+                     consent_event=pick(((1000 + n, n % 7, f"{n:064x}"), None)),
+                     expires_at=pick((None, now)), cap_reached_at=pick((None, datetime(2026, 1, 5, tzinfo=UTC))))
+            for n in range(80)}
+    places = Places(rules, now)
+    shared = Recorder(prog, Kind.MARKETING, now, rules, Stage.BATCH, places)
     for one in many.values():
-        decision = decide(one, prog, Kind.MARKETING, NOON_NY, rules, places)
-        assert json.loads(shared.record(one, decision)) == json.loads(alone.record(one, decision))
+        decision = decide(one, prog, Kind.MARKETING, now, rules, places)
+        kept = json.loads(shared.record(one, decision))
+        alone = Recorder(prog, Kind.MARKETING, now, rules, Stage.BATCH)  # as the one-number paths make it
+        assert kept == json.loads(alone.record(one, decision))
+        assert kept["consent"]["event"] == (None if one.consent_event is None else dict(
+            zip(("id", "seq", "hash"), one.consent_event)))
+        assert kept["sent_last_day"] == one.sent_last_day
+        assert kept["outcome"] == outcome
 
 
 def test_plain_words_say_the_outcome_first_then_each_rule():
