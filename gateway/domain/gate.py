@@ -71,7 +71,7 @@ class ProgramSettings(Protocol):
     settings: Mapping[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class Facts:
     """What the gate needs to know about one number for one program. Treat it as read-only (change a
     copy with dataclasses.replace); not frozen only because a batch makes 100,000 of them."""
@@ -160,6 +160,7 @@ class Places:
         self._places: dict[tuple, Place] = {}
         # Numbers sharing their type and first nine digits share the Place (its key looks at no more).
         self._by_prefix: dict[tuple[str, str], Place] = {}
+        self._last: tuple[Facts | None, Place | None] = (None, None)
 
     @staticmethod
     def _full_key(facts: Facts) -> tuple:
@@ -173,6 +174,13 @@ class Places:
 
     def placed(self, facts: Facts) -> Place:
         """The number's Place now."""
+        if facts is self._last[0]:  # asked again by the decision's record
+            return self._last[1]
+        place = self._lookup(facts)
+        self._last = (facts, place)
+        return place
+
+    def _lookup(self, facts: Facts) -> Place:
         kind = facts.kind
         if not kind or kind == "unknown":
             return self._place((facts.e164,), facts.e164)

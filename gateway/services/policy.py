@@ -77,14 +77,17 @@ class Gate:
         `stage`, the decisions that store a message (allowed or deferred) carry their records."""
         with bulk.collector_paused():
             places = gate_rules.Places(self.rules, now)
-            decided = gate_rules.decide_many(facts, program, kind, now, self.rules, places)
-            if stage is not None:
-                recorder = Recorder(program, kind, now, self.rules, stage, places)
-                for key, decision in decided.items():
-                    if decision.allowed or decision.deferred:
-                        # Decision(...) rather than dataclasses.replace: a batch makes 100,000 of them.
-                        decided[key] = Decision(decision.allowed, decision.reason, decision.not_before, decision.rule,
-                                                recorder.record(facts[key], decision))
+            if stage is None:
+                return gate_rules.decide_many(facts, program, kind, now, self.rules, places)
+            recorder = Recorder(program, kind, now, self.rules, stage, places)
+            decided = {}
+            for key, one in facts.items():
+                decision = gate_rules.decide(one, program, kind, now, self.rules, places)
+                if decision.allowed or decision.deferred:
+                    # Decision(...) rather than dataclasses.replace: a batch makes 100,000 of them.
+                    decision = Decision(decision.allowed, decision.reason, decision.not_before, decision.rule,
+                                        recorder.record(one, decision))
+                decided[key] = decision
             return decided
 
     def may_send(self, store: Store, number: PhoneNumber, program: Program, kind: Kind, now: datetime, *,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import TextualSelect, bindparam, text
 
@@ -25,9 +25,8 @@ COUNTED = (Status.QUEUED, Status.DEFERRED, Status.SENDING, Status.SENT, Status.D
 _COUNTED_SQL = ", ".join(f"'{status.value}'" for status in COUNTED)  # constants, written into the SQL
 
 
-@dataclass(frozen=True)
-class Known:
-    """A number of ours, as `by_e164` found it."""
+class Known(NamedTuple):
+    """A number of ours, as `by_e164` found it (a tuple: a batch makes 100,000)."""
 
     id: int
     kind: str
@@ -164,15 +163,18 @@ def by_e164(
             # that runs once. This transaction only.
             session.execute(text("SET LOCAL work_mem = '64MB'"))
             session.execute(text("SET LOCAL jit = off"))
+        # The suppression list is looked at first, so the joins after it carry a flag rather than a digest.
+        # "OFFSET 0" keeps PostgreSQL from merging the two steps again (~5% of the query); SQLite has
+        # no OFFSET without LIMIT.
         query = _facts_query(f"""
-            SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at,
-                   CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END, {counts}, {cap_reached} AS cap_reached_at,
-                   le.id, le.seq, le.hash
-            FROM {candidates} c
+            SELECT c.e164, n.id, n.kind, n.region, n.reachability, k.status, k.expires_at, c.suppressed,
+                   {counts}, {cap_reached} AS cap_reached_at, le.id, le.seq, le.hash
+            FROM (SELECT c1.e164, CASE WHEN s.digest IS NULL THEN 0 ELSE 1 END AS suppressed
+                  FROM {candidates} c1 LEFT JOIN suppressions s ON s.digest = c1.digest
+                  {"OFFSET 0" if postgresql else ""}) c
             LEFT JOIN numbers n ON n.e164 = c.e164
             LEFT JOIN consents k ON k.number_id = n.id AND k.program_id = :program
             {_consent_event(postgresql, bool(events_of))}
-            LEFT JOIN suppressions s ON s.digest = c.digest
             {recent}
             {capped}
         """, count_recent, bool(cap))
@@ -220,11 +222,13 @@ def _facts(session: Store, query: TextualSelect, sql: str | None,
              cap_reached_at, event_id, event_seq, event_hash) in rows(session, query, params, sql):
             if on_postgresql:
                 # psycopg gives the server's zone
-                expires_at = expires_at.astimezone(UTC) if expires_at is not None else None
-                cap_reached_at = cap_reached_at.astimezone(UTC) if cap_reached_at is not None else None
+                if expires_at is not None:
+                    expires_at = expires_at.astimezone(UTC)
+                if cap_reached_at is not None:
+                    cap_reached_at = cap_reached_at.astimezone(UTC)
             found[e164] = (
                 None if number_id is None else Known(number_id, kind),
-                Facts(e164, reachability or Reachability.OK, status, expires_at, bool(suppressed), total or 0,
+                Facts(e164, reachability or Reachability.OK, status, expires_at, suppressed == 1, total or 0,
                       region, kind, cap_reached_at,
                       None if event_id is None else (event_id, event_seq, event_hash)),
             )
