@@ -194,7 +194,7 @@ class Database:
         read-only connection, which takes no lock, so writers go on beside it (WAL); there is no
         token: each process reads its own moment.
         """
-        if self._autocommit is None:
+        if not dialect.is_postgresql(self.engine):
             with self.reads_beside_writers()() as session:
                 yield session, None
             return
@@ -212,7 +212,7 @@ class Database:
     @contextmanager
     def joined_snapshot(self, token: str | None) -> Iterator[Session]:
         """A read session at the moment `shared_snapshot` gave `token` for (SQLite: a moment of its own)."""
-        if self._autocommit is None:
+        if not dialect.is_postgresql(self.engine):
             with self.reads_beside_writers()() as session:
                 yield session
             return
@@ -231,7 +231,7 @@ class Database:
         a fetch the sweeper makes from inside its own transaction) go through a read-only engine of
         their own (_make_engine). PostgreSQL needs nothing of the kind.
         """
-        if dialect.name(self.engine) != "sqlite":
+        if dialect.is_postgresql(self.engine):
             return self.sessions
         if self._sqlite_reader is None:
             self._sqlite_reader = sessionmaker(_make_engine(self.url, read_only=True), expire_on_commit=False)

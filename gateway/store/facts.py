@@ -147,16 +147,16 @@ def by_e164(
         params.update(cap_kind=program.category, cap_since=cap[1], cap_nth=cap[0], cap_offset=cap[0] - 1)
     if events_of:
         params["event_status"] = events_of
+    postgresql = dialect.is_postgresql(session)
     if len(e164s) == 1:
         params.update(e164=e164s[0], digest=digests[0])
-        return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap),
-                                                  dialect.is_postgresql(session)), params)
+        return _facts(session, *_one_number_query(count_recent, bool(exclude_message), bool(cap), postgresql),
+                      params, postgresql)
     with bulk.temp_table(session, "gate_candidates", {"e164": "VARCHAR(20)", "digest": "VARCHAR(64)"},
                          zip(e164s, digests)) as candidates:
         ours = f"(SELECT n2.id AS number_id FROM {candidates} c2 JOIN numbers n2 ON n2.e164 = c2.e164)"
         recent, counts = _recent(count_recent, exclude_message, f"{ours} wanted")
         capped, cap_reached = _cap_reached_many(bool(cap), bool(exclude_message), f"{ours} capped")
-        postgresql = dialect.is_postgresql(session)
         if postgresql:
             # Hash joins over a million numbers in memory rather than in batches on disk; and no JIT:
             # the plan's cost passes its thresholds, and compiling it took ~0.5 s of a ~1.3 s query
@@ -178,7 +178,7 @@ def by_e164(
             {recent}
             {capped}
         """, count_recent, bool(cap))
-        return _facts(session, query, None, params)
+        return _facts(session, query, None, params, postgresql)
 
 
 def _facts_query(sql: str, count_recent: bool, capped: bool = False) -> TextualSelect:
@@ -212,10 +212,9 @@ def _one_number_query(count_recent: bool, exclude_message: bool, capped: bool,
     return query, driver_sql(query)
 
 
-def _facts(session: Store, query: TextualSelect, sql: str | None,
-           params: dict) -> dict[str, tuple[Known | None, Facts]]:
+def _facts(session: Store, query: TextualSelect, sql: str | None, params: dict,
+           on_postgresql: bool) -> dict[str, tuple[Known | None, Facts]]:
     """Run a facts query: `sql` is its SQL for the driver when known already (one number)."""
-    on_postgresql = dialect.is_postgresql(session)
     found: dict[str, tuple[Known | None, Facts]] = {}
     with bulk.collector_paused():
         for (e164, number_id, kind, region, reachability, status, expires_at, suppressed, total,
